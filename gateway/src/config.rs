@@ -1,0 +1,46 @@
+//! How a `vane serve` process runs. Built from command-line flags (with `VANE_*` environment overrides) in
+//! `main.rs`; what to serve comes from the model directory, not from here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::infer::ModelSettings;
+use crate::stack::Limits;
+
+/// Everything `gateway::start` needs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where to listen for HTTP; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// The Triton-style model repository to serve.
+    pub model_dir: PathBuf,
+    /// The edge's bounds.
+    pub limits: Limits,
+    /// How each model version runs.
+    pub models: ModelSettings,
+    /// How long shutdown waits for in-flight requests and workers.
+    pub shutdown_grace: Duration,
+}
+
+/// The default listen address: loopback, so a first run exposes nothing.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// The default shutdown grace: long enough for any in-flight inference here, short enough for Kubernetes' default
+/// 30 s termination grace period.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+// === impl ServeConfig ===
+
+impl ServeConfig {
+    /// A config with every default, serving `model_dir` on `listen`.
+    pub fn new(listen: SocketAddr, model_dir: PathBuf) -> Self {
+        Self {
+            listen,
+            model_dir,
+            limits: Limits::default(),
+            models: ModelSettings::default(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! The gateway's errors: [`ApiError`] is what a client sees (status, stable code, safe message), [`LoadError`] is
+//! why a model could not be loaded, [`InferError`] why a run failed. `ApiError::status` is the one place where an
+//! outcome becomes an HTTP status.
+
+use std::path::PathBuf;
+
+use http::StatusCode;
+
+use crate::infer::DataType;
+
+/// An error answered to a client. The message is safe to show: it never carries ONNX Runtime's own text.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not valid JSON, or not the protocol's shape of it.
+    #[error("invalid JSON body: {message}")]
+    InvalidJson {
+        /// What the parser said, with line and column.
+        message: String,
+    },
+    /// A model input is absent from the request.
+    #[error("missing input '{input}': the model's inputs are {expected}")]
+    MissingInput {
+        /// The input the model needs.
+        input: String,
+        /// Every input the model takes.
+        expected: String,
+    },
+    /// The request names an input the model does not have.
+    #[error("unknown input '{input}': the model's inputs are {expected}")]
+    UnknownInput {
+        /// The input the request named.
+        input: String,
+        /// Every input the model takes.
+        expected: String,
+    },
+    /// The request gives the same input twice.
+    #[error("input '{input}' is given more than once")]
+    DuplicateInput {
+        /// The input.
+        input: String,
+    },
+    /// The request's datatype for an input differs from the model's.
+    #[error("input '{input}' has datatype {got} but the model expects {expected}")]
+    DatatypeMismatch {
+        /// The input.
+        input: String,
+        /// The model's datatype.
+        expected: DataType,
+        /// The request's datatype, as sent.
+        got: String,
+    },
+    /// The request's shape for an input does not fit the model's.
+    #[error("input '{input}' has shape {got:?} but the model expects {expected:?} (-1 means any size)")]
+    ShapeMismatch {
+        /// The input.
+        input: String,
+        /// The model's shape, -1 for dynamic dimensions.
+        expected: Vec<i64>,
+        /// The request's shape.
+        got: Vec<usize>,
+    },
+    /// An input's `data` holds a different number of elements than its shape says.
+    #[error("input '{input}' has shape {shape:?}, which needs {expected} elements, but its data holds {got}")]
+    ElementCount {
+        /// The input.
+        input: String,
+        /// The request's shape.
+        shape: Vec<usize>,
+        /// The product of the shape.
+        expected: usize,
+        /// The number of elements sent.
+        got: usize,
+    },
+    /// An input's batch (first) dimension is zero.
+    #[error("input '{input}' has an empty batch (shape {shape:?}): send at least one row")]
+    EmptyBatch {
+        /// The input.
+        input: String,
+        /// The request's shape.
+        shape: Vec<usize>,
+    },
+    /// An element of `data` is not of the input's datatype.
+    #[error("input '{input}': {message}")]
+    InvalidData {
+        /// The input.
+        input: String,
+        /// What was wrong, naming the expected datatype.
+        message: String,
+    },
+    /// The request asks for an output the model does not have.
+    #[error("unknown output '{output}': the model's outputs are {expected}")]
+    UnknownOutput {
+        /// The output the request named.
+        output: String,
+        /// Every output the model has.
+        expected: String,
+    },
+    /// No model of that name is served.
+    #[error("model '{model}' is not served; served models: {available}")]
+    ModelNotFound {
+        /// The requested model.
+        model: String,
+        /// The models that are served.
+        available: String,
+    },
+    /// The model is served, but not in that version.
+    #[error("model '{model}' has no version '{version}'; served versions: {available}")]
+    VersionNotFound {
+        /// The model.
+        model: String,
+        /// The requested version.
+        version: String,
+        /// The versions that are served.
+        available: String,
+    },
+    /// No route matches the path.
+    #[error("no such endpoint: {path}")]
+    RouteNotFound {
+        /// The request path.
+        path: String,
+    },
+    /// The route exists but not for this method.
+    #[error("method {method} is not allowed here; use {allowed}")]
+    MethodNotAllowed {
+        /// The request method.
+        method: String,
+        /// The method the route takes.
+        allowed: &'static str,
+    },
+    /// The body is larger than the configured limit.
+    #[error("request body is larger than the {limit_bytes}-byte limit")]
+    PayloadTooLarge {
+        /// The limit.
+        limit_bytes: usize,
+    },
+    /// The body could not be read from the connection.
+    #[error("could not read the request body")]
+    BodyRead,
+    /// The model version's queue is full: the request is refused at once rather than waiting.
+    #[error("model '{model}' version {version} is at capacity (queue full); retry shortly")]
+    QueueFull {
+        /// The model.
+        model: String,
+        /// The version.
+        version: u64,
+    },
+    /// The server's concurrency limit is reached (load shedding).
+    #[error("server is at capacity; retry shortly")]
+    Overloaded,
+    /// The request took longer than the server's request timeout.
+    #[error("request did not finish within the server's {limit_ms} ms limit")]
+    Timeout {
+        /// The limit.
+        limit_ms: u128,
+    },
+    /// The server is shutting down or its model set is not loaded.
+    #[error("server is not ready")]
+    NotReady,
+    /// ONNX Runtime failed on a valid request; details are in the server log only.
+    #[error("inference failed for model '{model}' version {version}; the server log has details")]
+    Inference {
+        /// The model.
+        model: String,
+        /// The version.
+        version: u64,
+    },
+}
+
+/// Why a model version could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// ONNX Runtime itself could not be loaded.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// ONNX Runtime refused the file.
+    #[error("cannot load {path}: {source}")]
+    Session {
+        /// The model file.
+        path: PathBuf,
+        /// ONNX Runtime's error.
+        #[source]
+        source: ort::Error,
+    },
+    /// An input or output is of a kind the protocol cannot carry (a map, a sequence, an unsupported element type).
+    #[error("cannot serve {path}: {what} '{name}' is {kind}; only tensors of V2 datatypes can be served (export classifiers with zipmap off)")]
+    UnsupportedIo {
+        /// The model file.
+        path: PathBuf,
+        /// "input" or "output".
+        what: &'static str,
+        /// Its name.
+        name: String,
+        /// What it is.
+        kind: String,
+    },
+    /// The warm-up run failed.
+    #[error("warm-up run of {path} failed: {source}")]
+    Warmup {
+        /// The model file.
+        path: PathBuf,
+        /// The run's error.
+        #[source]
+        source: InferError,
+    },
+    /// A worker thread could not be started.
+    #[error("cannot start a worker thread for {path}: {source}")]
+    SpawnWorker {
+        /// The model file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why ONNX Runtime could not be loaded into the process.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RuntimeError {
+    /// No library path is known: not baked in at build time and `ORT_DYLIB_PATH` unset.
+    #[error("ONNX Runtime library not configured: set ORT_DYLIB_PATH to libonnxruntime.so.1.31.1 (pip install onnxruntime==1.31.1 ships it in onnxruntime/capi/)")]
+    NotConfigured,
+    /// The library file does not exist.
+    #[error("ONNX Runtime library not found at {path} (from {origin}): set ORT_DYLIB_PATH to an existing libonnxruntime.so.1.31.1, or rebuild to fetch it")]
+    NotFound {
+        /// The path looked at.
+        path: PathBuf,
+        /// Where the path came from.
+        origin: &'static str,
+    },
+    /// The file exists but could not be loaded or initialised.
+    #[error("ONNX Runtime library at {path} (from {origin}) could not be loaded: {message}; ORT_DYLIB_PATH must name libonnxruntime.so.1.31.1")]
+    Load {
+        /// The path.
+        path: PathBuf,
+        /// Where the path came from.
+        origin: &'static str,
+        /// The loader's message.
+        message: String,
+    },
+}
+
+/// Why a queued inference did not produce outputs.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    /// ONNX Runtime returned an error.
+    #[error("ONNX Runtime: {0}")]
+    Ort(#[from] ort::Error),
+    /// An output came back of a type the protocol cannot carry.
+    #[error("output '{name}' is not a tensor of a V2 datatype")]
+    UnsupportedOutput {
+        /// The output.
+        name: String,
+    },
+    /// The run panicked inside the worker; the worker survived.
+    #[error("the run panicked: {0}")]
+    Panicked(String),
+    /// The worker went away before answering (the model is shutting down).
+    #[error("the model's worker stopped before answering")]
+    WorkerGone,
+}
+
+// === impl ApiError ===
+
+impl ApiError {
+    /// The HTTP status for this error: 4xx for anything the client can fix, 5xx for ours.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidJson { .. }
+            | Self::MissingInput { .. }
+            | Self::UnknownInput { .. }
+            | Self::DuplicateInput { .. }
+            | Self::DatatypeMismatch { .. }
+            | Self::ShapeMismatch { .. }
+            | Self::ElementCount { .. }
+            | Self::EmptyBatch { .. }
+            | Self::InvalidData { .. }
+            | Self::UnknownOutput { .. }
+            | Self::BodyRead => StatusCode::BAD_REQUEST,
+            Self::ModelNotFound { .. } | Self::VersionNotFound { .. } | Self::RouteNotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::QueueFull { .. } | Self::Overloaded | Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Inference { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Seconds a client should wait before retrying, for the errors where a retry can succeed.
+    pub fn retry_after_seconds(&self) -> Option<u32> {
+        match self {
+            Self::QueueFull { .. } | Self::Overloaded | Self::NotReady => Some(1),
+            _ => None,
+        }
+    }
+}

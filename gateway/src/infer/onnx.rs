@@ -1,0 +1,97 @@
+//! The boundary with ONNX Runtime: building sessions and converting [`Tensor`]s to and from `ort` values.
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{Session, SessionInputValue, SessionOutputs};
+use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
+
+use crate::errors::{InferError, LoadError};
+use crate::infer::{with_vec, Tensor, TensorData};
+use crate::runtime;
+
+/// Applies `$body` to the vector of any non-string [`TensorData`] variant.
+macro_rules! with_primitive {
+    ($data:expr, $v:ident => $body:expr) => {
+        match $data {
+            TensorData::Bool($v) => $body,
+            TensorData::Uint8($v) => $body,
+            TensorData::Uint16($v) => $body,
+            TensorData::Uint32($v) => $body,
+            TensorData::Uint64($v) => $body,
+            TensorData::Int8($v) => $body,
+            TensorData::Int16($v) => $body,
+            TensorData::Int32($v) => $body,
+            TensorData::Int64($v) => $body,
+            TensorData::Fp32($v) => $body,
+            TensorData::Fp64($v) => $body,
+            TensorData::Bytes(_) => unreachable!("strings are converted separately"),
+        }
+    };
+}
+
+/// Builds a session for the model at `path`. Blocking (reads the file, optimises the graph).
+pub(super) fn build_session(path: &Path, intra_threads: usize) -> Result<Session, LoadError> {
+    let environment = runtime::environment()?;
+    let wrap = |source: ort::Error| LoadError::Session { path: path.into(), source };
+    let builder = Session::builder(environment).map_err(wrap)?;
+    let builder = builder.with_optimization_level(GraphOptimizationLevel::Level3).map_err(|e| wrap(e.into()))?;
+    // One intra-op thread by default: on small machines parallelism across requests beats ORT's own pool
+    // (shared/notes/onnxruntime.md).
+    let mut builder = builder.with_intra_threads(intra_threads).map_err(|e| wrap(e.into()))?;
+    builder.commit_from_file(path).map_err(wrap)
+}
+
+/// Runs `inputs` (already checked and in graph order) and returns the outputs at `selected` positions.
+pub(super) fn run(session: &mut Session, inputs: Vec<Tensor>, selected: &[usize]) -> Result<Vec<Tensor>, InferError> {
+    let mut values: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = Vec::with_capacity(inputs.len());
+    for tensor in inputs {
+        values.push((Cow::Owned(tensor.name), to_value(tensor.shape, tensor.data)?));
+    }
+    let names: Vec<String> = selected.iter().map(|&i| session.outputs()[i].name().to_owned()).collect();
+    let outputs = session.run(values)?;
+    names.into_iter().map(|name| from_outputs(&outputs, name)).collect()
+}
+
+fn to_value(shape: Vec<usize>, data: TensorData) -> Result<SessionInputValue<'static>, InferError> {
+    let value = match data {
+        TensorData::Bytes(strings) => OrtTensor::from_string_array((shape, strings.as_slice()))?.into(),
+        other => with_primitive!(other, v => OrtTensor::from_array((shape, v))?.into()),
+    };
+    Ok(value)
+}
+
+fn from_outputs(outputs: &SessionOutputs<'_>, name: String) -> Result<Tensor, InferError> {
+    let unsupported = || InferError::UnsupportedOutput { name: name.clone() };
+    let value: &DynValue = outputs.get(&name).ok_or_else(unsupported)?;
+    let ValueType::Tensor { ty, .. } = value.dtype() else {
+        return Err(unsupported());
+    };
+    macro_rules! extract {
+        ($t:ty, $variant:ident) => {{
+            let (shape, data) = value.try_extract_tensor::<$t>()?;
+            (shape.iter().map(|&d| d as usize).collect(), TensorData::$variant(data.to_vec()))
+        }};
+    }
+    let (shape, data): (Vec<usize>, TensorData) = match ty {
+        TensorElementType::Bool => extract!(bool, Bool),
+        TensorElementType::Uint8 => extract!(u8, Uint8),
+        TensorElementType::Uint16 => extract!(u16, Uint16),
+        TensorElementType::Uint32 => extract!(u32, Uint32),
+        TensorElementType::Uint64 => extract!(u64, Uint64),
+        TensorElementType::Int8 => extract!(i8, Int8),
+        TensorElementType::Int16 => extract!(i16, Int16),
+        TensorElementType::Int32 => extract!(i32, Int32),
+        TensorElementType::Int64 => extract!(i64, Int64),
+        TensorElementType::Float32 => extract!(f32, Fp32),
+        TensorElementType::Float64 => extract!(f64, Fp64),
+        TensorElementType::String => {
+            let (shape, strings) = value.try_extract_strings()?;
+            (shape.iter().map(|&d| d as usize).collect(), TensorData::Bytes(strings))
+        }
+        _ => return Err(unsupported()),
+    };
+    debug_assert_eq!(with_vec!(&data, v => v.len()), shape.iter().product::<usize>());
+    Ok(Tensor { name, shape, data })
+}

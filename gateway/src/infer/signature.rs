@@ -1,0 +1,200 @@
+//! A model's inputs and outputs, read from the ONNX graph once at load time, and the checks a request must pass
+//! against them before it is queued.
+
+use std::path::Path;
+
+use ort::session::Session;
+use ort::value::{Outlet, ValueType};
+
+use crate::errors::{ApiError, LoadError};
+use crate::infer::{DataType, Tensor};
+
+/// One input or output as the model declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// The graph's name for it.
+    pub name: String,
+    /// Its V2 datatype.
+    pub datatype: DataType,
+    /// Its shape, -1 for a dynamic dimension.
+    pub shape: Vec<i64>,
+}
+
+/// Everything a model takes and gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signature {
+    /// The inputs, in graph order.
+    pub inputs: Vec<TensorSpec>,
+    /// The outputs, in graph order.
+    pub outputs: Vec<TensorSpec>,
+}
+
+// === impl TensorSpec ===
+
+impl TensorSpec {
+    fn from_outlet(outlet: &Outlet, what: &'static str, path: &Path) -> Result<Self, LoadError> {
+        let unsupported =
+            |kind: String| LoadError::UnsupportedIo { path: path.into(), what, name: outlet.name().into(), kind };
+        match outlet.dtype() {
+            ValueType::Tensor { ty, shape, .. } => {
+                let datatype = DataType::from_onnx(*ty).ok_or_else(|| unsupported(format!("a tensor of {ty:?}")))?;
+                let shape = shape.iter().map(|&d| if d < 0 { -1 } else { d }).collect();
+                Ok(Self { name: outlet.name().to_owned(), datatype, shape })
+            }
+            other => Err(unsupported(format!("{other:?}"))),
+        }
+    }
+
+    /// Whether the first dimension is dynamic, so rows can be batched along it.
+    pub fn has_dynamic_batch(&self) -> bool {
+        self.shape.first() == Some(&-1)
+    }
+
+    /// A concrete shape for this spec with every dynamic dimension set to 1: the warm-up shape.
+    pub fn unit_shape(&self) -> Vec<usize> {
+        self.shape.iter().map(|&d| usize::try_from(d).unwrap_or(1)).collect()
+    }
+
+    fn accepts_shape(&self, shape: &[usize]) -> bool {
+        shape.len() == self.shape.len()
+            && self.shape.iter().zip(shape).all(|(&want, &got)| want < 0 || usize::try_from(want) == Ok(got))
+    }
+}
+
+// === impl Signature ===
+
+impl Signature {
+    /// Reads the signature of a loaded session; fails for inputs or outputs the protocol cannot carry.
+    pub fn from_session(session: &Session, path: &Path) -> Result<Self, LoadError> {
+        let inputs =
+            session.inputs().iter().map(|o| TensorSpec::from_outlet(o, "input", path)).collect::<Result<_, _>>()?;
+        let outputs =
+            session.outputs().iter().map(|o| TensorSpec::from_outlet(o, "output", path)).collect::<Result<_, _>>()?;
+        Ok(Self { inputs, outputs })
+    }
+
+    /// Checks request tensors against the inputs and puts them in graph order. Element counts were already
+    /// checked against each tensor's own shape when it was decoded.
+    pub fn check_inputs(&self, mut given: Vec<Tensor>) -> Result<Vec<Tensor>, ApiError> {
+        for (i, tensor) in given.iter().enumerate() {
+            if !self.inputs.iter().any(|spec| spec.name == tensor.name) {
+                return Err(ApiError::UnknownInput { input: tensor.name.clone(), expected: names(&self.inputs) });
+            }
+            if given[..i].iter().any(|earlier| earlier.name == tensor.name) {
+                return Err(ApiError::DuplicateInput { input: tensor.name.clone() });
+            }
+        }
+        let mut ordered = Vec::with_capacity(self.inputs.len());
+        for spec in &self.inputs {
+            let position = given
+                .iter()
+                .position(|t| t.name == spec.name)
+                .ok_or_else(|| ApiError::MissingInput { input: spec.name.clone(), expected: names(&self.inputs) })?;
+            let tensor = given.swap_remove(position);
+            if tensor.data.datatype() != spec.datatype {
+                return Err(ApiError::DatatypeMismatch {
+                    input: spec.name.clone(),
+                    expected: spec.datatype,
+                    got: tensor.data.datatype().as_str().to_owned(),
+                });
+            }
+            if !spec.accepts_shape(&tensor.shape) {
+                return Err(ApiError::ShapeMismatch {
+                    input: spec.name.clone(),
+                    expected: spec.shape.clone(),
+                    got: tensor.shape,
+                });
+            }
+            if tensor.shape.first() == Some(&0) {
+                return Err(ApiError::EmptyBatch { input: spec.name.clone(), shape: tensor.shape });
+            }
+            ordered.push(tensor);
+        }
+        Ok(ordered)
+    }
+
+    /// The position of each requested output, or all outputs when none is named.
+    pub fn select_outputs<'a>(&self, requested: impl IntoIterator<Item = &'a str>) -> Result<Vec<usize>, ApiError> {
+        let mut selected = Vec::new();
+        for name in requested {
+            let index = self
+                .outputs
+                .iter()
+                .position(|o| o.name == name)
+                .ok_or_else(|| ApiError::UnknownOutput { output: name.to_owned(), expected: names(&self.outputs) })?;
+            if !selected.contains(&index) {
+                selected.push(index);
+            }
+        }
+        if selected.is_empty() {
+            selected.extend(0..self.outputs.len());
+        }
+        Ok(selected)
+    }
+}
+
+fn names(specs: &[TensorSpec]) -> String {
+    let quoted: Vec<String> = specs.iter().map(|s| format!("'{}' ({} {:?})", s.name, s.datatype, s.shape)).collect();
+    quoted.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::infer::TensorData;
+
+    fn signature() -> Signature {
+        let spec =
+            |name: &str, datatype, shape: &[i64]| TensorSpec { name: name.into(), datatype, shape: shape.to_vec() };
+        Signature {
+            inputs: vec![spec("a", DataType::Fp32, &[-1, 2]), spec("b", DataType::Int64, &[-1])],
+            outputs: vec![spec("y", DataType::Fp32, &[-1]), spec("z", DataType::Int64, &[-1])],
+        }
+    }
+
+    fn a(shape: &[usize], n: usize) -> Tensor {
+        Tensor { name: "a".into(), shape: shape.to_vec(), data: TensorData::Fp32(vec![0.0; n]) }
+    }
+
+    fn b() -> Tensor {
+        Tensor { name: "b".into(), shape: vec![1], data: TensorData::Int64(vec![1]) }
+    }
+
+    #[test]
+    fn inputs_come_back_in_graph_order() {
+        let ordered = signature().check_inputs(vec![b(), a(&[1, 2], 2)]).unwrap();
+        assert_eq!(ordered[0].name, "a");
+        assert_eq!(ordered[1].name, "b");
+    }
+
+    #[test]
+    fn each_mismatch_names_the_input_and_what_was_expected() {
+        let s = signature();
+        let err = s.check_inputs(vec![a(&[1, 2], 2)]).unwrap_err();
+        assert!(matches!(&err, ApiError::MissingInput { input, .. } if input == "b"), "{err}");
+        let mut c = b();
+        c.name = "c".into();
+        let err = s.check_inputs(vec![a(&[1, 2], 2), b(), c]).unwrap_err();
+        assert!(err.to_string().starts_with("unknown input 'c': the model's inputs are 'a' (FP32 [-1, 2])"), "{err}");
+        let err = s.check_inputs(vec![a(&[1, 3], 3), b()]).unwrap_err();
+        assert_eq!(err.to_string(), "input 'a' has shape [1, 3] but the model expects [-1, 2] (-1 means any size)");
+        let err = s.check_inputs(vec![a(&[2], 2), b()]).unwrap_err();
+        assert!(matches!(err, ApiError::ShapeMismatch { .. }), "rank differs");
+        let err = s.check_inputs(vec![a(&[0, 2], 0), b()]).unwrap_err();
+        assert!(matches!(err, ApiError::EmptyBatch { .. }), "{err}");
+        let mut wrong = b();
+        wrong.data = TensorData::Int32(vec![1]);
+        let err = s.check_inputs(vec![a(&[1, 2], 2), wrong]).unwrap_err();
+        assert_eq!(err.to_string(), "input 'b' has datatype INT32 but the model expects INT64");
+        let err = s.check_inputs(vec![a(&[1, 2], 2), b(), b()]).unwrap_err();
+        assert!(matches!(err, ApiError::DuplicateInput { .. }), "{err}");
+    }
+
+    #[test]
+    fn outputs_are_selected_by_name_or_all() {
+        let s = signature();
+        assert_eq!(s.select_outputs([]).unwrap(), [0, 1]);
+        assert_eq!(s.select_outputs(["z", "z"]).unwrap(), [1]);
+        assert!(matches!(s.select_outputs(["nope"]), Err(ApiError::UnknownOutput { .. })));
+    }
+}

@@ -1,0 +1,141 @@
+//! Vane's gateway: the KServe V2 / Open Inference Protocol over ONNX Runtime.
+//!
+//! Data flow: hyper accepts a connection ([`server`]); each request passes the tower stack ([`stack`]: timeout,
+//! load shed, global concurrency limit) into the router ([`routes`]), which reads the body under a size cap,
+//! decodes JSON tensors, takes one lock-free load of the served model set ([`registry`]), checks the inputs
+//! against the model's signature and queues the job to that model version's worker threads ([`infer`]). The
+//! workers own the ONNX Runtime sessions; the answer comes back on a oneshot.
+//!
+//! Threads: tokio's workers run hyper and the routes and never run inference; each model version has its own named
+//! OS threads (`infer-<model>-<version>-<n>`); loading models runs on tokio's blocking pool.
+
+pub mod config;
+pub mod demo;
+pub mod errors;
+pub mod infer;
+pub mod registry;
+pub mod routes;
+pub mod runtime;
+pub mod server;
+pub mod stack;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::ServeConfig;
+use errors::{LoadError, RuntimeError};
+use infer::{ModelLoader, WorkerGroup};
+use registry::{ModelTable, Registry};
+use routes::AppState;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// ONNX Runtime could not be loaded.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The model directory could not be read.
+    #[error(transparent)]
+    ModelDir(#[from] reconciler::Error),
+    /// A model could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A blocking start-up task panicked.
+    #[error("start-up task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// A running gateway: its address, its registry, and the handle to stop it.
+pub struct Server {
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+    serving: JoinHandle<()>,
+    workers: WorkerGroup,
+    grace: std::time::Duration,
+}
+
+/// Loads ONNX Runtime and every model in `config.model_dir`, binds the listener and starts serving. Returns once
+/// the server is ready: every model is loaded and warmed, and the socket accepts connections.
+pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
+    tokio::task::spawn_blocking(runtime::environment).await??;
+    let workers = WorkerGroup::new();
+    let loader = ModelLoader::new(config.models, workers.clone());
+    let model_dir = config.model_dir.clone();
+    let table = tokio::task::spawn_blocking(move || -> Result<ModelTable, StartError> {
+        let desired = reconciler::model_dir::scan(&model_dir)?;
+        Ok(ModelTable::load(&loader, &desired)?)
+    })
+    .await??;
+    let registry = Arc::new(Registry::new());
+    registry.swap(table);
+
+    let listener =
+        TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let state = Arc::new(AppState { registry: Arc::clone(&registry), max_body_bytes: config.limits.max_body_bytes });
+    let service = stack::build(state, &config.limits);
+    let shutdown = CancellationToken::new();
+    let serving = tokio::spawn(server::serve(listener, service, shutdown.clone(), config.shutdown_grace));
+    tracing::info!(%addr, models = ?registry.snapshot().names().collect::<Vec<_>>(), "vane is serving");
+    Ok(Server { addr, registry, shutdown, serving, workers, grace: config.shutdown_grace })
+}
+
+// === impl Server ===
+
+impl Server {
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The served model set.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// A token that starts shutdown when cancelled (e.g. from a signal handler).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs until shutdown is requested, then drains: readiness goes false, accepting stops, open requests finish
+    /// within the grace period, the models are dropped and their worker threads are waited for.
+    pub async fn run_until_stopped(self) {
+        let Self { registry, shutdown, serving, workers, grace, .. } = self;
+        shutdown.cancelled().await;
+        registry.set_not_ready();
+        if let Err(error) = serving.await {
+            tracing::error!(%error, "the accept loop failed");
+        }
+        registry.swap(ModelTable::default());
+        registry.set_not_ready();
+        drop(registry);
+        let joined = tokio::task::spawn_blocking(move || workers.wait(grace)).await.unwrap_or(false);
+        if joined {
+            tracing::info!("all inference workers stopped");
+        } else {
+            tracing::warn!("some inference workers were still busy when the grace period ended");
+        }
+    }
+
+    /// Requests shutdown and waits for it to finish.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.run_until_stopped().await;
+    }
+}

@@ -1,0 +1,128 @@
+//! The served model set, swapped as a whole.
+//!
+//! [`Registry`] holds an immutable [`ModelTable`] behind `ArcSwap`. A request does one lock-free `load`, clones the
+//! one `Arc<LoadedModel>` it needs and drops the guard before any await; the loader builds and warms a complete new
+//! table off the request path and stores it in one step. A replaced model version lives on until its last
+//! in-flight request drops it, then its queue closes and its workers exit.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use reconciler::DesiredState;
+
+use crate::errors::{ApiError, LoadError};
+use crate::infer::{LoadedModel, ModelLoader};
+
+/// Every served model version, keyed by name then version. Immutable once built.
+#[derive(Default)]
+pub struct ModelTable {
+    models: BTreeMap<String, BTreeMap<u64, Arc<LoadedModel>>>,
+}
+
+/// The handle the request path and the loader share.
+pub struct Registry {
+    table: ArcSwap<ModelTable>,
+    /// False until the first table is stored, and again once shutdown begins.
+    ready: AtomicBool,
+}
+
+// === impl ModelTable ===
+
+impl ModelTable {
+    /// Loads every version of every model in `desired`. Blocking; all or nothing: the first failure is returned and
+    /// the versions loaded so far are dropped.
+    pub fn load(loader: &ModelLoader, desired: &DesiredState) -> Result<Self, LoadError> {
+        let mut models = BTreeMap::new();
+        for model in &desired.models {
+            let mut versions = BTreeMap::new();
+            for version in &model.versions {
+                let loaded = loader.load(&model.name, version.version, &version.path)?;
+                tracing::info!(model = %model.name, version = version.version, path = %version.path.display(), "model loaded");
+                versions.insert(version.version, Arc::new(loaded));
+            }
+            models.insert(model.name.clone(), versions);
+        }
+        Ok(Self { models })
+    }
+
+    /// The model names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.models.keys().map(String::as_str)
+    }
+
+    /// Finds a model version; `None` as the version means the highest.
+    pub fn get(&self, model: &str, version: Option<&str>) -> Result<&Arc<LoadedModel>, ApiError> {
+        let versions = self
+            .models
+            .get(model)
+            .ok_or_else(|| ApiError::ModelNotFound { model: model.to_owned(), available: join(self.models.keys()) })?;
+        let found = match version {
+            None => versions.values().next_back(),
+            Some(v) => v.parse::<u64>().ok().and_then(|n| versions.get(&n)),
+        };
+        found.ok_or_else(|| ApiError::VersionNotFound {
+            model: model.to_owned(),
+            version: version.unwrap_or_default().to_owned(),
+            available: join(versions.keys()),
+        })
+    }
+
+    /// The served versions of `model`, ascending.
+    pub fn versions(&self, model: &str) -> Vec<u64> {
+        self.models.get(model).map(|v| v.keys().copied().collect()).unwrap_or_default()
+    }
+
+    /// Whether the table serves nothing.
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+}
+
+fn join<T: ToString>(items: impl Iterator<Item = T>) -> String {
+    items.map(|item| item.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+// === impl Registry ===
+
+impl Registry {
+    /// An empty registry that is not ready.
+    pub fn new() -> Self {
+        Self { table: ArcSwap::from_pointee(ModelTable::default()), ready: AtomicBool::new(false) }
+    }
+
+    /// Resolves the model version a request names, cloning its `Arc` out of the current table (the guard does not
+    /// outlive this call).
+    pub fn resolve(&self, model: &str, version: Option<&str>) -> Result<Arc<LoadedModel>, ApiError> {
+        self.table.load().get(model, version).cloned()
+    }
+
+    /// The current table, for listings and metadata.
+    pub fn snapshot(&self) -> Arc<ModelTable> {
+        self.table.load_full()
+    }
+
+    /// Serves `table` from the next request on and returns the one it replaces. Marks the registry ready.
+    pub fn swap(&self, table: ModelTable) -> Arc<ModelTable> {
+        let old = self.table.swap(Arc::new(table));
+        self.ready.store(true, Ordering::Release);
+        old
+    }
+
+    /// Whether the server should receive traffic: a table is loaded and shutdown has not begun.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.table.load().is_empty()
+    }
+
+    /// Marks the registry not ready (shutdown has begun); requests in flight still complete.
+    pub fn set_not_ready(&self) {
+        self.ready.store(false, Ordering::Release);
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}

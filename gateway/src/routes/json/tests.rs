@@ -1,0 +1,119 @@
+use super::*;
+
+fn one_input(input: &str) -> Result<Tensor, ApiError> {
+    let body = format!(r#"{{"inputs": [{input}]}}"#);
+    decode_request(body.as_bytes()).map(|mut r| r.inputs.remove(0))
+}
+
+#[test]
+fn flat_and_nested_data_decode_to_the_same_tensor() {
+    let flat = one_input(r#"{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2.5,3,4]}"#).unwrap();
+    let nested = one_input(r#"{"data":[[1,2.5],[3,4]],"name":"x","datatype":"FP32","shape":[2,2]}"#).unwrap();
+    assert_eq!(flat, nested);
+    assert_eq!(flat.data, TensorData::Fp32(vec![1.0, 2.5, 3.0, 4.0]));
+}
+
+#[test]
+fn every_json_datatype_decodes() {
+    let cases = [
+        (r#""BOOL","data":[true,false]"#, TensorData::Bool(vec![true, false])),
+        (r#""INT32","data":[-2147483648,7]"#, TensorData::Int32(vec![i32::MIN, 7])),
+        (r#""INT64","data":[9007199254740993,-1]"#, TensorData::Int64(vec![9_007_199_254_740_993, -1])),
+        (r#""UINT64","data":[18446744073709551615,0]"#, TensorData::Uint64(vec![u64::MAX, 0])),
+        (r#""FP64","data":[0.1,-2]"#, TensorData::Fp64(vec![0.1, -2.0])),
+        (r#""BYTES","data":["a","vané"]"#, TensorData::Bytes(vec!["a".into(), "vané".into()])),
+    ];
+    for (tail, expected) in cases {
+        let tensor = one_input(&format!(r#"{{"name":"x","shape":[2],"datatype":{tail}}}"#)).unwrap();
+        assert_eq!(tensor.data, expected, "{tail}");
+    }
+}
+
+#[test]
+fn id_and_requested_outputs_are_kept_and_parameters_accepted() {
+    let body = br#"{"id":"r-1","parameters":{"a":1,"b":"x","c":true},"inputs":[{"name":"x","shape":[1],"datatype":"INT64","data":[1],"parameters":{"k":"v"}}],"outputs":[{"name":"y","parameters":{"binary_data":false}}]}"#;
+    let request = decode_request(body).unwrap();
+    assert_eq!(request.id.as_deref(), Some("r-1"));
+    assert_eq!(request.outputs, ["y"]);
+}
+
+fn message(input: &str) -> String {
+    one_input(input).unwrap_err().to_string()
+}
+
+#[test]
+fn bad_elements_name_the_input_and_the_expected_type() {
+    let m = message(r#"{"name":"x","shape":[2],"datatype":"FP32","data":[1,"two"]}"#);
+    assert!(m.starts_with("input 'x': expected a number (FP32), found a string"), "{m}");
+    let m = message(r#"{"name":"x","shape":[1],"datatype":"INT32","data":[1.5]}"#);
+    assert!(m.contains("expected an integer (INT32), found 1.5"), "{m}");
+    let m = message(r#"{"name":"x","shape":[1],"datatype":"INT8","data":[300]}"#);
+    assert!(m.contains("300 is out of range for INT8"), "{m}");
+    let m = message(r#"{"name":"x","shape":[1],"datatype":"FP32","data":[1e300]}"#);
+    assert!(m.contains("out of range for FP32"), "{m}");
+    let m = message(r#"{"name":"x","shape":[1],"datatype":"BOOL","data":[1]}"#);
+    assert!(m.contains("expected true or false (BOOL), found a number"), "{m}");
+    let m = message(r#"{"name":"x","shape":[1],"datatype":"FP32","data":[null]}"#);
+    assert!(m.contains("found null"), "{m}");
+    let m = message(r#"{"name":"x","shape":[1],"datatype":"FLOAT","data":[1]}"#);
+    assert!(m.contains("unknown datatype 'FLOAT'"), "{m}");
+    let m = message(r#"{"name":"x","shape":[1],"datatype":"FP16","data":[1]}"#);
+    assert!(m.contains("FP16 has no JSON form"), "{m}");
+    let m = message(r#"{"name":"x","shape":[1],"datatype":"FP32"}"#);
+    assert!(m.contains("has no 'data'"), "{m}");
+}
+
+#[test]
+fn element_count_must_match_the_shape() {
+    let err = one_input(r#"{"name":"x","shape":[2,3],"datatype":"FP32","data":[1,2,3,4,5]}"#).unwrap_err();
+    assert_eq!(err.to_string(), "input 'x' has shape [2, 3], which needs 6 elements, but its data holds 5");
+}
+
+#[test]
+fn a_huge_shape_does_not_allocate_for_it() {
+    let err = one_input(r#"{"name":"x","shape":[4294967296,4294967296],"datatype":"FP32","data":[1]}"#).unwrap_err();
+    assert!(matches!(err, ApiError::InvalidData { .. } | ApiError::ElementCount { .. }), "{err}");
+    let err = one_input(r#"{"name":"x","shape":[100000000000],"datatype":"FP32","data":[1]}"#).unwrap_err();
+    assert!(matches!(err, ApiError::ElementCount { .. }), "{err}");
+}
+
+#[test]
+fn malformed_json_says_where_and_why() {
+    let m = decode_request(b"{\"inputs\": [").unwrap_err().to_string();
+    assert!(m.starts_with("invalid JSON body: EOF while parsing"), "{m}");
+    let m = decode_request(b"{}").unwrap_err().to_string();
+    assert!(m.contains("missing field `inputs`"), "{m}");
+    let m = decode_request(br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[NaN]}]}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(m.contains("NaN and Infinity are not JSON numbers"), "{m}");
+    let m = decode_request(br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[-Infinity]}]}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(m.contains("NaN and Infinity are not JSON numbers"), "{m}");
+    let m = decode_request(br#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(m.contains("invalid value: integer `-1`"), "{m}");
+}
+
+#[test]
+fn responses_encode_every_type() {
+    let outputs = [
+        Tensor { name: "p".into(), shape: vec![1, 2], data: TensorData::Fp32(vec![0.25, 0.75]) },
+        Tensor { name: "l".into(), shape: vec![1], data: TensorData::Int64(vec![1]) },
+        Tensor { name: "s".into(), shape: vec![1], data: TensorData::Bytes(vec!["é".into()]) },
+        Tensor { name: "b".into(), shape: vec![1], data: TensorData::Bool(vec![true]) },
+    ];
+    let response = InferResponse {
+        model_name: "m",
+        model_version: "2".into(),
+        id: Some("7"),
+        outputs: outputs.iter().map(Into::into).collect(),
+    };
+    let text = serde_json::to_string(&response).unwrap();
+    assert_eq!(
+        text,
+        r#"{"model_name":"m","model_version":"2","id":"7","outputs":[{"name":"p","datatype":"FP32","shape":[1,2],"data":[0.25,0.75]},{"name":"l","datatype":"INT64","shape":[1],"data":[1]},{"name":"s","datatype":"BYTES","shape":[1],"data":["é"]},{"name":"b","datatype":"BOOL","shape":[1],"data":[true]}]}"#
+    );
+}

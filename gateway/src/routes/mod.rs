@@ -1,0 +1,136 @@
+//! The V2 REST routes: path matching, the capped body read, and turning results into responses.
+
+mod json;
+mod v2;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use serde::Serialize;
+
+use crate::errors::ApiError;
+use crate::registry::Registry;
+
+pub use json::{decode_request, InferRequest, InferResponse};
+
+/// The response type of every route.
+pub type HttpResponse = Response<Full<Bytes>>;
+
+/// What the routes share.
+pub struct AppState {
+    /// The served model set.
+    pub registry: Arc<Registry>,
+    /// Request bodies above this size get 413.
+    pub max_body_bytes: usize,
+}
+
+/// Matches a request to its route and runs it. Never fails: every error becomes a response.
+pub async fn route<B>(state: Arc<AppState>, request: Request<B>) -> HttpResponse
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match dispatch(&state, request).await {
+        Ok(response) => response,
+        Err(error) => error_response(&error),
+    }
+}
+
+async fn dispatch<B>(state: &AppState, request: Request<B>) -> Result<HttpResponse, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let path = request.uri().path();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = request.method().clone();
+    let route = match segments.as_slice() {
+        ["v2"] => Route::ServerMetadata,
+        ["v2", "health", "live"] => Route::Live,
+        ["v2", "health", "ready"] => Route::Ready,
+        ["v2", "models", model] => Route::ModelMetadata(model, None),
+        ["v2", "models", model, "versions", version] => Route::ModelMetadata(model, Some(version)),
+        ["v2", "models", model, "ready"] => Route::ModelReady(model, None),
+        ["v2", "models", model, "versions", version, "ready"] => Route::ModelReady(model, Some(version)),
+        ["v2", "models", model, "infer"] => Route::Infer(model, None),
+        ["v2", "models", model, "versions", version, "infer"] => Route::Infer(model, Some(version)),
+        _ => return Err(ApiError::RouteNotFound { path: path.to_owned() }),
+    };
+    let wanted = if matches!(route, Route::Infer(..)) { Method::POST } else { Method::GET };
+    if method != wanted {
+        let allowed = if wanted == Method::POST { "POST" } else { "GET" };
+        return Err(ApiError::MethodNotAllowed { method: method.to_string(), allowed });
+    }
+    let registry = &state.registry;
+    match route {
+        Route::ServerMetadata => Ok(v2::server_metadata()),
+        Route::Live => Ok(v2::live()),
+        Route::Ready => Ok(v2::ready(registry)),
+        Route::ModelMetadata(model, version) => v2::model_metadata(registry, model, version),
+        Route::ModelReady(model, version) => v2::model_ready(registry, model, version),
+        Route::Infer(model, version) => {
+            let (model, version) = (model.to_owned(), version.map(str::to_owned));
+            let body = read_body(request.into_body(), state.max_body_bytes).await?;
+            v2::infer(registry, &model, version.as_deref(), &body).await
+        }
+    }
+}
+
+enum Route<'a> {
+    ServerMetadata,
+    Live,
+    Ready,
+    ModelMetadata(&'a str, Option<&'a str>),
+    ModelReady(&'a str, Option<&'a str>),
+    Infer(&'a str, Option<&'a str>),
+}
+
+/// The one place a request body is read: refused early by `Content-Length`, and capped while streaming for
+/// bodies that do not declare one.
+async fn read_body<B>(body: B, limit_bytes: usize) -> Result<Bytes, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if body.size_hint().lower() > limit_bytes as u64 {
+        return Err(ApiError::PayloadTooLarge { limit_bytes });
+    }
+    match Limited::new(body, limit_bytes).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::PayloadTooLarge { limit_bytes })
+        }
+        Err(_) => Err(ApiError::BodyRead),
+    }
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, value: &impl Serialize) -> HttpResponse {
+    // Serialising our own response types cannot fail (string keys, no non-string map keys).
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The protocol's error body, `{"error": "..."}`, with the error's status and, where a retry can help, `Retry-After`.
+pub fn error_response(error: &ApiError) -> HttpResponse {
+    let status = error.status();
+    if status.is_client_error() {
+        tracing::debug!(%status, %error, "request refused");
+    }
+    #[derive(Serialize)]
+    struct ErrorBody {
+        error: String,
+    }
+    let mut response = json_response(status, &ErrorBody { error: error.to_string() });
+    if let Some(seconds) = error.retry_after_seconds() {
+        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}

@@ -1,0 +1,117 @@
+//! Handlers of the V2 core endpoints: health, metadata and inference.
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use serde::Serialize;
+
+use super::json::{decode_request, InferResponse, OutputJson};
+use super::{json_response, HttpResponse};
+use crate::errors::ApiError;
+use crate::infer::TensorSpec;
+use crate::registry::Registry;
+
+/// The platform name for ONNX models, as Triton reports it.
+const PLATFORM: &str = "onnxruntime_onnx";
+
+#[derive(Serialize)]
+struct ServerMetadata {
+    name: &'static str,
+    version: &'static str,
+    /// Only extensions that are fully implemented are listed.
+    extensions: [&'static str; 0],
+}
+
+pub(super) fn server_metadata() -> HttpResponse {
+    json_response(StatusCode::OK, &ServerMetadata { name: "vane", version: env!("CARGO_PKG_VERSION"), extensions: [] })
+}
+
+pub(super) fn live() -> HttpResponse {
+    #[derive(Serialize)]
+    struct Live {
+        live: bool,
+    }
+    json_response(StatusCode::OK, &Live { live: true })
+}
+
+pub(super) fn ready(registry: &Registry) -> HttpResponse {
+    #[derive(Serialize)]
+    struct Ready {
+        ready: bool,
+    }
+    let ready = registry.is_ready();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    json_response(status, &Ready { ready })
+}
+
+#[derive(Serialize)]
+struct ModelMetadata<'a> {
+    name: &'a str,
+    versions: Vec<String>,
+    platform: &'static str,
+    inputs: Vec<TensorMetadata<'a>>,
+    outputs: Vec<TensorMetadata<'a>>,
+}
+
+#[derive(Serialize)]
+struct TensorMetadata<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [i64],
+}
+
+impl<'a> From<&'a TensorSpec> for TensorMetadata<'a> {
+    fn from(spec: &'a TensorSpec) -> Self {
+        Self { name: &spec.name, datatype: spec.datatype.as_str(), shape: &spec.shape }
+    }
+}
+
+pub(super) fn model_metadata(
+    registry: &Registry,
+    model: &str,
+    version: Option<&str>,
+) -> Result<HttpResponse, ApiError> {
+    let table = registry.snapshot();
+    let loaded = table.get(model, version)?;
+    let signature = loaded.signature();
+    let metadata = ModelMetadata {
+        name: loaded.name(),
+        versions: table.versions(model).iter().map(u64::to_string).collect(),
+        platform: PLATFORM,
+        inputs: signature.inputs.iter().map(Into::into).collect(),
+        outputs: signature.outputs.iter().map(Into::into).collect(),
+    };
+    Ok(json_response(StatusCode::OK, &metadata))
+}
+
+pub(super) fn model_ready(registry: &Registry, model: &str, version: Option<&str>) -> Result<HttpResponse, ApiError> {
+    #[derive(Serialize)]
+    struct ModelReady<'a> {
+        name: &'a str,
+        ready: bool,
+    }
+    registry.resolve(model, version)?;
+    Ok(json_response(StatusCode::OK, &ModelReady { name: model, ready: true }))
+}
+
+pub(super) async fn infer(
+    registry: &Registry,
+    model: &str,
+    version: Option<&str>,
+    body: &[u8],
+) -> Result<HttpResponse, ApiError> {
+    let request = decode_request(body)?;
+    // One load of the model set; the guard is gone before the await below, the Arc keeps the version alive.
+    let loaded = registry.resolve(model, version)?;
+    let signature = loaded.signature();
+    let inputs = signature.check_inputs(request.inputs)?;
+    let selected: Arc<[usize]> = signature.select_outputs(request.outputs.iter().map(String::as_str))?.into();
+    let outputs = loaded.infer(inputs, selected).await?;
+    let response = InferResponse {
+        model_name: loaded.name(),
+        model_version: loaded.version().to_string(),
+        id: request.id.as_deref(),
+        outputs: outputs.iter().map(OutputJson::from).collect(),
+    };
+    Ok(json_response(StatusCode::OK, &response))
+}

@@ -1,0 +1,88 @@
+//! The one tower stack every HTTP request passes through, built in one place.
+//!
+//! Outermost first:
+//! 1. rescue: turns the errors of the layers below into protocol responses, so every call hyper makes succeeds;
+//! 2. timeout: bounds the whole request, body read and queueing included, so no client waits forever;
+//! 3. load shed: when the limit below has no free slot, answer 503 at once instead of queueing in hyper;
+//! 4. global concurrency limit: one semaphore shared by every connection (tower's plain `ConcurrencyLimitLayer`
+//!    would limit each connection separately);
+//! 5. the router, whose capped body read enforces the body size limit (413) before any decoding.
+
+use std::convert::Infallible;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use hyper::body::Incoming;
+use tokio::sync::Semaphore;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::error::Overloaded;
+use tower::timeout::error::Elapsed;
+use tower::util::BoxCloneService;
+use tower::{BoxError, ServiceBuilder};
+
+use crate::errors::ApiError;
+use crate::routes::{self, error_response, AppState, HttpResponse};
+
+/// The edge's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bodies above this get 413.
+    pub max_body_bytes: usize,
+    /// A request not answered within this gets 504.
+    pub request_timeout: Duration,
+    /// Requests handled at once across all connections; beyond it, 503 at once.
+    pub max_concurrent_requests: NonZeroUsize,
+}
+
+/// The service each connection runs. Its calls always succeed (errors are already responses); the error type is
+/// only there because tower's readiness path keeps the inner layers' error type.
+pub type HttpService = BoxCloneService<Request<Incoming>, HttpResponse, BoxError>;
+
+// === impl Limits ===
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            // 16 MiB: a 4096-row batch of the 1024-feature dense model in JSON is about 40 MB, so large batches should
+            // use several requests (or, later, the binary extension); small models' requests are kilobytes.
+            max_body_bytes: 16 * 1024 * 1024,
+            // Longer than any healthy inference here (milliseconds) by far; short enough that a stuck request frees
+            // its slot before a client's own typical 60 s timeout.
+            request_timeout: Duration::from_secs(30),
+            // About 256 in-flight requests per core is far past where throughput stops growing on small models; more
+            // would only add queueing delay.
+            max_concurrent_requests: NonZeroUsize::new(512).unwrap_or(NonZeroUsize::MIN),
+        }
+    }
+}
+
+/// Builds the stack around the router.
+pub fn build(state: Arc<AppState>, limits: &Limits) -> HttpService {
+    let timeout = limits.request_timeout;
+    let semaphore = Arc::new(Semaphore::new(limits.max_concurrent_requests.get()));
+    let service = ServiceBuilder::new()
+        .map_result(move |result: Result<HttpResponse, BoxError>| Ok::<_, BoxError>(rescue(result, timeout)))
+        .timeout(timeout)
+        .load_shed()
+        .layer(GlobalConcurrencyLimitLayer::with_semaphore(semaphore))
+        .service_fn(move |request: Request<Incoming>| {
+            let state = Arc::clone(&state);
+            async move { Ok::<_, Infallible>(routes::route(state, request).await) }
+        });
+    BoxCloneService::new(service)
+}
+
+fn rescue(result: Result<HttpResponse, BoxError>, timeout: Duration) -> HttpResponse {
+    match result {
+        Ok(response) => response,
+        Err(error) if error.is::<Elapsed>() => error_response(&ApiError::Timeout { limit_ms: timeout.as_millis() }),
+        Err(error) if error.is::<Overloaded>() => error_response(&ApiError::Overloaded),
+        Err(error) => {
+            // The router is infallible, so only a layer's own unknown error can land here.
+            tracing::error!(%error, "request failed in the tower stack");
+            error_response(&ApiError::Overloaded)
+        }
+    }
+}

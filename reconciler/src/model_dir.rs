@@ -1,0 +1,140 @@
+//! A Triton-style model repository on disk: `DIR/<model>/<version>/model.onnx`.
+//!
+//! Rules, as in Triton: every folder of `DIR` is a model; inside it, every folder whose name is a number is a
+//! version and must hold `model.onnx`; other folders and files (reference data, notes) are ignored, and so are
+//! files at the top level and hidden entries. A model with no version is an error, not a silent skip, so a typo in
+//! a folder name is seen at once.
+
+use std::fs;
+use std::path::Path;
+
+use crate::{DesiredModel, DesiredState, DesiredVersion, Error, Result};
+
+/// The file each version folder must contain.
+pub const MODEL_FILE: &str = "model.onnx";
+
+/// Reads the repository at `dir` into a [`DesiredState`]. Blocking: call it off the async threads.
+pub fn scan(dir: &Path) -> Result<DesiredState> {
+    let mut models = Vec::new();
+    for entry in read_dir(dir)? {
+        let path = entry.path();
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if name.starts_with('.') || !path.is_dir() {
+            continue;
+        }
+        if !is_valid_model_name(&name) {
+            return Err(Error::InvalidModelName { name, dir: dir.to_path_buf() });
+        }
+        let versions = scan_versions(&path)?;
+        if versions.is_empty() {
+            return Err(Error::NoVersions { model: name, path });
+        }
+        models.push(DesiredModel { name, versions });
+    }
+    if models.is_empty() {
+        return Err(Error::Empty { dir: dir.to_path_buf() });
+    }
+    models.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(DesiredState { models })
+}
+
+/// Whether `name` can be a model name: non-empty ASCII letters, digits, `_`, `-` and `.` (safe in a URL path).
+pub fn is_valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+fn scan_versions(model_dir: &Path) -> Result<Vec<DesiredVersion>> {
+    let mut versions = Vec::new();
+    for entry in read_dir(model_dir)? {
+        let path = entry.path();
+        let Some(version) = entry.file_name().to_str().and_then(|s| s.parse::<u64>().ok()) else {
+            continue;
+        };
+        if !path.is_dir() {
+            continue;
+        }
+        let file = path.join(MODEL_FILE);
+        if !file.is_file() {
+            return Err(Error::MissingModelFile { path });
+        }
+        versions.push(DesiredVersion { version, path: file });
+    }
+    versions.sort_by_key(|v| v.version);
+    Ok(versions)
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>> {
+    let wrap = |source| Error::ReadDir { path: dir.to_path_buf(), source };
+    fs::read_dir(dir).map_err(wrap)?.collect::<std::io::Result<Vec<_>>>().map_err(wrap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(root: &Path, rel: &str) {
+        let path = root.join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, b"x").unwrap();
+    }
+
+    #[test]
+    fn reads_models_and_versions_in_order_and_ignores_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        touch(dir.path(), "b/10/model.onnx");
+        touch(dir.path(), "b/9/model.onnx");
+        touch(dir.path(), "a/1/model.onnx");
+        touch(dir.path(), "a/reference.csv");
+        touch(dir.path(), "a/notes/readme.md");
+        touch(dir.path(), "README.md");
+        touch(dir.path(), ".git/1/model.onnx");
+        let state = scan(dir.path()).unwrap();
+        let names: Vec<_> = state.models.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        let b: Vec<_> = state.models[1].versions.iter().map(|v| v.version).collect();
+        assert_eq!(b, [9, 10], "numeric order, not lexical");
+        assert_eq!(state.models[1].default_version().unwrap().version, 10);
+        assert_eq!(state.models[0].versions[0].path, dir.path().join("a/1/model.onnx"));
+    }
+
+    #[test]
+    fn a_version_folder_without_its_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        touch(dir.path(), "a/1/model.onnx");
+        fs::create_dir_all(dir.path().join("a/2")).unwrap();
+        let err = scan(dir.path()).unwrap_err();
+        assert!(matches!(err, Error::MissingModelFile { .. }), "{err}");
+        assert!(err.to_string().contains("a/2 has no model.onnx"), "{err}");
+    }
+
+    #[test]
+    fn a_model_without_versions_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        touch(dir.path(), "a/1/model.onnx");
+        touch(dir.path(), "b/latest/model.onnx");
+        let err = scan(dir.path()).unwrap_err();
+        assert!(matches!(&err, Error::NoVersions { model, .. } if model == "b"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_or_missing_directory_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(scan(dir.path()), Err(Error::Empty { .. })));
+        assert!(matches!(scan(&dir.path().join("nope")), Err(Error::ReadDir { .. })));
+    }
+
+    #[test]
+    fn model_names_must_be_url_safe() {
+        assert!(is_valid_model_name("breast_cancer-v.2"));
+        for bad in ["", ".hidden", "a b", "a/b", "é", "a?b"] {
+            assert!(!is_valid_model_name(bad), "{bad:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        touch(dir.path(), "a b/1/model.onnx");
+        assert!(matches!(scan(dir.path()), Err(Error::InvalidModelName { .. })));
+    }
+}

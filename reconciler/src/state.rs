@@ -1,0 +1,38 @@
+//! The desired state: the whole set of models and versions that should be served, as one value.
+
+use std::path::PathBuf;
+
+/// Everything that should be served. It is applied as a whole: the gateway builds every model in it before any
+/// request sees the new set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredState {
+    /// The models, sorted by name.
+    pub models: Vec<DesiredModel>,
+}
+
+/// One model and the versions of it that should be served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredModel {
+    /// The name clients use in `/v2/models/{name}`.
+    pub name: String,
+    /// The versions, in ascending order; the last one is the default for requests that name no version.
+    pub versions: Vec<DesiredVersion>,
+}
+
+/// One version of a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredVersion {
+    /// The version number clients use in `/versions/{v}`.
+    pub version: u64,
+    /// Where the ONNX file is.
+    pub path: PathBuf,
+}
+
+// === impl DesiredModel ===
+
+impl DesiredModel {
+    /// The version served to requests that name none: the highest, as in Triton and TF Serving.
+    pub fn default_version(&self) -> Option<&DesiredVersion> {
+        self.versions.last()
+    }
+}
