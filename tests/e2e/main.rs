@@ -1,1 +1,5 @@
+//! End-to-end tests: a real gateway on a real loopback socket, real ONNX Runtime, the committed models.
 
+mod errors;
+mod serve;
+mod support;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use crate::errors::ApiError;
-use crate::infer::{with_vec, DataType, Tensor, TensorData};
+use crate::infer::{with_vec, DataType, Signature, Tensor, TensorData};
 
 /// A decoded inference request.
 #[derive(Debug)]
@@ -55,10 +55,11 @@ struct RawOutput {
     _parameters: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-/// Decodes a request body.
-pub fn decode_request(body: &[u8]) -> Result<InferRequest, ApiError> {
+/// Decodes a request body. With the model's `signature`, an input whose datatype differs from the model's is refused
+/// before its data is parsed, so the client hears about the datatype rather than about a value that does not fit it.
+pub fn decode_request(body: &[u8], signature: Option<&Signature>) -> Result<InferRequest, ApiError> {
     let raw: RawRequest<'_> = serde_json::from_slice(body).map_err(|e| invalid_json(&e, body))?;
-    let inputs = raw.inputs.into_iter().map(decode_input).collect::<Result<_, _>>()?;
+    let inputs = raw.inputs.into_iter().map(|input| decode_input(input, signature)).collect::<Result<_, _>>()?;
     let outputs = raw.outputs.unwrap_or_default().into_iter().map(|o| o.name).collect();
     Ok(InferRequest { id: raw.id, inputs, outputs })
 }
@@ -81,12 +82,16 @@ fn has_non_finite_token(error: &serde_json::Error, body: &[u8]) -> bool {
     [b"NaN".as_slice(), b"Infinity", b"-Infinity"].iter().any(|token| rest.starts_with(token))
 }
 
-fn decode_input(raw: RawInput<'_>) -> Result<Tensor, ApiError> {
+fn decode_input(raw: RawInput<'_>, signature: Option<&Signature>) -> Result<Tensor, ApiError> {
     let invalid = |message: String| ApiError::InvalidData { input: raw.name.clone(), message };
     let datatype = DataType::parse(&raw.datatype).ok_or_else(|| {
         let known: Vec<&str> = DataType::ALL.iter().map(|t| t.as_str()).collect();
         invalid(format!("unknown datatype '{}'; V2 datatypes are {}", raw.datatype, known.join(", ")))
     })?;
+    let declared = signature.and_then(|s| s.inputs.iter().find(|spec| spec.name == raw.name));
+    if let Some(spec) = declared.filter(|spec| spec.datatype != datatype) {
+        return Err(ApiError::DatatypeMismatch { input: raw.name, expected: spec.datatype, got: raw.datatype });
+    }
     let shape: Vec<usize> = raw.shape.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
     let expected = shape
         .iter()

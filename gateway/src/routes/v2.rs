@@ -100,10 +100,10 @@ pub(super) async fn infer(
     version: Option<&str>,
     body: &[u8],
 ) -> Result<HttpResponse, ApiError> {
-    let request = decode_request(body)?;
     // One load of the model set; the guard is gone before the await below, the Arc keeps the version alive.
     let loaded = registry.resolve(model, version)?;
     let signature = loaded.signature();
+    let request = decode_request(body, Some(signature))?;
     let inputs = signature.check_inputs(request.inputs)?;
     let selected: Arc<[usize]> = signature.select_outputs(request.outputs.iter().map(String::as_str))?.into();
     let outputs = loaded.infer(inputs, selected).await?;

@@ -2,7 +2,7 @@ use super::*;
 
 fn one_input(input: &str) -> Result<Tensor, ApiError> {
     let body = format!(r#"{{"inputs": [{input}]}}"#);
-    decode_request(body.as_bytes()).map(|mut r| r.inputs.remove(0))
+    decode_request(body.as_bytes(), None).map(|mut r| r.inputs.remove(0))
 }
 
 #[test]
@@ -32,7 +32,7 @@ fn every_json_datatype_decodes() {
 #[test]
 fn id_and_requested_outputs_are_kept_and_parameters_accepted() {
     let body = br#"{"id":"r-1","parameters":{"a":1,"b":"x","c":true},"inputs":[{"name":"x","shape":[1],"datatype":"INT64","data":[1],"parameters":{"k":"v"}}],"outputs":[{"name":"y","parameters":{"binary_data":false}}]}"#;
-    let request = decode_request(body).unwrap();
+    let request = decode_request(body, None).unwrap();
     assert_eq!(request.id.as_deref(), Some("r-1"));
     assert_eq!(request.outputs, ["y"]);
 }
@@ -79,19 +79,19 @@ fn a_huge_shape_does_not_allocate_for_it() {
 
 #[test]
 fn malformed_json_says_where_and_why() {
-    let m = decode_request(b"{\"inputs\": [").unwrap_err().to_string();
+    let m = decode_request(b"{\"inputs\": [", None).unwrap_err().to_string();
     assert!(m.starts_with("invalid JSON body: EOF while parsing"), "{m}");
-    let m = decode_request(b"{}").unwrap_err().to_string();
+    let m = decode_request(b"{}", None).unwrap_err().to_string();
     assert!(m.contains("missing field `inputs`"), "{m}");
-    let m = decode_request(br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[NaN]}]}"#)
+    let m = decode_request(br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[NaN]}]}"#, None)
         .unwrap_err()
         .to_string();
     assert!(m.contains("NaN and Infinity are not JSON numbers"), "{m}");
-    let m = decode_request(br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[-Infinity]}]}"#)
+    let m = decode_request(br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[-Infinity]}]}"#, None)
         .unwrap_err()
         .to_string();
     assert!(m.contains("NaN and Infinity are not JSON numbers"), "{m}");
-    let m = decode_request(br#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#)
+    let m = decode_request(br#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#, None)
         .unwrap_err()
         .to_string();
     assert!(m.contains("invalid value: integer `-1`"), "{m}");
@@ -116,4 +116,16 @@ fn responses_encode_every_type() {
         text,
         r#"{"model_name":"m","model_version":"2","id":"7","outputs":[{"name":"p","datatype":"FP32","shape":[1,2],"data":[0.25,0.75]},{"name":"l","datatype":"INT64","shape":[1],"data":[1]},{"name":"s","datatype":"BYTES","shape":[1],"data":["é"]},{"name":"b","datatype":"BOOL","shape":[1],"data":[true]}]}"#
     );
+}
+
+#[test]
+fn with_a_signature_a_datatype_mismatch_is_reported_before_the_values() {
+    use crate::infer::TensorSpec;
+    let signature = Signature {
+        inputs: vec![TensorSpec { name: "x".into(), datatype: DataType::Int64, shape: vec![-1] }],
+        outputs: vec![],
+    };
+    let body = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT32","data":[9007199254740990]}]}"#;
+    let err = decode_request(body, Some(&signature)).unwrap_err();
+    assert_eq!(err.to_string(), "input 'x' has datatype INT32 but the model expects INT64");
 }

@@ -1,0 +1,126 @@
+//! The `vane` binary as a user runs it: start-up failures are one clear line and a non-zero exit, and a served
+//! process answers and stops on SIGTERM.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
+}
+
+/// Runs `vane` with `args`, bounded by coreutils' `timeout` so a process that wrongly keeps serving fails the test.
+fn vane(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new("timeout");
+    command.arg("60").arg(env!("CARGO_BIN_EXE_vane")).args(args).env("NO_COLOR", "1");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("vane runs")
+}
+
+/// Asserts a failed exit whose stderr is exactly one line containing every needle.
+#[track_caller]
+fn assert_one_line_failure(output: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "should fail; stderr: {stderr}");
+    assert_ne!(output.status.code(), Some(124), "timed out instead of failing: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line, got: {stderr}");
+    assert!(lines[0].starts_with("vane: error: "), "{stderr}");
+    for needle in needles {
+        assert!(lines[0].contains(needle), "{:?} should contain {needle:?}", lines[0]);
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn serve_args(model_dir: &Path) -> Vec<String> {
+    ["serve", "--listen", "127.0.0.1:0", "--model-dir"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain([model_dir.display().to_string()])
+        .collect()
+}
+
+fn run_serve(model_dir: &Path, env: &[(&str, &str)]) -> Output {
+    let args = serve_args(model_dir);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    vane(&args, env)
+}
+
+#[test]
+fn a_missing_onnx_runtime_library_is_one_line_saying_what_was_looked_for() {
+    let output = run_serve(&models_dir(), &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so.1.31.1")]);
+    assert_one_line_failure(
+        &output,
+        &[
+            "ONNX Runtime library not found at /nonexistent/libonnxruntime.so.1.31.1",
+            "from ORT_DYLIB_PATH",
+            "set ORT_DYLIB_PATH",
+        ],
+    );
+}
+
+#[test]
+fn a_file_that_is_not_the_library_is_one_line_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("libonnxruntime.so");
+    std::fs::write(&fake, b"not a shared object").unwrap();
+    let output = run_serve(&models_dir(), &[("ORT_DYLIB_PATH", fake.to_str().unwrap())]);
+    assert_one_line_failure(&output, &["could not be loaded", "ORT_DYLIB_PATH must name libonnxruntime.so.1.31.1"]);
+}
+
+#[test]
+fn a_missing_model_directory_is_one_line() {
+    let output = run_serve(Path::new("/nonexistent/models"), &[]);
+    assert_one_line_failure(&output, &["cannot read model directory /nonexistent/models"]);
+}
+
+#[test]
+fn a_corrupt_model_file_is_one_line_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let version = dir.path().join("broken/1");
+    std::fs::create_dir_all(&version).unwrap();
+    std::fs::write(version.join("model.onnx"), b"\x08\x07garbage").unwrap();
+    let output = run_serve(dir.path(), &[]);
+    assert_one_line_failure(&output, &["cannot load", "broken/1/model.onnx"]);
+}
+
+#[test]
+fn a_served_process_answers_and_exits_cleanly_on_sigterm() {
+    let mut child = Command::new("timeout")
+        .arg("60")
+        .arg(env!("CARGO_BIN_EXE_vane"))
+        .args(serve_args(&models_dir()))
+        .args(["--log-format", "json"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    // The readiness signal: the log line the server writes once it accepts connections.
+    let addr = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "vane exited before serving");
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["fields"]["message"] == "vane is serving" {
+            break event["fields"]["addr"].as_str().unwrap().to_owned();
+        }
+    };
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    stream.write_all(b"GET /v2/health/ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(r#"{"ready":true}"#), "{answer}");
+
+    // `timeout` forwards SIGTERM to vane.
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "exit {status:?}; log: {rest}");
+    assert!(rest.contains("all inference workers stopped"), "{rest}");
+}
