@@ -124,3 +124,23 @@ fn a_served_process_answers_and_exits_cleanly_on_sigterm() {
     assert!(status.success(), "exit {status:?}; log: {rest}");
     assert!(rest.contains("all inference workers stopped"), "{rest}");
 }
+
+/// `configs/serve.env` documents every setting: each key must be one `vane serve` reads, with the default it states.
+#[test]
+fn the_example_env_file_names_real_settings_with_their_real_defaults() {
+    let help = vane(&["serve", "--help"], &[]);
+    let help = String::from_utf8(help.stdout).unwrap();
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/serve.env")).unwrap();
+    let mut checked = 0;
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        let (key, value) = line.split_once('=').unwrap();
+        let entry = help.split("\n      --").find(|flag| flag.contains(&format!("[env: {key}="))).unwrap_or_else(|| {
+            panic!("{key} is not a setting of vane serve:\n{help}");
+        });
+        if let Some(default) = entry.split("[default: ").nth(1) {
+            assert_eq!(default.split(']').next(), Some(value), "{key}: the file says {value}, vane says {entry}");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 10, "the file lists the settings ({checked})");
+}
