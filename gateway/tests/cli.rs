@@ -134,9 +134,10 @@ fn the_example_env_file_names_real_settings_with_their_real_defaults() {
     let mut checked = 0;
     for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
         let (key, value) = line.split_once('=').unwrap();
-        let entry = help.split("\n      --").find(|flag| flag.contains(&format!("[env: {key}="))).unwrap_or_else(|| {
-            panic!("{key} is not a setting of vane serve:\n{help}");
-        });
+        let entry =
+            help.split("\n      --").find(|flag| flag.contains(&format!("[env: {key}="))).unwrap_or_else(|| {
+                panic!("{key} is not a setting of vane serve:\n{help}");
+            });
         if let Some(default) = entry.split("[default: ").nth(1) {
             assert_eq!(default.split(']').next(), Some(value), "{key}: the file says {value}, vane says {entry}");
         }
