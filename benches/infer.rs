@@ -19,6 +19,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gateway::registry::Registry;
 use gateway::routes::{self, AppState};
+use gateway::stack::Limits;
 use gateway::ServeConfig;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
@@ -48,7 +49,7 @@ fn bench(c: &mut Criterion) {
     let server =
         runtime.block_on(gateway::start(ServeConfig::new("127.0.0.1:0".parse().unwrap(), models_dir()))).unwrap();
     let registry: Arc<Registry> = Arc::clone(server.registry());
-    let state = Arc::new(AppState { registry, max_body_bytes: 16 << 20 });
+    let state = Arc::new(AppState::new(registry, &Limits::default()));
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let base = format!("http://{}", server.local_addr());
     let environment = gateway::runtime::environment().unwrap();

@@ -87,6 +87,26 @@ pub enum ApiError {
         /// What was wrong, naming the expected datatype.
         message: String,
     },
+    /// A request has more rows than the model version's `max_batch_size`.
+    #[error("input '{input}' has {rows} rows but model '{model}' takes at most {max_rows} per request (its max_batch_size); split the request")]
+    TooManyRows {
+        /// The model.
+        model: String,
+        /// The first input.
+        input: String,
+        /// The rows sent.
+        rows: usize,
+        /// The limit.
+        max_rows: usize,
+    },
+    /// A request parameter has a value of the wrong kind.
+    #[error("parameter '{name}': {message}")]
+    InvalidParameter {
+        /// The parameter.
+        name: &'static str,
+        /// What was wrong.
+        message: &'static str,
+    },
     /// The request asks for an output the model does not have.
     #[error("unknown output '{output}': the model's outputs are {expected}")]
     UnknownOutput {
@@ -152,6 +172,14 @@ pub enum ApiError {
     Timeout {
         /// The limit.
         limit_ms: u128,
+    },
+    /// The request's deadline passed before it ran; it was not run.
+    #[error("the request's deadline passed before model '{model}' version {version} could run it; it was not run")]
+    DeadlineExceeded {
+        /// The model.
+        model: String,
+        /// The version.
+        version: u64,
     },
     /// The server is shutting down or its model set is not loaded.
     #[error("server is not ready")]
@@ -254,6 +282,15 @@ pub enum InferError {
     /// The run panicked inside the worker; the worker survived.
     #[error("the run panicked: {0}")]
     Panicked(String),
+    /// The job's deadline passed while it was queued; it was not run.
+    #[error("deadline passed while queued")]
+    DeadlineExceeded,
+    /// A batched output's first dimension was not the batch's row count, so it could not be split per request.
+    #[error("a batched output could not be split back into requests")]
+    BatchSplit,
+    /// The batch this request was part of failed.
+    #[error("the batch failed: {0}")]
+    Batch(String),
     /// The worker went away before answering (the model is shutting down).
     #[error("the model's worker stopped before answering")]
     WorkerGone,
@@ -275,6 +312,8 @@ impl ApiError {
             | Self::EmptyBatch { .. }
             | Self::InvalidData { .. }
             | Self::UnknownOutput { .. }
+            | Self::TooManyRows { .. }
+            | Self::InvalidParameter { .. }
             | Self::BodyRead => StatusCode::BAD_REQUEST,
             Self::ModelNotFound { .. } | Self::VersionNotFound { .. } | Self::RouteNotFound { .. } => {
                 StatusCode::NOT_FOUND
@@ -282,7 +321,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::QueueFull { .. } | Self::Overloaded | Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Timeout { .. } | Self::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Inference { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

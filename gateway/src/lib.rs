@@ -78,7 +78,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
     let model_dir = config.model_dir.clone();
     let table = tokio::task::spawn_blocking(move || -> Result<ModelTable, StartError> {
         let desired = reconciler::model_dir::scan(&model_dir)?;
-        Ok(ModelTable::load(&loader, &desired)?)
+        Ok(ModelTable::load(&loader, &desired, &ModelTable::default())?)
     })
     .await??;
     let registry = Arc::new(Registry::new());
@@ -87,7 +87,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
-    let state = Arc::new(AppState { registry: Arc::clone(&registry), max_body_bytes: config.limits.max_body_bytes });
+    let state = Arc::new(AppState::new(Arc::clone(&registry), &config.limits));
     let service = stack::build(state, &config.limits);
     let shutdown = CancellationToken::new();
     let serving = tokio::spawn(server::serve(listener, service, shutdown.clone(), config.shutdown_grace));

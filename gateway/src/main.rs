@@ -61,12 +61,18 @@ struct RunArgs {
     /// Requests handled at once across all connections; more get 503 at once.
     #[arg(long, env = "VANE_MAX_CONCURRENT_REQUESTS", default_value_t = Limits::default().max_concurrent_requests)]
     max_concurrent_requests: NonZeroUsize,
-    /// Worker threads (each with its own ONNX Runtime session) per model version.
-    #[arg(long, env = "VANE_WORKERS_PER_MODEL", default_value_t = ModelSettings::default().workers)]
-    workers_per_model: NonZeroUsize,
+    /// Worker threads (each with its own ONNX Runtime session) per model version [default: one per core, at most 4].
+    #[arg(long, env = "VANE_WORKERS_PER_MODEL")]
+    workers_per_model: Option<NonZeroUsize>,
     /// Requests that may wait per model version before new ones get 503.
     #[arg(long, env = "VANE_QUEUE_CAPACITY", default_value_t = ModelSettings::default().queue_capacity)]
     queue_capacity: NonZeroUsize,
+    /// Most rows the dynamic batcher puts in one batch (and accepts in one request); 0 turns batching off.
+    #[arg(long, env = "VANE_MAX_BATCH_SIZE", default_value_t = ModelSettings::default().max_batch_size)]
+    max_batch_size: usize,
+    /// Longest the batcher waits for more rows, from the oldest queued request (e.g. 300us); 0 never waits.
+    #[arg(long, env = "VANE_MAX_QUEUE_DELAY", value_parser = humantime::parse_duration, default_value = "300us")]
+    max_queue_delay: Duration,
     /// ONNX Runtime intra-op threads per session (1 is fastest on small machines).
     #[arg(long, env = "VANE_INTRA_THREADS", default_value_t = ModelSettings::default().intra_threads)]
     intra_threads: NonZeroUsize,
@@ -84,9 +90,11 @@ impl RunArgs {
             max_concurrent_requests: self.max_concurrent_requests,
         };
         config.models = ModelSettings {
-            workers: self.workers_per_model,
+            workers: self.workers_per_model.unwrap_or(ModelSettings::default().workers),
             queue_capacity: self.queue_capacity,
             intra_threads: self.intra_threads,
+            max_batch_size: self.max_batch_size,
+            max_queue_delay: self.max_queue_delay,
         };
         config.shutdown_grace = self.shutdown_grace;
         config

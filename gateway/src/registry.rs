@@ -31,20 +31,38 @@ pub struct Registry {
 // === impl ModelTable ===
 
 impl ModelTable {
-    /// Loads every version of every model in `desired`. Blocking; all or nothing: the first failure is returned and
-    /// the versions loaded so far are dropped.
-    pub fn load(loader: &ModelLoader, desired: &DesiredState) -> Result<Self, LoadError> {
+    /// Builds the table for `desired`, keeping every version of `previous` that is still current (same artifact,
+    /// same settings) and loading and warming the rest. Blocking; all or nothing: on the first failure the versions
+    /// loaded so far are dropped and `previous` is untouched.
+    pub fn load(loader: &ModelLoader, desired: &DesiredState, previous: &ModelTable) -> Result<Self, LoadError> {
         let mut models = BTreeMap::new();
         for model in &desired.models {
             let mut versions = BTreeMap::new();
             for version in &model.versions {
-                let loaded = loader.load(&model.name, version.version, &version.path)?;
-                tracing::info!(model = %model.name, version = version.version, path = %version.path.display(), "model loaded");
-                versions.insert(version.version, Arc::new(loaded));
+                let kept = previous.models.get(&model.name).and_then(|v| v.get(&version.version));
+                let loaded = match kept.filter(|loaded| loaded.is_current(version, &model.config)) {
+                    Some(loaded) => Arc::clone(loaded),
+                    None => {
+                        let loaded = loader.load(&model.name, version, &model.config)?;
+                        tracing::info!(model = %model.name, version = version.version, path = %version.path.display(), "model loaded");
+                        Arc::new(loaded)
+                    }
+                };
+                versions.insert(version.version, loaded);
             }
             models.insert(model.name.clone(), versions);
         }
         Ok(Self { models })
+    }
+
+    /// Whether `other` serves exactly the same loaded versions (the same `Arc`s).
+    pub fn same_as(&self, other: &ModelTable) -> bool {
+        self.models.len() == other.models.len()
+            && self.models.iter().zip(&other.models).all(|((a, va), (b, vb))| {
+                a == b
+                    && va.len() == vb.len()
+                    && va.iter().zip(vb).all(|((x, mx), (y, my))| x == y && Arc::ptr_eq(mx, my))
+            })
     }
 
     /// The model names, sorted.

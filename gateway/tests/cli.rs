@@ -89,8 +89,10 @@ fn a_corrupt_model_file_is_one_line_naming_the_file() {
 
 #[test]
 fn a_served_process_answers_and_exits_cleanly_on_sigterm() {
+    // --foreground: timeout passes a signal on to vane alone (by default it also signals its process group, so vane
+    // would see SIGTERM twice and take the second as "exit at once").
     let mut child = Command::new("timeout")
-        .arg("60")
+        .args(["--foreground", "60"])
         .arg(env!("CARGO_BIN_EXE_vane"))
         .args(serve_args(&models_dir()))
         .args(["--log-format", "json"])

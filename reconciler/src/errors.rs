@@ -37,6 +37,14 @@ pub enum Error {
         /// The repository directory.
         dir: PathBuf,
     },
+    /// A model's `config.yaml` is unreadable or invalid.
+    #[error("invalid model config {path}: {message}")]
+    ModelConfig {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The repository holds no model at all.
     #[error("no models found in {dir}: expected {dir}/<model>/<version>/model.onnx")]
     Empty {

@@ -6,8 +6,10 @@
 //! blocking file-system reads, so callers run it off the async threads.
 
 mod errors;
+pub mod model_config;
 pub mod model_dir;
 mod state;
 
 pub use errors::{Error, Result};
+pub use model_config::ModelConfig;
 pub use state::{DesiredModel, DesiredState, DesiredVersion};

@@ -3,12 +3,12 @@
 //! Rules, as in Triton: every folder of `DIR` is a model; inside it, every folder whose name is a number is a
 //! version and must hold `model.onnx`; other folders and files (reference data, notes) are ignored, and so are
 //! files at the top level and hidden entries. A model with no version is an error, not a silent skip, so a typo in
-//! a folder name is seen at once.
+//! a folder name is seen at once. A model folder may hold `config.yaml` ([`ModelConfig`]) with its serving settings.
 
 use std::fs;
 use std::path::Path;
 
-use crate::{DesiredModel, DesiredState, DesiredVersion, Error, Result};
+use crate::{DesiredModel, DesiredState, DesiredVersion, Error, ModelConfig, Result};
 
 /// The file each version folder must contain.
 pub const MODEL_FILE: &str = "model.onnx";
@@ -31,7 +31,8 @@ pub fn scan(dir: &Path) -> Result<DesiredState> {
         if versions.is_empty() {
             return Err(Error::NoVersions { model: name, path });
         }
-        models.push(DesiredModel { name, versions });
+        let config = ModelConfig::read(&path)?;
+        models.push(DesiredModel { name, versions, config });
     }
     if models.is_empty() {
         return Err(Error::Empty { dir: dir.to_path_buf() });
@@ -61,10 +62,19 @@ fn scan_versions(model_dir: &Path) -> Result<Vec<DesiredVersion>> {
         if !file.is_file() {
             return Err(Error::MissingModelFile { path });
         }
-        versions.push(DesiredVersion { version, path: file });
+        let fingerprint = fingerprint(&file)?;
+        versions.push(DesiredVersion { version, path: file, fingerprint });
     }
     versions.sort_by_key(|v| v.version);
     Ok(versions)
+}
+
+/// Size and modification time: a rewritten or replaced file changes at least one of them.
+fn fingerprint(file: &Path) -> Result<String> {
+    let metadata = fs::metadata(file).map_err(|source| Error::ReadDir { path: file.into(), source })?;
+    let modified =
+        metadata.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).unwrap_or_default();
+    Ok(format!("size={},mtime={}.{:09}", metadata.len(), modified.as_secs(), modified.subsec_nanos()))
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>> {
@@ -125,6 +135,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(scan(dir.path()), Err(Error::Empty { .. })));
         assert!(matches!(scan(&dir.path().join("nope")), Err(Error::ReadDir { .. })));
+    }
+
+    #[test]
+    fn a_model_config_is_read_and_a_rewritten_file_changes_its_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        touch(dir.path(), "a/1/model.onnx");
+        fs::write(dir.path().join("a/config.yaml"), "max_batch_size: 8\n").unwrap();
+        let first = scan(dir.path()).unwrap();
+        assert_eq!(first.models[0].config.max_batch_size, Some(8));
+        fs::write(dir.path().join("a/1/model.onnx"), b"longer content").unwrap();
+        let second = scan(dir.path()).unwrap();
+        assert_ne!(first.models[0].versions[0].fingerprint, second.models[0].versions[0].fingerprint);
+        fs::write(dir.path().join("a/config.yaml"), "max_batch_size: [").unwrap();
+        assert!(matches!(scan(dir.path()), Err(Error::ModelConfig { .. })));
     }
 
     #[test]

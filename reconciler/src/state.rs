@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::ModelConfig;
+
 /// Everything that should be served. It is applied as a whole: the gateway builds every model in it before any
 /// request sees the new set.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +19,8 @@ pub struct DesiredModel {
     pub name: String,
     /// The versions, in ascending order; the last one is the default for requests that name no version.
     pub versions: Vec<DesiredVersion>,
+    /// How the model is batched, queued and run.
+    pub config: ModelConfig,
 }
 
 /// One version of a model.
@@ -26,6 +30,9 @@ pub struct DesiredVersion {
     pub version: u64,
     /// Where the ONNX file is.
     pub path: PathBuf,
+    /// Identifies the artifact's content: equal fingerprints mean the loaded model can be kept as it is. A model
+    /// directory uses the file's size and modification time; a Git source will use its digest.
+    pub fingerprint: String,
 }
 
 // === impl DesiredModel ===

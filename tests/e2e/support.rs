@@ -110,3 +110,44 @@ pub(crate) fn breast_cancer_row() -> Value {
     let row: Vec<Value> = fixture["inputs"][0]["data"].as_array().unwrap()[..30].to_vec();
     serde_json::json!({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": row}]})
 }
+
+/// A model repository in a temporary folder: the named models' committed versions (linked, not copied), each with
+/// the given `config.yaml` text.
+pub(crate) fn model_repo(models: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, config) in models {
+        let source = models_dir().join(name);
+        for entry in std::fs::read_dir(&source).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_name().to_str().is_some_and(|n| n.parse::<u64>().is_ok()) {
+                let version = dir.path().join(name).join(entry.file_name());
+                std::fs::create_dir_all(&version).unwrap();
+                std::os::unix::fs::symlink(entry.path().join("model.onnx"), version.join("model.onnx")).unwrap();
+            }
+        }
+        std::fs::write(dir.path().join(name).join("config.yaml"), config).unwrap();
+    }
+    dir
+}
+
+impl TestServer {
+    /// Serves the repository at `dir` with settings changed by `tweak`.
+    pub(crate) async fn start_in(dir: &std::path::Path, tweak: impl FnOnce(&mut ServeConfig)) -> Self {
+        let dir = dir.to_path_buf();
+        Self::start_with(move |config| {
+            config.model_dir = dir;
+            tweak(config);
+        })
+        .await
+    }
+
+    /// The loaded model version a request for `model` would get now.
+    pub(crate) fn model(&self, model: &str) -> std::sync::Arc<gateway::infer::LoadedModel> {
+        self.server.registry().resolve(model, None).unwrap()
+    }
+}
+
+/// A request of `rows` rows of zeros for the dense model: 1,000 rows take it tens of milliseconds.
+pub(crate) fn dense_zeros(rows: usize) -> Value {
+    serde_json::json!({"inputs": [{"name": "input", "shape": [rows, 1024], "datatype": "FP32", "data": vec![0.0f32; rows * 1024]}]})
+}

@@ -1,26 +1,31 @@
 //! Models as the gateway serves them: loading and warming a version, its signature, and running requests on its
-//! worker threads.
+//! worker threads through the dynamic batcher.
 
+mod batch;
 mod onnx;
 mod signature;
+mod stats;
 mod tensor;
 mod worker;
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use reconciler::{DesiredVersion, ModelConfig};
 use tokio::sync::oneshot;
 
 use crate::errors::{ApiError, InferError, LoadError};
 
 pub use signature::{Signature, TensorSpec};
+pub use stats::{ModelStats, StatsSnapshot};
 pub(crate) use tensor::with_vec;
 pub use tensor::{DataType, Tensor, TensorData};
-pub use worker::WorkerGroup;
+pub use worker::{BatchPolicy, WorkerGroup};
 use worker::{Job, SubmitError, WorkerPool};
 
-/// How each model version is run.
+/// How model versions are run: the server-wide defaults, which a model's own [`ModelConfig`] overrides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelSettings {
     /// Worker threads (each with its own session) per model version.
@@ -29,6 +34,10 @@ pub struct ModelSettings {
     pub queue_capacity: NonZeroUsize,
     /// ONNX Runtime intra-op threads per session.
     pub intra_threads: NonZeroUsize,
+    /// Most rows per formed batch and per request, for models whose first dimension is dynamic; 0 or 1: off.
+    pub max_batch_size: usize,
+    /// Longest the batcher waits for more rows, from the oldest queued request.
+    pub max_queue_delay: Duration,
 }
 
 /// One loaded, warmed model version, ready for requests. Cheap to share (`Arc`); when the last holder drops it,
@@ -37,14 +46,24 @@ pub struct LoadedModel {
     name: String,
     version: u64,
     path: PathBuf,
+    fingerprint: String,
+    config: ModelConfig,
     signature: Signature,
+    policy: BatchPolicy,
+    stats: Arc<ModelStats>,
     pool: WorkerPool,
+}
+
+/// Counts a request as on its way to a model version's queue (the batcher waits for such requests) until it is
+/// queued or refused.
+pub struct Incoming<'a> {
+    _guard: stats::IncomingGuard<'a>,
 }
 
 /// Loads model versions: builds their sessions, checks and warms them, and starts their workers.
 #[derive(Clone)]
 pub struct ModelLoader {
-    settings: ModelSettings,
+    defaults: ModelSettings,
     group: WorkerGroup,
 }
 
@@ -52,12 +71,36 @@ pub struct ModelLoader {
 
 impl Default for ModelSettings {
     fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
         Self {
-            workers: NonZeroUsize::MIN,
-            // Enough to absorb a burst from a few dozen clients on a 2-core machine; beyond that a fast 503 is
-            // kinder than a queue whose wait exceeds any client's timeout.
+            // One session per core, up to 4: parallelism across requests beats ORT's intra-op pool on small
+            // machines, and each extra session of an 8 MB model costs 12-14 MB.
+            workers: NonZeroUsize::new(cores.clamp(1, 4)).unwrap_or(NonZeroUsize::MIN),
+            // Absorbs a burst from a few dozen clients; a longer queue would only make clients wait longer than a
+            // retry takes.
             queue_capacity: NonZeroUsize::new(64).unwrap_or(NonZeroUsize::MIN),
             intra_threads: NonZeroUsize::MIN,
+            // Big enough for client-side batches and for what 64 concurrent clients form; small enough to bound a
+            // batch's memory (the 1024-feature model: 512 KiB of input).
+            max_batch_size: 128,
+            // "A few hundred microseconds": invisible next to network latency, enough for batches to form under
+            // load. The batcher waits only while requests are on their way, so a lone request is never delayed.
+            max_queue_delay: Duration::from_micros(300),
+        }
+    }
+}
+
+impl ModelSettings {
+    /// These settings with a model's own config applied over them.
+    pub fn with_config(&self, config: &ModelConfig) -> Self {
+        let nonzero =
+            |value: Option<usize>, default: NonZeroUsize| value.and_then(NonZeroUsize::new).unwrap_or(default);
+        Self {
+            workers: nonzero(config.workers, self.workers),
+            queue_capacity: nonzero(config.queue_capacity, self.queue_capacity),
+            intra_threads: nonzero(config.intra_threads, self.intra_threads),
+            max_batch_size: config.max_batch_size.unwrap_or(self.max_batch_size),
+            max_queue_delay: config.max_queue_delay.unwrap_or(self.max_queue_delay),
         }
     }
 }
@@ -65,42 +108,83 @@ impl Default for ModelSettings {
 // === impl ModelLoader ===
 
 impl ModelLoader {
-    /// A loader whose workers are tracked by `group`.
-    pub fn new(settings: ModelSettings, group: WorkerGroup) -> Self {
-        Self { settings, group }
+    /// A loader with server-wide `defaults`, whose workers are tracked by `group`.
+    pub fn new(defaults: ModelSettings, group: WorkerGroup) -> Self {
+        Self { defaults, group }
     }
 
-    /// Loads, checks and warms one version. Blocking (file reads, graph optimisation, a warm-up run): call it off
+    /// The worker threads this loader's models run.
+    pub fn workers(&self) -> &WorkerGroup {
+        &self.group
+    }
+
+    /// Loads, checks and warms one version. Blocking (file reads, graph optimisation, warm-up runs): call it off
     /// the async threads. The model is only returned once every session has answered a warm-up run.
-    pub fn load(&self, name: &str, version: u64, path: &Path) -> Result<LoadedModel, LoadError> {
-        let mut sessions = Vec::with_capacity(self.settings.workers.get());
-        for _ in 0..self.settings.workers.get() {
-            sessions.push(onnx::build_session(path, self.settings.intra_threads.get())?);
+    pub fn load(&self, name: &str, desired: &DesiredVersion, config: &ModelConfig) -> Result<LoadedModel, LoadError> {
+        let settings = self.defaults.with_config(config);
+        let path = desired.path.as_path();
+        let mut sessions = Vec::with_capacity(settings.workers.get());
+        for _ in 0..settings.workers.get() {
+            sessions.push(onnx::build_session(path, settings.intra_threads.get())?);
         }
         let signature = Signature::from_session(&sessions[0], path)?;
-        let all_outputs: Vec<usize> = (0..signature.outputs.len()).collect();
-        for session in &mut sessions {
-            onnx::run(session, warmup_inputs(&signature), &all_outputs)
-                .map_err(|source| LoadError::Warmup { path: path.into(), source })?;
+        let mut policy = BatchPolicy { max_rows: settings.max_batch_size, max_delay: settings.max_queue_delay };
+        if policy.enabled() && !signature.batches_on_first_dimension() {
+            policy = BatchPolicy::OFF;
         }
-        let label = format!("{name}-{version}");
-        let pool = WorkerPool::start(&label, sessions, self.settings.queue_capacity.get(), &self.group)
-            .map_err(|source| LoadError::SpawnWorker { path: path.into(), source })?;
-        Ok(LoadedModel { name: name.to_owned(), version, path: path.to_owned(), signature, pool })
+        for session in &mut sessions {
+            warm_up(session, &signature, path, 1)?;
+        }
+        if policy.enabled() && !warm_up(&mut sessions[0], &signature, path, 2)? {
+            tracing::info!(
+                model = name,
+                version = desired.version,
+                "outputs do not follow the batch dimension; batching off"
+            );
+            policy = BatchPolicy::OFF;
+        }
+        let stats = Arc::new(ModelStats::default());
+        let label = format!("{name}-{}", desired.version);
+        let pool =
+            WorkerPool::start(&label, sessions, settings.queue_capacity.get(), policy, Arc::clone(&stats), &self.group)
+                .map_err(|source| LoadError::SpawnWorker { path: path.into(), source })?;
+        Ok(LoadedModel {
+            name: name.to_owned(),
+            version: desired.version,
+            path: path.to_owned(),
+            fingerprint: desired.fingerprint.clone(),
+            config: *config,
+            signature,
+            policy,
+            stats,
+            pool,
+        })
     }
 }
 
-/// One row of zeros (empty strings, `false`) per input, every dynamic dimension set to 1.
-fn warmup_inputs(signature: &Signature) -> Vec<Tensor> {
-    signature
+/// Runs zeros (empty strings, `false`) through `session` with `rows` rows; returns whether every output's first
+/// dimension came back as `rows` (so batched outputs can be split per request).
+fn warm_up(
+    session: &mut ort::session::Session,
+    signature: &Signature,
+    path: &Path,
+    rows: usize,
+) -> Result<bool, LoadError> {
+    let inputs: Vec<Tensor> = signature
         .inputs
         .iter()
         .filter_map(|spec| {
-            let shape = spec.unit_shape();
+            let mut shape = spec.unit_shape();
+            if let Some(first) = shape.first_mut().filter(|_| spec.has_dynamic_batch()) {
+                *first = rows;
+            }
             let data = TensorData::zeros(spec.datatype, shape.iter().product())?;
             Some(Tensor { name: spec.name.clone(), shape, data })
         })
-        .collect()
+        .collect();
+    let all: Vec<usize> = (0..signature.outputs.len()).collect();
+    let outputs = onnx::run(session, inputs, &all).map_err(|source| LoadError::Warmup { path: path.into(), source })?;
+    Ok(outputs.iter().all(|o| o.shape.first() == Some(&rows)))
 }
 
 // === impl LoadedModel ===
@@ -116,26 +200,76 @@ impl LoadedModel {
         self.version
     }
 
+    /// The artifact's fingerprint when it was loaded.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Whether this is exactly what `desired` with `config` would load: same artifact, same settings.
+    pub fn is_current(&self, desired: &DesiredVersion, config: &ModelConfig) -> bool {
+        self.fingerprint == desired.fingerprint && self.path == desired.path && self.config == *config
+    }
+
     /// What the model takes and gives.
     pub fn signature(&self) -> &Signature {
         &self.signature
     }
 
+    /// How this version batches (off when the model cannot).
+    pub fn batch_policy(&self) -> BatchPolicy {
+        self.policy
+    }
+
+    /// The live counters of its queue and workers.
+    pub fn stats(&self) -> &ModelStats {
+        &self.stats
+    }
+
+    /// Marks a request as on its way to this version's queue; pass the guard to [`LoadedModel::infer`].
+    pub fn incoming(&self) -> Incoming<'_> {
+        Incoming { _guard: stats::IncomingGuard::new(self.stats.incoming()) }
+    }
+
     /// Runs checked inputs (see [`Signature::check_inputs`]) on a worker and returns the selected outputs.
-    /// Never blocks the calling thread: a full queue is refused at once with [`ApiError::QueueFull`].
-    pub async fn infer(&self, inputs: Vec<Tensor>, outputs: Arc<[usize]>) -> Result<Vec<Tensor>, ApiError> {
+    /// Never blocks the calling thread: a full queue is refused at once with [`ApiError::QueueFull`], and a request
+    /// still queued at `deadline` is answered [`ApiError::DeadlineExceeded`] and never runs.
+    pub async fn infer(
+        &self,
+        incoming: Incoming<'_>,
+        inputs: Vec<Tensor>,
+        outputs: Arc<[usize]>,
+        deadline: Instant,
+    ) -> Result<Vec<Tensor>, ApiError> {
+        let rows = batch::rows(&inputs);
+        if self.policy.enabled() && rows > self.policy.max_rows {
+            let input = inputs.first().map(|t| t.name.clone()).unwrap_or_default();
+            return Err(ApiError::TooManyRows {
+                model: self.name.clone(),
+                input,
+                rows,
+                max_rows: self.policy.max_rows,
+            });
+        }
+        let batchable = self.policy.enabled() && batch::same_rows(&inputs);
         let (reply, answer) = oneshot::channel();
-        match self.pool.try_submit(Job { inputs, outputs, reply }) {
+        let job = Job { inputs, rows, batchable, outputs, enqueued: Instant::now(), deadline, reply };
+        let submitted = self.pool.try_submit(job);
+        drop(incoming);
+        match submitted {
             Ok(()) => {}
             Err(SubmitError::Full) => {
                 return Err(ApiError::QueueFull { model: self.name.clone(), version: self.version })
             }
             Err(SubmitError::Closed) => return Err(self.failed(&InferError::WorkerGone)),
         }
-        match answer.await {
-            Ok(Ok(outputs)) => Ok(outputs),
-            Ok(Err(error)) => Err(self.failed(&error)),
-            Err(_) => Err(self.failed(&InferError::WorkerGone)),
+        // If the deadline passes first, the job stays queued with a closed reply and the worker skips it.
+        match tokio::time::timeout_at(deadline.into(), answer).await {
+            Ok(Ok(Ok(outputs))) => Ok(outputs),
+            Err(_) | Ok(Ok(Err(InferError::DeadlineExceeded))) => {
+                Err(ApiError::DeadlineExceeded { model: self.name.clone(), version: self.version })
+            }
+            Ok(Ok(Err(error))) => Err(self.failed(&error)),
+            Ok(Err(_)) => Err(self.failed(&InferError::WorkerGone)),
         }
     }
 

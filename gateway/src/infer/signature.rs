@@ -73,6 +73,11 @@ impl Signature {
         Ok(Self { inputs, outputs })
     }
 
+    /// Whether every input and output has a dynamic first dimension, so requests can be concatenated along it.
+    pub fn batches_on_first_dimension(&self) -> bool {
+        !self.inputs.is_empty() && self.inputs.iter().chain(&self.outputs).all(TensorSpec::has_dynamic_batch)
+    }
+
     /// Checks request tensors against the inputs and puts them in graph order. Element counts were already
     /// checked against each tensor's own shape when it was decoded.
     pub fn check_inputs(&self, mut given: Vec<Tensor>) -> Result<Vec<Tensor>, ApiError> {

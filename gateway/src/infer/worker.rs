@@ -1,36 +1,61 @@
-//! Worker threads that own ONNX Runtime sessions.
+//! Worker threads that own ONNX Runtime sessions, and the dynamic batcher they run.
 //!
 //! `Session::run` takes `&mut self` in `ort` rc.15 (parts of ONNX Runtime's Run are not thread-safe), so each
 //! session is moved into its own named OS thread. A model version's workers share one bounded queue; requests
 //! `try_send` into it and wait on a oneshot, so inference never runs on a tokio thread and a full queue is refused at
 //! once instead of growing.
+//!
+//! Batching, as Triton's dynamic batcher: a worker takes the oldest job, then keeps taking queued jobs while their
+//! rows fit in `max_rows`; if the batch is not full and more requests are on their way to the queue, it waits for
+//! them until `max_delay` after the oldest job was queued. A job that does not fit (too many rows, other trailing
+//! dimensions) starts the next batch. Expired jobs and jobs whose caller left are dropped without running.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use ort::session::Session;
 use tokio::sync::oneshot;
 
 use crate::errors::InferError;
-use crate::infer::{onnx, Tensor};
+use crate::infer::stats::ModelStats;
+use crate::infer::{batch, onnx, Tensor};
 
-/// One inference to run: checked inputs in graph order, the output positions wanted, and where to answer.
+/// One inference to run.
 pub(super) struct Job {
-    /// The inputs, already checked against the signature.
+    /// The inputs, already checked against the signature, in graph order.
     pub(super) inputs: Vec<Tensor>,
+    /// Rows in this request (first dimension).
+    pub(super) rows: usize,
+    /// Whether the request may join a batch (batching on, all inputs agree on their first dimension).
+    pub(super) batchable: bool,
     /// Output positions to return, in the order wanted.
     pub(super) outputs: Arc<[usize]>,
-    /// Where the result goes; dropped unanswered only if the worker panics past `catch_unwind`.
+    /// When it was queued; the batcher's delay counts from the oldest job's.
+    pub(super) enqueued: Instant,
+    /// After this the job is answered `DeadlineExceeded` without running.
+    pub(super) deadline: Instant,
+    /// Where the result goes.
     pub(super) reply: oneshot::Sender<Result<Vec<Tensor>, InferError>>,
+}
+
+/// How a model version's workers batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchPolicy {
+    /// Most rows per batch (and per request); 0 means batching is off.
+    pub max_rows: usize,
+    /// Longest wait for more rows, from the oldest job in the batch.
+    pub max_delay: Duration,
 }
 
 /// The sending side of a model version's queue. Dropping it (with the model) closes the queue: the workers finish
 /// the jobs already queued and exit.
 pub(super) struct WorkerPool {
     jobs: Sender<Job>,
+    stats: Arc<ModelStats>,
 }
 
 /// Why a job was not queued.
@@ -44,14 +69,30 @@ pub(super) enum SubmitError {
 /// Tracks every worker thread the process starts, so shutdown can wait for all of them to exit.
 ///
 /// Each worker holds a clone of a sender that is never used; when the last worker exits, the receiver sees the
-/// channel disconnect. No lock, no counter to keep in step.
+/// channel disconnect. The counter is only for observation.
 #[derive(Clone)]
 pub struct WorkerGroup {
     alive: Sender<Never>,
     done: Receiver<Never>,
+    live: Arc<AtomicUsize>,
 }
 
 enum Never {}
+
+/// How long one wait for more rows lasts before the worker checks again whether anything is still on its way.
+const WAIT_SLICE: Duration = Duration::from_micros(50);
+
+// === impl BatchPolicy ===
+
+impl BatchPolicy {
+    /// No batching.
+    pub const OFF: Self = Self { max_rows: 0, max_delay: Duration::ZERO };
+
+    /// Whether batching is on.
+    pub fn enabled(&self) -> bool {
+        self.max_rows > 1
+    }
+}
 
 // === impl WorkerPool ===
 
@@ -61,41 +102,186 @@ impl WorkerPool {
         label: &str,
         sessions: Vec<Session>,
         queue_capacity: usize,
+        policy: BatchPolicy,
+        stats: Arc<ModelStats>,
         group: &WorkerGroup,
     ) -> std::io::Result<Self> {
         // Bounded: when full, `try_submit` fails and the request gets 503 + Retry-After (see `ApiError::QueueFull`).
         let (jobs, queue) = crossbeam_channel::bounded(queue_capacity);
         for (index, session) in sessions.into_iter().enumerate() {
-            let queue = queue.clone();
+            let worker = Worker { session, queue: queue.clone(), policy, stats: Arc::clone(&stats), carry: None };
             let alive = group.alive.clone();
-            thread::Builder::new().name(format!("infer-{label}-{index}")).spawn(move || {
-                work(session, &queue);
+            let live = Arc::clone(&group.live);
+            live.fetch_add(1, Ordering::SeqCst);
+            let spawned = thread::Builder::new().name(format!("infer-{label}-{index}")).spawn(move || {
+                worker.run();
+                live.fetch_sub(1, Ordering::SeqCst);
                 drop(alive);
-            })?;
+            });
+            if let Err(error) = spawned {
+                group.live.fetch_sub(1, Ordering::SeqCst);
+                return Err(error);
+            }
         }
-        Ok(Self { jobs })
+        Ok(Self { jobs, stats })
     }
 
     /// Queues a job without waiting.
     pub(super) fn try_submit(&self, job: Job) -> Result<(), SubmitError> {
-        self.jobs.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => SubmitError::Full,
-            TrySendError::Disconnected(_) => SubmitError::Closed,
-        })
+        // Counted before the send so a worker's decrement can never run first.
+        self.stats.enqueued();
+        match self.jobs.try_send(job) {
+            Ok(()) => {
+                self.stats.observe_depth(self.jobs.len());
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.unqueued();
+                Err(match e {
+                    TrySendError::Full(_) => SubmitError::Full,
+                    TrySendError::Disconnected(_) => SubmitError::Closed,
+                })
+            }
+        }
     }
 }
 
-fn work(mut session: Session, queue: &Receiver<Job>) {
-    while let Ok(job) = queue.recv() {
-        // The caller went away (client disconnected, timeout): skip the run rather than compute for nobody.
-        if job.reply.is_closed() {
-            continue;
+/// One worker thread's state.
+struct Worker {
+    session: Session,
+    queue: Receiver<Job>,
+    policy: BatchPolicy,
+    stats: Arc<ModelStats>,
+    /// A job taken off the queue that did not fit the last batch; it starts the next one.
+    carry: Option<Job>,
+}
+
+// === impl Worker ===
+
+impl Worker {
+    fn run(mut self) {
+        loop {
+            let first = match self.carry.take() {
+                Some(job) => job,
+                None => match self.queue.recv() {
+                    Ok(job) => {
+                        self.stats.dequeued(1);
+                        job
+                    }
+                    Err(_) => return,
+                },
+            };
+            let batch = self.gather(first);
+            self.run_batch(batch);
         }
-        let result = catch_unwind(AssertUnwindSafe(|| onnx::run(&mut session, job.inputs, &job.outputs)))
-            .unwrap_or_else(|panic| Err(InferError::Panicked(panic_message(&panic))));
-        // A closed receiver means the caller gave up meanwhile; nothing else to do.
-        let _ = job.reply.send(result);
     }
+
+    /// Takes more jobs to join `first`, per the policy. A job that does not fit goes to `carry`.
+    fn gather(&mut self, first: Job) -> Vec<Job> {
+        if !self.policy.enabled() || !first.batchable {
+            return vec![first];
+        }
+        let until = first.enqueued + self.policy.max_delay;
+        let mut rows = first.rows;
+        let mut batch = vec![first];
+        while rows < self.policy.max_rows {
+            let next = match self.queue.try_recv() {
+                Ok(job) => job,
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {
+                    let now = Instant::now();
+                    // Wait only while something is on its way: a lone request is never delayed.
+                    if now >= until || !self.stats.is_incoming() {
+                        break;
+                    }
+                    match self.queue.recv_timeout((until - now).min(WAIT_SLICE)) {
+                        Ok(job) => job,
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            };
+            self.stats.dequeued(1);
+            if !next.batchable
+                || rows + next.rows > self.policy.max_rows
+                || !batch::compatible(&batch[0].inputs, &next.inputs)
+            {
+                self.carry = Some(next);
+                break;
+            }
+            rows += next.rows;
+            batch.push(next);
+        }
+        batch
+    }
+
+    fn run_batch(&mut self, batch: Vec<Job>) {
+        let now = Instant::now();
+        let mut live = Vec::with_capacity(batch.len());
+        for job in batch {
+            if job.reply.is_closed() {
+                // The caller went away (client disconnected, timed out): do not compute for nobody.
+                continue;
+            }
+            if job.deadline <= now {
+                let _ = job.reply.send(Err(InferError::DeadlineExceeded));
+                continue;
+            }
+            live.push(job);
+        }
+        if live.is_empty() {
+            return;
+        }
+        let (jobs, rows) = (live.len(), live.iter().map(|j| j.rows).sum());
+        self.stats.started(jobs, rows);
+        if jobs == 1 {
+            let job = live.remove(0);
+            let result = guarded(|| onnx::run(&mut self.session, job.inputs, &job.outputs));
+            // A closed receiver means the caller gave up meanwhile; nothing else to do.
+            let _ = job.reply.send(result);
+        } else {
+            self.run_merged(live, rows);
+        }
+        self.stats.finished(jobs);
+    }
+
+    /// Runs several jobs as one batch and answers each with its own rows.
+    fn run_merged(&mut self, jobs: Vec<Job>, total_rows: usize) {
+        let mut parts = Vec::with_capacity(jobs.len());
+        let mut inputs = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            parts.push((job.rows, job.outputs, job.reply));
+            inputs.push(job.inputs);
+        }
+        let all: Vec<usize> = (0..self.session.outputs().len()).collect();
+        let merged = batch::concat(inputs);
+        match guarded(|| onnx::run(&mut self.session, merged, &all)) {
+            Ok(outputs) => {
+                let mut offset = 0;
+                for (rows, wanted, reply) in parts {
+                    let range = offset..offset + rows;
+                    offset += rows;
+                    let mine = wanted
+                        .iter()
+                        .map(|&i| batch::slice_rows(&outputs[i], range.clone(), total_rows))
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or(InferError::BatchSplit);
+                    let _ = reply.send(mine);
+                }
+            }
+            Err(error) => {
+                let message = error.to_string();
+                for (_, _, reply) in parts {
+                    let _ = reply.send(Err(InferError::Batch(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Runs `f`, turning a panic into an error so the worker survives it.
+fn guarded(f: impl FnOnce() -> Result<Vec<Tensor>, InferError>) -> Result<Vec<Tensor>, InferError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| Err(InferError::Panicked(panic_message(&panic))))
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
@@ -112,14 +298,19 @@ impl WorkerGroup {
     /// A new, empty group.
     pub fn new() -> Self {
         let (alive, done) = crossbeam_channel::bounded(0);
-        Self { alive, done }
+        Self { alive, done, live: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    /// Worker threads started through this group that have not exited yet.
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
     }
 
     /// Waits until every worker started through this group (or a clone of it) has exited, or `timeout` passes.
     /// Returns whether they all exited. Blocking: call it off the async threads, after dropping every model and
     /// every other clone of the group.
     pub fn wait(self, timeout: Duration) -> bool {
-        let Self { alive, done } = self;
+        let Self { alive, done, .. } = self;
         drop(alive);
         matches!(done.recv_timeout(timeout), Err(crossbeam_channel::RecvTimeoutError::Disconnected))
     }

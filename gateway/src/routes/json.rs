@@ -5,6 +5,7 @@
 //! built for the elements.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
@@ -22,15 +23,17 @@ pub struct InferRequest {
     pub inputs: Vec<Tensor>,
     /// The outputs asked for by name; empty means all.
     pub outputs: Vec<String>,
+    /// The client's deadline for the request (`parameters.timeout`, microseconds, as Triton reads it).
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Deserialize)]
 struct RawRequest<'a> {
     #[serde(default)]
     id: Option<String>,
-    /// Accepted (any flat map); no request-level parameter changes behaviour yet.
-    #[serde(default, rename = "parameters")]
-    _parameters: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Any flat map is accepted; `timeout` is read.
+    #[serde(default)]
+    parameters: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(borrow)]
     inputs: Vec<RawInput<'a>>,
     #[serde(default)]
@@ -61,7 +64,14 @@ pub fn decode_request(body: &[u8], signature: Option<&Signature>) -> Result<Infe
     let raw: RawRequest<'_> = serde_json::from_slice(body).map_err(|e| invalid_json(&e, body))?;
     let inputs = raw.inputs.into_iter().map(|input| decode_input(input, signature)).collect::<Result<_, _>>()?;
     let outputs = raw.outputs.unwrap_or_default().into_iter().map(|o| o.name).collect();
-    Ok(InferRequest { id: raw.id, inputs, outputs })
+    let timeout = match raw.parameters.as_ref().and_then(|p| p.get("timeout")) {
+        None => None,
+        Some(value) => Some(Duration::from_micros(value.as_u64().ok_or(ApiError::InvalidParameter {
+            name: "timeout",
+            message: "must be a whole number of microseconds",
+        })?)),
+    };
+    Ok(InferRequest { id: raw.id, inputs, outputs, timeout })
 }
 
 fn invalid_json(error: &serde_json::Error, body: &[u8]) -> ApiError {

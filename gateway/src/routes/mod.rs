@@ -4,6 +4,7 @@ mod json;
 mod v2;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
@@ -14,6 +15,7 @@ use serde::Serialize;
 
 use crate::errors::ApiError;
 use crate::registry::Registry;
+use crate::stack::Limits;
 
 pub use json::{decode_request, InferRequest, InferResponse};
 
@@ -26,6 +28,15 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// Request bodies above this size get 413.
     pub max_body_bytes: usize,
+    /// The server's request timeout, the latest deadline a request can have.
+    pub request_timeout: Duration,
+}
+
+impl AppState {
+    /// The state for `registry` under `limits`.
+    pub fn new(registry: Arc<Registry>, limits: &Limits) -> Self {
+        Self { registry, max_body_bytes: limits.max_body_bytes, request_timeout: limits.request_timeout }
+    }
 }
 
 /// Matches a request to its route and runs it. Never fails: every error becomes a response.
@@ -45,6 +56,7 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let arrived = Instant::now();
     let path = request.uri().path();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = request.method().clone();
@@ -75,7 +87,7 @@ where
         Route::Infer(model, version) => {
             let (model, version) = (model.to_owned(), version.map(str::to_owned));
             let body = read_body(request.into_body(), state.max_body_bytes).await?;
-            v2::infer(registry, &model, version.as_deref(), &body).await
+            v2::infer(state, &model, version.as_deref(), &body, arrived).await
         }
     }
 }

@@ -1,12 +1,13 @@
 //! Handlers of the V2 core endpoints: health, metadata and inference.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::StatusCode;
 use serde::Serialize;
 
 use super::json::{decode_request, InferResponse, OutputJson};
-use super::{json_response, HttpResponse};
+use super::{json_response, AppState, HttpResponse};
 use crate::errors::ApiError;
 use crate::infer::TensorSpec;
 use crate::registry::Registry;
@@ -95,18 +96,22 @@ pub(super) fn model_ready(registry: &Registry, model: &str, version: Option<&str
 }
 
 pub(super) async fn infer(
-    registry: &Registry,
+    state: &AppState,
     model: &str,
     version: Option<&str>,
     body: &[u8],
+    arrived: Instant,
 ) -> Result<HttpResponse, ApiError> {
     // One load of the model set; the guard is gone before the await below, the Arc keeps the version alive.
-    let loaded = registry.resolve(model, version)?;
+    let loaded = state.registry.resolve(model, version)?;
+    let incoming = loaded.incoming();
     let signature = loaded.signature();
     let request = decode_request(body, Some(signature))?;
+    // The client's own `timeout` (Triton's parameter, in microseconds) can only shorten the server's.
+    let budget = request.timeout.map_or(state.request_timeout, |t| t.min(state.request_timeout));
     let inputs = signature.check_inputs(request.inputs)?;
     let selected: Arc<[usize]> = signature.select_outputs(request.outputs.iter().map(String::as_str))?.into();
-    let outputs = loaded.infer(inputs, selected).await?;
+    let outputs = loaded.infer(incoming, inputs, selected, arrived + budget).await?;
     let response = InferResponse {
         model_name: loaded.name(),
         model_version: loaded.version().to_string(),

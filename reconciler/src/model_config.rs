@@ -1,0 +1,94 @@
+//! Per-model serving settings: how a model's versions are batched, queued and run. Every field is optional; what is
+//! not set falls back to the server's defaults. In a model directory they come from `<model>/config.yaml`; the Git
+//! manifests will carry the same block.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// The file a model folder may hold.
+pub const CONFIG_FILE: &str = "config.yaml";
+
+/// Serving settings of one model (all versions).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Most rows in one batch the dynamic batcher forms, and in one request; 0 or 1 turns batching off (and the
+    /// per-request row limit with it).
+    pub max_batch_size: Option<usize>,
+    /// How long the batcher waits, from the oldest queued request, for more rows; 0 batches only what is already
+    /// queued, never waiting.
+    #[serde(default, with = "humantime_serde")]
+    pub max_queue_delay: Option<Duration>,
+    /// Worker threads, each with its own ONNX Runtime session.
+    pub workers: Option<usize>,
+    /// Requests that may wait in the queue before new ones are refused with 503.
+    pub queue_capacity: Option<usize>,
+    /// ONNX Runtime intra-op threads per session.
+    pub intra_threads: Option<usize>,
+}
+
+// === impl ModelConfig ===
+
+impl ModelConfig {
+    /// Parses YAML text; unknown fields and zero counts are errors. `origin` names the source in errors.
+    pub fn from_yaml(text: &str, origin: &Path) -> Result<Self> {
+        let config: Self = serde_yaml::from_str(text)
+            .map_err(|e| Error::ModelConfig { path: origin.into(), message: e.to_string() })?;
+        let zero = [
+            ("workers", config.workers),
+            ("queue_capacity", config.queue_capacity),
+            ("intra_threads", config.intra_threads),
+        ]
+        .into_iter()
+        .find(|(_, value)| *value == Some(0));
+        if let Some((field, _)) = zero {
+            return Err(Error::ModelConfig { path: origin.into(), message: format!("{field} must be at least 1") });
+        }
+        Ok(config)
+    }
+
+    /// Reads `<model_dir>/config.yaml` if it exists; no file means all defaults. Blocking.
+    pub fn read(model_dir: &Path) -> Result<Self> {
+        let path = model_dir.join(CONFIG_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::from_yaml(&text, &path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(Error::ModelConfig { path, message: e.to_string() }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ModelConfig> {
+        ModelConfig::from_yaml(text, Path::new("config.yaml"))
+    }
+
+    #[test]
+    fn every_field_parses_and_absent_ones_stay_unset() {
+        let config =
+            parse("max_batch_size: 32\nmax_queue_delay: 250us\nworkers: 2\nqueue_capacity: 8\nintra_threads: 1\n")
+                .unwrap();
+        assert_eq!(config.max_batch_size, Some(32));
+        assert_eq!(config.max_queue_delay, Some(Duration::from_micros(250)));
+        assert_eq!((config.workers, config.queue_capacity, config.intra_threads), (Some(2), Some(8), Some(1)));
+        assert_eq!(parse("{}").unwrap(), ModelConfig::default());
+        assert_eq!(parse("max_queue_delay: 0s").unwrap().max_queue_delay, Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn unknown_fields_bad_durations_and_zero_counts_are_refused() {
+        let err = parse("max_batch: 3").unwrap_err().to_string();
+        assert!(err.contains("unknown field `max_batch`"), "{err}");
+        let err = parse("max_queue_delay: soon").unwrap_err().to_string();
+        assert!(err.contains("config.yaml"), "{err}");
+        let err = parse("workers: 0").unwrap_err().to_string();
+        assert!(err.contains("workers must be at least 1"), "{err}");
+    }
+}
