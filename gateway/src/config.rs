@@ -21,6 +21,8 @@ pub struct ServeConfig {
     pub models: ModelSettings,
     /// How long shutdown waits for in-flight requests and workers.
     pub shutdown_grace: Duration,
+    /// How often to look for new, changed or removed versions in `model_dir`; `None` or zero: never.
+    pub poll_interval: Option<Duration>,
 }
 
 /// The default listen address: loopback, so a first run exposes nothing.
@@ -29,6 +31,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// The default shutdown grace: long enough for any in-flight inference here, short enough for Kubernetes' default
 /// 30 s termination grace period.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The default model-directory poll: a new version is served within seconds of being copied in, for one directory
+/// listing and a few `stat` calls per poll.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
 
 // === impl ServeConfig ===
 
@@ -41,6 +47,7 @@ impl ServeConfig {
             limits: Limits::default(),
             models: ModelSettings::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            poll_interval: Some(DEFAULT_POLL_INTERVAL),
         }
     }
 }

@@ -230,6 +230,9 @@ pub enum LoadError {
         #[source]
         source: InferError,
     },
+    /// The blocking task that loads models failed.
+    #[error("model loading task failed: {0}")]
+    Task(String),
     /// A worker thread could not be started.
     #[error("cannot start a worker thread for {path}: {source}")]
     SpawnWorker {

@@ -14,6 +14,7 @@ pub mod demo;
 pub mod errors;
 pub mod infer;
 pub mod registry;
+pub mod repository;
 pub mod routes;
 pub mod runtime;
 pub mod server;
@@ -22,8 +23,10 @@ pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +34,7 @@ pub use config::ServeConfig;
 use errors::{LoadError, RuntimeError};
 use infer::{ModelLoader, WorkerGroup};
 use registry::{ModelTable, Registry};
+use repository::SyncStatus;
 use routes::AppState;
 
 /// Why the gateway could not start.
@@ -63,36 +67,64 @@ pub enum StartError {
 pub struct Server {
     addr: SocketAddr,
     registry: Arc<Registry>,
+    loader: ModelLoader,
+    /// Cancelled to begin shutdown (by a signal handler or [`Server::stop`]).
     shutdown: CancellationToken,
+    /// Cancelled by the shutdown sequence once readiness is false: closes the listener.
+    stop_accepting: CancellationToken,
+    accepting: watch::Receiver<bool>,
     serving: JoinHandle<()>,
-    workers: WorkerGroup,
-    grace: std::time::Duration,
+    poller: Option<JoinHandle<()>>,
+    sync: watch::Receiver<SyncStatus>,
+    grace: Duration,
 }
 
-/// Loads ONNX Runtime and every model in `config.model_dir`, binds the listener and starts serving. Returns once
-/// the server is ready: every model is loaded and warmed, and the socket accepts connections.
+/// Loads ONNX Runtime and every model in `config.model_dir`, binds the listener and starts serving (and, with a
+/// poll interval, watching the directory). Returns once the server is ready: every model is loaded and warmed, and
+/// the socket accepts connections.
 pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
     tokio::task::spawn_blocking(runtime::environment).await??;
-    let workers = WorkerGroup::new();
-    let loader = ModelLoader::new(config.models, workers.clone());
+    let loader = ModelLoader::new(config.models, WorkerGroup::new());
     let model_dir = config.model_dir.clone();
-    let table = tokio::task::spawn_blocking(move || -> Result<ModelTable, StartError> {
-        let desired = reconciler::model_dir::scan(&model_dir)?;
-        Ok(ModelTable::load(&loader, &desired, &ModelTable::default())?)
-    })
-    .await??;
+    let desired = tokio::task::spawn_blocking(move || reconciler::model_dir::scan(&model_dir)).await??;
     let registry = Arc::new(Registry::new());
-    registry.swap(table);
+    registry.apply(&loader, desired.clone()).await?;
 
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
-    let state = Arc::new(AppState::new(Arc::clone(&registry), &config.limits));
-    let service = stack::build(state, &config.limits);
+    let service = stack::build(Arc::new(AppState::new(Arc::clone(&registry), &config.limits)), &config.limits);
     let shutdown = CancellationToken::new();
-    let serving = tokio::spawn(server::serve(listener, service, shutdown.clone(), config.shutdown_grace));
+    let stop_accepting = CancellationToken::new();
+    let (accepting_tx, accepting) = watch::channel(true);
+    let serving =
+        tokio::spawn(server::serve(listener, service, stop_accepting.clone(), accepting_tx, config.shutdown_grace));
+    let (sync_tx, sync) = watch::channel(SyncStatus::default());
+    let poller = config.poll_interval.filter(|i| !i.is_zero()).map(|interval| {
+        let watch = repository::poll_model_dir(
+            config.model_dir.clone(),
+            desired,
+            interval,
+            Arc::clone(&registry),
+            loader.clone(),
+            sync_tx,
+            shutdown.child_token(),
+        );
+        tokio::spawn(watch)
+    });
     tracing::info!(%addr, models = ?registry.snapshot().names().collect::<Vec<_>>(), "vane is serving");
-    Ok(Server { addr, registry, shutdown, serving, workers, grace: config.shutdown_grace })
+    Ok(Server {
+        addr,
+        registry,
+        loader,
+        shutdown,
+        stop_accepting,
+        accepting,
+        serving,
+        poller,
+        sync,
+        grace: config.shutdown_grace,
+    })
 }
 
 // === impl Server ===
@@ -108,34 +140,57 @@ impl Server {
         &self.registry
     }
 
+    /// The loader, to apply a new desired state with [`Registry::apply`].
+    pub fn loader(&self) -> &ModelLoader {
+        &self.loader
+    }
+
+    /// What the model-directory poller has done.
+    pub fn sync_status(&self) -> watch::Receiver<SyncStatus> {
+        self.sync.clone()
+    }
+
+    /// True while the listener accepts connections; false once shutdown has closed it.
+    pub fn accepting(&self) -> watch::Receiver<bool> {
+        self.accepting.clone()
+    }
+
     /// A token that starts shutdown when cancelled (e.g. from a signal handler).
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
 
-    /// Runs until shutdown is requested, then drains: readiness goes false, accepting stops, open requests finish
-    /// within the grace period, the models are dropped and their worker threads are waited for.
-    pub async fn run_until_stopped(self) {
-        let Self { registry, shutdown, serving, workers, grace, .. } = self;
+    /// Runs until shutdown is requested, then drains in order: readiness goes false, the listener closes, open
+    /// requests finish within the grace period, the poller stops, the models are dropped and their worker threads
+    /// are waited for. Returns whether every worker thread exited within the grace period.
+    pub async fn run_until_stopped(self) -> bool {
+        let Self { registry, loader, shutdown, stop_accepting, serving, poller, grace, .. } = self;
         shutdown.cancelled().await;
         registry.set_not_ready();
+        stop_accepting.cancel();
         if let Err(error) = serving.await {
             tracing::error!(%error, "the accept loop failed");
+        }
+        if let Some(poller) = poller {
+            let _ = poller.await;
         }
         registry.swap(ModelTable::default());
         registry.set_not_ready();
         drop(registry);
+        let workers = loader.workers().clone();
+        drop(loader);
         let joined = tokio::task::spawn_blocking(move || workers.wait(grace)).await.unwrap_or(false);
         if joined {
             tracing::info!("all inference workers stopped");
         } else {
             tracing::warn!("some inference workers were still busy when the grace period ended");
         }
+        joined
     }
 
-    /// Requests shutdown and waits for it to finish.
-    pub async fn stop(self) {
+    /// Requests shutdown and waits for it to finish; returns whether every worker thread exited.
+    pub async fn stop(self) -> bool {
         self.shutdown.cancel();
-        self.run_until_stopped().await;
+        self.run_until_stopped().await
     }
 }

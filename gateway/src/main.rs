@@ -76,6 +76,9 @@ struct RunArgs {
     /// ONNX Runtime intra-op threads per session (1 is fastest on small machines).
     #[arg(long, env = "VANE_INTRA_THREADS", default_value_t = ModelSettings::default().intra_threads)]
     intra_threads: NonZeroUsize,
+    /// How often to look for new or removed version folders in the model directory (0 never; e.g. 5s, 500ms).
+    #[arg(long, env = "VANE_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "5s")]
+    poll_interval: Duration,
     /// How long shutdown waits for in-flight requests (e.g. 10s).
     #[arg(long, env = "VANE_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "10s")]
     shutdown_grace: Duration,
@@ -97,6 +100,7 @@ impl RunArgs {
             max_queue_delay: self.max_queue_delay,
         };
         config.shutdown_grace = self.shutdown_grace;
+        config.poll_interval = Some(self.poll_interval);
         config
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use reconciler::DesiredState;
+use tokio::sync::watch;
 
 use crate::errors::{ApiError, LoadError};
 use crate::infer::{LoadedModel, ModelLoader};
@@ -26,6 +27,8 @@ pub struct Registry {
     table: ArcSwap<ModelTable>,
     /// False until the first table is stored, and again once shutdown begins.
     ready: AtomicBool,
+    /// Counts stores, so a caller can wait for the next one instead of polling.
+    generation: watch::Sender<u64>,
 }
 
 // === impl ModelTable ===
@@ -107,7 +110,38 @@ fn join<T: ToString>(items: impl Iterator<Item = T>) -> String {
 impl Registry {
     /// An empty registry that is not ready.
     pub fn new() -> Self {
-        Self { table: ArcSwap::from_pointee(ModelTable::default()), ready: AtomicBool::new(false) }
+        Self {
+            table: ArcSwap::from_pointee(ModelTable::default()),
+            ready: AtomicBool::new(false),
+            generation: watch::Sender::new(0),
+        }
+    }
+
+    /// A receiver that sees the number of tables stored so far, and each new one.
+    pub fn generations(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Makes `desired` the served set: builds a new table off the async threads, keeping every loaded version that
+    /// is still current and loading and warming the others, then stores it in one swap. Requests in flight finish on
+    /// the versions they hold; replaced versions drain and stop when their last request completes. If any model fails
+    /// to load, nothing changes and the error is returned. Returns whether the served set changed.
+    ///
+    /// There is one writer: callers (the model-directory poller, later the reconciler) must not apply concurrently.
+    pub async fn apply(&self, loader: &ModelLoader, desired: DesiredState) -> Result<bool, LoadError> {
+        let current = self.snapshot();
+        let loader = loader.clone();
+        let built =
+            tokio::task::spawn_blocking(move || ModelTable::load(&loader, &desired, &current).map(|t| (t, current)))
+                .await
+                .map_err(|e| LoadError::Task(e.to_string()))?;
+        let (table, current) = built?;
+        if table.same_as(&current) {
+            return Ok(false);
+        }
+        drop(current);
+        self.swap(table);
+        Ok(true)
     }
 
     /// Resolves the model version a request names, cloning its `Arc` out of the current table (the guard does not
@@ -125,6 +159,7 @@ impl Registry {
     pub fn swap(&self, table: ModelTable) -> Arc<ModelTable> {
         let old = self.table.swap(Arc::new(table));
         self.ready.store(true, Ordering::Release);
+        self.generation.send_modify(|g| *g += 1);
         old
     }
 

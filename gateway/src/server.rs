@@ -7,6 +7,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -14,9 +15,15 @@ use crate::errors::ApiError;
 use crate::routes::error_response;
 use crate::stack::HttpService;
 
-/// Serves HTTP/1 and HTTP/2 on `listener` until `shutdown` is cancelled, then stops accepting and lets open
-/// connections finish their requests for up to `grace`.
-pub async fn serve(listener: TcpListener, service: HttpService, shutdown: CancellationToken, grace: Duration) {
+/// Serves HTTP/1 and HTTP/2 on `listener` until `shutdown` is cancelled, then closes the listener (new connections
+/// are refused; `accepting` turns false), and lets open connections finish their requests for up to `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    service: HttpService,
+    shutdown: CancellationToken,
+    accepting: watch::Sender<bool>,
+    grace: Duration,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     loop {
@@ -55,6 +62,7 @@ pub async fn serve(listener: TcpListener, service: HttpService, shutdown: Cancel
         });
     }
     drop(listener);
+    accepting.send_replace(false);
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(grace_ms = grace.as_millis(), "grace period over; closing the remaining connections");
     }

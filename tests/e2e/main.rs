@@ -3,4 +3,6 @@
 mod errors;
 mod hotpath;
 mod serve;
+mod shutdown;
 mod support;
+mod swap;

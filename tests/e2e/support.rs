@@ -19,8 +19,21 @@ pub(crate) fn models_dir() -> PathBuf {
 /// A running gateway and a client for it. Stopped gracefully by [`TestServer::stop`].
 pub(crate) struct TestServer {
     pub(crate) server: Server,
+    client: TestClient,
+}
+
+/// An HTTP client bound to one server's address.
+#[derive(Clone)]
+pub(crate) struct TestClient {
     base: String,
     client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = TestClient;
+    fn deref(&self) -> &TestClient {
+        &self.client
+    }
 }
 
 /// A response: status, headers and the body parsed as JSON (`Value::Null` for an empty body).
@@ -42,10 +55,26 @@ impl TestServer {
         tweak(&mut config);
         let server = gateway::start(config).await.expect("gateway starts");
         let base = format!("http://{}", server.local_addr());
-        let client = Client::builder(TokioExecutor::new()).build_http();
-        Self { server, base, client }
+        let client = TestClient { base, client: Client::builder(TokioExecutor::new()).build_http() };
+        Self { server, client }
     }
 
+    /// A client for this server that does not keep the server alive.
+    pub(crate) fn client_only(&self) -> TestClient {
+        self.client.clone()
+    }
+
+    /// The address, for raw-socket tests.
+    pub(crate) fn addr(&self) -> std::net::SocketAddr {
+        self.server.local_addr()
+    }
+
+    pub(crate) async fn stop(self) {
+        self.server.stop().await;
+    }
+}
+
+impl TestClient {
     pub(crate) async fn get(&self, path: &str) -> Reply {
         self.send(Method::GET, path, Bytes::new()).await
     }
@@ -70,15 +99,6 @@ impl TestServer {
         let bytes = body.collect().await.expect("body is read").to_bytes();
         let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("body is JSON") };
         Reply { status: parts.status, headers: parts.headers, body }
-    }
-
-    /// The address, for raw-socket tests.
-    pub(crate) fn addr(&self) -> std::net::SocketAddr {
-        self.server.local_addr()
-    }
-
-    pub(crate) async fn stop(self) {
-        self.server.stop().await;
     }
 }
 
