@@ -163,3 +163,25 @@ async fn a_multi_row_batch_is_answered_row_for_row() {
     assert_eq!(reply.body["outputs"][0]["data"], fixture["outputs"][0]["data"]);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn model_statistics_count_rows_runs_and_requests() {
+    let server = TestServer::start().await;
+    let fixture = &expected_outputs()["breast_cancer/1"];
+    for _ in 0..2 {
+        let reply =
+            server.post_json("/v2/models/breast_cancer/versions/1/infer", &json!({"inputs": fixture["inputs"]})).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let reply = server.get("/v2/models/breast_cancer/versions/1/stats").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let stats = &reply.body["model_stats"][0];
+    assert_eq!((stats["name"].as_str(), stats["version"].as_str()), (Some("breast_cancer"), Some("1")));
+    assert_eq!(stats["inference_count"], 10, "two requests of five rows");
+    assert_eq!(stats["request_count"], 2);
+    assert!(stats["execution_count"].as_u64().unwrap() >= 1);
+    let all = server.get("/v2/models/breast_cancer/stats").await.body;
+    assert_eq!(all["model_stats"].as_array().unwrap().len(), 2, "every served version");
+    server.get("/v2/models/nope/stats").await.assert_error(StatusCode::NOT_FOUND, &["not served"]);
+    server.stop().await;
+}

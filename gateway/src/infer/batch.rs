@@ -1,4 +1,4 @@
-//! Concatenating requests along the batch (first) dimension and splitting the outputs back.
+//! Concatenating requests along the batch (first) dimension and splitting the outputs back. Public for the benches.
 
 use std::ops::Range;
 
@@ -25,24 +25,24 @@ macro_rules! map_vec {
 }
 
 /// The rows of a request: the first dimension of its first input (all inputs agree; see [`same_rows`]).
-pub(super) fn rows(inputs: &[Tensor]) -> usize {
+pub fn rows(inputs: &[Tensor]) -> usize {
     inputs.first().and_then(|t| t.shape.first()).copied().unwrap_or(1)
 }
 
 /// Whether every input has the same first dimension, so the request can join a batch.
-pub(super) fn same_rows(inputs: &[Tensor]) -> bool {
+pub fn same_rows(inputs: &[Tensor]) -> bool {
     let rows = rows(inputs);
     inputs.iter().all(|t| t.shape.first() == Some(&rows))
 }
 
 /// Whether two requests' inputs can be concatenated: same trailing dimensions for every input.
-pub(super) fn compatible(a: &[Tensor], b: &[Tensor]) -> bool {
+pub fn compatible(a: &[Tensor], b: &[Tensor]) -> bool {
     a.len() == b.len()
         && a.iter().zip(b).all(|(x, y)| x.shape.get(1..) == y.shape.get(1..) && x.data.datatype() == y.data.datatype())
 }
 
 /// Concatenates the requests' inputs (each in graph order) along the first dimension.
-pub(super) fn concat(requests: Vec<Vec<Tensor>>) -> Vec<Tensor> {
+pub fn concat(requests: Vec<Vec<Tensor>>) -> Vec<Tensor> {
     let mut requests = requests.into_iter();
     let Some(mut merged) = requests.next() else { return Vec::new() };
     for request in requests {
@@ -68,7 +68,7 @@ fn append(into: &mut TensorData, from: TensorData) {
 }
 
 /// Rows `range` of a batched output, or `None` if its first dimension is not the batch's row count.
-pub(super) fn slice_rows(tensor: &Tensor, range: Range<usize>, total_rows: usize) -> Option<Tensor> {
+pub fn slice_rows(tensor: &Tensor, range: Range<usize>, total_rows: usize) -> Option<Tensor> {
     if tensor.shape.first() != Some(&total_rows) {
         return None;
     }

@@ -68,6 +68,8 @@ where
         ["v2", "models", model, "versions", version] => Route::ModelMetadata(model, Some(version)),
         ["v2", "models", model, "ready"] => Route::ModelReady(model, None),
         ["v2", "models", model, "versions", version, "ready"] => Route::ModelReady(model, Some(version)),
+        ["v2", "models", model, "stats"] => Route::ModelStats(model, None),
+        ["v2", "models", model, "versions", version, "stats"] => Route::ModelStats(model, Some(version)),
         ["v2", "models", model, "infer"] => Route::Infer(model, None),
         ["v2", "models", model, "versions", version, "infer"] => Route::Infer(model, Some(version)),
         _ => return Err(ApiError::RouteNotFound { path: path.to_owned() }),
@@ -84,6 +86,7 @@ where
         Route::Ready => Ok(v2::ready(registry)),
         Route::ModelMetadata(model, version) => v2::model_metadata(registry, model, version),
         Route::ModelReady(model, version) => v2::model_ready(registry, model, version),
+        Route::ModelStats(model, version) => v2::model_stats(registry, model, version),
         Route::Infer(model, version) => {
             let (model, version) = (model.to_owned(), version.map(str::to_owned));
             let body = read_body(request.into_body(), state.max_body_bytes).await?;
@@ -98,6 +101,7 @@ enum Route<'a> {
     Ready,
     ModelMetadata(&'a str, Option<&'a str>),
     ModelReady(&'a str, Option<&'a str>),
+    ModelStats(&'a str, Option<&'a str>),
     Infer(&'a str, Option<&'a str>),
 }
 

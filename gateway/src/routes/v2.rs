@@ -108,10 +108,11 @@ pub(super) async fn infer(
     let signature = loaded.signature();
     let request = decode_request(body, Some(signature))?;
     // The client's own `timeout` (Triton's parameter, in microseconds) can only shorten the server's.
+    let client_deadline = request.timeout.is_some_and(|t| t < state.request_timeout);
     let budget = request.timeout.map_or(state.request_timeout, |t| t.min(state.request_timeout));
     let inputs = signature.check_inputs(request.inputs)?;
     let selected: Arc<[usize]> = signature.select_outputs(request.outputs.iter().map(String::as_str))?.into();
-    let outputs = loaded.infer(incoming, inputs, selected, arrived + budget).await?;
+    let outputs = loaded.infer(incoming, inputs, selected, arrived + budget, client_deadline).await?;
     let response = InferResponse {
         model_name: loaded.name(),
         model_version: loaded.version().to_string(),
@@ -119,4 +120,49 @@ pub(super) async fn infer(
         outputs: outputs.iter().map(OutputJson::from).collect(),
     };
     Ok(json_response(StatusCode::OK, &response))
+}
+
+/// Triton's statistics shape, with the counters Vane keeps: `inference_count` counts rows and `execution_count`
+/// model runs, so their ratio is the mean batch size the dynamic batcher formed. Without a version, every served
+/// version is listed.
+pub(super) fn model_stats(registry: &Registry, model: &str, version: Option<&str>) -> Result<HttpResponse, ApiError> {
+    #[derive(Serialize)]
+    struct Stats {
+        model_stats: Vec<VersionStats>,
+    }
+    #[derive(Serialize)]
+    struct VersionStats {
+        name: String,
+        version: String,
+        inference_count: u64,
+        execution_count: u64,
+        request_count: u64,
+        queue_depth: usize,
+        queue_high_water: usize,
+        largest_batch_rows: usize,
+    }
+    let table = registry.snapshot();
+    let versions: Vec<u64> = match version {
+        Some(_) => vec![table.get(model, version)?.version()],
+        None => {
+            table.get(model, None)?;
+            table.versions(model)
+        }
+    };
+    let mut model_stats = Vec::with_capacity(versions.len());
+    for v in versions {
+        let loaded = table.get(model, Some(&v.to_string()))?;
+        let s = loaded.stats().snapshot();
+        model_stats.push(VersionStats {
+            name: loaded.name().to_owned(),
+            version: v.to_string(),
+            inference_count: s.rows,
+            execution_count: s.batches,
+            request_count: s.batched_requests,
+            queue_depth: s.queued,
+            queue_high_water: s.queue_high_water,
+            largest_batch_rows: s.largest_batch_rows,
+        });
+    }
+    Ok(json_response(StatusCode::OK, &Stats { model_stats }))
 }

@@ -1,0 +1,69 @@
+//! Heap allocations per request on the hot path, counted with dhat.
+//!
+//! `cargo bench --bench allocations` sends 1,000 batch-1 requests through the V2 router in-process (JSON decode,
+//! one registry load, signature check, the queue to the model's worker thread and back, JSON encode) and prints the
+//! allocations and bytes per request. Counted: every allocation through Rust's allocator, on every thread; not
+//! counted: ONNX Runtime's own C++ allocations inside `Session::run`. A separate binary from the timing benches,
+//! because dhat's bookkeeping would distort their times.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gateway::routes::{self, AppState};
+use gateway::stack::Limits;
+use gateway::ServeConfig;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use serde_json::json;
+
+#[global_allocator]
+static ALLOCATOR: dhat::Alloc = dhat::Alloc;
+
+fn main() {
+    // `cargo test --benches` runs this without `--bench`: build and start only.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), models);
+    config.poll_interval = None;
+    let server = runtime.block_on(gateway::start(config)).unwrap();
+    let state = Arc::new(AppState::new(Arc::clone(server.registry()), &Limits::default()));
+    let _profiler = dhat::Profiler::builder().testing().build();
+    for (model, features) in [("breast_cancer", 30usize), ("dense", 1024)] {
+        let data: Vec<f64> = (0..features).map(|i| i as f64 / 7.0).collect();
+        let body = Bytes::from(
+            serde_json::to_vec(
+                &json!({"inputs": [{"name": "input", "shape": [1, features], "datatype": "FP32", "data": data}]}),
+            )
+            .unwrap(),
+        );
+        let path = format!("/v2/models/{model}/infer");
+        let call = || {
+            let request = Request::post(&path).body(Full::new(body.clone())).unwrap();
+            let state = Arc::clone(&state);
+            async move {
+                let response = routes::route(state, request).await;
+                assert!(response.status().is_success());
+                response.into_body().collect().await.unwrap().to_bytes().len()
+            }
+        };
+        runtime.block_on(call());
+        let before = dhat::HeapStats::get();
+        let n = 1000u64;
+        runtime.block_on(async {
+            for _ in 0..n {
+                call().await;
+            }
+        });
+        let after = dhat::HeapStats::get();
+        println!(
+            "{model:<14} batch 1: {:.1} allocations and {:.0} bytes per request (Rust heap, all threads)",
+            (after.total_blocks - before.total_blocks) as f64 / n as f64,
+            (after.total_bytes - before.total_bytes) as f64 / n as f64
+        );
+    }
+    runtime.block_on(server.stop());
+}

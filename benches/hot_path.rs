@@ -1,0 +1,99 @@
+//! The request path's own work, without ONNX Runtime or sockets: decoding a V2 JSON body into checked tensors,
+//! concatenating requests into a batch and splitting the outputs back, and encoding the response.
+//!
+//! Run: `cargo bench --bench hot_path`.
+
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use gateway::infer::{batch, DataType, Signature, Tensor, TensorData, TensorSpec};
+use gateway::routes::{decode_request, InferResponse};
+use serde_json::json;
+
+fn signature(features: i64, outputs: &[(&str, DataType, i64)]) -> Signature {
+    let spec = |name: &str, datatype, width: i64| TensorSpec {
+        name: name.into(),
+        datatype,
+        shape: if width > 0 { vec![-1, width] } else { vec![-1] },
+    };
+    Signature {
+        inputs: vec![spec("input", DataType::Fp32, features)],
+        outputs: outputs.iter().map(|(name, datatype, width)| spec(name, *datatype, *width)).collect(),
+    }
+}
+
+fn body(features: usize) -> Vec<u8> {
+    // Values with the digits real features have.
+    let data: Vec<f64> = (0..features).map(|i| ((i * 7919) % 1000) as f64 / 7.3 - 40.0).collect();
+    serde_json::to_vec(
+        &json!({"id": "r-1", "inputs": [{"name": "input", "shape": [1, features], "datatype": "FP32", "data": data}]}),
+    )
+    .unwrap()
+}
+
+fn decode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decode");
+    for (model, features) in [("breast_cancer", 30usize), ("dense", 1024)] {
+        let signature = signature(features as i64, &[("output", DataType::Fp32, 10)]);
+        let body = body(features);
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function(BenchmarkId::new(model, body.len()), |b| {
+            b.iter(|| {
+                let request = decode_request(&body, Some(&signature)).unwrap();
+                signature.check_inputs(request.inputs).unwrap()
+            });
+        });
+    }
+    group.finish();
+}
+
+fn batching(c: &mut Criterion) {
+    let mut group = c.benchmark_group("batch");
+    let requests: Vec<Vec<Tensor>> = (0..64)
+        .map(|i| {
+            vec![Tensor { name: "input".into(), shape: vec![1, 1024], data: TensorData::Fp32(vec![i as f32; 1024]) }]
+        })
+        .collect();
+    let output = Tensor { name: "output".into(), shape: vec![64, 10], data: TensorData::Fp32(vec![0.5; 640]) };
+    group.throughput(Throughput::Elements(64));
+    group.bench_function("dense_concat_64x1", |b| b.iter(|| batch::concat(requests.clone())));
+    group.bench_function("dense_split_64x1", |b| {
+        b.iter(|| (0..64).map(|i| batch::slice_rows(&output, i..i + 1, 64).unwrap()).collect::<Vec<_>>());
+    });
+    group.finish();
+}
+
+fn encode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("encode");
+    let breast_cancer = vec![
+        Tensor { name: "label".into(), shape: vec![1], data: TensorData::Int64(vec![1]) },
+        Tensor {
+            name: "probabilities".into(),
+            shape: vec![1, 2],
+            data: TensorData::Fp32(vec![0.013_570_726, 0.986_429_3]),
+        },
+    ];
+    let dense = vec![Tensor {
+        name: "output".into(),
+        shape: vec![1, 10],
+        data: TensorData::Fp32((0..10).map(|i| i as f32 * 0.731 - 2.2).collect()),
+    }];
+    for (model, outputs) in [("breast_cancer", breast_cancer), ("dense", dense)] {
+        group.bench_function(model, |b| {
+            b.iter(|| {
+                let response = InferResponse {
+                    model_name: model,
+                    model_version: "1".to_owned(),
+                    id: Some("r-1"),
+                    outputs: outputs.iter().map(Into::into).collect(),
+                };
+                serde_json::to_vec(&response).unwrap()
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decode, batching, encode);
+criterion_main!(benches);

@@ -1,0 +1,332 @@
+//! The load bench: Vane under a real HTTP load generator, beside the two physical limits measured in the same run.
+//!
+//! `cargo bench --bench load` (takes about two minutes). It installs Debian's `wrk` if missing, builds the release
+//! `vane`, and for batch-1 JSON requests to `breast_cancer` and `dense` prints requests/s and p50/p99/p99.9 at
+//! concurrency 1, 16 and 64 for:
+//! - `vane`: `vane serve` on loopback (dynamic batching on, the default);
+//! - `hyper`: a bare hyper server in this process that reads the body and returns a fixed response of the same size
+//!   as Vane's (the physical limit for HTTP on this machine);
+//! - `ort`: the same rows straight through ONNX Runtime in this process, one session per core (the physical limit
+//!   for the model).
+//!
+//! For `dense` at concurrency 64 it adds Vane with batching off, and raw ONNX Runtime at the mean batch size Vane's
+//! batcher formed. Then the ratios Vane/limit. `VANE_BENCH_SECONDS` sets each run's length (default 5).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use monitor::ReferenceData;
+use ort::session::Session;
+use ort::value::Tensor;
+use serde_json::{json, Value};
+
+const CONCURRENCY: [usize; 3] = [1, 16, 64];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn main() -> Result<()> {
+    // `cargo bench` passes `--bench`; a plain `cargo test --benches` run only checks that this builds and starts.
+    if !std::env::args().any(|a| a == "--bench") {
+        return Ok(());
+    }
+    let seconds: u64 = std::env::var("VANE_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    ensure_wrk()?;
+    let vane = build_vane()?;
+    let work = tempfile::tempdir()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut lines = Vec::new();
+
+    for (model, features) in [("breast_cancer", 30), ("dense", 1024)] {
+        let row = reference_row(model)?;
+        assert_eq!(row.len(), features);
+        let body = json!({"inputs": [{"name": "input", "shape": [1, features], "datatype": "FP32", "data": row}]});
+        let body_file = work.path().join(format!("{model}.json"));
+        std::fs::write(&body_file, serde_json::to_vec(&body)?)?;
+        let path = format!("/v2/models/{model}/infer");
+
+        let server = VaneProcess::start(&vane, &[])?;
+        let response = server.post(&path, &body)?;
+        let ort_rate = raw_ort_rate(model, &row, 1, Duration::from_secs(seconds.min(3)))?;
+        let bare = runtime.block_on(bare_hyper(Bytes::from(response)))?;
+        for concurrency in CONCURRENCY {
+            let vane_run = wrk(server.addr, &path, &body_file, concurrency, seconds)?;
+            let hyper_run = wrk(bare, &path, &body_file, concurrency, seconds)?;
+            lines.push(format!(
+                "{model:<14} c={concurrency:<3} vane {}   hyper {}   vane/hyper {:.2}   vane/ort {:.2}",
+                vane_run.summary(),
+                hyper_run.summary(),
+                vane_run.rate / hyper_run.rate,
+                vane_run.rate / ort_rate
+            ));
+        }
+        lines.push(format!("{model:<14} ort batch 1, one session per core: {ort_rate:.0} rows/s"));
+        if model == "dense" {
+            let batched = server.stats(model)?;
+            let mean_batch = (batched.0 as f64 / batched.1.max(1) as f64).max(1.0);
+            let unbatched_server = VaneProcess::start(&vane, &["--max-batch-size", "0"])?;
+            let off = wrk(unbatched_server.addr, &path, &body_file, 64, seconds)?;
+            let on = wrk(server.addr, &path, &body_file, 64, seconds)?;
+            let size = mean_batch.round() as usize;
+            let ort_batched = raw_ort_rate(model, &row, size, Duration::from_secs(seconds.min(3)))?;
+            lines.push(format!(
+                "dense c=64 batching on {:.0} rows/s, off {:.0} rows/s (on/off {:.2}); mean batch {mean_batch:.1} rows; \
+                 ort at batch {size}: {ort_batched:.0} rows/s (vane/ort {:.2})",
+                on.rate,
+                off.rate,
+                on.rate / off.rate,
+                on.rate / ort_batched
+            ));
+        }
+    }
+    println!("\n== load bench ({seconds}s per run, wrk on loopback, {} cores)", cores());
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Installs Debian's wrk when it is not on the PATH.
+fn ensure_wrk() -> Result<()> {
+    if Command::new("wrk").arg("--version").output().is_ok() {
+        return Ok(());
+    }
+    eprintln!("installing wrk from Debian's packages");
+    for args in [vec!["update", "-qq"], vec!["install", "-y", "-qq", "wrk"]] {
+        let status = Command::new("apt-get").args(&args).env("DEBIAN_FRONTEND", "noninteractive").status()?;
+        if !status.success() {
+            bail!("apt-get {} failed: install wrk by hand", args.join(" "));
+        }
+    }
+    Ok(())
+}
+
+/// Builds the release binary (a no-op when it is current) and returns its path.
+fn build_vane() -> Result<PathBuf> {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "gateway", "--bin", "vane"])
+        .current_dir(root())
+        .status()?;
+    if !status.success() {
+        bail!("building vane failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    Ok(target.join("release/vane"))
+}
+
+fn reference_row(model: &str) -> Result<Vec<f64>> {
+    let data = ReferenceData::from_csv_path(&root().join("models").join(model).join("reference.csv"))?;
+    data.numeric_row(0).context("row 0 is numeric")
+}
+
+/// A `vane serve` child process over the committed models, stopped with SIGTERM on drop.
+struct VaneProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl VaneProcess {
+    fn start(binary: &Path, extra: &[&str]) -> Result<Self> {
+        let mut child = Command::new(binary)
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--poll-interval", "0", "--model-dir"])
+            .arg(root().join("models"))
+            .args(extra)
+            .env("RUST_LOG", "warn,gateway=info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()?;
+        let mut stderr = BufReader::new(child.stderr.take().context("stderr")?);
+        let addr = loop {
+            let mut line = String::new();
+            if stderr.read_line(&mut line)? == 0 {
+                bail!("vane exited before serving");
+            }
+            let event: Value = serde_json::from_str(&line)?;
+            if event["fields"]["message"] == "vane is serving" {
+                break event["fields"]["addr"].as_str().context("addr")?.parse()?;
+            }
+        };
+        // Keep draining the log so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in stderr.lines() {});
+        Ok(Self { child, addr })
+    }
+
+    fn post(&self, path: &str, body: &Value) -> Result<Vec<u8>> {
+        http(self.addr, "POST", path, &serde_json::to_vec(body)?)
+    }
+
+    /// (rows, runs) of the model's default version, from the statistics endpoint.
+    fn stats(&self, model: &str) -> Result<(u64, u64)> {
+        let stats: Value = serde_json::from_slice(&http(self.addr, "GET", &format!("/v2/models/{model}/stats"), b"")?)?;
+        let last = stats["model_stats"].as_array().and_then(|a| a.last()).context("stats")?;
+        Ok((last["inference_count"].as_u64().unwrap_or(0), last["execution_count"].as_u64().unwrap_or(0)))
+    }
+}
+
+/// One HTTP/1.1 exchange on a fresh connection; returns the body of a 200.
+fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").context("no header end")?;
+    if !answer.starts_with(b"HTTP/1.1 200") {
+        bail!("{method} {path}: {}", String::from_utf8_lossy(&answer));
+    }
+    Ok(answer[split + 4..].to_vec())
+}
+
+impl Drop for VaneProcess {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// A bare hyper server on loopback that reads each request body and answers `response`.
+async fn bare_hyper(response: Bytes) -> Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let response = response.clone();
+            let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                let response = response.clone();
+                async move {
+                    let _ = request.into_body().collect().await;
+                    let mut reply = Response::new(Full::new(response));
+                    reply.headers_mut().insert("content-type", "application/json".parse().unwrap());
+                    Ok::<_, std::convert::Infallible>(reply)
+                }
+            });
+            tokio::spawn(async move {
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Rows per second through raw ONNX Runtime at `batch` rows per run, one session per core, for `duration`.
+fn raw_ort_rate(model: &str, row: &[f64], batch: usize, duration: Duration) -> Result<f64> {
+    let environment = gateway::runtime::environment()?;
+    let path = root().join("models").join(model).join("1/model.onnx");
+    let features = row.len();
+    let data: Vec<f32> = row.iter().map(|&v| v as f32).cycle().take(batch * features).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let rows = Arc::new(AtomicU64::new(0));
+    let mut threads = Vec::new();
+    for _ in 0..cores() {
+        let mut session = Session::builder(environment)?
+            .with_intra_threads(1)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .commit_from_file(&path)?;
+        let (data, stop, rows) = (data.clone(), Arc::clone(&stop), Arc::clone(&rows));
+        threads.push(std::thread::spawn(move || -> Result<()> {
+            while !stop.load(Ordering::Relaxed) {
+                let input = Tensor::from_array(([batch, features], data.clone()))?;
+                let outputs = session.run(ort::inputs!["input" => input])?;
+                std::hint::black_box(outputs.len());
+                rows.fetch_add(batch as u64, Ordering::Relaxed);
+            }
+            Ok(())
+        }));
+    }
+    let started = Instant::now();
+    std::thread::sleep(duration);
+    stop.store(true, Ordering::Relaxed);
+    for thread in threads {
+        thread.join().map_err(|_| anyhow::anyhow!("ort thread panicked"))??;
+    }
+    Ok(rows.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// One wrk run's figures.
+struct Run {
+    rate: f64,
+    errors: u64,
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+}
+
+impl Run {
+    fn summary(&self) -> String {
+        let ms = |us: u64| us as f64 / 1000.0;
+        let errors = if self.errors > 0 { format!(" ERRORS {}", self.errors) } else { String::new() };
+        format!(
+            "{:>8.0} req/s p50 {:.2} p99 {:.2} p99.9 {:.2} ms{errors}",
+            self.rate,
+            ms(self.p50_us),
+            ms(self.p99_us),
+            ms(self.p999_us)
+        )
+    }
+}
+
+const WRK_SCRIPT: &str = r#"
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = assert(io.open(os.getenv("VANE_BENCH_BODY"), "rb"))
+wrk.body = f:read("*a")
+f:close()
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("VANE_RESULT %d %d %d %d %d %d\n", summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+end
+"#;
+
+fn wrk(addr: SocketAddr, path: &str, body: &Path, concurrency: usize, seconds: u64) -> Result<Run> {
+    let script = body.with_extension("lua");
+    std::fs::write(&script, WRK_SCRIPT)?;
+    let threads = concurrency.min(2);
+    let output = Command::new("wrk")
+        .args([
+            "-t",
+            &threads.to_string(),
+            "-c",
+            &concurrency.to_string(),
+            "-d",
+            &format!("{seconds}s"),
+            "--timeout",
+            "5s",
+            "-s",
+        ])
+        .arg(&script)
+        .arg(format!("http://{addr}{path}"))
+        .env("VANE_BENCH_BODY", body)
+        .output()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("VANE_RESULT"))
+        .with_context(|| format!("wrk printed no result: {text}"))?;
+    let n: Vec<u64> = line.split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0)).collect();
+    let [requests, duration_us, errors, p50_us, p99_us, p999_us] = n[..] else { bail!("bad wrk line {line}") };
+    Ok(Run { rate: requests as f64 / (duration_us as f64 / 1e6), errors, p50_us, p99_us, p999_us })
+}
