@@ -24,8 +24,8 @@ fn signature(features: i64, outputs: &[(&str, DataType, i64)]) -> Signature {
 }
 
 fn body(features: usize) -> Vec<u8> {
-    // Values with the digits real features have.
-    let data: Vec<f64> = (0..features).map(|i| ((i * 7919) % 1000) as f64 / 7.3 - 40.0).collect();
+    // Values with the digits the reference data has (four decimals).
+    let data: Vec<f64> = (0..features).map(|i| (((i * 7919) % 20000) as f64 - 10000.0) / 10000.0).collect();
     serde_json::to_vec(
         &json!({"id": "r-1", "inputs": [{"name": "input", "shape": [1, features], "datatype": "FP32", "data": data}]}),
     )

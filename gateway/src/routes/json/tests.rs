@@ -129,3 +129,16 @@ fn with_a_signature_a_datatype_mismatch_is_reported_before_the_values() {
     let err = decode_request(body, Some(&signature)).unwrap_err();
     assert_eq!(err.to_string(), "input 'x' has datatype INT32 but the model expects INT64");
 }
+
+#[test]
+fn the_first_bad_element_is_reported_whichever_order_the_fields_come_in() {
+    for input in [
+        r#"{"name":"x","shape":[3],"datatype":"INT64","data":[1,{"a":[2]},"z"]}"#,
+        r#"{"data":[1,{"a":[2]},"z"],"name":"x","shape":[3],"datatype":"INT64"}"#,
+    ] {
+        assert_eq!(message(input), "input 'x': expected a number (INT64), found an object", "{input}");
+    }
+    let ok =
+        one_input(r#"{"name":"x","shape":[1],"datatype":"INT64","data":[1],"parameters":{"k":[1,2]},"extra":null}"#);
+    assert_eq!(ok.unwrap().data, TensorData::Int64(vec![1]), "unknown input fields are ignored");
+}
