@@ -73,11 +73,14 @@ fn main() -> Result<()> {
         }
         lines.push(format!("{model:<14} ort batch 1, one session per core: {ort_rate:.0} rows/s"));
         if model == "dense" {
-            let batched = server.stats(model)?;
-            let mean_batch = (batched.0 as f64 / batched.1.max(1) as f64).max(1.0);
             let unbatched_server = VaneProcess::start(&vane, &["--max-batch-size", "0"])?;
             let off = wrk(unbatched_server.addr, &path, &body_file, 64, seconds)?;
+            drop(unbatched_server);
+            let before = server.stats(model)?;
             let on = wrk(server.addr, &path, &body_file, 64, seconds)?;
+            let after = server.stats(model)?;
+            // The mean rows per model run during this run alone.
+            let mean_batch = ((after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64).max(1.0);
             let size = mean_batch.round() as usize;
             let ort_batched = raw_ort_rate(model, &row, size, Duration::from_secs(seconds.min(3)))?;
             lines.push(format!(

@@ -91,4 +91,15 @@ mod tests {
         let err = parse("workers: 0").unwrap_err().to_string();
         assert!(err.contains("workers must be at least 1"), "{err}");
     }
+
+    /// The documented example in `configs/` parses and sets every field.
+    #[test]
+    fn the_example_in_configs_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/model-config.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config = ModelConfig::from_yaml(&text, &path).unwrap();
+        assert_eq!(config.max_batch_size, Some(64));
+        assert_eq!(config.max_queue_delay, Some(Duration::from_micros(300)));
+        assert!(config.workers.is_some() && config.queue_capacity.is_some() && config.intra_threads.is_some());
+    }
 }
