@@ -6,7 +6,7 @@ use hyper::StatusCode;
 use monitor::ReferenceData;
 use serde_json::{json, Value};
 
-use crate::support::{dense_zeros, model_repo, models_dir, TestServer};
+use crate::support::{dense_zeros, model_repo, models_dir, occupy_dense_worker, TestServer};
 
 /// `rows` rows of breast_cancer's reference data, starting at `first`.
 fn breast_cancer_rows(reference: &ReferenceData, first: usize, rows: usize) -> Value {
@@ -82,13 +82,9 @@ fn one_slow_worker(queue_capacity: usize) -> tempfile::TempDir {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_deadline_passes_in_the_queue_gets_504_and_never_runs() {
     let repo = one_slow_worker(8);
-    let server = Arc::new(TestServer::start_in(repo.path(), |_| {}).await);
+    let server = TestServer::start_in(repo.path(), |_| {}).await;
     let model = server.model("dense");
-    let slow = {
-        let server = Arc::clone(&server);
-        tokio::spawn(async move { server.post_json("/v2/models/dense/infer", &dense_zeros(1000)).await })
-    };
-    model.stats().wait_until(|s| s.running == 1).await;
+    let slow = occupy_dense_worker(&server).await;
 
     let mut hurried = dense_zeros(1);
     hurried["parameters"] = json!({"timeout": 1000});
@@ -120,18 +116,14 @@ async fn a_timeout_parameter_that_is_not_a_number_is_400() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_503_at_once_and_the_server_recovers() {
     let repo = one_slow_worker(2);
-    let server = Arc::new(TestServer::start_in(repo.path(), |_| {}).await);
+    let server = TestServer::start_in(repo.path(), |_| {}).await;
     let model = server.model("dense");
-    let slow = {
-        let server = Arc::clone(&server);
-        tokio::spawn(async move { server.post_json("/v2/models/dense/infer", &dense_zeros(1000)).await })
-    };
-    model.stats().wait_until(|s| s.running == 1).await;
+    let slow = occupy_dense_worker(&server).await;
 
     let burst: Vec<_> = (0..12)
         .map(|_| {
-            let server = Arc::clone(&server);
-            tokio::spawn(async move { server.post_json("/v2/models/dense/infer", &dense_zeros(1)).await })
+            let client = server.client_only();
+            tokio::spawn(async move { client.post_json("/v2/models/dense/infer", &dense_zeros(1)).await })
         })
         .collect();
     let mut refused = 0;
@@ -163,18 +155,11 @@ async fn a_full_queue_answers_503_at_once_and_the_server_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_concurrency_limit_requests_are_shed_with_503() {
     let repo = one_slow_worker(8);
-    let server = Arc::new(
-        TestServer::start_in(repo.path(), |config| {
-            config.limits.max_concurrent_requests = std::num::NonZeroUsize::MIN;
-        })
-        .await,
-    );
-    let model = server.model("dense");
-    let slow = {
-        let server = Arc::clone(&server);
-        tokio::spawn(async move { server.post_json("/v2/models/dense/infer", &dense_zeros(1000)).await })
-    };
-    model.stats().wait_until(|s| s.running == 1).await;
+    let server = TestServer::start_in(repo.path(), |config| {
+        config.limits.max_concurrent_requests = std::num::NonZeroUsize::MIN;
+    })
+    .await;
+    let slow = occupy_dense_worker(&server).await;
     let reply = server.get("/v2/health/live").await;
     reply.assert_error(StatusCode::SERVICE_UNAVAILABLE, &["server is at capacity"]);
     assert_eq!(reply.headers["retry-after"], "1");

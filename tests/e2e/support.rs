@@ -171,3 +171,13 @@ impl TestServer {
 pub(crate) fn dense_zeros(rows: usize) -> Value {
     serde_json::json!({"inputs": [{"name": "input", "shape": [rows, 1024], "datatype": "FP32", "data": vec![0.0f32; rows * 1024]}]})
 }
+
+/// Sends a 1,000-row dense request and returns once a worker is running it (tens of milliseconds of work), so the
+/// caller can act while that worker is busy. The request's reply comes from the returned task.
+pub(crate) async fn occupy_dense_worker(server: &TestServer) -> tokio::task::JoinHandle<Reply> {
+    let model = server.model("dense");
+    let client = server.client_only();
+    let slow = tokio::spawn(async move { client.post_json("/v2/models/dense/infer", &dense_zeros(1000)).await });
+    model.stats().wait_until(|s| s.running == 1).await;
+    slow
+}
