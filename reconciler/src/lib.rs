@@ -1,11 +1,12 @@
 //! The desired-state side of Vane: which models and versions should be served.
 //!
-//! Today the one source is a Triton-style model directory ([`model_dir::scan`]); the Git source arrives with the
-//! reconciler issue and produces the same [`DesiredState`]. This crate never loads a model: it only says what should
+//! Sources: a Triton-style model directory ([`model_dir::scan`]), and Git repositories of deployment manifests
+//! ([`manifest`]), which produce the same [`DesiredState`]. This crate never loads a model: it only says what should
 //! be loaded, and the gateway builds and swaps the model set from it. It runs no threads of its own and does
 //! blocking file-system reads, so callers run it off the async threads.
 
 mod errors;
+pub mod manifest;
 pub mod model_config;
 pub mod model_dir;
 mod state;

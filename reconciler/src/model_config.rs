@@ -38,17 +38,17 @@ impl ModelConfig {
     pub fn from_yaml(text: &str, origin: &Path) -> Result<Self> {
         let config: Self = serde_yaml::from_str(text)
             .map_err(|e| Error::ModelConfig { path: origin.into(), message: e.to_string() })?;
-        let zero = [
-            ("workers", config.workers),
-            ("queue_capacity", config.queue_capacity),
-            ("intra_threads", config.intra_threads),
-        ]
-        .into_iter()
-        .find(|(_, value)| *value == Some(0));
-        if let Some((field, _)) = zero {
-            return Err(Error::ModelConfig { path: origin.into(), message: format!("{field} must be at least 1") });
+        config.validated().map_err(|message| Error::ModelConfig { path: origin.into(), message })
+    }
+
+    /// The config itself if its counts are usable (zero workers, queue or threads are not).
+    pub fn validated(self) -> std::result::Result<Self, String> {
+        let counts =
+            [("workers", self.workers), ("queue_capacity", self.queue_capacity), ("intra_threads", self.intra_threads)];
+        match counts.into_iter().find(|(_, value)| *value == Some(0)) {
+            Some((field, _)) => Err(format!("{field} must be at least 1")),
+            None => Ok(self),
         }
-        Ok(config)
     }
 
     /// Reads `<model_dir>/config.yaml` if it exists; no file means all defaults. Blocking.

@@ -1,0 +1,376 @@
+//! The deployment manifest: one YAML file per served model in the repository's deploy folder.
+//!
+//! A manifest names the model, the versions to serve (each an ONNX artifact with its sha256), the reference data the
+//! monitor compares live traffic against, the serving settings (the same block as a model folder's `config.yaml`)
+//! and the monitoring thresholds. Parsing is strict (unknown fields and unknown `apiVersion`s are refused) and pure:
+//! nothing is read from disk or network here. A commit is validated as a whole: every file valid, names unique, or
+//! nothing from it is applied. `configs/deploy/breast-cancer.yaml` is the commented example.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ModelConfig;
+
+/// The one manifest version this build reads.
+pub const API_VERSION: &str = "vane.dev/v1alpha1";
+/// The one kind.
+pub const KIND: &str = "ModelDeployment";
+/// Manifests larger than this are refused (Git blobs are read whole into memory).
+pub const MAX_MANIFEST_BYTES: usize = 256 * 1024;
+/// Versions one manifest may serve at once.
+pub const MAX_VERSIONS: usize = 16;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    #[serde(rename = "apiVersion")]
+    api_version: String,
+    kind: String,
+    metadata: RawMetadata,
+    spec: RawSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetadata {
+    name: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    versions: Vec<RawVersion>,
+    #[serde(default)]
+    reference_data: Option<RawArtifact>,
+    #[serde(default)]
+    serving: ModelConfig,
+    #[serde(default)]
+    monitoring: Option<Monitoring>,
+    /// Allow this deployment to move to a commit that does not descend from the last applied one.
+    #[serde(default)]
+    allow_history_rewrite: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVersion {
+    version: u64,
+    model: RawArtifact,
+    #[serde(default)]
+    io: Option<IoSpec>,
+    #[serde(default)]
+    warmup: Option<RawWarmup>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArtifact {
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    dvc: Option<String>,
+    #[serde(default)]
+    uri: Option<String>,
+    sha256: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWarmup {
+    golden: String,
+    #[serde(default = "default_tolerance")]
+    tolerance: f64,
+}
+
+fn default_tolerance() -> f64 {
+    1e-5
+}
+
+/// The inputs and outputs a version must have; checked against the ONNX graph before any traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IoSpec {
+    /// The inputs, any order.
+    #[serde(default)]
+    pub inputs: Vec<TensorDecl>,
+    /// The outputs, any order.
+    #[serde(default)]
+    pub outputs: Vec<TensorDecl>,
+}
+
+/// One declared tensor: its name, V2 datatype and shape (-1 for a dynamic dimension).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorDecl {
+    /// The graph's name for it.
+    pub name: String,
+    /// The V2 datatype name (`FP32`, `INT64`, ...).
+    pub datatype: String,
+    /// The shape, -1 for a dynamic dimension.
+    pub shape: Vec<i64>,
+}
+
+/// What the monitor watches and when it alerts. Every field is optional; the monitor supplies defaults.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Monitoring {
+    /// Share of predictions observed, in (0, 1].
+    #[serde(default)]
+    pub sample_rate: Option<f64>,
+    /// Observations per window.
+    #[serde(default)]
+    pub window_size: Option<usize>,
+    /// Fewest observations before any drift verdict.
+    #[serde(default)]
+    pub min_samples: Option<usize>,
+    /// Thresholds by statistic name (`psi`, `ks_p_value`, `js_distance`, `wasserstein_normed`, `chi2_p_value`,
+    /// `missing_share`, `dataset_drift_share`, ...); the monitor validates the names it knows.
+    #[serde(default)]
+    pub thresholds: BTreeMap<String, f64>,
+    /// How long a condition must hold before an alert fires.
+    #[serde(default, rename = "for", with = "humantime_serde")]
+    pub for_duration: Option<Duration>,
+}
+
+/// A validated deployment: what one manifest asks to serve.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deployment {
+    /// The model name clients use.
+    pub name: String,
+    /// Free-form labels (owner, team).
+    pub labels: BTreeMap<String, String>,
+    /// The versions, ascending.
+    pub versions: Vec<DeployedVersion>,
+    /// The reference data for the monitor.
+    pub reference_data: Option<ArtifactRef>,
+    /// Serving settings.
+    pub serving: ModelConfig,
+    /// Monitoring thresholds.
+    pub monitoring: Option<Monitoring>,
+    /// Whether a non-fast-forward move is allowed for this deployment.
+    pub allow_history_rewrite: bool,
+}
+
+/// One version of a deployment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeployedVersion {
+    /// The version number.
+    pub version: u64,
+    /// The ONNX artifact.
+    pub model: ArtifactRef,
+    /// Declared inputs and outputs, if any.
+    pub io: Option<IoSpec>,
+    /// A golden set to check the warm-up against, if any.
+    pub warmup: Option<Warmup>,
+}
+
+/// A golden set: a JSON file in the repository with inputs and expected outputs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Warmup {
+    /// The file, relative to the repository root.
+    pub golden: RepoPath,
+    /// Largest absolute difference allowed per element.
+    pub tolerance: f64,
+}
+
+/// Where an artifact comes from, and the digest it must have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactRef {
+    /// The source.
+    pub source: ArtifactSource,
+    /// Lower-case hex sha256 of the artifact's bytes.
+    pub sha256: String,
+}
+
+/// The three places an artifact may live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArtifactSource {
+    /// A file in the repository at the same commit, read from Git objects.
+    Repo(RepoPath),
+    /// A DVC pointer file (`.dvc`) in the repository, resolved against the configured DVC cache or remote.
+    Dvc(RepoPath),
+    /// A `file://` or `https://` URI.
+    Uri(String),
+}
+
+/// A path inside the repository: relative, `/`-separated, with no `.`, `..` or empty components.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RepoPath(String);
+
+/// Why a commit's manifests were refused: every problem, each naming its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestErrors(pub Vec<ManifestError>);
+
+/// One problem in one manifest file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    /// The file, relative to the repository root.
+    pub file: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+// === impl RepoPath ===
+
+impl RepoPath {
+    /// Checks that `path` stays inside the repository.
+    pub fn parse(path: &str) -> Result<Self, String> {
+        if path.is_empty() {
+            return Err("path is empty".to_owned());
+        }
+        if path.starts_with('/') || path.contains('\\') || path.contains('\0') || path.contains(':') {
+            return Err(format!("path {path:?} must be relative to the repository root, with '/' separators"));
+        }
+        if let Some(bad) = path.split('/').find(|c| c.is_empty() || *c == "." || *c == "..") {
+            return Err(format!("path {path:?} has a {bad:?} component; paths may not leave or wander the repository"));
+        }
+        Ok(Self(path.to_owned()))
+    }
+
+    /// The path as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RepoPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+// === impl ManifestErrors ===
+
+impl fmt::Display for ManifestErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(|e| format!("{}: {}", e.file, e.message)).collect();
+        f.write_str(&parts.join("; "))
+    }
+}
+
+impl std::error::Error for ManifestErrors {}
+
+/// Parses and validates every manifest of one commit (`(path, bytes)` pairs). All or nothing: any problem in any file
+/// refuses the whole commit, and every problem found is reported.
+pub fn parse_commit(files: &[(String, Vec<u8>)]) -> Result<Vec<Deployment>, ManifestErrors> {
+    let mut errors = Vec::new();
+    let mut deployments: Vec<(String, Deployment)> = Vec::new();
+    for (file, bytes) in files {
+        match parse_one(bytes) {
+            Ok(deployment) => {
+                if let Some((other, _)) = deployments.iter().find(|(_, d)| d.name == deployment.name) {
+                    errors.push(ManifestError {
+                        file: file.clone(),
+                        message: format!("model '{}' is already deployed by {other}", deployment.name),
+                    });
+                } else {
+                    deployments.push((file.clone(), deployment));
+                }
+            }
+            Err(message) => errors.push(ManifestError { file: file.clone(), message }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ManifestErrors(errors));
+    }
+    let mut deployments: Vec<Deployment> = deployments.into_iter().map(|(_, d)| d).collect();
+    deployments.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(deployments)
+}
+
+fn parse_one(bytes: &[u8]) -> Result<Deployment, String> {
+    if bytes.len() > MAX_MANIFEST_BYTES {
+        return Err(format!("manifest is {} bytes; the limit is {MAX_MANIFEST_BYTES}", bytes.len()));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| "manifest is not UTF-8".to_owned())?;
+    let raw: RawManifest = serde_yaml::from_str(text).map_err(|e| format!("invalid manifest: {e}"))?;
+    if raw.api_version != API_VERSION {
+        return Err(format!("apiVersion {:?} is not supported; this build reads {API_VERSION:?}", raw.api_version));
+    }
+    if raw.kind != KIND {
+        return Err(format!("kind {:?} is not supported; expected {KIND:?}", raw.kind));
+    }
+    let name = raw.metadata.name;
+    if !crate::model_dir::is_valid_model_name(&name) || name.len() > 63 {
+        return Err(format!(
+            "metadata.name {name:?} is not a valid model name (letters, digits, '_', '-', '.'; at most 63)"
+        ));
+    }
+    let spec = raw.spec;
+    if spec.versions.is_empty() || spec.versions.len() > MAX_VERSIONS {
+        return Err(format!("spec.versions must list 1 to {MAX_VERSIONS} versions, not {}", spec.versions.len()));
+    }
+    let mut versions = Vec::with_capacity(spec.versions.len());
+    for raw_version in spec.versions {
+        let at = format!("spec.versions[version {}]", raw_version.version);
+        if versions.iter().any(|v: &DeployedVersion| v.version == raw_version.version) {
+            return Err(format!("{at}: version {} is listed twice", raw_version.version));
+        }
+        let model = artifact(raw_version.model).map_err(|e| format!("{at}.model: {e}"))?;
+        let warmup = match raw_version.warmup {
+            None => None,
+            Some(w) if !(w.tolerance >= 0.0 && w.tolerance.is_finite()) => {
+                return Err(format!("{at}.warmup.tolerance must be a finite number >= 0"));
+            }
+            Some(w) => Some(Warmup {
+                golden: RepoPath::parse(&w.golden).map_err(|e| format!("{at}.warmup.golden: {e}"))?,
+                tolerance: w.tolerance,
+            }),
+        };
+        versions.push(DeployedVersion { version: raw_version.version, model, io: raw_version.io, warmup });
+    }
+    versions.sort_by_key(|v| v.version);
+    let reference_data =
+        spec.reference_data.map(artifact).transpose().map_err(|e| format!("spec.reference_data: {e}"))?;
+    if let Some(rate) = spec.monitoring.as_ref().and_then(|m| m.sample_rate) {
+        if !(rate > 0.0 && rate <= 1.0) {
+            return Err(format!("spec.monitoring.sample_rate must be in (0, 1], not {rate}"));
+        }
+    }
+    Ok(Deployment {
+        name,
+        labels: raw.metadata.labels,
+        versions,
+        reference_data,
+        serving: spec.serving.validated().map_err(|e| format!("spec.serving: {e}"))?,
+        monitoring: spec.monitoring,
+        allow_history_rewrite: spec.allow_history_rewrite,
+    })
+}
+
+fn artifact(raw: RawArtifact) -> Result<ArtifactRef, String> {
+    let sha256 = raw.sha256.strip_prefix("sha256:").unwrap_or(&raw.sha256).to_ascii_lowercase();
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("sha256 {:?} is not 64 hex digits", raw.sha256));
+    }
+    let source = match (raw.path, raw.dvc, raw.uri) {
+        (Some(path), None, None) => ArtifactSource::Repo(RepoPath::parse(&path)?),
+        (None, Some(dvc), None) => {
+            if !dvc.ends_with(".dvc") {
+                return Err(format!("dvc {dvc:?} must name a .dvc pointer file"));
+            }
+            ArtifactSource::Dvc(RepoPath::parse(&dvc)?)
+        }
+        (None, None, Some(uri)) => {
+            if !(uri.starts_with("file:///") || uri.starts_with("https://")) {
+                return Err(format!("uri {uri:?} must be file:///... or https://..."));
+            }
+            if uri.starts_with("https://")
+                && uri["https://".len()..].split('/').next().is_some_and(|host| host.contains('@'))
+            {
+                return Err("uri must not carry credentials; configure them on the command line".to_owned());
+            }
+            ArtifactSource::Uri(uri)
+        }
+        _ => return Err("give exactly one of path, dvc or uri".to_owned()),
+    };
+    Ok(ArtifactRef { source, sha256 })
+}
+
+#[cfg(test)]
+mod tests;

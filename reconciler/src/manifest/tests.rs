@@ -1,0 +1,111 @@
+use super::*;
+
+const SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+fn manifest(name: &str, body: &str) -> (String, Vec<u8>) {
+    let text =
+        format!("apiVersion: vane.dev/v1alpha1\nkind: ModelDeployment\nmetadata:\n  name: {name}\nspec:\n{body}");
+    (format!("deploy/{name}.yaml"), text.into_bytes())
+}
+
+fn one_version(model: &str) -> String {
+    format!("  versions:\n    - version: 1\n      model: {{{model}, sha256: {SHA}}}\n")
+}
+
+fn error_of(files: &[(String, Vec<u8>)]) -> String {
+    parse_commit(files).unwrap_err().to_string()
+}
+
+#[test]
+fn a_full_manifest_parses_into_a_deployment() {
+    let body = format!(
+        "  versions:\n    - version: 2\n      model: {{path: models/bc/2/model.onnx, sha256: \"sha256:{SHA}\"}}\n      io:\n        inputs: [{{name: input, datatype: FP32, shape: [-1, 30]}}]\n      warmup: {{golden: golden/bc.json, tolerance: 0.001}}\n    - version: 1\n      model: {{dvc: models/bc1.onnx.dvc, sha256: {SHA}}}\n  reference_data: {{uri: \"file:///data/ref.csv\", sha256: {SHA}}}\n  serving: {{max_batch_size: 32, max_queue_delay: 1ms}}\n  monitoring: {{sample_rate: 0.5, thresholds: {{psi: 0.2}}, for: 5m}}\n"
+    );
+    let deployments = parse_commit(&[manifest("bc", &body)]).unwrap();
+    let d = &deployments[0];
+    assert_eq!(d.name, "bc");
+    assert_eq!(d.versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2], "sorted");
+    assert_eq!(d.versions[1].model.source, ArtifactSource::Repo(RepoPath::parse("models/bc/2/model.onnx").unwrap()));
+    assert_eq!(d.versions[1].model.sha256, SHA, "the sha256: prefix is accepted");
+    assert_eq!(d.versions[0].model.source, ArtifactSource::Dvc(RepoPath::parse("models/bc1.onnx.dvc").unwrap()));
+    assert_eq!(d.versions[1].io.as_ref().unwrap().inputs[0].shape, [-1, 30]);
+    assert_eq!(d.versions[1].warmup.as_ref().unwrap().tolerance, 0.001);
+    assert_eq!(d.reference_data.as_ref().unwrap().source, ArtifactSource::Uri("file:///data/ref.csv".into()));
+    assert_eq!(d.serving.max_batch_size, Some(32));
+    let monitoring = d.monitoring.as_ref().unwrap();
+    assert_eq!((monitoring.thresholds["psi"], monitoring.for_duration), (0.2, Some(Duration::from_secs(300))));
+}
+
+#[test]
+fn each_mistake_is_refused_with_its_file_and_field() {
+    let cases = [
+        ("apiVersion: vane.dev/v2\nkind: ModelDeployment\nmetadata: {name: a}\nspec: {versions: []}\n", "apiVersion \"vane.dev/v2\" is not supported"),
+        ("apiVersion: vane.dev/v1alpha1\nkind: Deployment\nmetadata: {name: a}\nspec: {versions: []}\n", "kind \"Deployment\" is not supported"),
+        ("apiVersion: vane.dev/v1alpha1\nkind: ModelDeployment\nmetadata: {name: a, owner: me}\nspec: {versions: []}\n", "unknown field `owner`"),
+        ("apiVersion: vane.dev/v1alpha1\nkind: ModelDeployment\nmetadata: {name: a}\nspec: {versions: []}\n", "spec.versions must list 1 to 16 versions, not 0"),
+        ("apiVersion: [\n", "invalid manifest"),
+    ];
+    for (text, needle) in cases {
+        let message = error_of(&[("deploy/a.yaml".to_owned(), text.as_bytes().to_vec())]);
+        assert!(message.starts_with("deploy/a.yaml: "), "{message}");
+        assert!(message.contains(needle), "{message:?} should contain {needle:?}");
+    }
+}
+
+#[test]
+fn artifacts_need_exactly_one_source_and_a_real_digest() {
+    let bad = [
+        (format!("path: a.onnx, dvc: a.onnx.dvc"), "exactly one of path, dvc or uri"),
+        (format!("uri: \"http://x/a.onnx\""), "must be file:///... or https://..."),
+        (format!("uri: \"https://user:token@host/a.onnx\""), "must not carry credentials"),
+        (format!("dvc: a.onnx"), "must name a .dvc pointer file"),
+    ];
+    for (model, needle) in bad {
+        let message = error_of(&[manifest("a", &one_version(&model))]);
+        assert!(message.contains(needle), "{message:?} should contain {needle:?}");
+    }
+    let body = "  versions:\n    - version: 1\n      model: {path: a.onnx, sha256: abc}\n";
+    assert!(error_of(&[manifest("a", body)])
+        .contains("spec.versions[version 1].model: sha256 \"abc\" is not 64 hex digits"));
+}
+
+#[test]
+fn paths_cannot_leave_the_repository() {
+    for path in ["../secrets.onnx", "/etc/passwd", "models/../../x.onnx", "models//x.onnx", "./x.onnx", "C:/x", "a\\b"]
+    {
+        let message = error_of(&[manifest("a", &one_version(&format!("path: '{path}'")))]);
+        assert!(message.contains("path"), "{path}: {message}");
+    }
+    assert!(RepoPath::parse("models/bc/1/model.onnx").is_ok());
+}
+
+#[test]
+fn a_commit_is_all_or_nothing_and_names_are_unique() {
+    let good = manifest("a", &one_version("path: a.onnx"));
+    let bad = manifest("b", "  versions: oops\n");
+    let errors = parse_commit(&[good.clone(), bad]).unwrap_err();
+    assert_eq!(errors.0.len(), 1);
+    assert_eq!(errors.0[0].file, "deploy/b.yaml");
+    let (_, twin) = manifest("a", &one_version("path: b.onnx"));
+    let errors = parse_commit(&[good, ("deploy/a-again.yaml".into(), twin)]).unwrap_err();
+    assert!(
+        errors.to_string().contains("deploy/a-again.yaml: model 'a' is already deployed by deploy/a.yaml"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn serving_settings_are_checked_like_a_config_file() {
+    let body = format!("{}  serving: {{workers: 0}}\n", one_version("path: a.onnx"));
+    assert!(error_of(&[manifest("a", &body)]).contains("spec.serving: workers must be at least 1"));
+    let body = format!("{}  serving: {{batch: 3}}\n", one_version("path: a.onnx"));
+    assert!(error_of(&[manifest("a", &body)]).contains("unknown field `batch`"));
+}
+
+#[test]
+fn the_commented_example_in_configs_parses() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/deploy/breast-cancer.yaml");
+    let text = std::fs::read(&path).unwrap();
+    let deployments = parse_commit(&[("deploy/breast-cancer.yaml".into(), text)]).unwrap();
+    assert_eq!(deployments[0].name, "breast_cancer");
+}
