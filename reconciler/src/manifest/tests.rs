@@ -55,13 +55,13 @@ fn each_mistake_is_refused_with_its_file_and_field() {
 #[test]
 fn artifacts_need_exactly_one_source_and_a_real_digest() {
     let bad = [
-        (format!("path: a.onnx, dvc: a.onnx.dvc"), "exactly one of path, dvc or uri"),
-        (format!("uri: \"http://x/a.onnx\""), "must be file:///... or https://..."),
-        (format!("uri: \"https://user:token@host/a.onnx\""), "must not carry credentials"),
-        (format!("dvc: a.onnx"), "must name a .dvc pointer file"),
+        ("path: a.onnx, dvc: a.onnx.dvc", "exactly one of path, dvc or uri"),
+        ("uri: \"http://x/a.onnx\"", "must be file:///... or https://..."),
+        ("uri: \"https://user:token@host/a.onnx\"", "must not carry credentials"),
+        ("dvc: a.onnx", "must name a .dvc pointer file"),
     ];
     for (model, needle) in bad {
-        let message = error_of(&[manifest("a", &one_version(&model))]);
+        let message = error_of(&[manifest("a", &one_version(model))]);
         assert!(message.contains(needle), "{message:?} should contain {needle:?}");
     }
     let body = "  versions:\n    - version: 1\n      model: {path: a.onnx, sha256: abc}\n";
