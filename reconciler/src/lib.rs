@@ -9,6 +9,7 @@ mod errors;
 pub mod manifest;
 pub mod model_config;
 pub mod model_dir;
+pub mod source;
 mod state;
 
 pub use errors::{Error, Result};
