@@ -5,6 +5,7 @@
 //! be loaded, and the gateway builds and swaps the model set from it. It runs no threads of its own and does
 //! blocking file-system reads, so callers run it off the async threads.
 
+pub mod artifacts;
 mod errors;
 pub mod manifest;
 pub mod model_config;

@@ -203,4 +203,4 @@ impl GitSource {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

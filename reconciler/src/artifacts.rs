@@ -1,0 +1,206 @@
+//! Artifacts: fetched from where the manifest says, checked against their sha256, and kept in a content-addressed
+//! cache (`<data-dir>/artifacts/sha256/<hex>`), so a rollback or a restart needs no network.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use git2::Oid;
+use md5::Md5;
+use sha2::{Digest, Sha256};
+
+use crate::manifest::{ArtifactRef, ArtifactSource, RepoPath};
+use crate::source::{GitError, GitSource};
+
+/// The largest artifact read from Git objects or a file (libgit2 inflates blobs whole in memory).
+pub const MAX_ARTIFACT_BYTES: usize = 2 << 30;
+
+/// Where DVC pointers are resolved: local directories laid out as a DVC cache or a local DVC remote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DvcConfig {
+    /// Directories to look in, in order (`.dvc/cache`, a shared cache, a local remote).
+    pub stores: Vec<PathBuf>,
+}
+
+/// The content-addressed store.
+#[derive(Debug, Clone)]
+pub struct ArtifactCache {
+    dir: PathBuf,
+}
+
+/// Why an artifact could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// Reading from Git failed.
+    #[error(transparent)]
+    Git(#[from] GitError),
+    /// The bytes do not have the digest the manifest names.
+    #[error("{what} has sha256 {actual}, but the manifest says {expected}")]
+    Digest {
+        /// The artifact.
+        what: String,
+        /// The manifest's digest.
+        expected: String,
+        /// The bytes' digest.
+        actual: String,
+    },
+    /// A DVC pointer is malformed, or its object is nowhere to be found or does not match it.
+    #[error("DVC pointer {pointer}: {problem}")]
+    Dvc {
+        /// The pointer file.
+        pointer: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A URI artifact could not be read.
+    #[error("{uri}: {problem}")]
+    Uri {
+        /// The URI.
+        uri: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The cache could not be written.
+    #[error("artifact cache {path}: {source}")]
+    Cache {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(serde::Deserialize)]
+struct DvcPointer {
+    outs: Vec<DvcOut>,
+}
+
+#[derive(serde::Deserialize)]
+struct DvcOut {
+    md5: String,
+    #[serde(default)]
+    size: Option<u64>,
+    path: String,
+}
+
+// === impl ArtifactCache ===
+
+impl ArtifactCache {
+    /// The cache under `data_dir`.
+    pub fn new(data_dir: &Path) -> Self {
+        Self { dir: data_dir.join("artifacts").join("sha256") }
+    }
+
+    /// Where an artifact with this digest is (or would be) kept.
+    pub fn path_of(&self, sha256: &str) -> PathBuf {
+        self.dir.join(sha256)
+    }
+
+    /// Whether the artifact is cached.
+    pub fn contains(&self, sha256: &str) -> bool {
+        self.path_of(sha256).is_file()
+    }
+
+    /// Checks `bytes` against `expected` and stores them; returns the cached path. Written to a temporary name and
+    /// renamed, so a crash never leaves a truncated artifact under its digest.
+    pub fn store(&self, what: &str, bytes: &[u8], expected: &str) -> Result<PathBuf, ArtifactError> {
+        let actual = hex::encode(Sha256::digest(bytes));
+        if actual != expected {
+            return Err(ArtifactError::Digest { what: what.to_owned(), expected: expected.to_owned(), actual });
+        }
+        let path = self.path_of(expected);
+        let io = |source| ArtifactError::Cache { path: path.clone(), source };
+        fs::create_dir_all(&self.dir).map_err(io)?;
+        let partial = self.dir.join(format!(".{expected}.partial"));
+        let mut file = fs::File::create(&partial).map_err(io)?;
+        file.write_all(bytes).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        fs::rename(&partial, &path).map_err(io)?;
+        Ok(path)
+    }
+
+    /// The cached path of `artifact`, fetching it from `source` at `commit` (or from DVC stores or a URI) first if
+    /// it is not cached. Blocking.
+    pub fn resolve(
+        &self,
+        artifact: &ArtifactRef,
+        source: &GitSource,
+        commit: Oid,
+        dvc: &DvcConfig,
+    ) -> Result<PathBuf, ArtifactError> {
+        if self.contains(&artifact.sha256) {
+            return Ok(self.path_of(&artifact.sha256));
+        }
+        let (what, bytes) = match &artifact.source {
+            ArtifactSource::Repo(path) => (path.to_string(), source.read(commit, path, MAX_ARTIFACT_BYTES)?),
+            ArtifactSource::Dvc(pointer) => (pointer.to_string(), read_dvc(source, commit, pointer, dvc)?),
+            ArtifactSource::Uri(uri) => (uri.clone(), read_uri(uri)?),
+        };
+        self.store(&what, &bytes, &artifact.sha256)
+    }
+}
+
+/// Resolves a DVC pointer at `commit` to its object in one of the configured stores, checking md5 and size.
+fn read_dvc(source: &GitSource, commit: Oid, pointer: &RepoPath, config: &DvcConfig) -> Result<Vec<u8>, ArtifactError> {
+    let problem = |problem: String| ArtifactError::Dvc { pointer: pointer.to_string(), problem };
+    let text = source.read(commit, pointer, 64 * 1024)?;
+    let parsed: DvcPointer = serde_yaml::from_slice(&text).map_err(|e| problem(format!("not a DVC pointer: {e}")))?;
+    let [out] = parsed.outs.as_slice() else {
+        return Err(problem(format!("has {} outs; exactly one is supported", parsed.outs.len())));
+    };
+    let md5 = out.md5.to_ascii_lowercase();
+    if md5.len() != 32 || !md5.bytes().all(|b| b.is_ascii_hexdigit()) || md5.ends_with(".dir") {
+        return Err(problem(format!("md5 {:?} is not a file digest (directories are not supported)", out.md5)));
+    }
+    // DVC 3 stores objects under files/md5/<2>/<30>; DVC 2 under <2>/<30>.
+    let (head, tail) = md5.split_at(2);
+    let candidates = config
+        .stores
+        .iter()
+        .flat_map(|store| [store.join("files/md5").join(head).join(tail), store.join(head).join(tail)]);
+    let mut looked = Vec::new();
+    for candidate in candidates {
+        match fs::read(&candidate) {
+            Ok(bytes) => {
+                let actual = hex::encode(Md5::digest(&bytes));
+                if actual != md5 {
+                    return Err(problem(format!("{} has md5 {actual}, the pointer says {md5}", candidate.display())));
+                }
+                if let Some(size) = out.size.filter(|&s| s != bytes.len() as u64) {
+                    return Err(problem(format!(
+                        "{} is {} bytes, the pointer says {size}",
+                        candidate.display(),
+                        bytes.len()
+                    )));
+                }
+                return Ok(bytes);
+            }
+            Err(_) => looked.push(candidate.display().to_string()),
+        }
+    }
+    Err(problem(format!(
+        "object for {} (md5 {md5}) not found; looked in: {}",
+        out.path,
+        if looked.is_empty() { "no DVC store configured (--dvc-store)".to_owned() } else { looked.join(", ") }
+    )))
+}
+
+fn read_uri(uri: &str) -> Result<Vec<u8>, ArtifactError> {
+    let problem = |problem: String| ArtifactError::Uri { uri: uri.to_owned(), problem };
+    match uri.strip_prefix("file://") {
+        Some(path) => {
+            let metadata = fs::metadata(path).map_err(|e| problem(e.to_string()))?;
+            if metadata.len() > MAX_ARTIFACT_BYTES as u64 {
+                return Err(problem(format!("is {} bytes; the limit is {MAX_ARTIFACT_BYTES}", metadata.len())));
+            }
+            fs::read(path).map_err(|e| problem(e.to_string()))
+        }
+        None => Err(problem(
+            "https artifacts are not fetched by this build yet; use a repo path, DVC or file://".to_owned(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;
