@@ -105,10 +105,7 @@ impl ArtifactCache {
     /// Checks `bytes` against `expected` and stores them; returns the cached path. Written to a temporary name and
     /// renamed, so a crash never leaves a truncated artifact under its digest.
     pub fn store(&self, what: &str, bytes: &[u8], expected: &str) -> Result<PathBuf, ArtifactError> {
-        let actual = hex::encode(Sha256::digest(bytes));
-        if actual != expected {
-            return Err(ArtifactError::Digest { what: what.to_owned(), expected: expected.to_owned(), actual });
-        }
+        verify(what, bytes, expected)?;
         let path = self.path_of(expected);
         let io = |source| ArtifactError::Cache { path: path.clone(), source };
         fs::create_dir_all(&self.dir).map_err(io)?;
@@ -120,8 +117,9 @@ impl ArtifactCache {
         Ok(path)
     }
 
-    /// The cached path of `artifact`, fetching it from `source` at `commit` (or from DVC stores or a URI) first if
-    /// it is not cached. Blocking.
+    /// The cached path of `artifact`. A file in the repository is read from the commit and checked every time (it
+    /// is local, and a commit whose file does not match its manifest must be refused, cached bytes or not); DVC and
+    /// URI artifacts are fetched only when their digest is not cached yet. Blocking.
     pub fn resolve(
         &self,
         artifact: &ArtifactRef,
@@ -129,15 +127,26 @@ impl ArtifactCache {
         commit: Oid,
         dvc: &DvcConfig,
     ) -> Result<PathBuf, ArtifactError> {
-        if self.contains(&artifact.sha256) {
-            return Ok(self.path_of(&artifact.sha256));
-        }
         let (what, bytes) = match &artifact.source {
             ArtifactSource::Repo(path) => (path.to_string(), source.read(commit, path, MAX_ARTIFACT_BYTES)?),
+            _ if self.contains(&artifact.sha256) => return Ok(self.path_of(&artifact.sha256)),
             ArtifactSource::Dvc(pointer) => (pointer.to_string(), read_dvc(source, commit, pointer, dvc)?),
             ArtifactSource::Uri(uri) => (uri.clone(), read_uri(uri)?),
         };
+        if self.contains(&artifact.sha256) {
+            verify(&what, &bytes, &artifact.sha256)?;
+            return Ok(self.path_of(&artifact.sha256));
+        }
         self.store(&what, &bytes, &artifact.sha256)
+    }
+}
+
+fn verify(what: &str, bytes: &[u8], expected: &str) -> Result<(), ArtifactError> {
+    let actual = hex::encode(Sha256::digest(bytes));
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(ArtifactError::Digest { what: what.to_owned(), expected: expected.to_owned(), actual })
     }
 }
 

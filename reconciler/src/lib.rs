@@ -6,13 +6,15 @@
 //! blocking file-system reads, so callers run it off the async threads.
 
 pub mod artifacts;
+pub mod controller;
 mod errors;
 pub mod manifest;
 pub mod model_config;
 pub mod model_dir;
+pub mod plan;
 pub mod source;
 mod state;
 
 pub use errors::{Error, Result};
 pub use model_config::ModelConfig;
-pub use state::{DesiredModel, DesiredState, DesiredVersion};
+pub use state::{CachedFile, DesiredModel, DesiredState, DesiredVersion};

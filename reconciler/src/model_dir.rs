@@ -32,13 +32,13 @@ pub fn scan(dir: &Path) -> Result<DesiredState> {
             return Err(Error::NoVersions { model: name, path });
         }
         let config = ModelConfig::read(&path)?;
-        models.push(DesiredModel { name, versions, config });
+        models.push(DesiredModel { name, versions, config, ..DesiredModel::default() });
     }
     if models.is_empty() {
         return Err(Error::Empty { dir: dir.to_path_buf() });
     }
     models.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(DesiredState { models })
+    Ok(DesiredState { models, revision: None })
 }
 
 /// Whether `name` can be a model name: non-empty ASCII letters, digits, `_`, `-` and `.` (safe in a URL path).
@@ -63,7 +63,7 @@ fn scan_versions(model_dir: &Path) -> Result<Vec<DesiredVersion>> {
             return Err(Error::MissingModelFile { path });
         }
         let fingerprint = fingerprint(&file)?;
-        versions.push(DesiredVersion { version, path: file, fingerprint });
+        versions.push(DesiredVersion { version, path: file, fingerprint, ..DesiredVersion::default() });
     }
     versions.sort_by_key(|v| v.version);
     Ok(versions)

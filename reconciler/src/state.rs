@@ -2,18 +2,21 @@
 
 use std::path::PathBuf;
 
+use crate::manifest::IoSpec;
 use crate::ModelConfig;
 
 /// Everything that should be served. It is applied as a whole: the gateway builds every model in it before any
 /// request sees the new set.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DesiredState {
     /// The models, sorted by name.
     pub models: Vec<DesiredModel>,
+    /// The Git commit this state comes from, if it comes from Git.
+    pub revision: Option<String>,
 }
 
 /// One model and the versions of it that should be served.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DesiredModel {
     /// The name clients use in `/v2/models/{name}`.
     pub name: String,
@@ -21,18 +24,31 @@ pub struct DesiredModel {
     pub versions: Vec<DesiredVersion>,
     /// How the model is batched, queued and run.
     pub config: ModelConfig,
+    /// The reference data the monitor compares this model's traffic with, if declared.
+    pub reference_data: Option<CachedFile>,
+}
+
+/// A verified file on local disk and its sha256.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CachedFile {
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its lower-case hex sha256.
+    pub sha256: String,
 }
 
 /// One version of a model.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DesiredVersion {
     /// The version number clients use in `/versions/{v}`.
     pub version: u64,
     /// Where the ONNX file is.
     pub path: PathBuf,
     /// Identifies the artifact's content: equal fingerprints mean the loaded model can be kept as it is. A model
-    /// directory uses the file's size and modification time; a Git source will use its digest.
+    /// directory uses the file's size and modification time; a Git source uses its sha256.
     pub fingerprint: String,
+    /// The inputs and outputs the model must have, if declared; checked before any traffic.
+    pub io: Option<IoSpec>,
 }
 
 // === impl DesiredModel ===

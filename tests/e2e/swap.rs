@@ -16,13 +16,9 @@ fn only(version: u64) -> DesiredState {
     let path = models_dir().join(format!("breast_cancer/{version}/model.onnx"));
     let fingerprint = format!("committed-v{version}");
     let config = ModelConfig { workers: Some(1), ..ModelConfig::default() };
-    DesiredState {
-        models: vec![DesiredModel {
-            name: "breast_cancer".into(),
-            versions: vec![DesiredVersion { version, path, fingerprint }],
-            config,
-        }],
-    }
+    let versions = vec![DesiredVersion { version, path, fingerprint, ..DesiredVersion::default() }];
+    let model = DesiredModel { name: "breast_cancer".into(), versions, config, ..DesiredModel::default() };
+    DesiredState { models: vec![model], revision: None }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

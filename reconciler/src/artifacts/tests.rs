@@ -33,18 +33,20 @@ fn reference(source: ArtifactSource, sha256: String) -> ArtifactRef {
 }
 
 #[test]
-fn a_repo_file_is_verified_cached_and_then_served_from_the_cache() {
+fn a_repo_file_is_verified_and_cached_and_checked_again_at_every_commit() {
     let f = fixture(&[("models/m.onnx", b"model v1")]);
     let cache = ArtifactCache::new(f.data.path());
     let artifact = reference(ArtifactSource::Repo(RepoPath::parse("models/m.onnx").unwrap()), sha(b"model v1"));
     let path = cache.resolve(&artifact, &f.source, f.commit, &DvcConfig::default()).unwrap();
     assert_eq!(fs::read(&path).unwrap(), b"model v1");
     assert_eq!(path, cache.path_of(&artifact.sha256));
-    // Cached: resolvable at a commit where the file no longer exists.
-    f.work.git(&["rm", "-q", "models/m.onnx"]);
-    let later = f.work.commit("removed");
+    // A later commit whose file no longer matches is refused, although the digest's bytes are cached.
+    f.work.write("models/m.onnx", b"tampered");
+    let later = f.work.commit("tampered");
     f.source.fetch().unwrap();
-    assert_eq!(cache.resolve(&artifact, &f.source, later, &DvcConfig::default()).unwrap(), path);
+    let err = cache.resolve(&artifact, &f.source, later, &DvcConfig::default()).unwrap_err().to_string();
+    assert!(err.starts_with("models/m.onnx has sha256"), "{err}");
+    assert_eq!(fs::read(&path).unwrap(), b"model v1", "the cached bytes are untouched");
 }
 
 #[test]
@@ -73,6 +75,8 @@ fn dvc_pointers_resolve_against_a_store_with_md5_and_size_checked() {
     let config = DvcConfig { stores: vec![store.path().to_path_buf()] };
     let artifact = reference(ArtifactSource::Dvc(RepoPath::parse("models/model.onnx.dvc").unwrap()), sha(object));
     assert_eq!(fs::read(cache.resolve(&artifact, &f.source, f.commit, &config).unwrap()).unwrap(), object);
+    // Once cached, a DVC artifact needs no store: a rollback works with the remote gone.
+    assert!(cache.resolve(&artifact, &f.source, f.commit, &DvcConfig::default()).is_ok());
 
     let artifact = reference(ArtifactSource::Dvc(RepoPath::parse("models/bad.onnx.dvc").unwrap()), sha(b"x"));
     let err = cache.resolve(&artifact, &f.source, f.commit, &config).unwrap_err().to_string();

@@ -1,0 +1,238 @@
+//! The loop against real repositories made with git, with `apply` recording what it is given.
+
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+
+use super::*;
+use crate::source::tests::WorkRepo;
+
+fn manifest(name: &str, model_path: &str, bytes: &[u8], extra: &str) -> String {
+    let sha = hex::encode(Sha256::digest(bytes));
+    format!(
+        "apiVersion: vane.dev/v1alpha1\nkind: ModelDeployment\nmetadata: {{name: {name}}}\nspec:\n  versions:\n    - version: 1\n      model: {{path: {model_path}, sha256: {sha}}}\n{extra}"
+    )
+}
+
+/// Commits a model file and its manifest.
+fn publish(work: &WorkRepo, bytes: &[u8], extra: &str) -> Oid {
+    work.write("models/m.onnx", bytes);
+    work.write("deploy/m.yaml", manifest("m", "models/m.onnx", bytes, extra).as_bytes());
+    work.commit("publish")
+}
+
+struct Running {
+    handle: ControllerHandle,
+    applied: Arc<Mutex<Vec<DesiredState>>>,
+    refuse: Arc<Mutex<Option<String>>>,
+    shutdown: CancellationToken,
+    _data: tempfile::TempDir,
+}
+
+fn start(url: String) -> Running {
+    let data = tempfile::tempdir().unwrap();
+    let config = ControllerConfig {
+        spec: GitSpec { url, branch: "main".into(), path: "deploy".into() },
+        data_dir: data.path().to_path_buf(),
+        poll_interval: Duration::from_secs(3600),
+        dvc: DvcConfig::default(),
+        git_timeout: Duration::from_secs(30),
+        max_backoff: Duration::from_secs(3600),
+    };
+    let (handle, inputs) = channels(&config);
+    let applied = Arc::new(Mutex::new(Vec::new()));
+    let refuse: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let shutdown = CancellationToken::new();
+    let (sink, verdict) = (Arc::clone(&applied), Arc::clone(&refuse));
+    let apply = move |desired: DesiredState| {
+        let result = match verdict.lock().unwrap().clone() {
+            Some(reason) => Err(reason),
+            None => {
+                sink.lock().unwrap().push(desired);
+                Ok(())
+            }
+        };
+        std::future::ready(result)
+    };
+    tokio::spawn(run(config, inputs, apply, shutdown.clone()));
+    Running { handle, applied, refuse, shutdown, _data: data }
+}
+
+impl Running {
+    /// Waits (at most 30 s) until the status satisfies `condition`, returning it.
+    async fn until(&self, condition: impl Fn(&SyncStatus) -> bool) -> SyncStatus {
+        let mut status = self.handle.status();
+        let waited = tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| condition(s))).await;
+        let status = waited.expect("status reached in time").expect("loop alive");
+        status.clone()
+    }
+
+    /// Triggers a sync and waits until it has finished.
+    async fn sync(&self, trigger: Trigger) -> SyncStatus {
+        let done = self.handle.status().borrow().syncs;
+        assert!(self.handle.trigger(trigger));
+        self.until(|s| s.syncs > done).await
+    }
+}
+
+fn head_of(status: &SyncStatus) -> Option<&str> {
+    status.last_applied.as_ref().map(|c| c.commit.as_str())
+}
+
+#[tokio::test]
+async fn first_sync_then_a_push_is_applied_and_a_quiet_sync_changes_nothing() {
+    let work = WorkRepo::new();
+    let first = publish(&work, b"model one", "");
+    let running = start(work.url());
+    let status = running.until(|s| s.last_applied.is_some()).await;
+    assert_eq!(head_of(&status), Some(first.to_string().as_str()));
+    let desired = running.applied.lock().unwrap()[0].clone();
+    assert_eq!(desired.revision, Some(first.to_string()));
+    assert_eq!(
+        desired.models[0].versions[0].fingerprint,
+        format!("sha256:{}", hex::encode(Sha256::digest(b"model one")))
+    );
+    assert_eq!(std::fs::read(&desired.models[0].versions[0].path).unwrap(), b"model one");
+
+    let second = publish(&work, b"model two", "");
+    let status = running.sync(Trigger::Webhook).await;
+    assert_eq!(head_of(&status), Some(second.to_string().as_str()));
+    assert_eq!(status.history[0].trigger, Trigger::Webhook);
+    assert_eq!(status.applied_commits, [second.to_string(), first.to_string()]);
+
+    let status = running.sync(Trigger::Admin).await;
+    assert_eq!(running.applied.lock().unwrap().len(), 2, "nothing new to apply");
+    assert_eq!(status.history.len(), 2);
+    running.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_bad_commit_is_refused_with_its_reason_not_retried_and_a_fix_recovers() {
+    let work = WorkRepo::new();
+    let good = publish(&work, b"model one", "");
+    let running = start(work.url());
+    running.until(|s| s.last_applied.is_some()).await;
+
+    type Breaker = Box<dyn Fn(&WorkRepo)>;
+    let cases: Vec<(Breaker, &str)> = vec![
+        (Box::new(|w: &WorkRepo| w.write("deploy/m.yaml", b"apiVersion: [")), "deploy/m.yaml: invalid manifest"),
+        (
+            Box::new(|w: &WorkRepo| {
+                w.write("deploy/m.yaml", manifest("m", "models/m.onnx", b"model one", "  colour: red\n").as_bytes())
+            }),
+            "unknown field `colour`",
+        ),
+        (
+            Box::new(|w: &WorkRepo| {
+                w.write("deploy/m.yaml", manifest("m", "models/missing.onnx", b"x", "").as_bytes())
+            }),
+            "models/missing.onnx at commit",
+        ),
+        (Box::new(|w: &WorkRepo| w.write("models/m.onnx", b"tampered")), "has sha256"),
+        (
+            Box::new(|w: &WorkRepo| w.write("deploy/m.yaml", manifest("m", "../m.onnx", b"x", "").as_bytes())),
+            "may not leave",
+        ),
+    ];
+    let mut serving = good;
+    for (break_it, reason) in cases {
+        publish(&work, b"model one", "");
+        break_it(&work);
+        let bad = work.commit("bad");
+        let status = running.sync(Trigger::Webhook).await;
+        assert_eq!(head_of(&status), Some(serving.to_string().as_str()), "still serving the good commit");
+        let attempted = status.last_attempted.as_ref().unwrap();
+        assert_eq!((attempted.outcome, attempted.commit.clone()), (Outcome::Refused, Some(bad.to_string())));
+        let got = attempted.reason.clone().unwrap();
+        assert!(got.contains(reason), "{got:?} should contain {reason:?}");
+        assert_eq!(status.last_error.as_deref(), Some(got.as_str()));
+        // Not retried until a new commit arrives.
+        let history = status.history.len();
+        let status = running.sync(Trigger::Admin).await;
+        assert_eq!(status.history.len(), history, "the refused commit was not tried again");
+        // Revert to the good content in a new commit: recovers.
+        work.git(&["checkout", "-q", &good.to_string(), "--", "."]);
+        let fixed = work.commit("fix");
+        let status = running.sync(Trigger::Webhook).await;
+        assert_eq!(head_of(&status), Some(fixed.to_string().as_str()));
+        assert_eq!(status.last_error, None);
+        serving = fixed;
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_refusing_a_state_leaves_the_old_commit_applied() {
+    let work = WorkRepo::new();
+    let good = publish(&work, b"model one", "");
+    let running = start(work.url());
+    running.until(|s| s.last_applied.is_some()).await;
+    *running.refuse.lock().unwrap() = Some("cannot load models/m.onnx: corrupt".into());
+    publish(&work, b"model two", "");
+    let status = running.sync(Trigger::Webhook).await;
+    assert_eq!(head_of(&status), Some(good.to_string().as_str()));
+    assert_eq!(status.last_attempted.as_ref().unwrap().reason.as_deref(), Some("cannot load models/m.onnx: corrupt"));
+}
+
+#[tokio::test]
+async fn a_force_push_is_refused_unless_every_manifest_allows_it() {
+    let work = WorkRepo::new();
+    let first = publish(&work, b"model one", "");
+    let running = start(work.url());
+    running.until(|s| s.last_applied.is_some()).await;
+    let second = publish(&work, b"model two", "");
+    running.sync(Trigger::Webhook).await;
+    work.git(&["reset", "-q", "--hard", &first.to_string()]);
+    publish(&work, b"model three", "");
+    let status = running.sync(Trigger::Webhook).await;
+    assert_eq!(head_of(&status), Some(second.to_string().as_str()));
+    assert!(status.last_error.as_deref().unwrap().contains("history rewritten"), "{:?}", status.last_error);
+    let allowed = publish(&work, b"model three", "  allow_history_rewrite: true\n");
+    let status = running.sync(Trigger::Webhook).await;
+    assert_eq!(head_of(&status), Some(allowed.to_string().as_str()));
+}
+
+#[tokio::test]
+async fn the_remote_going_away_keeps_serving_and_reports_then_recovers_and_rollback_needs_no_network() {
+    let work = WorkRepo::new();
+    let first = publish(&work, b"model one", "");
+    let remote = tempfile::tempdir().unwrap();
+    let bare = remote.path().join("deploy.git");
+    work.git(&["clone", "-q", "--bare", &work.url(), bare.to_str().unwrap()]);
+    let running = start(bare.display().to_string());
+    running.until(|s| s.last_applied.is_some()).await;
+    let second = publish(&work, b"model two", "");
+    work.git(&["push", "-q", bare.to_str().unwrap(), "main"]);
+    running.sync(Trigger::Webhook).await;
+
+    let moved = remote.path().join("elsewhere.git");
+    std::fs::rename(&bare, &moved).unwrap();
+    let status = running.sync(Trigger::Admin).await;
+    assert_eq!(head_of(&status), Some(second.to_string().as_str()), "still serving");
+    assert!(status.last_error.as_deref().unwrap().contains("git connect failed"), "{:?}", status.last_error);
+
+    // Rollback with the remote gone: from the local clone and the artifact cache.
+    running.handle.rollback(first.to_string()).await.unwrap();
+    let status = running.handle.status().borrow().clone();
+    assert_eq!(head_of(&status), Some(first.to_string().as_str()));
+    assert!(status.diverged_from_head);
+    let desired = running.applied.lock().unwrap().last().unwrap().clone();
+    assert_eq!(std::fs::read(&desired.models[0].versions[0].path).unwrap(), b"model one");
+    assert!(running
+        .handle
+        .rollback("0123456789012345678901234567890123456789".into())
+        .await
+        .unwrap_err()
+        .contains("not one of the applied"));
+
+    // The remote comes back at the same head: the rollback holds.
+    std::fs::rename(&moved, &bare).unwrap();
+    let status = running.sync(Trigger::Admin).await;
+    assert_eq!(head_of(&status), Some(first.to_string().as_str()), "the pin holds while the head is unchanged");
+    assert_eq!(status.last_error, None, "fetch recovered");
+    // A new push moves the head: applied, no longer diverged.
+    let third = publish(&work, b"model three", "");
+    work.git(&["push", "-q", bare.to_str().unwrap(), "main"]);
+    let status = running.sync(Trigger::Webhook).await;
+    assert_eq!(head_of(&status), Some(third.to_string().as_str()));
+    assert!(!status.diverged_from_head);
+}

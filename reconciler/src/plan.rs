@@ -1,0 +1,49 @@
+//! From a commit's validated deployments to the desired state: every artifact fetched, verified and cached.
+
+use git2::Oid;
+
+use crate::artifacts::{ArtifactCache, ArtifactError, DvcConfig};
+use crate::manifest::Deployment;
+use crate::source::GitSource;
+use crate::{CachedFile, DesiredModel, DesiredState, DesiredVersion};
+
+/// Resolves every artifact the deployments name (models and reference data) into the cache and returns the state
+/// to serve. Blocking. The first artifact that cannot be had fails the whole commit, naming model and version.
+pub fn desired_state(
+    deployments: &[Deployment],
+    source: &GitSource,
+    commit: Oid,
+    cache: &ArtifactCache,
+    dvc: &DvcConfig,
+) -> Result<DesiredState, String> {
+    let context = |what: String| move |e: ArtifactError| format!("{what}: {e}");
+    let mut models = Vec::with_capacity(deployments.len());
+    for deployment in deployments {
+        let mut versions = Vec::with_capacity(deployment.versions.len());
+        for version in &deployment.versions {
+            let what = format!("model '{}' version {}", deployment.name, version.version);
+            let path = cache.resolve(&version.model, source, commit, dvc).map_err(context(what))?;
+            versions.push(DesiredVersion {
+                version: version.version,
+                path,
+                fingerprint: format!("sha256:{}", version.model.sha256),
+                io: version.io.clone(),
+            });
+        }
+        let reference_data = match &deployment.reference_data {
+            None => None,
+            Some(artifact) => {
+                let what = format!("reference data of model '{}'", deployment.name);
+                let path = cache.resolve(artifact, source, commit, dvc).map_err(context(what))?;
+                Some(CachedFile { path, sha256: artifact.sha256.clone() })
+            }
+        };
+        models.push(DesiredModel {
+            name: deployment.name.clone(),
+            versions,
+            config: deployment.serving,
+            reference_data,
+        });
+    }
+    Ok(DesiredState { models, revision: Some(commit.to_string()) })
+}
