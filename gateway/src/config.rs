@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::gitops::GitOpsConfig;
 use crate::infer::ModelSettings;
 use crate::stack::Limits;
 
@@ -23,6 +24,8 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// How often to look for new, changed or removed versions in `model_dir`; `None` or zero: never.
     pub poll_interval: Option<Duration>,
+    /// GitOps mode: serve what a Git repository's manifests say (then `model_dir` and `poll_interval` are unused).
+    pub gitops: Option<GitOpsConfig>,
 }
 
 /// The default listen address: loopback, so a first run exposes nothing.
@@ -48,6 +51,7 @@ impl ServeConfig {
             models: ModelSettings::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             poll_interval: Some(DEFAULT_POLL_INTERVAL),
+            gitops: None,
         }
     }
 }

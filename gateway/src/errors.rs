@@ -181,6 +181,26 @@ pub enum ApiError {
         /// The version.
         version: u64,
     },
+    /// A feature that is not configured on this server.
+    #[error("{what} is disabled: {how}")]
+    Disabled {
+        /// The feature.
+        what: &'static str,
+        /// How to turn it on.
+        how: &'static str,
+    },
+    /// Authentication failed.
+    #[error("unauthorized: {what}")]
+    Unauthorized {
+        /// What was wrong.
+        what: &'static str,
+    },
+    /// The request conflicts with the current state (for example a rollback to an unknown commit).
+    #[error("{reason}")]
+    Conflict {
+        /// Why.
+        reason: String,
+    },
     /// The server is shutting down or its model set is not loaded.
     #[error("server is not ready")]
     NotReady,
@@ -220,6 +240,14 @@ pub enum LoadError {
         name: String,
         /// What it is.
         kind: String,
+    },
+    /// The graph's inputs or outputs differ from what the manifest declares.
+    #[error("{path}: {message}")]
+    IoMismatch {
+        /// The model file.
+        path: PathBuf,
+        /// What differs.
+        message: String,
     },
     /// The warm-up run failed.
     #[error("warm-up run of {path} failed: {source}")]
@@ -322,6 +350,9 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Disabled { .. } => StatusCode::FORBIDDEN,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::QueueFull { .. } | Self::Overloaded | Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout { .. } | Self::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod demo;
 pub mod errors;
+pub mod gitops;
 pub mod infer;
 pub mod registry;
 pub mod repository;
@@ -74,33 +75,54 @@ pub struct Server {
     stop_accepting: CancellationToken,
     accepting: watch::Receiver<bool>,
     serving: JoinHandle<()>,
-    poller: Option<JoinHandle<()>>,
+    /// The directory poller or the reconcile loop.
+    background: Vec<JoinHandle<()>>,
     sync: watch::Receiver<SyncStatus>,
+    controller: Option<reconciler::controller::ControllerHandle>,
     grace: Duration,
 }
 
 /// Loads ONNX Runtime and every model in `config.model_dir`, binds the listener and starts serving (and, with a
 /// poll interval, watching the directory). Returns once the server is ready: every model is loaded and warmed, and
-/// the socket accepts connections.
+/// the socket accepts connections. In GitOps mode (`config.gitops`) it returns once the socket accepts connections;
+/// the server turns ready when the first sync has applied a commit.
 pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
     tokio::task::spawn_blocking(runtime::environment).await??;
     let loader = ModelLoader::new(config.models, WorkerGroup::new());
-    let model_dir = config.model_dir.clone();
-    let desired = tokio::task::spawn_blocking(move || reconciler::model_dir::scan(&model_dir)).await??;
     let registry = Arc::new(Registry::new());
-    registry.apply(&loader, desired.clone()).await?;
+    let shutdown = CancellationToken::new();
+    // Model-directory mode loads before serving; GitOps mode serves at once (not ready) and its first sync loads.
+    let desired = match &config.gitops {
+        Some(_) => None,
+        None => {
+            let model_dir = config.model_dir.clone();
+            let desired = tokio::task::spawn_blocking(move || reconciler::model_dir::scan(&model_dir)).await??;
+            registry.apply(&loader, desired.clone()).await?;
+            Some(desired)
+        }
+    };
+    let (controller, controller_task) = match &config.gitops {
+        Some(gitops) => {
+            let (handle, task) = gitops::spawn(gitops, Arc::clone(&registry), loader.clone(), shutdown.child_token());
+            (Some(handle), Some(task))
+        }
+        None => (None, None),
+    };
 
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
-    let service = stack::build(Arc::new(AppState::new(Arc::clone(&registry), &config.limits)), &config.limits);
-    let shutdown = CancellationToken::new();
+    let mut state = AppState::new(Arc::clone(&registry), &config.limits);
+    state.controller = controller.clone();
+    state.webhook_secret = config.gitops.as_ref().and_then(|g| g.webhook_secret.clone());
+    state.admin_token = config.gitops.as_ref().and_then(|g| g.admin_token.clone());
+    let service = stack::build(Arc::new(state), &config.limits);
     let stop_accepting = CancellationToken::new();
     let (accepting_tx, accepting) = watch::channel(true);
     let serving =
         tokio::spawn(server::serve(listener, service, stop_accepting.clone(), accepting_tx, config.shutdown_grace));
     let (sync_tx, sync) = watch::channel(SyncStatus::default());
-    let poller = config.poll_interval.filter(|i| !i.is_zero()).map(|interval| {
+    let poller = desired.zip(config.poll_interval.filter(|i| !i.is_zero())).map(|(desired, interval)| {
         let watch = repository::poll_model_dir(
             config.model_dir.clone(),
             desired,
@@ -112,6 +134,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
         );
         tokio::spawn(watch)
     });
+    let background = poller.into_iter().chain(controller_task).collect();
     tracing::info!(%addr, models = ?registry.snapshot().names().collect::<Vec<_>>(), "vane is serving");
     Ok(Server {
         addr,
@@ -121,8 +144,9 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
         stop_accepting,
         accepting,
         serving,
-        poller,
+        background,
         sync,
+        controller,
         grace: config.shutdown_grace,
     })
 }
@@ -150,6 +174,11 @@ impl Server {
         self.sync.clone()
     }
 
+    /// The reconcile loop, in GitOps mode.
+    pub fn controller(&self) -> Option<&reconciler::controller::ControllerHandle> {
+        self.controller.as_ref()
+    }
+
     /// True while the listener accepts connections; false once shutdown has closed it.
     pub fn accepting(&self) -> watch::Receiver<bool> {
         self.accepting.clone()
@@ -164,15 +193,15 @@ impl Server {
     /// requests finish within the grace period, the poller stops, the models are dropped and their worker threads
     /// are waited for. Returns whether every worker thread exited within the grace period.
     pub async fn run_until_stopped(self) -> bool {
-        let Self { registry, loader, shutdown, stop_accepting, serving, poller, grace, .. } = self;
+        let Self { registry, loader, shutdown, stop_accepting, serving, background, grace, .. } = self;
         shutdown.cancelled().await;
         registry.set_not_ready();
         stop_accepting.cancel();
         if let Err(error) = serving.await {
             tracing::error!(%error, "the accept loop failed");
         }
-        if let Some(poller) = poller {
-            let _ = poller.await;
+        for task in background {
+            let _ = task.await;
         }
         registry.swap(ModelTable::default());
         registry.set_not_ready();

@@ -7,10 +7,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use gateway::gitops::GitOpsConfig;
 use gateway::infer::ModelSettings;
 use gateway::stack::Limits;
 use gateway::telemetry::{init_logging, LogFormat};
 use gateway::{config, demo, ServeConfig};
+use reconciler::artifacts::DvcConfig;
+use reconciler::controller::ControllerConfig;
+use reconciler::source::GitSpec;
 use tokio_util::sync::CancellationToken;
 
 /// mimalloc: glibc's allocator cost a fifth of the CPU under load, as buffers cross between tokio and worker threads.
@@ -37,12 +41,39 @@ enum Command {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["model_dir", "repo"])))]
 struct ServeArgs {
-    /// The model repository.
+    /// A Triton-style model repository to serve and watch: DIR/<model>/<version>/model.onnx.
     #[arg(long, env = "VANE_MODEL_DIR")]
-    model_dir: PathBuf,
+    model_dir: Option<PathBuf>,
+    #[command(flatten)]
+    git: GitArgs,
     #[command(flatten)]
     run: RunArgs,
+}
+
+/// GitOps mode. The webhook secret and the admin token come from VANE_WEBHOOK_SECRET and VANE_ADMIN_TOKEN (never
+/// from the command line, where `ps` would show them); unset disables the webhook or the admin calls.
+#[derive(Args)]
+struct GitArgs {
+    /// A Git repository of deployment manifests to serve: a path, file://... or git://... URL.
+    #[arg(long, env = "VANE_REPO")]
+    repo: Option<String>,
+    /// The branch to follow.
+    #[arg(long, env = "VANE_BRANCH", default_value = "main")]
+    branch: String,
+    /// The folder of manifests in the repository.
+    #[arg(long = "path", env = "VANE_DEPLOY_PATH", default_value = "deploy")]
+    deploy_path: String,
+    /// Where the bare clone and the artifact cache live [default: <temp dir>/vane-data].
+    #[arg(long, env = "VANE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Directories laid out as a DVC cache or local DVC remote, where .dvc pointers are resolved (repeatable).
+    #[arg(long = "dvc-store", env = "VANE_DVC_STORES", value_delimiter = ',')]
+    dvc_stores: Vec<PathBuf>,
+    /// The longest one Git operation may take before it is cancelled and retried with backoff.
+    #[arg(long, env = "VANE_GIT_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
+    git_timeout: Duration,
 }
 
 #[derive(Args)]
@@ -80,13 +111,49 @@ struct RunArgs {
     /// ONNX Runtime intra-op threads per session (1 is fastest on small machines).
     #[arg(long, env = "VANE_INTRA_THREADS", default_value_t = ModelSettings::default().intra_threads)]
     intra_threads: NonZeroUsize,
-    /// How often to look for new or removed version folders in the model directory (0 never; e.g. 5s, 500ms).
-    #[arg(long, env = "VANE_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "5s")]
-    poll_interval: Duration,
+    /// How often to look for changes: new or removed version folders with --model-dir [default: 5s], new commits
+    /// with --repo [default: 15s]. 0 turns polling off (webhooks still trigger syncs).
+    #[arg(long, env = "VANE_POLL_INTERVAL", value_parser = humantime::parse_duration)]
+    poll_interval: Option<Duration>,
     /// How long shutdown waits for in-flight requests (e.g. 10s).
     #[arg(long, env = "VANE_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "10s")]
     shutdown_grace: Duration,
 }
+
+impl ServeArgs {
+    fn config(&self) -> ServeConfig {
+        let Some(repo) = &self.git.repo else {
+            return self.run.config(self.model_dir.clone().unwrap_or_default());
+        };
+        let mut config = self.run.config(PathBuf::new());
+        let git = &self.git;
+        let poll_interval = self.run.poll_interval.unwrap_or(DEFAULT_GIT_POLL_INTERVAL);
+        config.poll_interval = None;
+        config.gitops = Some(GitOpsConfig {
+            controller: ControllerConfig {
+                spec: GitSpec { url: repo.clone(), branch: git.branch.clone(), path: git.deploy_path.clone() },
+                data_dir: git.data_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("vane-data")),
+                // Zero means webhooks only: a poll interval far longer than any process lives.
+                poll_interval: if poll_interval.is_zero() {
+                    Duration::from_secs(u64::from(u32::MAX))
+                } else {
+                    poll_interval
+                },
+                dvc: DvcConfig { stores: git.dvc_stores.clone() },
+                git_timeout: git.git_timeout,
+                // Retries of an unreachable remote back off to at most this.
+                max_backoff: Duration::from_secs(300),
+            },
+            webhook_secret: std::env::var("VANE_WEBHOOK_SECRET").ok().filter(|s| !s.is_empty()),
+            admin_token: std::env::var("VANE_ADMIN_TOKEN").ok().filter(|s| !s.is_empty()),
+        });
+        config
+    }
+}
+
+/// The default poll of a Git remote: Argo CD's is 3 minutes and Flux's 1 minute; ls-remote is cheap enough to see a
+/// push within seconds, and a webhook makes it immediate.
+const DEFAULT_GIT_POLL_INTERVAL: Duration = Duration::from_secs(15);
 
 impl RunArgs {
     fn config(&self, model_dir: PathBuf) -> ServeConfig {
@@ -104,7 +171,7 @@ impl RunArgs {
             max_queue_delay: self.max_queue_delay,
         };
         config.shutdown_grace = self.shutdown_grace;
-        config.poll_interval = Some(self.poll_interval);
+        config.poll_interval = Some(self.poll_interval.unwrap_or(config::DEFAULT_POLL_INTERVAL));
         config
     }
 }
@@ -118,7 +185,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args.run.config(args.model_dir)).await,
+            Command::Serve(args) => serve(args.config()).await,
             Command::Demo(args) => run_demo(&args.run).await,
         }
     });

@@ -14,12 +14,14 @@ use reconciler::DesiredState;
 use tokio::sync::watch;
 
 use crate::errors::{ApiError, LoadError};
-use crate::infer::{LoadedModel, ModelLoader};
+use crate::infer::{check_io, LoadedModel, ModelLoader};
 
 /// Every served model version, keyed by name then version. Immutable once built.
 #[derive(Default)]
 pub struct ModelTable {
     models: BTreeMap<String, BTreeMap<u64, Arc<LoadedModel>>>,
+    /// The Git commit this set comes from, for the provenance headers.
+    revision: Option<Arc<str>>,
 }
 
 /// The handle the request path and the loader share.
@@ -43,24 +45,35 @@ impl ModelTable {
             let mut versions = BTreeMap::new();
             for version in &model.versions {
                 let kept = previous.models.get(&model.name).and_then(|v| v.get(&version.version));
-                let loaded = match kept.filter(|loaded| loaded.is_current(version, &model.config)) {
+                let loaded = match kept.filter(|loaded| loaded.is_current(model, version)) {
                     Some(loaded) => Arc::clone(loaded),
                     None => {
-                        let loaded = loader.load(&model.name, version, &model.config)?;
+                        let loaded = loader.load(model, version)?;
                         tracing::info!(model = %model.name, version = version.version, path = %version.path.display(), "model loaded");
                         Arc::new(loaded)
                     }
                 };
+                // Declared inputs and outputs are checked for kept versions too: a commit may change only them.
+                if let Some(io) = &version.io {
+                    check_io(loaded.signature(), io)
+                        .map_err(|message| LoadError::IoMismatch { path: version.path.clone(), message })?;
+                }
                 versions.insert(version.version, loaded);
             }
             models.insert(model.name.clone(), versions);
         }
-        Ok(Self { models })
+        Ok(Self { models, revision: desired.revision.as_deref().map(Arc::from) })
     }
 
-    /// Whether `other` serves exactly the same loaded versions (the same `Arc`s).
+    /// The Git commit this set comes from.
+    pub fn revision(&self) -> Option<&Arc<str>> {
+        self.revision.as_ref()
+    }
+
+    /// Whether `other` serves exactly the same loaded versions (the same `Arc`s) from the same commit.
     pub fn same_as(&self, other: &ModelTable) -> bool {
-        self.models.len() == other.models.len()
+        self.revision == other.revision
+            && self.models.len() == other.models.len()
             && self.models.iter().zip(&other.models).all(|((a, va), (b, vb))| {
                 a == b
                     && va.len() == vb.len()
@@ -148,6 +161,16 @@ impl Registry {
     /// outlive this call).
     pub fn resolve(&self, model: &str, version: Option<&str>) -> Result<Arc<LoadedModel>, ApiError> {
         self.table.load().get(model, version).cloned()
+    }
+
+    /// Like [`Registry::resolve`], with the commit of the set it came from (one load for both).
+    pub fn resolve_with_revision(
+        &self,
+        model: &str,
+        version: Option<&str>,
+    ) -> Result<(Arc<LoadedModel>, Option<Arc<str>>), ApiError> {
+        let table = self.table.load();
+        Ok((table.get(model, version).cloned()?, table.revision.clone()))
     }
 
     /// The current table, for listings and metadata.

@@ -75,6 +75,20 @@ impl TestServer {
 }
 
 impl TestClient {
+    /// The base URL.
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends a prepared request.
+    pub(crate) async fn raw(&self, request: Request<Full<Bytes>>) -> Reply {
+        let response = self.client.request(request).await.expect("request is answered");
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.expect("body is read").to_bytes();
+        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("body is JSON") };
+        Reply { status: parts.status, headers: parts.headers, body }
+    }
+
     pub(crate) async fn get(&self, path: &str) -> Reply {
         self.send(Method::GET, path, Bytes::new()).await
     }
@@ -180,4 +194,69 @@ pub(crate) async fn occupy_dense_worker(server: &TestServer) -> tokio::task::Joi
     let slow = tokio::spawn(async move { client.post_json("/v2/models/dense/infer", &dense_zeros(1000)).await });
     model.stats().wait_until(|s| s.running == 1).await;
     slow
+}
+
+/// A Git work repository and the bare "remote" it pushes to, driven by the git CLI.
+pub(crate) struct GitRemote {
+    pub(crate) work: tempfile::TempDir,
+    pub(crate) bare: tempfile::TempDir,
+}
+
+impl GitRemote {
+    /// A deploy repository holding `configs/deploy/breast-cancer.yaml` and the breast_cancer files it names, pushed.
+    pub(crate) fn with_breast_cancer() -> Self {
+        let remote = Self { work: tempfile::tempdir().unwrap(), bare: tempfile::tempdir().unwrap() };
+        remote.git(&["init", "-q", "-b", "main"]);
+        let status = std::process::Command::new("git")
+            .args(["init", "-q", "--bare", "-b", "main"])
+            .arg(remote.bare.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let manifest = std::fs::read(models_dir().join("../configs/deploy/breast-cancer.yaml")).unwrap();
+        remote.write("deploy/breast-cancer.yaml", &manifest);
+        for file in ["1/model.onnx", "2/model.onnx", "reference.csv"] {
+            remote.write(
+                &format!("models/breast_cancer/{file}"),
+                &std::fs::read(models_dir().join("breast_cancer").join(file)).unwrap(),
+            );
+        }
+        remote.push("first");
+        remote
+    }
+
+    pub(crate) fn git(&self, args: &[&str]) -> String {
+        let output = std::process::Command::new("git")
+            .args(["-c", "user.name=vane-test", "-c", "user.email=test@vane.invalid", "-c", "commit.gpgsign=false"])
+            .args(args)
+            .current_dir(self.work.path())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    }
+
+    pub(crate) fn write(&self, path: &str, content: &[u8]) {
+        let file = self.work.path().join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, content).unwrap();
+    }
+
+    /// Commits everything, pushes it to the bare remote and returns the commit id.
+    pub(crate) fn push(&self, message: &str) -> String {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "--allow-empty", "-m", message]);
+        self.git(&["push", "-q", "--force", self.bare.path().to_str().unwrap(), "main"]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    pub(crate) fn manifest(&self) -> String {
+        std::fs::read_to_string(self.work.path().join("deploy/breast-cancer.yaml")).unwrap()
+    }
+}
+
+/// The sha256 of a committed model file, as lower-case hex.
+pub(crate) fn sha256_of(path: &std::path::Path) -> String {
+    let output = std::process::Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8(output.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
 }

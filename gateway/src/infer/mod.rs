@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reconciler::{DesiredVersion, ModelConfig};
+use reconciler::manifest::IoSpec;
+use reconciler::{DesiredModel, DesiredVersion, ModelConfig};
 use tokio::sync::oneshot;
 
 use crate::errors::{ApiError, InferError, LoadError};
@@ -48,6 +49,7 @@ pub struct LoadedModel {
     path: PathBuf,
     fingerprint: String,
     config: ModelConfig,
+    reference_sha256: Option<String>,
     signature: Signature,
     policy: BatchPolicy,
     stats: Arc<ModelStats>,
@@ -121,7 +123,8 @@ impl ModelLoader {
 
     /// Loads, checks and warms one version. Blocking (file reads, graph optimisation, warm-up runs): call it off
     /// the async threads. The model is only returned once every session has answered a warm-up run.
-    pub fn load(&self, name: &str, desired: &DesiredVersion, config: &ModelConfig) -> Result<LoadedModel, LoadError> {
+    pub fn load(&self, model: &DesiredModel, desired: &DesiredVersion) -> Result<LoadedModel, LoadError> {
+        let (name, config) = (model.name.as_str(), &model.config);
         let settings = self.defaults.with_config(config);
         let path = desired.path.as_path();
         let mut sessions = Vec::with_capacity(settings.workers.get());
@@ -155,12 +158,43 @@ impl ModelLoader {
             path: path.to_owned(),
             fingerprint: desired.fingerprint.clone(),
             config: *config,
+            reference_sha256: model.reference_data.as_ref().map(|r| r.sha256.clone()),
             signature,
             policy,
             stats,
             pool,
         })
     }
+}
+
+/// Checks the graph against the inputs and outputs a manifest declares: each declared tensor must exist with the
+/// same datatype and shape (-1 matching only -1), and every graph input must be declared when any input is.
+pub fn check_io(signature: &Signature, io: &IoSpec) -> Result<(), String> {
+    let sides = [("input", &io.inputs, &signature.inputs), ("output", &io.outputs, &signature.outputs)];
+    for (what, declared, actual) in sides {
+        for decl in declared {
+            let Some(spec) = actual.iter().find(|s| s.name == decl.name) else {
+                let names: Vec<&str> = actual.iter().map(|s| s.name.as_str()).collect();
+                return Err(format!(
+                    "declared {what} '{}' is not in the graph (its {what}s: {})",
+                    decl.name,
+                    names.join(", ")
+                ));
+            };
+            if spec.datatype.as_str() != decl.datatype || spec.shape != decl.shape {
+                return Err(format!(
+                    "{what} '{}' is declared {} {:?} but the graph has {} {:?}",
+                    decl.name, decl.datatype, decl.shape, spec.datatype, spec.shape
+                ));
+            }
+        }
+        if !declared.is_empty() {
+            if let Some(missing) = actual.iter().find(|s| !declared.iter().any(|d| d.name == s.name)) {
+                return Err(format!("the graph's {what} '{}' is not declared", missing.name));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs zeros (empty strings, `false`) through `session` with `rows` rows; returns whether every output's first
@@ -206,9 +240,17 @@ impl LoadedModel {
         &self.fingerprint
     }
 
-    /// Whether this is exactly what `desired` with `config` would load: same artifact, same settings.
-    pub fn is_current(&self, desired: &DesiredVersion, config: &ModelConfig) -> bool {
-        self.fingerprint == desired.fingerprint && self.path == desired.path && self.config == *config
+    /// Whether this is exactly what `desired` of `model` would load: same artifact, settings and reference data.
+    pub fn is_current(&self, model: &DesiredModel, desired: &DesiredVersion) -> bool {
+        self.fingerprint == desired.fingerprint
+            && self.path == desired.path
+            && self.config == model.config
+            && self.reference_sha256.as_deref() == model.reference_data.as_ref().map(|r| r.sha256.as_str())
+    }
+
+    /// The sha256 of the reference data served with this version, if any.
+    pub fn reference_sha256(&self) -> Option<&str> {
+        self.reference_sha256.as_deref()
     }
 
     /// What the model takes and gives.

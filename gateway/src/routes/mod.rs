@@ -1,5 +1,6 @@
 //! The V2 REST routes: path matching, the capped body read, and turning results into responses.
 
+mod admin;
 mod json;
 mod v2;
 
@@ -30,12 +31,25 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The server's request timeout, the latest deadline a request can have.
     pub request_timeout: Duration,
+    /// The reconcile loop, in GitOps mode.
+    pub controller: Option<reconciler::controller::ControllerHandle>,
+    /// The push webhook's shared secret.
+    pub webhook_secret: Option<String>,
+    /// The admin calls' bearer token.
+    pub admin_token: Option<String>,
 }
 
 impl AppState {
     /// The state for `registry` under `limits`.
     pub fn new(registry: Arc<Registry>, limits: &Limits) -> Self {
-        Self { registry, max_body_bytes: limits.max_body_bytes, request_timeout: limits.request_timeout }
+        Self {
+            registry,
+            max_body_bytes: limits.max_body_bytes,
+            request_timeout: limits.request_timeout,
+            controller: None,
+            webhook_secret: None,
+            admin_token: None,
+        }
     }
 }
 
@@ -71,10 +85,18 @@ where
         ["v2", "models", model, "stats"] => Route::ModelStats(model, None),
         ["v2", "models", model, "versions", version, "stats"] => Route::ModelStats(model, Some(version)),
         ["v2", "models", model, "infer"] => Route::Infer(model, None),
+        ["api", "v1", "status"] => Route::Status,
+        ["api", "v1", "hooks", "git"] => Route::Webhook,
+        ["api", "v1", "sync"] => Route::Sync,
+        ["api", "v1", "rollback"] => Route::Rollback,
         ["v2", "models", model, "versions", version, "infer"] => Route::Infer(model, Some(version)),
         _ => return Err(ApiError::RouteNotFound { path: path.to_owned() }),
     };
-    let wanted = if matches!(route, Route::Infer(..)) { Method::POST } else { Method::GET };
+    let wanted = if matches!(route, Route::Infer(..) | Route::Webhook | Route::Sync | Route::Rollback) {
+        Method::POST
+    } else {
+        Method::GET
+    };
     if method != wanted {
         let allowed = if wanted == Method::POST { "POST" } else { "GET" };
         return Err(ApiError::MethodNotAllowed { method: method.to_string(), allowed });
@@ -87,6 +109,18 @@ where
         Route::ModelMetadata(model, version) => v2::model_metadata(registry, model, version),
         Route::ModelReady(model, version) => v2::model_ready(registry, model, version),
         Route::ModelStats(model, version) => v2::model_stats(registry, model, version),
+        Route::Status => Ok(admin::status(state)),
+        Route::Sync => admin::sync(state, request.headers()),
+        Route::Webhook => {
+            let headers = request.headers().clone();
+            let body = read_body(request.into_body(), state.max_body_bytes).await?;
+            admin::webhook(state, &headers, &body)
+        }
+        Route::Rollback => {
+            let headers = request.headers().clone();
+            let body = read_body(request.into_body(), state.max_body_bytes).await?;
+            admin::rollback(state, &headers, &body).await
+        }
         Route::Infer(model, version) => {
             let (model, version) = (model.to_owned(), version.map(str::to_owned));
             let body = read_body(request.into_body(), state.max_body_bytes).await?;
@@ -103,6 +137,10 @@ enum Route<'a> {
     ModelReady(&'a str, Option<&'a str>),
     ModelStats(&'a str, Option<&'a str>),
     Infer(&'a str, Option<&'a str>),
+    Status,
+    Webhook,
+    Sync,
+    Rollback,
 }
 
 /// The one place a request body is read: refused early by `Content-Length`, and capped while streaming for

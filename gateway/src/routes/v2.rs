@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::json::{decode_request, InferResponse, OutputJson};
 use super::{json_response, AppState, HttpResponse};
 use crate::errors::ApiError;
-use crate::infer::TensorSpec;
+use crate::infer::{LoadedModel, TensorSpec};
 use crate::registry::Registry;
 
 /// The platform name for ONNX models, as Triton reports it.
@@ -103,7 +103,7 @@ pub(super) async fn infer(
     arrived: Instant,
 ) -> Result<HttpResponse, ApiError> {
     // One load of the model set; the guard is gone before the await below, the Arc keeps the version alive.
-    let loaded = state.registry.resolve(model, version)?;
+    let (loaded, revision) = state.registry.resolve_with_revision(model, version)?;
     let incoming = loaded.incoming();
     let signature = loaded.signature();
     let request = decode_request(body, Some(signature))?;
@@ -119,7 +119,23 @@ pub(super) async fn infer(
         id: request.id.as_deref(),
         outputs: outputs.iter().map(OutputJson::from).collect(),
     };
-    Ok(json_response(StatusCode::OK, &response))
+    let mut reply = json_response(StatusCode::OK, &response);
+    add_provenance(reply.headers_mut(), &loaded, revision.as_deref());
+    Ok(reply)
+}
+
+/// What served the prediction, when it came from Git: the commit, the model's sha256 and the reference data's.
+fn add_provenance(headers: &mut http::HeaderMap, loaded: &LoadedModel, revision: Option<&str>) {
+    let values = [
+        ("vane-commit", revision),
+        ("vane-model-sha256", loaded.fingerprint().strip_prefix("sha256:")),
+        ("vane-data-sha256", loaded.reference_sha256()),
+    ];
+    for (name, value) in values {
+        if let Some(value) = value.and_then(|v| http::HeaderValue::from_str(v).ok()) {
+            headers.insert(name, value);
+        }
+    }
 }
 
 /// Triton's statistics shape, with the counters Vane keeps: `inference_count` counts rows and `execution_count`

@@ -1,0 +1,203 @@
+//! Vane's own API beside the V2 protocol: reconcile status, the push webhook, and the admin calls.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http::{HeaderMap, StatusCode};
+use reconciler::controller::{SyncStatus, Trigger};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use super::{json_response, AppState, HttpResponse};
+use crate::errors::ApiError;
+
+/// `GET /api/v1/status`: the sync state with ages, conditions, and the served models.
+pub(super) fn status(state: &AppState) -> HttpResponse {
+    #[derive(Serialize)]
+    struct Status<'a> {
+        mode: &'static str,
+        ready: bool,
+        conditions: Conditions,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sync: Option<&'a SyncStatus>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        last_applied_age_seconds: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        observed_age_seconds: Option<u64>,
+        revision: Option<String>,
+        models: Vec<ModelState>,
+    }
+    #[derive(Serialize)]
+    struct Conditions {
+        ready: bool,
+        reconciling: bool,
+        stalled: bool,
+        degraded: bool,
+    }
+    #[derive(Serialize)]
+    struct ModelState {
+        name: String,
+        versions: Vec<String>,
+        state: &'static str,
+    }
+    let table = state.registry.snapshot();
+    let models = table
+        .names()
+        .map(|name| ModelState {
+            name: name.to_owned(),
+            versions: table.versions(name).iter().map(u64::to_string).collect(),
+            state: "READY",
+        })
+        .collect();
+    let ready = state.registry.is_ready();
+    let sync = state.controller.as_ref().map(|c| c.status().borrow().clone());
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let age = |at: u64| now.saturating_sub(at) / 1000;
+    let stalled = sync.as_ref().is_some_and(|s| {
+        s.last_attempted
+            .as_ref()
+            .is_some_and(|a| a.reason.is_some() && a.commit.as_ref() != s.last_applied.as_ref().map(|c| &c.commit))
+    });
+    let body = Status {
+        mode: if state.controller.is_some() { "git" } else { "model_dir" },
+        ready,
+        conditions: Conditions {
+            ready,
+            reconciling: sync.as_ref().is_some_and(|s| s.reconciling),
+            // The branch head was refused: the last good set serves, and the commit is not retried.
+            stalled,
+            // Serving something other than the branch head (rolled back, or the head is refused).
+            degraded: sync.as_ref().is_some_and(|s| s.diverged_from_head) || stalled,
+        },
+        sync: sync.as_ref(),
+        last_applied_age_seconds: sync.as_ref().and_then(|s| s.last_applied.as_ref()).map(|c| age(c.at_unix_ms)),
+        observed_age_seconds: sync.as_ref().and_then(|s| s.observed.as_ref()).map(|c| age(c.at_unix_ms)),
+        revision: table.revision().map(|r| r.to_string()),
+        models,
+    };
+    json_response(StatusCode::OK, &body)
+}
+
+/// `POST /api/v1/hooks/git`: a push webhook from GitHub (`X-Hub-Signature-256`), Gitea (`X-Gitea-Signature`) or
+/// GitLab (`X-Gitlab-Token`). A bad or missing signature gets 401 and triggers nothing; a push to another branch is
+/// acknowledged and ignored.
+pub(super) fn webhook(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Result<HttpResponse, ApiError> {
+    let (Some(controller), Some(secret)) = (&state.controller, &state.webhook_secret) else {
+        return Err(ApiError::Disabled {
+            what: "the push webhook",
+            how: "serve from --repo with VANE_WEBHOOK_SECRET set",
+        });
+    };
+    if !signature_ok(secret.as_bytes(), headers, body) {
+        return Err(ApiError::Unauthorized { what: "webhook signature missing or wrong" });
+    }
+    #[derive(Deserialize)]
+    struct Push {
+        #[serde(rename = "ref")]
+        git_ref: Option<String>,
+    }
+    let wanted = format!("refs/heads/{}", controller.status().borrow().branch);
+    let pushed = serde_json::from_slice::<Push>(body).ok().and_then(|p| p.git_ref);
+    if pushed.as_deref().is_some_and(|r| r != wanted) {
+        return Ok(accepted(false, "push to another branch; ignored"));
+    }
+    let queued = controller.trigger(Trigger::Webhook);
+    Ok(accepted(true, if queued { "sync queued" } else { "a sync was already pending" }))
+}
+
+/// `POST /api/v1/sync`: an admin asks for a sync now.
+pub(super) fn sync(state: &AppState, headers: &HeaderMap) -> Result<HttpResponse, ApiError> {
+    let controller = admin(state, headers)?;
+    let queued = controller.trigger(Trigger::Admin);
+    Ok(accepted(true, if queued { "sync queued" } else { "a sync was already pending" }))
+}
+
+/// `POST /api/v1/rollback` with `{"commit": "<sha>"}`: back to an applied commit, from the local cache.
+pub(super) async fn rollback(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Result<HttpResponse, ApiError> {
+    let controller = admin(state, headers)?;
+    #[derive(Deserialize)]
+    struct Rollback {
+        commit: String,
+    }
+    let request: Rollback = serde_json::from_slice(body)
+        .map_err(|e| ApiError::InvalidJson { message: format!("{e} (expected {{\"commit\": \"<sha>\"}})") })?;
+    controller.rollback(request.commit).await.map_err(|reason| ApiError::Conflict { reason })?;
+    Ok(accepted(true, "rolled back; holding until the branch head changes"))
+}
+
+fn admin<'a>(
+    state: &'a AppState,
+    headers: &HeaderMap,
+) -> Result<&'a reconciler::controller::ControllerHandle, ApiError> {
+    let (Some(controller), Some(token)) = (&state.controller, &state.admin_token) else {
+        return Err(ApiError::Disabled { what: "admin calls", how: "serve from --repo with VANE_ADMIN_TOKEN set" });
+    };
+    let given =
+        headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(controller),
+        _ => Err(ApiError::Unauthorized { what: "admin token missing or wrong (Authorization: Bearer <token>)" }),
+    }
+}
+
+fn accepted(triggered: bool, message: &'static str) -> HttpResponse {
+    #[derive(Serialize)]
+    struct Accepted {
+        triggered: bool,
+        message: &'static str,
+    }
+    json_response(StatusCode::ACCEPTED, &Accepted { triggered, message })
+}
+
+fn signature_ok(secret: &[u8], headers: &HeaderMap, body: &[u8]) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(token) = header("x-gitlab-token") {
+        return constant_time_eq(token.as_bytes(), secret);
+    }
+    let signature =
+        header("x-hub-signature-256").and_then(|v| v.strip_prefix("sha256=")).or_else(|| header("x-gitea-signature"));
+    let Some(signature) = signature.and_then(|s| hex::decode(s).ok()) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        return false;
+    };
+    mac.update(body);
+    // verify_slice compares in constant time.
+    mac.verify_slice(&signature).is_ok()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sign(secret: &[u8], body: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+        mac.update(body);
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    #[test]
+    fn github_gitea_and_gitlab_signatures_are_checked() {
+        let body = br#"{"ref":"refs/heads/main"}"#;
+        let mut headers = HeaderMap::new();
+        assert!(!signature_ok(b"s3cret", &headers, body), "no signature");
+        headers.insert("x-hub-signature-256", format!("sha256={}", sign(b"s3cret", body)).parse().unwrap());
+        assert!(signature_ok(b"s3cret", &headers, body));
+        assert!(!signature_ok(b"other", &headers, body), "wrong secret");
+        assert!(!signature_ok(b"s3cret", &headers, b"tampered"), "wrong body");
+        let mut gitea = HeaderMap::new();
+        gitea.insert("x-gitea-signature", sign(b"s3cret", body).parse().unwrap());
+        assert!(signature_ok(b"s3cret", &gitea, body));
+        let mut gitlab = HeaderMap::new();
+        gitlab.insert("x-gitlab-token", "s3cret".parse().unwrap());
+        assert!(signature_ok(b"s3cret", &gitlab, body));
+        gitlab.insert("x-gitlab-token", "s3cre".parse().unwrap());
+        assert!(!signature_ok(b"s3cret", &gitlab, body));
+    }
+}

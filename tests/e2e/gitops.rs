@@ -1,0 +1,279 @@
+//! GitOps: `vane serve --repo` against real repositories made with git, pushes, webhooks and bad commits.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway::gitops::GitOpsConfig;
+use hyper::{Method, StatusCode};
+use reconciler::artifacts::DvcConfig;
+use reconciler::controller::{ControllerConfig, SyncStatus};
+use reconciler::source::GitSpec;
+use serde_json::json;
+
+use crate::support::{breast_cancer_row, models_dir, sha256_of, GitRemote, TestServer};
+
+const SECRET: &str = "s3cret";
+const TOKEN: &str = "t0ken";
+
+async fn serve(url: String, data: &tempfile::TempDir) -> TestServer {
+    let data_dir = data.path().to_path_buf();
+    let server = TestServer::start_with(move |config| {
+        config.gitops = Some(GitOpsConfig {
+            controller: ControllerConfig {
+                spec: GitSpec { url, branch: "main".into(), path: "deploy".into() },
+                data_dir,
+                poll_interval: Duration::from_secs(3600),
+                dvc: DvcConfig::default(),
+                git_timeout: Duration::from_secs(30),
+                max_backoff: Duration::from_secs(3600),
+            },
+            webhook_secret: Some(SECRET.into()),
+            admin_token: Some(TOKEN.into()),
+        });
+    })
+    .await;
+    server.until(|s| s.syncs >= 1).await;
+    server
+}
+
+impl TestServer {
+    async fn until(&self, condition: impl Fn(&SyncStatus) -> bool) -> SyncStatus {
+        let mut status = self.server.controller().expect("gitops mode").status();
+        let reached = tokio::time::timeout(Duration::from_secs(60), status.wait_for(|s| condition(s))).await;
+        #[allow(clippy::let_and_return)] // the binding ends the borrow of `status` before it is dropped
+        let current = reached.expect("in time").expect("loop alive").clone();
+        current
+    }
+
+    fn syncs(&self) -> u64 {
+        self.server.controller().unwrap().status().borrow().syncs
+    }
+
+    /// Sends a correctly signed GitHub-style push webhook and waits for the sync it triggers.
+    async fn push_webhook(&self) -> SyncStatus {
+        let done = self.syncs();
+        let reply = self.webhook(&sign(SECRET.as_bytes(), PUSH)).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+        self.until(|s| s.syncs > done).await
+    }
+
+    async fn webhook(&self, signature: &str) -> crate::support::Reply {
+        let request = hyper::Request::post(format!("{}/api/v1/hooks/git", self.base()))
+            .header("x-hub-signature-256", format!("sha256={signature}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(PUSH)))
+            .unwrap();
+        self.raw(request).await
+    }
+}
+
+const PUSH: &[u8] = br#"{"ref":"refs/heads/main","after":"0000"}"#;
+
+fn sign(secret: &[u8], body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_sync_serves_the_manifest_with_provenance_and_status() {
+    let remote = GitRemote::with_breast_cancer();
+    let commit = remote.git(&["rev-parse", "HEAD"]);
+    let data = tempfile::tempdir().unwrap();
+    let server = serve(remote.bare.path().display().to_string(), &data).await;
+    let reply = server.post_json("/v2/models/breast_cancer/infer", &breast_cancer_row()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["model_version"], "2");
+    assert_eq!(reply.headers["vane-commit"], commit.as_str());
+    assert_eq!(
+        reply.headers["vane-model-sha256"],
+        sha256_of(&models_dir().join("breast_cancer/2/model.onnx")).as_str()
+    );
+    assert_eq!(
+        reply.headers["vane-data-sha256"],
+        sha256_of(&models_dir().join("breast_cancer/reference.csv")).as_str()
+    );
+
+    let status = server.get("/api/v1/status").await.body;
+    assert_eq!(status["mode"], "git");
+    assert_eq!(status["conditions"], json!({"ready": true, "reconciling": false, "stalled": false, "degraded": false}));
+    assert_eq!(status["revision"], commit.as_str());
+    assert_eq!(status["sync"]["last_applied"]["commit"], commit.as_str());
+    assert_eq!(status["models"][0]["versions"], json!(["1", "2"]));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_webhook_serves_a_push_at_once_and_a_bad_signature_triggers_nothing() {
+    let remote = GitRemote::with_breast_cancer();
+    let data = tempfile::tempdir().unwrap();
+    let server = serve(remote.bare.path().display().to_string(), &data).await;
+    // Version 3: version 1's file under a new number.
+    remote.write(
+        "models/breast_cancer/3/model.onnx",
+        &std::fs::read(models_dir().join("breast_cancer/1/model.onnx")).unwrap(),
+    );
+    let sha1 = sha256_of(&models_dir().join("breast_cancer/1/model.onnx"));
+    let manifest = remote.manifest().replace(
+        "  versions:                        # 1 to 16",
+        &format!("  versions:\n    - version: 3\n      model: {{path: models/breast_cancer/3/model.onnx, sha256: {sha1}}}\n    # 1 to 16"),
+    );
+    remote.write("deploy/breast-cancer.yaml", manifest.as_bytes());
+    let pushed = remote.push("version 3");
+
+    let before = server.syncs();
+    let reply = server.webhook(&sign(b"wrong secret", PUSH)).await;
+    reply.assert_error(StatusCode::UNAUTHORIZED, &["webhook signature missing or wrong"]);
+    assert_eq!(server.syncs(), before, "a bad signature triggers nothing");
+
+    let status = server.push_webhook().await;
+    assert_eq!(status.last_applied.unwrap().commit, pushed);
+    let reply = server.post_json("/v2/models/breast_cancer/infer", &breast_cancer_row()).await;
+    assert_eq!(
+        (reply.body["model_version"].as_str(), reply.headers["vane-commit"].to_str().unwrap()),
+        (Some("3"), pushed.as_str())
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_commits_keep_the_old_model_serving_and_the_status_names_the_reason() {
+    let remote = GitRemote::with_breast_cancer();
+    let good = remote.git(&["rev-parse", "HEAD"]);
+    let data = tempfile::tempdir().unwrap();
+    let server = serve(remote.bare.path().display().to_string(), &data).await;
+    let good_manifest = remote.manifest();
+    let corrupt = b"not an onnx graph";
+    let cases = [
+        (
+            good_manifest.replace(
+                "{name: input, datatype: FP32, shape: [-1, 30]}",
+                "{name: input, datatype: FP64, shape: [-1, 30]}",
+            ),
+            None,
+            "input 'input' is declared FP64 [-1, 30] but the graph has FP32 [-1, 30]",
+        ),
+        (
+            good_manifest
+                .replace(&sha256_of(&models_dir().join("breast_cancer/2/model.onnx")), &sha256_of_bytes(corrupt)),
+            Some(corrupt.as_slice()),
+            "cannot load",
+        ),
+    ];
+    for (manifest, model, reason) in cases {
+        remote.write("deploy/breast-cancer.yaml", manifest.as_bytes());
+        if let Some(bytes) = model {
+            remote.write("models/breast_cancer/2/model.onnx", bytes);
+        }
+        let bad = remote.push("bad");
+        let status = server.push_webhook().await;
+        assert_eq!(status.last_applied.as_ref().unwrap().commit, good, "the old commit keeps serving");
+        let attempted = status.last_attempted.unwrap();
+        assert_eq!(attempted.commit.as_deref(), Some(bad.as_str()));
+        assert!(
+            attempted.reason.as_deref().unwrap().contains(reason),
+            "{:?} should contain {reason:?}",
+            attempted.reason
+        );
+        let reply = server.post_json("/v2/models/breast_cancer/infer", &breast_cancer_row()).await;
+        assert_eq!((reply.status, reply.headers["vane-commit"].to_str().unwrap()), (StatusCode::OK, good.as_str()));
+        let status = server.get("/api/v1/status").await.body;
+        assert_eq!(
+            (status["conditions"]["stalled"].as_bool(), status["conditions"]["ready"].as_bool()),
+            (Some(true), Some(true))
+        );
+        remote.git(&["checkout", "-q", &good, "--", "."]);
+    }
+    server.stop().await;
+}
+
+fn sha256_of_bytes(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_swap_the_model_under_load_with_no_failed_request_and_admin_calls_need_the_token() {
+    let remote = GitRemote::with_breast_cancer();
+    let first = remote.git(&["rev-parse", "HEAD"]);
+    let data = tempfile::tempdir().unwrap();
+    let server = Arc::new(serve(remote.bare.path().display().to_string(), &data).await);
+    let done = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, done) = (server.client_only(), Arc::clone(&done));
+            tokio::spawn(async move {
+                let mut answered = 0u32;
+                while !done.load(Ordering::Relaxed) {
+                    let reply = client.post_json("/v2/models/breast_cancer/infer", &breast_cancer_row()).await;
+                    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+                    answered += 1;
+                }
+                answered
+            })
+        })
+        .collect();
+    let manifest = remote.manifest();
+    for round in 0..6 {
+        // Alternate the serving settings: each push loads and swaps a new set.
+        let batch = if round % 2 == 0 { "max_batch_size: 32" } else { "max_batch_size: 64" };
+        remote.write("deploy/breast-cancer.yaml", manifest.replace("max_batch_size: 64", batch).as_bytes());
+        let pushed = remote.push("settings");
+        assert_eq!(server.push_webhook().await.last_applied.unwrap().commit, pushed);
+    }
+    done.store(true, Ordering::Relaxed);
+    for client in clients {
+        assert!(client.await.unwrap() > 0);
+    }
+
+    // Admin calls: a wrong token is refused; the right one rolls back to the first commit.
+    let rollback = |token: &'static str| {
+        let request = hyper::Request::builder()
+            .method(Method::POST)
+            .uri(format!("{}/api/v1/rollback", server.base()))
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from(serde_json::to_vec(&json!({"commit": first})).unwrap())))
+            .unwrap();
+        server.raw(request)
+    };
+    rollback("nope").await.assert_error(StatusCode::UNAUTHORIZED, &["admin token missing or wrong"]);
+    let reply = rollback(TOKEN).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    let reply = server.post_json("/v2/models/breast_cancer/infer", &breast_cancer_row()).await;
+    assert_eq!(reply.headers["vane-commit"], first.as_str());
+    let status = server.get("/api/v1/status").await.body;
+    assert_eq!(status["conditions"]["degraded"], true, "serving differs from the branch head");
+    assert_eq!(status["sync"]["diverged_from_head"], true);
+}
+
+/// The network path: the repository served by `git daemon` on loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_served_by_git_daemon_is_followed() {
+    let remote = GitRemote::with_breast_cancer();
+    let commit = remote.git(&["rev-parse", "HEAD"]);
+    std::fs::write(remote.bare.path().join("git-daemon-export-ok"), b"").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut daemon = std::process::Command::new("git")
+        .args(["daemon", "--reuseaddr", "--listen=127.0.0.1", &format!("--port={port}"), "--informative-errors"])
+        .arg(format!("--base-path={}", remote.bare.path().parent().unwrap().display()))
+        .arg(remote.bare.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Readiness: the daemon accepts connections (each attempt is answered at once, refused until it listens).
+    let ready = tokio::time::timeout(Duration::from_secs(30), async {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            tokio::task::yield_now().await;
+        }
+    });
+    ready.await.expect("git daemon listens");
+    let name = remote.bare.path().file_name().unwrap().to_str().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let server = serve(format!("git://127.0.0.1:{port}/{name}"), &data).await;
+    let status = server.until(|s| s.last_applied.is_some() || s.last_error.is_some()).await;
+    assert_eq!(status.last_applied.map(|c| c.commit), Some(commit), "{:?}", status.last_error);
+    server.stop().await;
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
