@@ -249,6 +249,14 @@ pub enum LoadError {
         /// What differs.
         message: String,
     },
+    /// The warm-up did not reproduce the golden set.
+    #[error("{path}: {message}")]
+    Golden {
+        /// The model file.
+        path: PathBuf,
+        /// What differed.
+        message: String,
+    },
     /// The warm-up run failed.
     #[error("warm-up run of {path} failed: {source}")]
     Warmup {

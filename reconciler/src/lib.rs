@@ -17,4 +17,4 @@ mod state;
 
 pub use errors::{Error, Result};
 pub use model_config::ModelConfig;
-pub use state::{CachedFile, DesiredModel, DesiredState, DesiredVersion};
+pub use state::{CachedFile, DesiredModel, DesiredState, DesiredVersion, GoldenSet};

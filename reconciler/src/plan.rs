@@ -5,7 +5,10 @@ use git2::Oid;
 use crate::artifacts::{ArtifactCache, ArtifactError, DvcConfig};
 use crate::manifest::Deployment;
 use crate::source::GitSource;
-use crate::{CachedFile, DesiredModel, DesiredState, DesiredVersion};
+use crate::{CachedFile, DesiredModel, DesiredState, DesiredVersion, GoldenSet};
+
+/// The largest golden set read (it is a JSON request with its expected outputs).
+const GOLDEN_MAX_BYTES: usize = 16 * 1024 * 1024;
 
 /// Resolves every artifact the deployments name (models and reference data) into the cache and returns the state
 /// to serve. Blocking. The first artifact that cannot be had fails the whole commit, naming model and version.
@@ -22,12 +25,22 @@ pub fn desired_state(
         let mut versions = Vec::with_capacity(deployment.versions.len());
         for version in &deployment.versions {
             let what = format!("model '{}' version {}", deployment.name, version.version);
-            let path = cache.resolve(&version.model, source, commit, dvc).map_err(context(what))?;
+            let path = cache.resolve(&version.model, source, commit, dvc).map_err(context(what.clone()))?;
+            let golden = match &version.warmup {
+                None => None,
+                Some(warmup) => {
+                    let json = source
+                        .read(commit, &warmup.golden, GOLDEN_MAX_BYTES)
+                        .map_err(|e| format!("{what}: golden set: {e}"))?;
+                    Some(GoldenSet { json, tolerance: warmup.tolerance })
+                }
+            };
             versions.push(DesiredVersion {
                 version: version.version,
                 path,
                 fingerprint: format!("sha256:{}", version.model.sha256),
                 io: version.io.clone(),
+                golden,
             });
         }
         let reference_data = match &deployment.reference_data {

@@ -7,7 +7,7 @@ use crate::ModelConfig;
 
 /// Everything that should be served. It is applied as a whole: the gateway builds every model in it before any
 /// request sees the new set.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct DesiredState {
     /// The models, sorted by name.
     pub models: Vec<DesiredModel>,
@@ -16,7 +16,7 @@ pub struct DesiredState {
 }
 
 /// One model and the versions of it that should be served.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct DesiredModel {
     /// The name clients use in `/v2/models/{name}`.
     pub name: String,
@@ -38,7 +38,7 @@ pub struct CachedFile {
 }
 
 /// One version of a model.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct DesiredVersion {
     /// The version number clients use in `/versions/{v}`.
     pub version: u64,
@@ -49,6 +49,17 @@ pub struct DesiredVersion {
     pub fingerprint: String,
     /// The inputs and outputs the model must have, if declared; checked before any traffic.
     pub io: Option<IoSpec>,
+    /// A golden set the warm-up must reproduce, if declared.
+    pub golden: Option<GoldenSet>,
+}
+
+/// A golden set: a V2 inference request body with the expected outputs beside the inputs, and the tolerance.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GoldenSet {
+    /// JSON: `{"inputs": [...V2 tensors...], "outputs": [...V2 tensors with data...]}`.
+    pub json: Vec<u8>,
+    /// Largest absolute difference allowed per element.
+    pub tolerance: f64,
 }
 
 // === impl DesiredModel ===

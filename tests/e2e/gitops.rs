@@ -277,3 +277,34 @@ async fn a_repository_served_by_git_daemon_is_followed() {
     let _ = daemon.kill();
     let _ = daemon.wait();
 }
+
+/// A version with a golden set serves only if its warm-up reproduces the set's outputs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_golden_set_must_be_reproduced_before_a_version_serves() {
+    let remote = GitRemote::with_breast_cancer();
+    let fixtures = crate::support::expected_outputs();
+    let golden = |key: &str| {
+        serde_json::to_vec(&json!({"inputs": fixtures[key]["inputs"], "outputs": fixtures[key]["outputs"]})).unwrap()
+    };
+    remote.write("golden/bc.json", &golden("breast_cancer/2"));
+    let manifest = remote.manifest().replace(
+        "      io:                          # optional",
+        "      warmup: {golden: golden/bc.json, tolerance: 0.00001}\n      io:                          # optional",
+    );
+    remote.write("deploy/breast-cancer.yaml", manifest.as_bytes());
+    let good = remote.push("golden");
+    let data = tempfile::tempdir().unwrap();
+    let server = serve(remote.bare.path().display().to_string(), &data).await;
+    let status = server.until(|s| s.last_applied.is_some() || s.last_error.is_some()).await;
+    assert_eq!(status.last_applied.map(|c| c.commit), Some(good.clone()), "{:?}", status.last_error);
+
+    // Version 1's answers as version 2's golden set: refused before any traffic.
+    remote.write("golden/bc.json", &golden("breast_cancer/1"));
+    let bad = remote.push("wrong golden");
+    let status = server.push_webhook().await;
+    assert_eq!(status.last_applied.unwrap().commit, good);
+    let attempted = status.last_attempted.unwrap();
+    assert_eq!(attempted.commit.as_deref(), Some(bad.as_str()));
+    assert!(attempted.reason.as_deref().unwrap().contains("differs from the golden set"), "{:?}", attempted.reason);
+    server.stop().await;
+}

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reconciler::manifest::IoSpec;
-use reconciler::{DesiredModel, DesiredVersion, ModelConfig};
+use reconciler::{DesiredModel, DesiredVersion, GoldenSet, ModelConfig};
 use tokio::sync::oneshot;
 
 use crate::errors::{ApiError, InferError, LoadError};
@@ -50,6 +50,7 @@ pub struct LoadedModel {
     fingerprint: String,
     config: ModelConfig,
     reference_sha256: Option<String>,
+    golden: Option<GoldenSet>,
     signature: Signature,
     policy: BatchPolicy,
     stats: Arc<ModelStats>,
@@ -139,6 +140,10 @@ impl ModelLoader {
         for session in &mut sessions {
             warm_up(session, &signature, path, 1)?;
         }
+        if let Some(golden) = &desired.golden {
+            check_golden(&mut sessions[0], &signature, golden)
+                .map_err(|message| LoadError::Golden { path: path.into(), message })?;
+        }
         if policy.enabled() && !warm_up(&mut sessions[0], &signature, path, 2)? {
             tracing::info!(
                 model = name,
@@ -159,6 +164,7 @@ impl ModelLoader {
             fingerprint: desired.fingerprint.clone(),
             config: *config,
             reference_sha256: model.reference_data.as_ref().map(|r| r.sha256.clone()),
+            golden: desired.golden.clone(),
             signature,
             policy,
             stats,
@@ -195,6 +201,56 @@ pub fn check_io(signature: &Signature, io: &IoSpec) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Runs a golden set's inputs and compares every expected output: same shape and datatype, floats within the
+/// tolerance, everything else exactly.
+fn check_golden(session: &mut ort::session::Session, signature: &Signature, golden: &GoldenSet) -> Result<(), String> {
+    let body: serde_json::Value =
+        serde_json::from_slice(&golden.json).map_err(|e| format!("golden set is not JSON: {e}"))?;
+    let inputs =
+        crate::routes::decode_request(&golden.json, Some(signature)).map_err(|e| format!("golden inputs: {e}"))?;
+    let inputs = signature.check_inputs(inputs.inputs).map_err(|e| format!("golden inputs: {e}"))?;
+    let expected = serde_json::json!({"inputs": body.get("outputs").cloned().unwrap_or_default()});
+    let expected = crate::routes::decode_request(expected.to_string().as_bytes(), None)
+        .map_err(|e| format!("golden outputs: {}", e.to_string().replace("input '", "output '")))?
+        .inputs;
+    let all: Vec<usize> = (0..signature.outputs.len()).collect();
+    let actual = onnx::run(session, inputs, &all).map_err(|e| format!("golden run failed: {e}"))?;
+    for want in &expected {
+        let got = actual
+            .iter()
+            .find(|t| t.name == want.name)
+            .ok_or_else(|| format!("golden output '{}' is not a model output", want.name))?;
+        if got.shape != want.shape || got.data.datatype() != want.data.datatype() {
+            return Err(format!(
+                "output '{}': expected {} {:?}, got {} {:?}",
+                want.name,
+                want.data.datatype(),
+                want.shape,
+                got.data.datatype(),
+                got.shape
+            ));
+        }
+        if let Some(i) = first_difference(&got.data, &want.data, golden.tolerance) {
+            return Err(format!(
+                "output '{}' differs from the golden set at element {i} (tolerance {})",
+                want.name, golden.tolerance
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn first_difference(got: &TensorData, want: &TensorData, tolerance: f64) -> Option<usize> {
+    match (got, want) {
+        (TensorData::Fp32(a), TensorData::Fp32(b)) => {
+            a.iter().zip(b).position(|(x, y)| f64::from((x - y).abs()) > tolerance)
+        }
+        (TensorData::Fp64(a), TensorData::Fp64(b)) => a.iter().zip(b).position(|(x, y)| (x - y).abs() > tolerance),
+        _ if got == want => None,
+        _ => Some(0),
+    }
 }
 
 /// Runs zeros (empty strings, `false`) through `session` with `rows` rows; returns whether every output's first
@@ -246,6 +302,7 @@ impl LoadedModel {
             && self.path == desired.path
             && self.config == model.config
             && self.reference_sha256.as_deref() == model.reference_data.as_ref().map(|r| r.sha256.as_str())
+            && self.golden == desired.golden
     }
 
     /// The sha256 of the reference data served with this version, if any.
