@@ -1,16 +1,20 @@
 //! `vane demo`: the example models, built into the binary, served with ready-to-paste `curl` commands.
 //!
 //! The models and their reference data are embedded, so the demo needs nothing but the binary (and ONNX Runtime).
-//! They are written to a temporary Triton-style repository, served like any `--model-dir`, and each model gets an
-//! example request made from the first row of its reference data.
+//! With `git` on the PATH, the demo is GitOps: it writes them into a Git repository with one deployment manifest per
+//! model, pushes it to a local bare "remote", serves that remote (`--repo`), and prints the git commands that
+//! publish a new version. Without git it serves the files as a `--model-dir`. Each model gets an example request
+//! made from the first row of its reference data.
 
 use std::fmt::Write as _;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use monitor::ReferenceData;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use crate::infer::{DataType, Signature};
 
@@ -50,6 +54,91 @@ pub fn write_repository(dir: &Path) -> io::Result<()> {
         fs::write(dir.join(model.name).join("reference.csv"), model.reference)?;
     }
     Ok(())
+}
+
+/// A deployment manifest for each embedded model: reference data, serving settings, then (last, so a new version
+/// can be appended with one shell command) its versions.
+fn manifests() -> Vec<(String, String)> {
+    let names: Vec<&str> = MODELS.iter().map(|m| m.name).fold(Vec::new(), |mut names, n| {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+        names
+    });
+    names
+        .into_iter()
+        .map(|name| {
+            let versions = MODELS.iter().filter(|m| m.name == name);
+            let reference = MODELS.iter().find(|m| m.name == name).map_or("", |m| m.reference);
+            let mut text = format!(
+                "apiVersion: vane.dev/v1alpha1\nkind: ModelDeployment\nmetadata:\n  name: {name}\nspec:\n  reference_data:\n    path: models/{name}/reference.csv\n    sha256: {}\n  serving:\n    max_queue_delay: 300us\n  versions:\n",
+                hex::encode(Sha256::digest(reference.as_bytes()))
+            );
+            for model in versions {
+                text.push_str(&format!(
+                    "    - version: {}\n      model: {{path: models/{name}/{}/model.onnx, sha256: {}}}\n",
+                    model.version,
+                    model.version,
+                    hex::encode(Sha256::digest(model.onnx))
+                ));
+            }
+            (format!("deploy/{name}.yaml"), text)
+        })
+        .collect()
+}
+
+/// Makes the GitOps demo under `root`: `work/` (a clone to edit) holding the models, their reference data and a
+/// manifest per model, pushed to `deploy.git` (the bare repository Vane follows). Returns the bare repository's path,
+/// or `Ok(None)` when git is not installed. Blocking.
+pub fn seed_git_repository(root: &Path) -> io::Result<Option<PathBuf>> {
+    if Command::new("git").arg("--version").output().is_err() {
+        return Ok(None);
+    }
+    let (work, bare) = (root.join("work"), root.join("deploy.git"));
+    fs::create_dir_all(&work)?;
+    git(root, &["init", "-q", "--bare", "-b", "main", "deploy.git"])?;
+    git(&work, &["init", "-q", "-b", "main"])?;
+    write_repository(&work.join("models"))?;
+    for (path, text) in manifests() {
+        fs::create_dir_all(work.join(&path).parent().unwrap_or(&work))?;
+        fs::write(work.join(path), text)?;
+    }
+    git(&work, &["remote", "add", "origin", &bare.display().to_string()])?;
+    git(&work, &["add", "-A"])?;
+    git(&work, &["commit", "-q", "-m", "Deploy the example models"])?;
+    git(&work, &["push", "-q", "origin", "main"])?;
+    Ok(Some(bare))
+}
+
+fn git(dir: &Path, args: &[&str]) -> io::Result<()> {
+    let output = Command::new("git")
+        .args(["-c", "user.name=vane demo", "-c", "user.email=demo@vane.invalid", "-c", "commit.gpgsign=false"])
+        .args(args)
+        .current_dir(dir)
+        .output()?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("git {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim())))
+    }
+}
+
+/// The commands that publish breast_cancer version 3 (version 1's file under a new number) by `git push`.
+pub fn publish_instructions(base: &str, root: &Path) -> String {
+    let work = root.join("work");
+    format!(
+        "  # Deploy by git push: publish breast_cancer version 3, then watch it answer within the poll interval.\n\
+         \x20 cd {work}\n\
+         \x20 mkdir -p models/breast_cancer/3 && cp models/breast_cancer/1/model.onnx models/breast_cancer/3/\n\
+         \x20 printf '    - version: 3\\n      model: {{path: models/breast_cancer/3/model.onnx, sha256: %s}}\\n' \\\n\
+         \x20     \"$(sha256sum models/breast_cancer/3/model.onnx | cut -d' ' -f1)\" >> deploy/breast_cancer.yaml\n\
+         \x20 git add -A && git commit -qm 'breast_cancer v3' && git push -q origin main\n\
+         \x20 curl -s {base}/api/v1/status      # last_applied moves to your commit\n\
+         \x20 curl -si -d @{req} {base}/v2/models/breast_cancer/infer | grep -iE 'vane-commit|model_version'\n\n\
+         \x20 # A bad commit (try a wrong sha256) is refused with its reason in the status; the last good set keeps serving.\n",
+        work = work.display(),
+        req = root.join("requests/breast_cancer.json").display(),
+    )
 }
 
 /// Writes `requests/<model>.json`, an inference request with the first row of the model's reference data, for
@@ -121,6 +210,18 @@ pub fn instructions(base: &str, dir: &Path, requests: &[(String, PathBuf)], vers
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_demo_manifests_are_valid_and_pin_the_embedded_bytes() {
+        let files: Vec<(String, Vec<u8>)> = manifests().into_iter().map(|(p, t)| (p, t.into_bytes())).collect();
+        let deployments = reconciler::manifest::parse_commit(&files).unwrap();
+        let names: Vec<_> = deployments.iter().map(|d| (d.name.as_str(), d.versions.len())).collect();
+        assert_eq!(names, [("breast_cancer", 2), ("dense", 1), ("digits", 1)]);
+        let digest = hex::encode(Sha256::digest(MODELS[0].onnx));
+        assert_eq!(deployments[0].versions[0].model.sha256, digest);
+        let text = &files[0].1;
+        assert!(String::from_utf8_lossy(text).trim_end().ends_with("}"), "versions come last, so one more can be appended");
+    }
 
     #[test]
     fn the_written_repository_is_what_the_model_dir_scanner_reads() {

@@ -214,12 +214,51 @@ async fn serve(config: ServeConfig) -> MainResult {
 async fn run_demo(args: &RunArgs) -> MainResult {
     let dir = tempfile::Builder::new().prefix("vane-demo-").tempdir()?;
     let root = dir.path().to_path_buf();
-    tokio::task::spawn_blocking({
+    let remote = tokio::task::spawn_blocking({
         let root = root.clone();
-        move || demo::write_repository(&root)
+        move || demo::seed_git_repository(&root)
     })
     .await??;
-    let server = gateway::start(args.config(root.clone())).await?;
+    let config = match &remote {
+        Some(bare) => {
+            let mut config = args.config(PathBuf::new());
+            config.poll_interval = None;
+            config.gitops = Some(GitOpsConfig {
+                controller: ControllerConfig {
+                    spec: GitSpec { url: bare.display().to_string(), branch: "main".into(), path: "deploy".into() },
+                    data_dir: root.join("data"),
+                    // A short poll so a push shows within seconds without a webhook.
+                    poll_interval: args.poll_interval.unwrap_or(Duration::from_secs(2)),
+                    dvc: DvcConfig::default(),
+                    git_timeout: Duration::from_secs(60),
+                    max_backoff: Duration::from_secs(30),
+                },
+                webhook_secret: None,
+                admin_token: None,
+            });
+            config
+        }
+        None => {
+            tracing::warn!(
+                "git is not installed: serving the example models from a folder instead of a Git repository"
+            );
+            let models = root.join("models");
+            tokio::task::spawn_blocking({
+                let models = models.clone();
+                move || demo::write_repository(&models)
+            })
+            .await??;
+            args.config(models)
+        }
+    };
+    let server = gateway::start(config).await?;
+    if let Some(controller) = server.controller() {
+        let mut status = controller.status();
+        let synced = status.wait_for(|s| s.last_applied.is_some() || s.last_error.is_some()).await?.clone();
+        if let Some(error) = synced.last_error.filter(|_| synced.last_applied.is_none()) {
+            return Err(format!("the demo repository did not sync: {error}").into());
+        }
+    }
     let table = server.registry().snapshot();
     let names: Vec<String> = table.names().map(str::to_owned).collect();
     let mut signatures = Vec::new();
@@ -235,7 +274,14 @@ async fn run_demo(args: &RunArgs) -> MainResult {
     })
     .await??;
     let base = format!("http://{}", server.local_addr());
-    println!("{}", demo::instructions(&base, &root, &requests, &versions));
+    let mut text = demo::instructions(&base, &root, &requests, &versions);
+    if remote.is_some() {
+        text = text.replace(
+            "Press Ctrl-C to stop.",
+            &format!("{}Press Ctrl-C to stop.", demo::publish_instructions(&base, &root)),
+        );
+    }
+    println!("{text}");
     stop_on_signal(server.shutdown_token());
     server.run_until_stopped().await;
     drop(dir);
