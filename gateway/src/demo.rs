@@ -220,7 +220,10 @@ mod tests {
         let digest = hex::encode(Sha256::digest(MODELS[0].onnx));
         assert_eq!(deployments[0].versions[0].model.sha256, digest);
         let text = &files[0].1;
-        assert!(String::from_utf8_lossy(text).trim_end().ends_with("}"), "versions come last, so one more can be appended");
+        assert!(
+            String::from_utf8_lossy(text).trim_end().ends_with("}"),
+            "versions come last, so one more can be appended"
+        );
     }
 
     #[test]
