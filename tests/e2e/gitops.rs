@@ -254,13 +254,20 @@ async fn a_repository_served_by_git_daemon_is_followed() {
     let commit = remote.git(&["rev-parse", "HEAD"]);
     std::fs::write(remote.bare.path().join("git-daemon-export-ok"), b"").unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut daemon = std::process::Command::new("git")
-        .args(["daemon", "--reuseaddr", "--listen=127.0.0.1", &format!("--port={port}"), "--informative-errors"])
+    // `git daemon` runs git-daemon as a child; start that program itself so killing it stops the server, and keep
+    // it off the test's output pipes.
+    let exec_path = std::process::Command::new("git").arg("--exec-path").output().unwrap();
+    let exec_path = String::from_utf8(exec_path.stdout).unwrap();
+    let daemon = std::process::Command::new(std::path::Path::new(exec_path.trim()).join("git-daemon"))
+        .args(["--reuseaddr", "--listen=127.0.0.1", &format!("--port={port}"), "--informative-errors"])
         .arg(format!("--base-path={}", remote.bare.path().parent().unwrap().display()))
         .arg(remote.bare.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let _daemon = KillOnDrop(daemon);
     // Readiness: the daemon accepts connections (each attempt is answered at once, refused until it listens).
     let ready = tokio::time::timeout(Duration::from_secs(30), async {
         while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
@@ -274,8 +281,16 @@ async fn a_repository_served_by_git_daemon_is_followed() {
     let status = server.until(|s| s.last_applied.is_some() || s.last_error.is_some()).await;
     assert_eq!(status.last_applied.map(|c| c.commit), Some(commit), "{:?}", status.last_error);
     server.stop().await;
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+}
+
+/// Stops a child process when the test ends, whether it passes or panics.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A version with a golden set serves only if its warm-up reproduces the set's outputs.
