@@ -12,9 +12,8 @@
 //! For `dense` at concurrency 64 it adds Vane with batching off, and raw ONNX Runtime at the mean batch size Vane's
 //! batcher formed. Then the ratios Vane/limit. `VANE_BENCH_SECONDS` sets each run's length (default 5).
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
+use common::{build_vane, http, is_bench_run, root, serving_addr};
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -30,15 +30,14 @@ use ort::session::Session;
 use ort::value::Tensor;
 use serde_json::{json, Value};
 
-const CONCURRENCY: [usize; 3] = [1, 16, 64];
+#[path = "common/mod.rs"]
+mod common;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+const CONCURRENCY: [usize; 3] = [1, 16, 64];
 
 fn main() -> Result<()> {
     // `cargo bench` passes `--bench`; a plain `cargo test --benches` run only checks that this builds and starts.
-    if !std::env::args().any(|a| a == "--bench") {
+    if !is_bench_run() {
         return Ok(());
     }
     let seconds: u64 = std::env::var("VANE_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
@@ -119,19 +118,6 @@ fn ensure_wrk() -> Result<()> {
     Ok(())
 }
 
-/// Builds the release binary (a no-op when it is current) and returns its path.
-fn build_vane() -> Result<PathBuf> {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "gateway", "--bin", "vane"])
-        .current_dir(root())
-        .status()?;
-    if !status.success() {
-        bail!("building vane failed");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
-    Ok(target.join("release/vane"))
-}
-
 fn reference_row(model: &str) -> Result<Vec<f64>> {
     let data = ReferenceData::from_csv_path(&root().join("models").join(model).join("reference.csv"))?;
     data.numeric_row(0).context("row 0 is numeric")
@@ -153,51 +139,34 @@ impl VaneProcess {
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()?;
-        let mut stderr = BufReader::new(child.stderr.take().context("stderr")?);
-        let addr = loop {
-            let mut line = String::new();
-            if stderr.read_line(&mut line)? == 0 {
-                bail!("vane exited before serving");
-            }
-            let event: Value = serde_json::from_str(&line)?;
-            if event["fields"]["message"] == "vane is serving" {
-                break event["fields"]["addr"].as_str().context("addr")?.parse()?;
-            }
-        };
-        // Keep draining the log so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in stderr.lines() {});
+        let addr = serving_addr(&mut child)?.parse()?;
         Ok(Self { child, addr })
     }
 
     fn post(&self, path: &str, body: &Value) -> Result<Vec<u8>> {
-        http(self.addr, "POST", path, &serde_json::to_vec(body)?)
+        ok(http(&self.addr.to_string(), "POST", path, &[], &serde_json::to_vec(body)?)?)
     }
 
     /// (rows, runs) of the model's default version, from the statistics endpoint.
     fn stats(&self, model: &str) -> Result<(u64, u64)> {
-        let stats: Value = serde_json::from_slice(&http(self.addr, "GET", &format!("/v2/models/{model}/stats"), b"")?)?;
+        let stats: Value = serde_json::from_slice(&ok(http(
+            &self.addr.to_string(),
+            "GET",
+            &format!("/v2/models/{model}/stats"),
+            &[],
+            b"",
+        )?)?)?;
         let last = stats["model_stats"].as_array().and_then(|a| a.last()).context("stats")?;
         Ok((last["inference_count"].as_u64().unwrap_or(0), last["execution_count"].as_u64().unwrap_or(0)))
     }
 }
 
-/// One HTTP/1.1 exchange on a fresh connection; returns the body of a 200.
-fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Result<Vec<u8>> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr)?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer)?;
-    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").context("no header end")?;
-    if !answer.starts_with(b"HTTP/1.1 200") {
-        bail!("{method} {path}: {}", String::from_utf8_lossy(&answer));
+/// The body of a 200, or an error.
+fn ok((status, body): (u16, Vec<u8>)) -> Result<Vec<u8>> {
+    if status != 200 {
+        bail!("status {status}: {}", String::from_utf8_lossy(&body));
     }
-    Ok(answer[split + 4..].to_vec())
+    Ok(body)
 }
 
 impl Drop for VaneProcess {

@@ -6,31 +6,23 @@
 //! poll run uses `--poll-interval 1s` and no webhook, so its figure is dominated by where in the interval the push
 //! lands (expect about half the interval plus the sync).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use common::{build_vane, http, is_bench_run, root, serving_addr};
 use hmac::Mac;
-use serde_json::{json, Value};
+use serde_json::json;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+#[path = "common/mod.rs"]
+mod common;
 
 fn main() -> Result<()> {
-    if !std::env::args().any(|a| a == "--bench") {
+    if !is_bench_run() {
         return Ok(());
     }
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "gateway", "--bin", "vane"])
-        .current_dir(root())
-        .status()?;
-    if !status.success() {
-        bail!("building vane failed");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
-    let vane = target.join("release/vane");
+    let vane = build_vane()?;
     let mut lines = Vec::new();
     for (mode, poll) in [("webhook", "1h"), ("poll 1s", "1s")] {
         for (model, features) in [("breast_cancer", 30usize), ("dense", 1024)] {
@@ -111,51 +103,18 @@ fn measure(vane: &Path, webhook: bool, poll: &str, model: &str, features: usize)
     Ok(times)
 }
 
-fn serving_addr(child: &mut Child) -> Result<String> {
-    use std::io::BufRead;
-    let mut stderr = std::io::BufReader::new(child.stderr.take().context("stderr")?);
-    loop {
-        let mut line = String::new();
-        if stderr.read_line(&mut line)? == 0 {
-            bail!("vane exited before serving");
-        }
-        let event: Value = serde_json::from_str(&line)?;
-        if event["fields"]["message"] == "vane is serving" {
-            let addr = event["fields"]["addr"].as_str().context("addr")?.to_owned();
-            std::thread::spawn(move || for _ in stderr.lines() {});
-            return Ok(addr);
-        }
-    }
-}
-
 /// Asks the unversioned route until `version` answers (each request answers at once; this is the measurement).
 fn wait_for_version(addr: &str, model: &str, body: &[u8], version: u32, limit: Duration) -> Result<()> {
     let started = Instant::now();
     let wanted = format!("\"model_version\":\"{version}\"");
     while started.elapsed() < limit {
-        if let Ok(answer) = http(addr, "POST", &format!("/v2/models/{model}/infer"), &[], body) {
-            if answer.contains(&wanted) {
+        if let Ok((200, answer)) = http(addr, "POST", &format!("/v2/models/{model}/infer"), &[], body) {
+            if String::from_utf8_lossy(&answer).contains(&wanted) {
                 return Ok(());
             }
         }
     }
     bail!("version {version} of {model} did not answer within {limit:?}")
-}
-
-fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr)?;
-    let mut head =
-        format!("{method} {path} HTTP/1.1\r\nhost: bench\r\ncontent-length: {}\r\nconnection: close\r\n", body.len());
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer)?;
-    Ok(answer)
 }
 
 fn git(dir: &Path, args: &[&str]) -> Result<()> {
