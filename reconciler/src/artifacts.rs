@@ -127,17 +127,35 @@ impl ArtifactCache {
         commit: Oid,
         dvc: &DvcConfig,
     ) -> Result<PathBuf, ArtifactError> {
+        // A Git blob already checked against this digest needs no second read: equal object ids are equal bytes.
+        let blob = match &artifact.source {
+            ArtifactSource::Repo(path) => source.blob_id(commit, path),
+            _ => None,
+        };
+        let marker = blob.map(|id| self.dir.join(".verified").join(id.to_string()));
+        if let Some(marker) = &marker {
+            if self.contains(&artifact.sha256) && fs::read_to_string(marker).is_ok_and(|sha| sha == artifact.sha256) {
+                return Ok(self.path_of(&artifact.sha256));
+            }
+        }
         let (what, bytes) = match &artifact.source {
             ArtifactSource::Repo(path) => (path.to_string(), source.read(commit, path, MAX_ARTIFACT_BYTES)?),
             _ if self.contains(&artifact.sha256) => return Ok(self.path_of(&artifact.sha256)),
             ArtifactSource::Dvc(pointer) => (pointer.to_string(), read_dvc(source, commit, pointer, dvc)?),
             ArtifactSource::Uri(uri) => (uri.clone(), read_uri(uri)?),
         };
-        if self.contains(&artifact.sha256) {
+        let path = if self.contains(&artifact.sha256) {
             verify(&what, &bytes, &artifact.sha256)?;
-            return Ok(self.path_of(&artifact.sha256));
+            self.path_of(&artifact.sha256)
+        } else {
+            self.store(&what, &bytes, &artifact.sha256)?
+        };
+        if let Some(marker) = marker {
+            let io = |source| ArtifactError::Cache { path: marker.clone(), source };
+            fs::create_dir_all(self.dir.join(".verified")).map_err(io)?;
+            fs::write(&marker, &artifact.sha256).map_err(io)?;
         }
-        self.store(&what, &bytes, &artifact.sha256)
+        Ok(path)
     }
 }
 

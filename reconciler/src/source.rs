@@ -177,6 +177,13 @@ impl GitSource {
         self.blob(&entry, path.as_str(), commit, max_bytes)
     }
 
+    /// The Git object id of the regular file `path` at `commit`, without reading it. Equal ids mean equal bytes.
+    pub fn blob_id(&self, commit: Oid, path: &RepoPath) -> Option<Oid> {
+        let tree = self.repo.find_commit(commit).and_then(|c| c.tree()).ok()?;
+        let entry = tree.get_path(Path::new(path.as_str())).ok()?;
+        matches!(entry.filemode(), 0o100644 | 0o100755).then(|| entry.id())
+    }
+
     fn blob(
         &self,
         entry: &git2::TreeEntry<'_>,
