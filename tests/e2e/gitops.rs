@@ -17,13 +17,17 @@ const SECRET: &str = "s3cret";
 const TOKEN: &str = "t0ken";
 
 async fn serve(url: String, data: &tempfile::TempDir) -> TestServer {
+    serve_polling(url, data, Duration::from_secs(3600)).await
+}
+
+async fn serve_polling(url: String, data: &tempfile::TempDir, poll_interval: Duration) -> TestServer {
     let data_dir = data.path().to_path_buf();
     let server = TestServer::start_with(move |config| {
         config.gitops = Some(GitOpsConfig {
             controller: ControllerConfig {
                 spec: GitSpec { url, branch: "main".into(), path: "deploy".into() },
                 data_dir,
-                poll_interval: Duration::from_secs(3600),
+                poll_interval,
                 dvc: DvcConfig::default(),
                 git_timeout: Duration::from_secs(30),
                 max_backoff: Duration::from_secs(3600),
@@ -321,5 +325,21 @@ async fn a_golden_set_must_be_reproduced_before_a_version_serves() {
     let attempted = status.last_attempted.unwrap();
     assert_eq!(attempted.commit.as_deref(), Some(bad.as_str()));
     assert!(attempted.reason.as_deref().unwrap().contains("differs from the golden set"), "{:?}", attempted.reason);
+    server.stop().await;
+}
+
+/// Without a webhook, the poll picks a push up by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_is_served_by_polling_without_a_webhook() {
+    let remote = GitRemote::with_breast_cancer();
+    let data = tempfile::tempdir().unwrap();
+    let server = serve_polling(remote.bare.path().display().to_string(), &data, Duration::from_millis(100)).await;
+    let manifest = remote.manifest().replace("max_batch_size: 64", "max_batch_size: 16");
+    remote.write("deploy/breast-cancer.yaml", manifest.as_bytes());
+    let pushed = remote.push("smaller batches");
+    let status = server.until(|s| s.last_applied.as_ref().is_some_and(|c| c.commit == pushed)).await;
+    assert_eq!(status.history[0].trigger, reconciler::controller::Trigger::Poll);
+    let reply = server.post_json("/v2/models/breast_cancer/infer", &breast_cancer_row()).await;
+    assert_eq!(reply.headers["vane-commit"], pushed.as_str());
     server.stop().await;
 }
