@@ -201,7 +201,12 @@ impl Server {
             tracing::error!(%error, "the accept loop failed");
         }
         for task in background {
-            let _ = task.await;
+            // A sync may be inside a Git operation or a load; it gets the grace period, then is stopped.
+            let abort = task.abort_handle();
+            if tokio::time::timeout(grace, task).await.is_err() {
+                tracing::warn!("the reconciler was still busy when the grace period ended; stopping it");
+                abort.abort();
+            }
         }
         registry.swap(ModelTable::default());
         registry.set_not_ready();
