@@ -10,12 +10,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use gateway::routes::{self, AppState};
+use gateway::routes::AppState;
 use gateway::stack::Limits;
 use gateway::ServeConfig;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
 use serde_json::json;
+
+#[path = "common/mod.rs"]
+mod common;
 
 #[global_allocator]
 static ALLOCATOR: dhat::Alloc = dhat::Alloc;
@@ -41,15 +42,7 @@ fn main() {
             .unwrap(),
         );
         let path = format!("/v2/models/{model}/infer");
-        let call = || {
-            let request = Request::post(&path).body(Full::new(body.clone())).unwrap();
-            let state = Arc::clone(&state);
-            async move {
-                let response = routes::route(state, request).await;
-                assert!(response.status().is_success());
-                response.into_body().collect().await.unwrap().to_bytes().len()
-            }
-        };
+        let call = || common::route_once(Arc::clone(&state), &path, body.clone());
         runtime.block_on(call());
         let before = dhat::HeapStats::get();
         let n = 1000u64;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gateway::registry::Registry;
-use gateway::routes::{self, AppState};
+use gateway::routes::AppState;
 use gateway::stack::Limits;
 use gateway::ServeConfig;
 use http_body_util::{BodyExt, Full};
@@ -28,6 +28,9 @@ use hyper_util::rt::TokioExecutor;
 use ort::session::Session;
 use ort::value::Tensor;
 use serde_json::{json, Value};
+
+#[path = "common/mod.rs"]
+mod common;
 
 fn models_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models")
@@ -75,15 +78,7 @@ fn bench(c: &mut Criterion) {
         });
 
         group.bench_function(BenchmarkId::new("router", rows), |b| {
-            b.to_async(&runtime).iter(|| {
-                let request = Request::post(&path).body(Full::new(body.clone())).unwrap();
-                let state = Arc::clone(&state);
-                async move {
-                    let response = routes::route(state, request).await;
-                    assert!(response.status().is_success());
-                    response.into_body().collect().await.unwrap().to_bytes().len()
-                }
-            });
+            b.to_async(&runtime).iter(|| common::route_once(Arc::clone(&state), &path, body.clone()));
         });
 
         let uri = format!("{base}{path}");

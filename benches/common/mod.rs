@@ -73,3 +73,16 @@ pub(crate) fn http(
     let status = std::str::from_utf8(&answer[9..12]).ok().and_then(|s| s.parse().ok()).context("no status")?;
     Ok((status, answer[split + 4..].to_vec()))
 }
+
+/// One inference through the V2 router in-process (no socket): the response body's length. Panics on a non-2xx.
+pub(crate) async fn route_once(
+    state: std::sync::Arc<gateway::routes::AppState>,
+    path: &str,
+    body: bytes::Bytes,
+) -> usize {
+    use http_body_util::BodyExt;
+    let request = hyper::Request::post(path).body(http_body_util::Full::new(body)).unwrap();
+    let response = gateway::routes::route(state, request).await;
+    assert!(response.status().is_success());
+    response.into_body().collect().await.unwrap().to_bytes().len()
+}
