@@ -35,7 +35,7 @@ pub use config::ServeConfig;
 use errors::{LoadError, RuntimeError};
 use infer::{ModelLoader, WorkerGroup};
 use registry::{ModelTable, Registry};
-use repository::SyncStatus;
+use repository::WatchStatus;
 use routes::AppState;
 
 /// Why the gateway could not start.
@@ -77,7 +77,7 @@ pub struct Server {
     serving: JoinHandle<()>,
     /// The directory poller or the reconcile loop.
     background: Vec<JoinHandle<()>>,
-    sync: watch::Receiver<SyncStatus>,
+    sync: watch::Receiver<WatchStatus>,
     controller: Option<reconciler::controller::ControllerHandle>,
     grace: Duration,
 }
@@ -121,7 +121,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
     let (accepting_tx, accepting) = watch::channel(true);
     let serving =
         tokio::spawn(server::serve(listener, service, stop_accepting.clone(), accepting_tx, config.shutdown_grace));
-    let (sync_tx, sync) = watch::channel(SyncStatus::default());
+    let (sync_tx, sync) = watch::channel(WatchStatus::default());
     let poller = desired.zip(config.poll_interval.filter(|i| !i.is_zero())).map(|(desired, interval)| {
         let watch = repository::poll_model_dir(
             config.model_dir.clone(),
@@ -170,7 +170,7 @@ impl Server {
     }
 
     /// What the model-directory poller has done.
-    pub fn sync_status(&self) -> watch::Receiver<SyncStatus> {
+    pub fn sync_status(&self) -> watch::Receiver<WatchStatus> {
         self.sync.clone()
     }
 

@@ -17,7 +17,7 @@ use crate::registry::Registry;
 
 /// What the poller has done, for readiness checks, tests and (later) metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SyncStatus {
+pub struct WatchStatus {
     /// Polls that found a desired state different from the last one tried.
     pub attempts: u64,
     /// Of those, the ones whose set is now served.
@@ -34,7 +34,7 @@ pub async fn poll_model_dir(
     interval: Duration,
     registry: Arc<Registry>,
     loader: ModelLoader,
-    status: watch::Sender<SyncStatus>,
+    status: watch::Sender<WatchStatus>,
     shutdown: CancellationToken,
 ) {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -83,7 +83,7 @@ pub async fn poll_model_dir(
 }
 
 fn record_failure(
-    status: &watch::Sender<SyncStatus>,
+    status: &watch::Sender<WatchStatus>,
     last_tried: &mut Option<DesiredState>,
     desired: Option<DesiredState>,
     message: String,
