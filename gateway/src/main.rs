@@ -14,7 +14,7 @@ use gateway::telemetry::{init_logging, LogFormat};
 use gateway::{config, demo, ServeConfig};
 use reconciler::artifacts::DvcConfig;
 use reconciler::controller::ControllerConfig;
-use reconciler::source::GitSpec;
+use reconciler::source::{GitAuth, GitSpec, GlobalOptions};
 use tokio_util::sync::CancellationToken;
 
 /// mimalloc: glibc's allocator cost a fifth of the CPU under load, as buffers cross between tokio and worker threads.
@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve a Triton-style model repository: DIR/<model>/<version>/model.onnx.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Serve the built-in example models and print curl commands to try them.
     Demo(DemoArgs),
 }
@@ -52,11 +52,13 @@ struct ServeArgs {
     run: RunArgs,
 }
 
-/// GitOps mode. The webhook secret and the admin token come from VANE_WEBHOOK_SECRET and VANE_ADMIN_TOKEN (never
-/// from the command line, where `ps` would show them); unset disables the webhook or the admin calls.
+/// GitOps mode. The webhook secret, the admin token and the https token come from VANE_WEBHOOK_SECRET,
+/// VANE_ADMIN_TOKEN and VANE_GIT_TOKEN (never from the command line, where `ps` would show them); unset disables the
+/// webhook or the admin calls.
 #[derive(Args)]
 struct GitArgs {
-    /// A Git repository of deployment manifests to serve: a path, file://... or git://... URL.
+    /// A Git repository of deployment manifests to serve: a path, or a file://, git://, https:// or ssh:// URL
+    /// (or scp-like user@host:path).
     #[arg(long, env = "VANE_REPO")]
     repo: Option<String>,
     /// The branch to follow.
@@ -74,6 +76,48 @@ struct GitArgs {
     /// The longest one Git operation may take before it is cancelled and retried with backoff.
     #[arg(long, env = "VANE_GIT_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
     git_timeout: Duration,
+    /// The longest a TCP connect to the remote may take (libgit2's own timeout).
+    #[arg(long, env = "VANE_GIT_CONNECT_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    git_connect_timeout: Duration,
+    /// https: the user name sent with VANE_GIT_TOKEN [default: the URL's, else `git`; GitLab OAuth: oauth2].
+    #[arg(long, env = "VANE_GIT_USERNAME")]
+    git_username: Option<String>,
+    /// https: a PEM bundle of CA certificates to trust besides the system's (a private Git server's CA).
+    #[arg(long, env = "VANE_GIT_CA_FILE")]
+    git_ca_file: Option<PathBuf>,
+    /// ssh: the private key file [default: ask the ssh agent]. A passphrase comes from VANE_SSH_PASSPHRASE.
+    #[arg(long, env = "VANE_SSH_KEY")]
+    ssh_key: Option<PathBuf>,
+    /// ssh: the known_hosts file the server's host key must be in; unknown or changed keys are refused.
+    #[arg(long, env = "VANE_SSH_KNOWN_HOSTS", default_value = "~/.ssh/known_hosts")]
+    ssh_known_hosts: String,
+}
+
+impl GitArgs {
+    fn auth(&self) -> GitAuth {
+        let secret = |name: &str| std::env::var(name).ok().filter(|s| !s.is_empty());
+        let known_hosts = match self.ssh_known_hosts.strip_prefix("~/") {
+            Some(rest) => std::env::var_os("HOME").map(|home| PathBuf::from(home).join(rest)),
+            None => Some(PathBuf::from(&self.ssh_known_hosts)),
+        };
+        GitAuth {
+            token: secret("VANE_GIT_TOKEN"),
+            username: self.git_username.clone(),
+            ssh_key: self.ssh_key.clone(),
+            ssh_passphrase: secret("VANE_SSH_PASSPHRASE"),
+            known_hosts,
+        }
+    }
+
+    /// libgit2's process-wide settings; applied before any thread starts.
+    fn global_options(&self) -> GlobalOptions {
+        GlobalOptions {
+            connect_timeout: Some(self.git_connect_timeout),
+            // A read that blocks this long is a dead peer; the whole operation is bounded by --git-timeout.
+            io_timeout: Some(self.git_timeout),
+            ca_file: self.git_ca_file.clone(),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -131,7 +175,10 @@ impl ServeArgs {
         config.poll_interval = None;
         config.gitops = Some(GitOpsConfig {
             controller: ControllerConfig {
-                spec: GitSpec { url: repo.clone(), branch: git.branch.clone(), path: git.deploy_path.clone() },
+                spec: GitSpec {
+                    auth: git.auth(),
+                    ..GitSpec::new(repo.clone(), git.branch.clone(), git.deploy_path.clone())
+                },
                 data_dir: git.data_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("vane-data")),
                 // Zero means webhooks only: a poll interval far longer than any process lives.
                 poll_interval: if poll_interval.is_zero() {
@@ -179,6 +226,14 @@ impl RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // Before the runtime exists: libgit2's options are unsynchronised globals.
+    if let Command::Serve(args) = &cli.command {
+        if args.git.repo.is_some() {
+            if let Err(error) = reconciler::source::set_global_options(&args.git.global_options()) {
+                return fail(&error);
+            }
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => return fail(&error),
@@ -225,7 +280,7 @@ async fn run_demo(args: &RunArgs) -> MainResult {
             config.poll_interval = None;
             config.gitops = Some(GitOpsConfig {
                 controller: ControllerConfig {
-                    spec: GitSpec { url: bare.display().to_string(), branch: "main".into(), path: "deploy".into() },
+                    spec: GitSpec::new(bare.display().to_string(), "main", "deploy"),
                     data_dir: root.join("data"),
                     // A short poll so a push shows within seconds without a webhook.
                     poll_interval: args.poll_interval.unwrap_or(Duration::from_secs(2)),

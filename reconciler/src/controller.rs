@@ -2,7 +2,9 @@
 //! desired set per trigger, a requeue after the poll interval on success, and capped, jittered backoff on errors.
 //!
 //! Triggers (the poll timer, a webhook, an admin call) merge into a channel of capacity 1, so a burst of pushes is one
-//! sync. Each sync: ls-remote; if the head is a commit already applied or already refused, nothing more (a bad commit
+//! sync. The loop keeps reading triggers while a sync runs: a push webhook naming a commit other than the one in
+//! flight supersedes it (the sync is cancelled before its swap, recorded as superseded, and the new head is synced
+//! at once); any other trigger during a sync runs one more sync right after it. Each sync: ls-remote; if the head is a commit already applied or already refused, nothing more (a bad commit
 //! is not retried until a new one arrives); else fetch, validate every manifest, check the history (no force-push
 //! unless allowed), fetch and verify every artifact, and hand the desired state to the gateway's `apply`, which loads,
 //! checks, warms and swaps it, or refuses it whole. git2 runs on the blocking pool under a deadline. Last applied and
@@ -71,6 +73,8 @@ pub enum Outcome {
     Refused,
     /// The remote could not be read; retried with backoff.
     FetchFailed,
+    /// A newer push arrived while this commit was being prepared or loaded; it was dropped before its swap.
+    Superseded,
 }
 
 /// A commit and when it was seen or applied.
@@ -122,6 +126,8 @@ pub struct SyncStatus {
     pub applied_commits: VecDeque<String>,
     /// Whether a sync is running now.
     pub reconciling: bool,
+    /// The commit the running sync is preparing or loading, once its ls-remote has answered.
+    pub reconciling_commit: Option<String>,
     /// Syncs finished since start, whatever their outcome (rollbacks included).
     pub syncs: u64,
 }
@@ -134,16 +140,23 @@ pub const ROLLBACK_DEPTH: usize = 10;
 /// The handle the gateway keeps: trigger syncs, roll back, read the status.
 #[derive(Clone)]
 pub struct ControllerHandle {
-    triggers: mpsc::Sender<Trigger>,
+    triggers: mpsc::Sender<Wake>,
     rollbacks: mpsc::Sender<(String, oneshot::Sender<Result<(), String>>)>,
     status: watch::Receiver<SyncStatus>,
 }
 
 /// The loop's inputs, returned by [`channels`] beside the handle.
 pub struct ControllerInputs {
-    triggers: mpsc::Receiver<Trigger>,
+    triggers: mpsc::Receiver<Wake>,
     rollbacks: mpsc::Receiver<(String, oneshot::Sender<Result<(), String>>)>,
     status: watch::Sender<SyncStatus>,
+}
+
+/// A trigger, and the commit it announces when it knows one (a push webhook's `after`).
+#[derive(Debug, Clone, Copy)]
+struct Wake {
+    trigger: Trigger,
+    commit: Option<Oid>,
 }
 
 /// A handle and the loop's inputs, connected.
@@ -166,7 +179,15 @@ pub fn channels(config: &ControllerConfig) -> (ControllerHandle, ControllerInput
 impl ControllerHandle {
     /// Asks for a sync now. Returns false when one is already pending (the two merge).
     pub fn trigger(&self, trigger: Trigger) -> bool {
-        self.triggers.try_send(trigger).is_ok()
+        self.triggers.try_send(Wake { trigger, commit: None }).is_ok()
+    }
+
+    /// A verified push of `commit` (hex) to the followed branch: syncs now, and supersedes a sync in flight for
+    /// another commit. Returns false when a trigger is already pending (the two merge; the pending one re-reads
+    /// the branch head, so the push is not lost).
+    pub fn pushed(&self, commit: Option<&str>) -> bool {
+        let commit = commit.and_then(|c| Oid::from_str(c).ok()).filter(|c| !c.is_zero());
+        self.triggers.try_send(Wake { trigger: Trigger::Webhook, commit }).is_ok()
     }
 
     /// Rolls back to `commit`, one of the applied commits kept in the status, from the local clone and cache (no
@@ -195,19 +216,45 @@ where
     let mut backoff = Backoff::new(Duration::from_millis(500), config.max_backoff);
     let mut next = tokio::time::Instant::now();
     let mut trigger = Trigger::Startup;
+    // A trigger that arrived during the last sync: the next one starts without waiting.
+    let mut pending: Option<Wake> = None;
     loop {
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return,
-            Some((commit, reply)) = rollbacks.recv() => {
-                let result = rollback(&config, &status, &mut state, &mut apply, &commit).await;
-                let _ = reply.send(result);
-                continue;
+        if let Some(wake) = pending.take() {
+            trigger = wake.trigger;
+        } else {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                Some((commit, reply)) = rollbacks.recv() => {
+                    let result = rollback(&config, &status, &mut state, &mut apply, &commit).await;
+                    let _ = reply.send(result);
+                    continue;
+                }
+                Some(wake) = triggers.recv() => trigger = wake.trigger,
+                () = tokio::time::sleep_until(next) => {}
             }
-            Some(t) = triggers.recv() => trigger = t,
-            () = tokio::time::sleep_until(next) => {}
         }
-        let outcome = sync(&config, &status, &mut state, &mut apply, trigger).await;
+        let supersede = CancellationToken::new();
+        let in_flight = Arc::new(std::sync::Mutex::new(None));
+        let running = sync(&config, &status, &mut state, &mut apply, trigger, &supersede, &in_flight);
+        tokio::pin!(running);
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                outcome = &mut running => break outcome,
+                Some(wake) = triggers.recv(), if pending.is_none() => {
+                    let current = *in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if let (Some(new), Some(current)) = (wake.commit, current) {
+                        if new != current {
+                            tracing::info!(%current, %new, "a newer push supersedes the sync in flight");
+                            supersede.cancel();
+                        }
+                    }
+                    pending = Some(wake);
+                }
+            }
+        };
         trigger = Trigger::Poll;
         let wait = match outcome {
             Outcome::FetchFailed => backoff.next(),
@@ -236,29 +283,50 @@ enum Prepared {
     Refused(Oid, String),
 }
 
+/// One sync. `supersede` cancels it before its swap: the Git work stops at its next progress callback, and the
+/// gateway's `apply` future is dropped (it swaps only at its very end, so dropping it leaves the served set as it was).
+/// `in_flight` is set to the branch head as soon as ls-remote has read it.
 async fn sync<A, F>(
     config: &ControllerConfig,
     status: &watch::Sender<SyncStatus>,
     state: &mut LoopState,
     apply: &mut A,
     trigger: Trigger,
+    supersede: &CancellationToken,
+    in_flight: &Arc<std::sync::Mutex<Option<Oid>>>,
 ) -> Outcome
 where
     A: FnMut(DesiredState) -> F,
     F: Future<Output = Result<(), String>>,
 {
     let started = SystemTime::now();
-    status.send_modify(|s| s.reconciling = true);
+    status.send_modify(|s| {
+        s.reconciling = true;
+        s.reconciling_commit = None;
+    });
     let known = (state.applied, state.refused, state.pinned_at_head);
-    let prepared = blocking(config, move |source, config| prepare(source, config, known)).await;
+    let seen = Arc::clone(in_flight);
+    let prepared = blocking(config, Some(supersede), move |source, config| prepare(source, config, known, &seen)).await;
+    if let Some(head) = *in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
+        status.send_modify(|s| s.reconciling_commit = Some(head.to_string()));
+    }
+    let superseded = || Some("a newer push arrived before this commit was swapped in; it was dropped".to_owned());
     let (commit, outcome, reason) = match prepared {
+        Err(_) if supersede.is_cancelled() => {
+            (*in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner), Outcome::Superseded, superseded())
+        }
         Err(error) => (None, Outcome::FetchFailed, Some(error)),
         Ok(Prepared::Unchanged(head)) => (Some(head), Outcome::Unchanged, None),
         Ok(Prepared::Refused(head, reason)) => (Some(head), Outcome::Refused, Some(reason)),
-        Ok(Prepared::Ready(head, desired)) => match apply(desired).await {
-            Ok(()) => (Some(head), Outcome::Applied, None),
-            Err(reason) => (Some(head), Outcome::Refused, Some(reason)),
-        },
+        Ok(Prepared::Ready(head, desired)) => {
+            tokio::select! {
+                applied = apply(desired) => match applied {
+                    Ok(()) => (Some(head), Outcome::Applied, None),
+                    Err(reason) => (Some(head), Outcome::Refused, Some(reason)),
+                },
+                () = supersede.cancelled() => (Some(head), Outcome::Superseded, superseded()),
+            }
+        }
     };
     match (outcome, commit) {
         (Outcome::Applied, Some(head)) => {
@@ -286,12 +354,14 @@ fn prepare(
     source: &GitSource,
     config: &ControllerConfig,
     known: (Option<Oid>, Option<Oid>, Option<Oid>),
+    in_flight: &std::sync::Mutex<Option<Oid>>,
 ) -> Result<Prepared, String> {
     let (applied, refused, pinned_at_head) = known;
     let head = source.remote_head().map_err(|e| e.to_string())?;
     if Some(head) == applied || Some(head) == refused || Some(head) == pinned_at_head {
         return Ok(Prepared::Unchanged(head));
     }
+    *in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(head);
     let head = source.fetch().map_err(|e| e.to_string())?;
     Ok(match validate(source, config, head, applied) {
         Ok(desired) => Prepared::Ready(head, desired),
@@ -342,7 +412,7 @@ where
     }
     let oid = Oid::from_str(commit).map_err(|e| e.to_string())?;
     // From the local clone and the artifact cache only: no ls-remote, no fetch.
-    let desired = blocking(config, move |source, config| {
+    let desired = blocking(config, None, move |source, config| {
         let files = source.manifests(oid).map_err(|e| e.to_string())?;
         let deployments = manifest::parse_commit(&files).map_err(|e| e.to_string())?;
         plan::desired_state(&deployments, source, oid, &ArtifactCache::new(&config.data_dir), &config.dvc)
@@ -357,9 +427,11 @@ where
     Ok(())
 }
 
-/// Runs `work` with a freshly opened clone on the blocking pool, cancelling it after the Git timeout.
+/// Runs `work` with a freshly opened clone on the blocking pool, cancelling it after the Git timeout or when `cancel`
+/// fires.
 async fn blocking<T: Send + 'static>(
     config: &ControllerConfig,
+    cancel_token: Option<&CancellationToken>,
     work: impl FnOnce(&GitSource, &ControllerConfig) -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
     let cancel = Arc::new(AtomicBool::new(false));
@@ -370,9 +442,25 @@ async fn blocking<T: Send + 'static>(
         let source = GitSource::open(&dir, config_owned.spec.clone(), flag).map_err(|e| e.to_string())?;
         work(&source, &config_owned)
     });
+    let cancelled = async {
+        match cancel_token {
+            Some(token) => token.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    let task = async {
+        tokio::select! {
+            finished = task => Ok(finished),
+            () = cancelled => Err(()),
+        }
+    };
     match tokio::time::timeout(config.git_timeout, task).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(error)) => Err(format!("reconcile task failed: {error}")),
+        Ok(Err(())) => {
+            cancel.store(true, Ordering::Relaxed);
+            Err("cancelled".to_owned())
+        }
+        Ok(Ok(Ok(result))) => result,
+        Ok(Ok(Err(error))) => Err(format!("reconcile task failed: {error}")),
         Err(_) => {
             cancel.store(true, Ordering::Relaxed);
             Err(format!("git did not answer within {:?}; cancelled", config.git_timeout))
@@ -408,6 +496,7 @@ fn record(
     }
     status.send_modify(|s| {
         s.reconciling = false;
+        s.reconciling_commit = None;
         s.syncs += 1;
         s.diverged_from_head = diverged;
         if let (Some(commit), true) = (&record.commit, trigger != Trigger::Rollback) {
@@ -428,7 +517,7 @@ fn record(
                 s.last_attempted = Some(record.clone());
             }
             Outcome::FetchFailed => s.last_error = reason,
-            Outcome::Unchanged => {}
+            Outcome::Superseded | Outcome::Unchanged => {}
         }
         if outcome != Outcome::Unchanged {
             s.history.push_front(record);

@@ -8,6 +8,7 @@
 pub mod artifacts;
 pub mod controller;
 mod errors;
+pub mod known_hosts;
 pub mod manifest;
 pub mod model_config;
 pub mod model_dir;

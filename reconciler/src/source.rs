@@ -4,24 +4,107 @@
 //! `spawn_blocking`, opening the clone per call and bounding each call with an outer deadline. A cheap remote-head
 //! check (ls-remote) decides whether to fetch at all. Files are read from the commit's tree, never from a checkout,
 //! so a half-written working tree cannot exist; symlinks are refused so a manifest cannot point outside the repo.
+//!
+//! Transports: a local path, `file://`, `git://`, `https://` (a token as the password, never sent over plain
+//! `http://`) and `ssh://` or `user@host:path` (a key file or the ssh agent; the host key must be in a known_hosts
+//! file, see [`crate::known_hosts`]). libgit2's connect and read timeouts are set once at start-up with
+//! [`set_global_options`]; the controller's outer deadline cancels a transfer that still makes no progress.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use git2::{Direction, FetchOptions, Oid, RemoteCallbacks, Repository};
+use std::time::Duration;
 
+use git2::{CertificateCheckStatus, Cred, CredentialType, Direction, FetchOptions, Oid, RemoteCallbacks, Repository};
+
+use crate::known_hosts::{self, KnownHosts, Verdict};
 use crate::manifest::{RepoPath, MAX_MANIFEST_BYTES};
 
 /// Where and what to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GitSpec {
-    /// The remote: a local path, `file://`, `git://` (more transports come with their credential handling).
+    /// The remote: a local path, `file://`, `git://`, `https://`, `ssh://` or `user@host:path`.
     pub url: String,
     /// The branch to follow.
     pub branch: String,
     /// The folder of manifests inside the repository.
     pub path: String,
+    /// Credentials and host-key checking for https and ssh remotes.
+    pub auth: GitAuth,
+}
+
+/// How to authenticate to an https or ssh remote.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct GitAuth {
+    /// https: a token sent as the password (GitHub, GitLab and Gitea all take personal or app tokens this way).
+    pub token: Option<String>,
+    /// https: the user name sent with the token [default: the URL's, else `git`]. GitLab wants `oauth2` for OAuth
+    /// tokens, Bitbucket `x-token-auth`; GitHub and Gitea accept any.
+    pub username: Option<String>,
+    /// ssh: a private key file; without one the ssh agent (`SSH_AUTH_SOCK`) is asked.
+    pub ssh_key: Option<PathBuf>,
+    /// ssh: the key's passphrase, if it has one.
+    pub ssh_passphrase: Option<String>,
+    /// ssh: the known_hosts file the server's host key must be listed in [default: `~/.ssh/known_hosts`].
+    pub known_hosts: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for GitAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |secret: &Option<String>| secret.as_ref().map(|_| "<redacted>");
+        f.debug_struct("GitAuth")
+            .field("token", &redacted(&self.token))
+            .field("username", &self.username)
+            .field("ssh_key", &self.ssh_key)
+            .field("ssh_passphrase", &redacted(&self.ssh_passphrase))
+            .field("known_hosts", &self.known_hosts)
+            .finish()
+    }
+}
+
+impl GitSpec {
+    /// A spec with no credentials (enough for local, `file://` and `git://` remotes).
+    pub fn new(url: impl Into<String>, branch: impl Into<String>, path: impl Into<String>) -> Self {
+        Self { url: url.into(), branch: branch.into(), path: path.into(), auth: GitAuth::default() }
+    }
+}
+
+/// Process-wide libgit2 settings, applied once before any thread uses Git: connect and read timeouts for network
+/// remotes, and an extra CA bundle for https remotes behind a private CA (the system's bundle is found by default).
+#[derive(Debug, Clone, Default)]
+pub struct GlobalOptions {
+    /// The longest a TCP connect to a remote may take.
+    pub connect_timeout: Option<Duration>,
+    /// The longest one read from or write to a remote may block.
+    pub io_timeout: Option<Duration>,
+    /// A PEM file of CA certificates trusted for https remotes.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Applies `options` to libgit2.
+///
+/// Call it once, from `main`, before any thread is started: libgit2 keeps these in unsynchronised C globals.
+#[allow(unsafe_code)]
+pub fn set_global_options(options: &GlobalOptions) -> Result<(), String> {
+    let millis = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX).max(1);
+    // SAFETY: git2 documents these setters as modifying C globals without synchronisation; they are sound when no
+    // other thread uses libgit2 at the time. `main` calls this before building the async runtime or any thread,
+    // and nothing else in Vane calls it.
+    unsafe {
+        if let Some(timeout) = options.connect_timeout {
+            git2::opts::set_server_connect_timeout_in_milliseconds(millis(timeout))
+                .map_err(|e| format!("git connect timeout: {e}"))?;
+        }
+        if let Some(timeout) = options.io_timeout {
+            git2::opts::set_server_timeout_in_milliseconds(millis(timeout))
+                .map_err(|e| format!("git read timeout: {e}"))?;
+        }
+        if let Some(file) = &options.ca_file {
+            git2::opts::set_ssl_cert_file(file).map_err(|e| format!("CA file {}: {e}", file.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// A bare clone under the data directory.
@@ -29,6 +112,8 @@ pub struct GitSource {
     repo: Repository,
     spec: GitSpec,
     cancel: Arc<AtomicBool>,
+    /// Why the last host-key check refused the server: libgit2 replaces the callback's message with a generic one.
+    host_key_refusal: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// What went wrong talking to Git.
@@ -61,6 +146,9 @@ pub enum GitError {
         /// What is wrong.
         problem: String,
     },
+    /// The ssh server's host key is not trusted.
+    #[error("{0}")]
+    HostKey(String),
     /// The operation was cancelled (deadline or shutdown).
     #[error("git operation cancelled")]
     Cancelled,
@@ -79,7 +167,7 @@ impl GitSource {
             Ok(repo) => repo,
             Err(_) => Repository::init_bare(dir).map_err(git("init"))?,
         };
-        Ok(Self { repo, spec, cancel })
+        Ok(Self { repo, spec, cancel, host_key_refusal: Arc::default() })
     }
 
     /// The bare clone's folder for a given data directory.
@@ -94,7 +182,35 @@ impl GitSource {
         callbacks.transfer_progress(move |_| !cancel.load(Ordering::Relaxed));
         let cancel = Arc::clone(&self.cancel);
         callbacks.sideband_progress(move |_| !cancel.load(Ordering::Relaxed));
+        callbacks.credentials(credentials(self.spec.url.clone(), self.spec.auth.clone()));
+        let known_hosts = self.spec.auth.known_hosts.clone().or_else(default_known_hosts);
+        let port = ssh_port(&self.spec.url);
+        let refusal = Arc::clone(&self.host_key_refusal);
+        callbacks.certificate_check(move |cert, host| {
+            // X.509 (https) is left to libgit2 and OpenSSL: the system's CA bundle, or the configured CA file.
+            let Some(hostkey) = cert.as_hostkey().and_then(|k| k.hostkey()) else {
+                return Ok(CertificateCheckStatus::CertificatePassthrough);
+            };
+            check_host_key(known_hosts.as_deref(), host, port, hostkey)
+                .map(|()| CertificateCheckStatus::CertificateOk)
+                .map_err(|message| {
+                    let error = git2::Error::from_str(&message);
+                    *refusal.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(message);
+                    error
+                })
+        });
         callbacks
+    }
+
+    /// Maps a libgit2 error, preferring the host-key check's own reason when it refused the server.
+    fn network_error(&self, operation: &'static str) -> impl FnOnce(git2::Error) -> GitError + '_ {
+        move |source| {
+            let refusal = self.host_key_refusal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+            match refusal {
+                Some(reason) => GitError::HostKey(reason),
+                None => GitError::Git { operation, source },
+            }
+        }
     }
 
     fn refname(&self) -> String {
@@ -104,7 +220,9 @@ impl GitSource {
     /// The branch head on the remote, without downloading anything (ls-remote).
     pub fn remote_head(&self) -> Result<Oid, GitError> {
         let mut remote = self.repo.remote_anonymous(&self.spec.url).map_err(git("connect"))?;
-        let connection = remote.connect_auth(Direction::Fetch, Some(self.callbacks()), None).map_err(git("connect"))?;
+        let connection = remote
+            .connect_auth(Direction::Fetch, Some(self.callbacks()), None)
+            .map_err(self.network_error("connect"))?;
         let wanted = self.refname();
         let head = connection.list().map_err(git("ls-remote"))?.iter().find(|h| h.name() == wanted).map(|h| h.oid());
         head.ok_or_else(|| GitError::NoBranch { branch: self.spec.branch.clone(), url: self.spec.url.clone() })
@@ -125,7 +243,7 @@ impl GitSource {
         if self.cancel.load(Ordering::Relaxed) {
             return Err(GitError::Cancelled);
         }
-        fetched.map_err(git("fetch"))?;
+        fetched.map_err(self.network_error("fetch"))?;
         self.local_head()
             .ok_or_else(|| GitError::NoBranch { branch: self.spec.branch.clone(), url: self.spec.url.clone() })
     }
@@ -207,6 +325,94 @@ impl GitSource {
         }
         Ok(blob.content().to_vec())
     }
+}
+
+/// The credentials callback: libgit2 calls it again after each refusal, so each kind is offered once and a second
+/// request for it is an error that says so (rather than a loop).
+fn credentials(
+    url: String,
+    auth: GitAuth,
+) -> impl FnMut(&str, Option<&str>, CredentialType) -> Result<Cred, git2::Error> + 'static {
+    let mut offered = CredentialType::empty();
+    move |_, url_user, allowed| {
+        let refuse = |what: &str| Err(git2::Error::from_str(what));
+        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
+            if offered.contains(CredentialType::USER_PASS_PLAINTEXT) {
+                return refuse("the remote refused the token (VANE_GIT_TOKEN): wrong, expired, or without read access");
+            }
+            offered |= CredentialType::USER_PASS_PLAINTEXT;
+            let Some(token) = &auth.token else {
+                return refuse("the remote asks for credentials; set VANE_GIT_TOKEN to a token with read access");
+            };
+            if !url.starts_with("https://") {
+                return refuse("a token is only sent over https://, never plain http");
+            }
+            let user = auth.username.as_deref().or(url_user).unwrap_or("git");
+            return Cred::userpass_plaintext(user, token);
+        }
+        let user = url_user.unwrap_or("git");
+        if allowed.contains(CredentialType::SSH_KEY) {
+            if offered.contains(CredentialType::SSH_KEY) {
+                return refuse(match &auth.ssh_key {
+                    Some(_) => "the ssh server refused the key (--ssh-key)",
+                    None => "the ssh server refused the agent's keys (set --ssh-key to use a key file)",
+                });
+            }
+            offered |= CredentialType::SSH_KEY;
+            return match &auth.ssh_key {
+                Some(key) => Cred::ssh_key(user, None, key, auth.ssh_passphrase.as_deref()),
+                None => Cred::ssh_key_from_agent(user),
+            };
+        }
+        if allowed.contains(CredentialType::USERNAME) && !offered.contains(CredentialType::USERNAME) {
+            offered |= CredentialType::USERNAME;
+            return Cred::username(user);
+        }
+        refuse("the remote asks for a kind of credentials Vane does not have (a token for https, a key for ssh)")
+    }
+}
+
+/// Checks an ssh server's host key against the known_hosts file, as `StrictHostKeyChecking yes` does.
+fn check_host_key(file: Option<&Path>, host: &str, port: u16, key: &[u8]) -> Result<(), String> {
+    let Some(file) = file else {
+        return Err("no known_hosts file: set --ssh-known-hosts (host keys are never accepted blindly)".to_owned());
+    };
+    let shown = if port == 22 { host.to_owned() } else { format!("[{host}]:{port}") };
+    let fingerprint = known_hosts::fingerprint(key);
+    match KnownHosts::load(file)?.check(host, port, key) {
+        Verdict::Known => Ok(()),
+        Verdict::Unknown => Err(format!(
+            "host key of {shown} ({fingerprint}) is not in {}; check the fingerprint with the server's owner, \
+             then add it (ssh-keyscan -p {port} {host})",
+            file.display()
+        )),
+        Verdict::Changed => Err(format!(
+            "HOST KEY CHANGED for {shown}: it presented {fingerprint}, which {} does not list for it; someone may be \
+             in the middle, or the key was rotated: refusing to connect",
+            file.display()
+        )),
+        Verdict::Revoked => {
+            Err(format!("host key of {shown} ({fingerprint}) is marked @revoked in {}", file.display()))
+        }
+    }
+}
+
+fn default_known_hosts() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".ssh/known_hosts"))
+}
+
+/// The port of an `ssh://` URL (22 when not given, and for scp-like `user@host:path`).
+fn ssh_port(url: &str) -> u16 {
+    let Some(rest) = ["ssh://", "ssh+git://", "git+ssh://"].iter().find_map(|scheme| url.strip_prefix(scheme)) else {
+        return 22;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let port = match host_port.rsplit_once(']') {
+        Some((_, after)) => after.strip_prefix(':'),
+        None => host_port.rsplit_once(':').map(|(_, p)| p),
+    };
+    port.and_then(|p| p.parse().ok()).unwrap_or(22)
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ async fn serve_polling(url: String, data: &tempfile::TempDir, poll_interval: Dur
     let server = TestServer::start_with(move |config| {
         config.gitops = Some(GitOpsConfig {
             controller: ControllerConfig {
-                spec: GitSpec { url, branch: "main".into(), path: "deploy".into() },
+                spec: GitSpec::new(url, "main", "deploy"),
                 data_dir,
                 poll_interval,
                 dvc: DvcConfig::default(),

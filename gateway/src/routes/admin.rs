@@ -92,17 +92,19 @@ pub(super) fn webhook(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Re
     if !signature_ok(secret.as_bytes(), headers, body) {
         return Err(ApiError::Unauthorized { what: "webhook signature missing or wrong" });
     }
+    // GitHub, Gitea and GitLab all send `ref` and `after` (the new head) in their push payloads.
     #[derive(Deserialize)]
     struct Push {
         #[serde(rename = "ref")]
         git_ref: Option<String>,
+        after: Option<String>,
     }
     let wanted = format!("refs/heads/{}", controller.status().borrow().branch);
-    let pushed = serde_json::from_slice::<Push>(body).ok().and_then(|p| p.git_ref);
-    if pushed.as_deref().is_some_and(|r| r != wanted) {
+    let push = serde_json::from_slice::<Push>(body).ok();
+    if push.as_ref().and_then(|p| p.git_ref.as_deref()).is_some_and(|r| r != wanted) {
         return Ok(accepted(false, "push to another branch; ignored"));
     }
-    let queued = controller.trigger(Trigger::Webhook);
+    let queued = controller.pushed(push.as_ref().and_then(|p| p.after.as_deref()));
     Ok(accepted(true, if queued { "sync queued" } else { "a sync was already pending" }))
 }
 

@@ -22,7 +22,7 @@ fn fixture(files: &[(&str, &[u8])]) -> Fixture {
     }
     let commit = work.commit("artifacts");
     let data = tempfile::tempdir().unwrap();
-    let spec = GitSpec { url: work.url(), branch: "main".into(), path: "deploy".into() };
+    let spec = GitSpec::new(work.url(), "main", "deploy");
     let source = GitSource::open(&GitSource::clone_dir(data.path()), spec, Arc::new(AtomicBool::new(false))).unwrap();
     source.fetch().unwrap();
     Fixture { work, data, source, commit }

@@ -29,16 +29,20 @@ struct Running {
     _data: tempfile::TempDir,
 }
 
-fn start(url: String) -> Running {
-    let data = tempfile::tempdir().unwrap();
-    let config = ControllerConfig {
-        spec: GitSpec { url, branch: "main".into(), path: "deploy".into() },
+fn config(url: String, data: &tempfile::TempDir) -> ControllerConfig {
+    ControllerConfig {
+        spec: GitSpec::new(url, "main", "deploy"),
         data_dir: data.path().to_path_buf(),
         poll_interval: Duration::from_secs(3600),
         dvc: DvcConfig::default(),
         git_timeout: Duration::from_secs(30),
         max_backoff: Duration::from_secs(3600),
-    };
+    }
+}
+
+fn start(url: String) -> Running {
+    let data = tempfile::tempdir().unwrap();
+    let config = config(url, &data);
     let (handle, inputs) = channels(&config);
     let applied = Arc::new(Mutex::new(Vec::new()));
     let refuse: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
@@ -235,4 +239,97 @@ async fn the_remote_going_away_keeps_serving_and_reports_then_recovers_and_rollb
     let status = running.sync(Trigger::Webhook).await;
     assert_eq!(head_of(&status), Some(third.to_string().as_str()));
     assert!(!status.diverged_from_head);
+}
+
+#[tokio::test]
+async fn a_newer_push_supersedes_the_sync_in_flight_before_its_swap() {
+    let work = WorkRepo::new();
+    let slow = publish(&work, b"model one", "");
+    let data = tempfile::tempdir().unwrap();
+    let config = config(work.url(), &data);
+    let (handle, inputs) = channels(&config);
+    // The first commit's load never ends (a warm-up that hangs); every other commit applies at once.
+    let applied = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&applied);
+    let slow_id = slow.to_string();
+    let apply = move |desired: DesiredState| {
+        let hangs = desired.revision.as_deref() == Some(slow_id.as_str());
+        let sink = Arc::clone(&sink);
+        async move {
+            if hangs {
+                std::future::pending::<()>().await;
+            }
+            sink.lock().unwrap().push(desired.revision);
+            Ok(())
+        }
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(run(config, inputs, apply, shutdown.clone()));
+    let mut status = handle.status();
+    let in_flight = Some(slow.to_string());
+    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.reconciling_commit == in_flight))
+        .await
+        .expect("the first sync reaches its load")
+        .unwrap();
+
+    let fast = publish(&work, b"model two", "");
+    assert!(handle.pushed(Some(&fast.to_string())));
+    let status = tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.last_applied.is_some()))
+        .await
+        .expect("the newer push is applied")
+        .unwrap()
+        .clone();
+    assert_eq!(head_of(&status), Some(fast.to_string().as_str()));
+    assert_eq!(status.history[1].outcome, Outcome::Superseded, "{:?}", status.history);
+    assert_eq!(status.history[1].commit, Some(slow.to_string()));
+    assert_eq!(status.history[0].trigger, Trigger::Webhook);
+    assert_eq!(*applied.lock().unwrap(), [Some(fast.to_string())], "the superseded commit was never applied");
+    assert!(!status.reconciling && status.reconciling_commit.is_none());
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_push_of_the_commit_in_flight_does_not_cancel_it() {
+    let work = WorkRepo::new();
+    let first = publish(&work, b"model one", "");
+    let data = tempfile::tempdir().unwrap();
+    let config = config(work.url(), &data);
+    let (handle, inputs) = channels(&config);
+    // The load waits for a gate, so the webhook surely arrives while it runs.
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let opened = Arc::clone(&gate);
+    let apply = move |_desired: DesiredState| {
+        let opened = Arc::clone(&opened);
+        async move {
+            opened.notified().await;
+            Ok(())
+        }
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(run(config, inputs, apply, shutdown.clone()));
+    let mut status = handle.status();
+    let in_flight = Some(first.to_string());
+    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.reconciling_commit == in_flight))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(handle.pushed(Some(&first.to_string())));
+    // The loop takes the wake (it reads triggers during a sync); then the load may finish.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while handle.triggers.capacity() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    gate.notify_one();
+    let status = tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.syncs >= 2))
+        .await
+        .expect("the sync finishes, then the pending push runs one more (unchanged) sync")
+        .unwrap()
+        .clone();
+    assert_eq!(head_of(&status), Some(first.to_string().as_str()));
+    assert_eq!(status.history.len(), 1, "one applied sync, then an unchanged one: {:?}", status.history);
+    assert_eq!(status.history[0].outcome, Outcome::Applied);
+    shutdown.cancel();
 }

@@ -47,7 +47,7 @@ impl WorkRepo {
 
 fn open_source(url: String) -> (tempfile::TempDir, GitSource) {
     let data = tempfile::tempdir().unwrap();
-    let spec = GitSpec { url, branch: "main".into(), path: "deploy".into() };
+    let spec = GitSpec::new(url, "main", "deploy");
     let source = GitSource::open(&GitSource::clone_dir(data.path()), spec, Arc::new(AtomicBool::new(false))).unwrap();
     (data, source)
 }
@@ -115,7 +115,7 @@ fn a_missing_branch_or_remote_is_a_clear_error() {
     let work = WorkRepo::new();
     work.commit("empty");
     let data = tempfile::tempdir().unwrap();
-    let spec = GitSpec { url: work.url(), branch: "prod".into(), path: "deploy".into() };
+    let spec = GitSpec::new(work.url(), "prod", "deploy");
     let source = GitSource::open(&GitSource::clone_dir(data.path()), spec, Arc::new(AtomicBool::new(false))).unwrap();
     assert!(source.remote_head().unwrap_err().to_string().contains("branch 'prod' not found"));
     let (_data, gone) = open_source("/nonexistent/repo".into());
