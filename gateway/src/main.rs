@@ -82,9 +82,10 @@ struct GitArgs {
     /// https: the user name sent with VANE_GIT_TOKEN [default: the URL's, else `git`; GitLab OAuth: oauth2].
     #[arg(long, env = "VANE_GIT_USERNAME")]
     git_username: Option<String>,
-    /// https: a PEM bundle of CA certificates to trust besides the system's (a private Git server's CA).
-    #[arg(long, env = "VANE_GIT_CA_FILE")]
-    git_ca_file: Option<PathBuf>,
+    /// https: a PEM bundle of CA certificates to trust besides the public ones, for the Git remote and for https
+    /// artifacts (a private Git server's or object store's CA).
+    #[arg(long, env = "VANE_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// ssh: the private key file [default: ask the ssh agent]. A passphrase comes from VANE_SSH_PASSPHRASE.
     #[arg(long, env = "VANE_SSH_KEY")]
     ssh_key: Option<PathBuf>,
@@ -115,7 +116,7 @@ impl GitArgs {
             connect_timeout: Some(self.git_connect_timeout),
             // A read that blocks this long is a dead peer; the whole operation is bounded by --git-timeout.
             io_timeout: Some(self.git_timeout),
-            ca_file: self.git_ca_file.clone(),
+            ca_file: self.ca_file.clone(),
         }
     }
 }
@@ -190,6 +191,7 @@ impl ServeArgs {
                 git_timeout: git.git_timeout,
                 // Retries of an unreachable remote back off to at most this.
                 max_backoff: Duration::from_secs(300),
+                ca_file: git.ca_file.clone(),
             },
             webhook_secret: std::env::var("VANE_WEBHOOK_SECRET").ok().filter(|s| !s.is_empty()),
             admin_token: std::env::var("VANE_ADMIN_TOKEN").ok().filter(|s| !s.is_empty()),
@@ -287,6 +289,7 @@ async fn run_demo(args: &RunArgs) -> MainResult {
                     dvc: DvcConfig::default(),
                     git_timeout: Duration::from_secs(60),
                     max_backoff: Duration::from_secs(30),
+                    ca_file: None,
                 },
                 webhook_secret: None,
                 admin_token: None,

@@ -1,9 +1,15 @@
 //! Artifacts: fetched from where the manifest says, checked against their sha256, and kept in a content-addressed
 //! cache (`<data-dir>/artifacts/sha256/<hex>`), so a rollback or a restart needs no network.
+//!
+//! `https://` artifacts are downloaded with `ureq` (blocking, like the rest of this module; rustls with Mozilla's
+//! roots, plus a configured CA file), streamed to a temporary file while hashed, and renamed under their digest only
+//! when it matches; redirects are followed (presigned object-store URLs), other non-2xx answers are errors naming the
+//! status.
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use git2::Oid;
 use md5::Md5;
@@ -26,7 +32,13 @@ pub struct DvcConfig {
 #[derive(Debug, Clone)]
 pub struct ArtifactCache {
     dir: PathBuf,
+    ca_file: Option<PathBuf>,
 }
+
+/// The longest an https artifact download may take, whole.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+/// The longest a TCP and TLS connect for a download may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why an artifact could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +101,14 @@ struct DvcOut {
 impl ArtifactCache {
     /// The cache under `data_dir`.
     pub fn new(data_dir: &Path) -> Self {
-        Self { dir: data_dir.join("artifacts").join("sha256") }
+        Self { dir: data_dir.join("artifacts").join("sha256"), ca_file: None }
+    }
+
+    /// Trusts the CA certificates in `ca_file` (PEM), besides Mozilla's roots, for https artifacts.
+    #[must_use]
+    pub fn with_ca_file(mut self, ca_file: Option<PathBuf>) -> Self {
+        self.ca_file = ca_file;
+        self
     }
 
     /// Where an artifact with this digest is (or would be) kept.
@@ -117,6 +136,103 @@ impl ArtifactCache {
         Ok(path)
     }
 
+    /// Streams `reader` into the cache while hashing it: at most `max_bytes`, renamed under `expected` only when the
+    /// digest matches (else the partial file is removed). For downloads too large to hold in memory.
+    fn store_stream(
+        &self,
+        what: &str,
+        reader: &mut dyn Read,
+        expected: &str,
+        max_bytes: u64,
+    ) -> Result<PathBuf, ArtifactError> {
+        let path = self.path_of(expected);
+        let io = |source| ArtifactError::Cache { path: path.clone(), source };
+        fs::create_dir_all(&self.dir).map_err(io)?;
+        let partial = self.dir.join(format!(".{expected}.partial"));
+        let mut file = fs::File::create(&partial).map_err(io)?;
+        let mut hasher = Sha256::new();
+        let mut total = 0u64;
+        let mut buffer = vec![0u8; 256 * 1024];
+        let copied = loop {
+            let n = match reader.read(&mut buffer) {
+                Ok(0) => break Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => break Err(ArtifactError::Uri { uri: what.to_owned(), problem: format!("download: {e}") }),
+            };
+            total += n as u64;
+            if total > max_bytes {
+                break Err(ArtifactError::Uri {
+                    uri: what.to_owned(),
+                    problem: format!("is over the {max_bytes}-byte limit"),
+                });
+            }
+            hasher.update(&buffer[..n]);
+            if let Err(e) = file.write_all(&buffer[..n]) {
+                break Err(io(e));
+            }
+        };
+        let actual = hex::encode(hasher.finalize());
+        let checked = copied.and_then(|()| {
+            if actual == expected {
+                Ok(())
+            } else {
+                Err(ArtifactError::Digest { what: what.to_owned(), expected: expected.to_owned(), actual })
+            }
+        });
+        if let Err(error) = checked.and_then(|()| file.sync_all().map_err(io)) {
+            drop(file);
+            let _ = fs::remove_file(&partial);
+            return Err(error);
+        }
+        fs::rename(&partial, &path).map_err(io)?;
+        Ok(path)
+    }
+
+    /// Downloads an https artifact into the cache.
+    fn download(&self, uri: &str, expected: &str) -> Result<PathBuf, ArtifactError> {
+        let problem = |problem: String| ArtifactError::Uri { uri: uri.to_owned(), problem };
+        let roots = match &self.ca_file {
+            None => ureq::tls::RootCerts::WebPki,
+            Some(file) => {
+                let pem = fs::read(file).map_err(|e| problem(format!("CA file {}: {e}", file.display())))?;
+                let certs = ureq::tls::parse_pem(&pem)
+                    .filter_map(|item| match item {
+                        Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>();
+                if certs.is_empty() {
+                    return Err(problem(format!("CA file {} holds no PEM certificate", file.display())));
+                }
+                // The configured CA plus the system's bundle when there is one (a private CA beside public ones).
+                let system = ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"]
+                    .iter()
+                    .find_map(|path| fs::read(path).ok())
+                    .unwrap_or_default();
+                let system = ureq::tls::parse_pem(&system).filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert),
+                    _ => None,
+                });
+                ureq::tls::RootCerts::from(certs.into_iter().chain(system))
+            }
+        };
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_global(Some(DOWNLOAD_TIMEOUT))
+            .http_status_as_error(false)
+            .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
+            .build()
+            .into();
+        let response = agent.get(uri).call().map_err(|e| problem(format!("download failed: {e}")))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(problem(format!("the server answered HTTP {status}")));
+        }
+        let mut reader = response.into_body().into_with_config().limit(MAX_ARTIFACT_BYTES as u64 + 1).reader();
+        self.store_stream(uri, &mut reader, expected, MAX_ARTIFACT_BYTES as u64)
+    }
+
     /// The cached path of `artifact`. A file in the repository is read from the commit and checked every time (it
     /// is local, and a commit whose file does not match its manifest must be refused, cached bytes or not); DVC and
     /// URI artifacts are fetched only when their digest is not cached yet. Blocking.
@@ -142,6 +258,7 @@ impl ArtifactCache {
             ArtifactSource::Repo(path) => (path.to_string(), source.read(commit, path, MAX_ARTIFACT_BYTES)?),
             _ if self.contains(&artifact.sha256) => return Ok(self.path_of(&artifact.sha256)),
             ArtifactSource::Dvc(pointer) => (pointer.to_string(), read_dvc(source, commit, pointer, dvc)?),
+            ArtifactSource::Uri(uri) if uri.starts_with("https://") => return self.download(uri, &artifact.sha256),
             ArtifactSource::Uri(uri) => (uri.clone(), read_uri(uri)?),
         };
         let path = if self.contains(&artifact.sha256) {
@@ -223,9 +340,7 @@ fn read_uri(uri: &str) -> Result<Vec<u8>, ArtifactError> {
             }
             fs::read(path).map_err(|e| problem(e.to_string()))
         }
-        None => Err(problem(
-            "https artifacts are not fetched by this build yet; use a repo path, DVC or file://".to_owned(),
-        )),
+        None => Err(problem("only file:// and https:// URIs are fetched (plain http is refused)".to_owned())),
     }
 }
 

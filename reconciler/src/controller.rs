@@ -43,6 +43,14 @@ pub struct ControllerConfig {
     pub git_timeout: Duration,
     /// The longest wait between retries after errors.
     pub max_backoff: Duration,
+    /// A PEM bundle of CA certificates trusted for https artifacts (besides Mozilla's roots).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ControllerConfig {
+    fn cache(&self) -> ArtifactCache {
+        ArtifactCache::new(&self.data_dir).with_ca_file(self.ca_file.clone())
+    }
 }
 
 /// What woke the loop.
@@ -390,7 +398,7 @@ fn validate(
             ));
         }
     }
-    let cache = ArtifactCache::new(&config.data_dir);
+    let cache = config.cache();
     plan::desired_state(&deployments, source, commit, &cache, &config.dvc)
 }
 
@@ -415,7 +423,7 @@ where
     let desired = blocking(config, None, move |source, config| {
         let files = source.manifests(oid).map_err(|e| e.to_string())?;
         let deployments = manifest::parse_commit(&files).map_err(|e| e.to_string())?;
-        plan::desired_state(&deployments, source, oid, &ArtifactCache::new(&config.data_dir), &config.dvc)
+        plan::desired_state(&deployments, source, oid, &config.cache(), &config.dvc)
     })
     .await?;
     apply(desired).await?;

@@ -1,5 +1,6 @@
 """A TLS smart-HTTP Git server for the reconciler's transport tests: `git http-backend` (Git's own CGI) behind HTTP
-Basic auth that accepts one token as the password, as GitHub, GitLab and Gitea accept tokens.
+Basic auth that accepts one token as the password, as GitHub, GitLab and Gitea accept tokens. Paths under
+`/files/` are served from ROOT/files without auth, as an object store's presigned URLs are.
 
 Usage: git_https_server.py ROOT CERT KEY TOKEN
 CERT and KEY given as "-" serve plain HTTP (to test that a client never sends the token without TLS). Serves the repositories under ROOT on 127.0.0.1 with a free port, prints the port on stdout once listening, and
@@ -24,7 +25,8 @@ class GitHandler(http.server.BaseHTTPRequestHandler):
         self.serve()
 
     def log_message(self, format, *args):
-        sys.stderr.write("git-https: " + (format % args) + "\n")
+        # Quiet: the test's own assertions say what happened.
+        pass
 
     def authorized(self):
         header = self.headers.get("Authorization", "")
@@ -51,6 +53,9 @@ class GitHandler(http.server.BaseHTTPRequestHandler):
 
     def serve(self):
         body = self.body()
+        if self.path.startswith("/files/"):
+            self.serve_file()
+            return
         if not self.authorized():
             self.send_response(401)
             self.send_header("WWW-Authenticate", 'Basic realm="git"')
@@ -84,6 +89,23 @@ class GitHandler(http.server.BaseHTTPRequestHandler):
         self.send_response(status)
         for name, value in headers:
             self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+    def serve_file(self):
+        name = self.path[len("/files/"):]
+        path = os.path.join(ROOT, "files", name)
+        if "/" in name or ".." in name or not os.path.isfile(path):
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        with open(path, "rb") as f:
+            payload = f.read()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)

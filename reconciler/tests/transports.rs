@@ -12,7 +12,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use reconciler::artifacts::{ArtifactCache, DvcConfig};
+use reconciler::manifest::{ArtifactRef, ArtifactSource};
 use reconciler::source::{set_global_options, GitAuth, GitSource, GitSpec, GlobalOptions};
+use sha2::{Digest, Sha256};
 
 /// A child process killed when dropped, so a failed case leaves no server behind.
 struct KillOnDrop(Child);
@@ -71,6 +74,8 @@ fn expect_error(result: Result<(String, Vec<String>), String>, needle: &str) {
 // === https ===
 
 struct Https {
+    /// The CA that signed the server's certificate.
+    cert: PathBuf,
     _server: KillOnDrop,
     _plain: KillOnDrop,
     url: String,
@@ -101,23 +106,57 @@ fn git_http_server(root: &Path, tls: Option<(&Path, &Path)>) -> (KillOnDrop, u16
     (KillOnDrop(child), port)
 }
 
-/// A self-signed certificate for 127.0.0.1 and the TLS Git server (plus a plain-HTTP twin), before any Git call in
+/// Certificates for 127.0.0.1 and the TLS Git server (plus a plain-HTTP twin), before any Git call in
 /// this process.
 fn start_https() -> (Https, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let commit = seed_remote(dir.path());
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    run(Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null()));
+    // A private CA and a leaf certificate for 127.0.0.1 signed by it, as a company's Git server would have.
+    let path = |name: &str| dir.path().join(name);
+    let openssl = |args: &[&str]| run(Command::new("openssl").args(args).current_dir(dir.path()).stderr(Stdio::null()));
+    openssl(
+        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=Vane Test CA"]
+            .into_iter()
+            .chain(["-keyout", "ca.key", "-out", "ca.pem"])
+            .collect::<Vec<_>>(),
+    );
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "leaf.csr",
+    ]);
+    std::fs::write(path("leaf.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "cert.pem",
+    ]);
+    let (ca, cert, key) = (path("ca.pem"), path("cert.pem"), path("key.pem"));
+    std::fs::create_dir_all(dir.path().join("files")).unwrap();
+    std::fs::write(dir.path().join("files/model.onnx"), ARTIFACT).unwrap();
     let (server, port) = git_http_server(dir.path(), Some((&cert, &key)));
     let (plain, plain_port) = git_http_server(dir.path(), None);
     let https = Https {
+        cert: ca.clone(),
         _server: server,
         _plain: plain,
         url: format!("https://127.0.0.1:{port}/remote.git"),
@@ -125,7 +164,7 @@ fn start_https() -> (Https, PathBuf) {
         commit,
         _dir: dir,
     };
-    (https, cert)
+    (https, ca)
 }
 
 fn token(token: &str) -> GitAuth {
@@ -150,6 +189,54 @@ fn https_never_sends_a_token_over_plain_http(https: &Https) {
 
 fn https_with_an_untrusted_certificate_is_refused(https: &Https) {
     expect_error(fetch(&https.url, token(TOKEN)), "certificate");
+}
+
+const ARTIFACT: &[u8] = b"an onnx model, served like a presigned object-store URL";
+
+/// Resolves an https artifact into a fresh cache trusting `ca`; returns the bytes cached and the data directory.
+fn download(
+    https: &Https,
+    name: &str,
+    sha256: String,
+    ca: Option<PathBuf>,
+) -> (Result<Vec<u8>, String>, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let spec = GitSpec { auth: token(TOKEN), ..GitSpec::new(&https.url, "main", "deploy") };
+    let source = GitSource::open(&GitSource::clone_dir(data.path()), spec, Arc::new(AtomicBool::new(false))).unwrap();
+    let commit = source.fetch().unwrap();
+    let cache = ArtifactCache::new(data.path()).with_ca_file(ca);
+    let uri = format!("{}/files/{name}", https.url.trim_end_matches("/remote.git"));
+    let artifact = ArtifactRef { source: ArtifactSource::Uri(uri), sha256 };
+    let result = cache.resolve(&artifact, &source, commit, &DvcConfig::default());
+    (result.map(|path| std::fs::read(path).unwrap()).map_err(|e| e.to_string()), data)
+}
+
+fn https_artifacts_are_downloaded_verified_and_cached(https: &Https) {
+    let sha = hex::encode(Sha256::digest(ARTIFACT));
+    let (bytes, data) = download(https, "model.onnx", sha.clone(), Some(https.cert.clone()));
+    assert_eq!(bytes.unwrap(), ARTIFACT);
+    assert!(data.path().join("artifacts/sha256").join(&sha).is_file());
+}
+
+fn https_artifacts_with_a_wrong_digest_leave_nothing_cached(https: &Https) {
+    let wrong = hex::encode(Sha256::digest(b"another model"));
+    let (result, data) = download(https, "model.onnx", wrong, Some(https.cert.clone()));
+    let error = result.unwrap_err();
+    assert!(error.contains("but the manifest says"), "{error}");
+    let folder = data.path().join("artifacts/sha256");
+    let left: Vec<_> =
+        std::fs::read_dir(&folder).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "no partial file or wrong digest left behind: {left:?}");
+}
+
+fn https_artifact_errors_name_the_status_and_the_certificate(https: &Https) {
+    let sha = hex::encode(Sha256::digest(ARTIFACT));
+    let (result, _) = download(https, "missing.onnx", sha.clone(), Some(https.cert.clone()));
+    let error = result.unwrap_err();
+    assert!(error.contains("HTTP 404"), "{error}");
+    let (result, _) = download(https, "model.onnx", sha, None);
+    let error = result.unwrap_err();
+    assert!(error.contains("certificate") || error.contains("UnknownIssuer"), "{error}");
 }
 
 // === ssh ===
@@ -297,6 +384,15 @@ fn main() {
     case("https_with_the_token_fetches", &|| https_with_the_token_fetches(&https));
     case("https_with_a_wrong_or_missing_token_says_so", &|| https_with_a_wrong_or_missing_token_says_so(&https));
     case("https_never_sends_a_token_over_plain_http", &|| https_never_sends_a_token_over_plain_http(&https));
+    case("https_artifacts_are_downloaded_verified_and_cached", &|| {
+        https_artifacts_are_downloaded_verified_and_cached(&https)
+    });
+    case("https_artifacts_with_a_wrong_digest_leave_nothing_cached", &|| {
+        https_artifacts_with_a_wrong_digest_leave_nothing_cached(&https)
+    });
+    case("https_artifact_errors_name_the_status_and_the_certificate", &|| {
+        https_artifact_errors_name_the_status_and_the_certificate(&https)
+    });
     case("ssh_with_a_listed_host_key_fetches", &|| ssh_with_a_listed_host_key_fetches(&ssh));
     case("ssh_with_a_hashed_known_hosts_file_fetches", &|| ssh_with_a_hashed_known_hosts_file_fetches(&ssh));
     case("ssh_with_an_unknown_host_is_refused", &|| ssh_with_an_unknown_host_is_refused(&ssh));

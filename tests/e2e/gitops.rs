@@ -31,6 +31,7 @@ async fn serve_polling(url: String, data: &tempfile::TempDir, poll_interval: Dur
                 dvc: DvcConfig::default(),
                 git_timeout: Duration::from_secs(30),
                 max_backoff: Duration::from_secs(3600),
+                ca_file: None,
             },
             webhook_secret: Some(SECRET.into()),
             admin_token: Some(TOKEN.into()),

@@ -86,7 +86,7 @@ fn dvc_pointers_resolve_against_a_store_with_md5_and_size_checked() {
 }
 
 #[test]
-fn file_uris_are_read_and_https_is_refused_clearly() {
+fn file_uris_are_read_and_unreachable_or_plain_http_uris_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("ref.csv"), b"a,b\n1,2\n").unwrap();
     let f = fixture(&[("x", b"x")]);
@@ -94,7 +94,12 @@ fn file_uris_are_read_and_https_is_refused_clearly() {
     let uri = format!("file://{}", dir.path().join("ref.csv").display());
     let artifact = reference(ArtifactSource::Uri(uri), sha(b"a,b\n1,2\n"));
     assert!(cache.resolve(&artifact, &f.source, f.commit, &DvcConfig::default()).is_ok());
-    let artifact = reference(ArtifactSource::Uri("https://models.example/m.onnx".into()), sha(b"m"));
+    // Port 1 on loopback refuses at once: the error names the URI and the failure, and nothing is cached.
+    let artifact = reference(ArtifactSource::Uri("https://127.0.0.1:1/m.onnx".into()), sha(b"m"));
     let err = cache.resolve(&artifact, &f.source, f.commit, &DvcConfig::default()).unwrap_err().to_string();
-    assert!(err.contains("https artifacts are not fetched by this build yet"), "{err}");
+    assert!(err.starts_with("https://127.0.0.1:1/m.onnx: download failed"), "{err}");
+    assert!(!cache.contains(&sha(b"m")));
+    let artifact = reference(ArtifactSource::Uri("http://127.0.0.1:1/m.onnx".into()), sha(b"m"));
+    let err = cache.resolve(&artifact, &f.source, f.commit, &DvcConfig::default()).unwrap_err().to_string();
+    assert!(err.contains("plain http is refused"), "{err}");
 }

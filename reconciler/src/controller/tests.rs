@@ -37,6 +37,7 @@ fn config(url: String, data: &tempfile::TempDir) -> ControllerConfig {
         dvc: DvcConfig::default(),
         git_timeout: Duration::from_secs(30),
         max_backoff: Duration::from_secs(3600),
+        ca_file: None,
     }
 }
 
