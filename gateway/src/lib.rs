@@ -14,6 +14,7 @@ pub mod demo;
 pub mod errors;
 pub mod gitops;
 pub mod infer;
+pub mod metrics;
 pub mod registry;
 pub mod repository;
 pub mod routes;
@@ -112,7 +113,12 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let mut metrics = metrics::Metrics::new();
+    if let Some(controller) = &controller {
+        controller.metrics().register(metrics.registry_mut());
+    }
     let mut state = AppState::new(Arc::clone(&registry), &config.limits);
+    state.metrics = Arc::new(metrics);
     state.controller = controller.clone();
     state.webhook_secret = config.gitops.as_ref().and_then(|g| g.webhook_secret.clone());
     state.admin_token = config.gitops.as_ref().and_then(|g| g.admin_token.clone());

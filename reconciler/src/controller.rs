@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::artifacts::{ArtifactCache, DvcConfig};
 use crate::manifest;
+use crate::metrics::SyncMetrics;
 use crate::plan;
 use crate::source::{GitSource, GitSpec};
 use crate::DesiredState;
@@ -83,6 +84,19 @@ pub enum Outcome {
     FetchFailed,
     /// A newer push arrived while this commit was being prepared or loaded; it was dropped before its swap.
     Superseded,
+}
+
+impl Outcome {
+    /// The outcome as it is written in the status and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Refused => "refused",
+            Outcome::FetchFailed => "fetch_failed",
+            Outcome::Superseded => "superseded",
+        }
+    }
 }
 
 /// A commit and when it was seen or applied.
@@ -151,13 +165,20 @@ pub struct ControllerHandle {
     triggers: mpsc::Sender<Wake>,
     rollbacks: mpsc::Sender<(String, oneshot::Sender<Result<(), String>>)>,
     status: watch::Receiver<SyncStatus>,
+    metrics: SyncMetrics,
 }
 
 /// The loop's inputs, returned by [`channels`] beside the handle.
 pub struct ControllerInputs {
     triggers: mpsc::Receiver<Wake>,
     rollbacks: mpsc::Receiver<(String, oneshot::Sender<Result<(), String>>)>,
+    reporter: Reporter,
+}
+
+/// Where a finished sync is written: the status (and its history) and the metrics.
+struct Reporter {
     status: watch::Sender<SyncStatus>,
+    metrics: SyncMetrics,
 }
 
 /// A trigger, and the commit it announces when it knows one (a push webhook's `after`).
@@ -176,9 +197,14 @@ pub fn channels(config: &ControllerConfig) -> (ControllerHandle, ControllerInput
     let status =
         SyncStatus { repo: config.spec.url.clone(), branch: config.spec.branch.clone(), ..SyncStatus::default() };
     let (status_tx, status_rx) = watch::channel(status);
+    let metrics = SyncMetrics::default();
     (
-        ControllerHandle { triggers: trigger_tx, rollbacks: rollback_tx, status: status_rx },
-        ControllerInputs { triggers: trigger_rx, rollbacks: rollback_rx, status: status_tx },
+        ControllerHandle { triggers: trigger_tx, rollbacks: rollback_tx, status: status_rx, metrics: metrics.clone() },
+        ControllerInputs {
+            triggers: trigger_rx,
+            rollbacks: rollback_rx,
+            reporter: Reporter { status: status_tx, metrics },
+        },
     )
 }
 
@@ -210,6 +236,11 @@ impl ControllerHandle {
     pub fn status(&self) -> watch::Receiver<SyncStatus> {
         self.status.clone()
     }
+
+    /// The loop's metrics, to register in the server's registry.
+    pub fn metrics(&self) -> &SyncMetrics {
+        &self.metrics
+    }
 }
 
 /// Runs the loop until `shutdown`. `apply` hands a desired state to the gateway and says whether it now serves it;
@@ -219,7 +250,7 @@ where
     A: FnMut(DesiredState) -> F,
     F: Future<Output = Result<(), String>>,
 {
-    let ControllerInputs { mut triggers, mut rollbacks, status } = inputs;
+    let ControllerInputs { mut triggers, mut rollbacks, reporter } = inputs;
     let mut state = LoopState::default();
     let mut backoff = Backoff::new(Duration::from_millis(500), config.max_backoff);
     let mut next = tokio::time::Instant::now();
@@ -234,7 +265,7 @@ where
                 biased;
                 () = shutdown.cancelled() => return,
                 Some((commit, reply)) = rollbacks.recv() => {
-                    let result = rollback(&config, &status, &mut state, &mut apply, &commit).await;
+                    let result = rollback(&config, &reporter, &mut state, &mut apply, &commit).await;
                     let _ = reply.send(result);
                     continue;
                 }
@@ -244,7 +275,7 @@ where
         }
         let supersede = CancellationToken::new();
         let in_flight = Arc::new(std::sync::Mutex::new(None));
-        let running = sync(&config, &status, &mut state, &mut apply, trigger, &supersede, &in_flight);
+        let running = sync(&config, &reporter, &mut state, &mut apply, trigger, &supersede, &in_flight);
         tokio::pin!(running);
         let outcome = loop {
             tokio::select! {
@@ -296,7 +327,7 @@ enum Prepared {
 /// `in_flight` is set to the branch head as soon as ls-remote has read it.
 async fn sync<A, F>(
     config: &ControllerConfig,
-    status: &watch::Sender<SyncStatus>,
+    reporter: &Reporter,
     state: &mut LoopState,
     apply: &mut A,
     trigger: Trigger,
@@ -308,6 +339,7 @@ where
     F: Future<Output = Result<(), String>>,
 {
     let started = SystemTime::now();
+    let status = &reporter.status;
     status.send_modify(|s| {
         s.reconciling = true;
         s.reconciling_commit = None;
@@ -350,7 +382,7 @@ where
             state.pinned_at_head = None;
         }
     }
-    record(status, trigger, started, commit, outcome, reason, state.pinned_at_head.is_some());
+    record(reporter, trigger, started, commit, outcome, reason, state.pinned_at_head.is_some());
     if outcome != Outcome::Unchanged {
         tracing::info!(?trigger, ?outcome, commit = ?commit.map(|c| c.to_string()), "sync finished");
     }
@@ -404,7 +436,7 @@ fn validate(
 
 async fn rollback<A, F>(
     config: &ControllerConfig,
-    status: &watch::Sender<SyncStatus>,
+    reporter: &Reporter,
     state: &mut LoopState,
     apply: &mut A,
     commit: &str,
@@ -414,6 +446,7 @@ where
     F: Future<Output = Result<(), String>>,
 {
     let started = SystemTime::now();
+    let status = &reporter.status;
     let known = status.borrow().applied_commits.iter().any(|c| c == commit);
     if !known {
         return Err(format!("commit {commit} is not one of the applied commits kept for rollback"));
@@ -430,7 +463,7 @@ where
     let head = status.borrow().observed.as_ref().and_then(|o| Oid::from_str(&o.commit).ok());
     state.applied = Some(oid);
     state.pinned_at_head = head.filter(|&h| h != oid);
-    record(status, Trigger::Rollback, started, Some(oid), Outcome::Applied, None, state.pinned_at_head.is_some());
+    record(reporter, Trigger::Rollback, started, Some(oid), Outcome::Applied, None, state.pinned_at_head.is_some());
     tracing::warn!(commit, "rolled back by an admin call; holding until the branch head changes");
     Ok(())
 }
@@ -481,7 +514,7 @@ fn unix_ms(time: SystemTime) -> u64 {
 }
 
 fn record(
-    status: &watch::Sender<SyncStatus>,
+    reporter: &Reporter,
     trigger: Trigger,
     started: SystemTime,
     commit: Option<Oid>,
@@ -490,7 +523,11 @@ fn record(
     diverged: bool,
 ) {
     let now = SystemTime::now();
-    let duration_ms = u64::try_from(now.duration_since(started).unwrap_or_default().as_millis()).unwrap_or(u64::MAX);
+    let took = now.duration_since(started).unwrap_or_default();
+    let duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+    let now_unix = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    reporter.metrics.observe(outcome, took.as_secs_f64(), now_unix);
+    let status = &reporter.status;
     let record = SyncRecord {
         commit: commit.map(|c| c.to_string()),
         trigger,

@@ -10,6 +10,7 @@ pub mod controller;
 mod errors;
 pub mod known_hosts;
 pub mod manifest;
+pub mod metrics;
 pub mod model_config;
 pub mod model_dir;
 pub mod plan;

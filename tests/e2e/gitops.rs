@@ -106,6 +106,20 @@ async fn the_first_sync_serves_the_manifest_with_provenance_and_status() {
     assert_eq!(status["revision"], commit.as_str());
     assert_eq!(status["sync"]["last_applied"]["commit"], commit.as_str());
     assert_eq!(status["models"][0]["versions"], json!(["1", "2"]));
+
+    let metrics = server.get("/metrics").await;
+    assert_eq!(metrics.headers["content-type"], "text/plain; version=0.0.4; charset=utf-8");
+    let text = metrics.body.as_str().unwrap();
+    assert!(text.contains("vane_sync_total{outcome=\"applied\"} 1\n"), "{text}");
+    assert!(text.contains("vane_sync_duration_seconds_count{outcome=\"applied\"} 1\n"), "{text}");
+    assert!(text.contains("vane_sync_head_refused 0\n"), "{text}");
+    let applied_at = status["sync"]["last_applied"]["at_unix_ms"].as_u64().unwrap() as f64 / 1000.0;
+    let gauge = text
+        .lines()
+        .find_map(|l| l.strip_prefix("vane_last_applied_commit_timestamp_seconds "))
+        .map(|v| v.parse::<f64>().unwrap())
+        .expect("last applied gauge");
+    assert!((gauge - applied_at).abs() < 1.0, "gauge {gauge} vs status {applied_at}");
     server.stop().await;
 }
 
@@ -188,6 +202,8 @@ async fn bad_commits_keep_the_old_model_serving_and_the_status_names_the_reason(
             (status["conditions"]["stalled"].as_bool(), status["conditions"]["ready"].as_bool()),
             (Some(true), Some(true))
         );
+        let metrics = server.get("/metrics").await.body;
+        assert!(metrics.as_str().unwrap().contains("vane_sync_head_refused 1\n"), "{metrics}");
         remote.git(&["checkout", "-q", &good, "--", "."]);
     }
     server.stop().await;

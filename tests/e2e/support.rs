@@ -111,7 +111,13 @@ impl TestClient {
         let response = self.client.request(request).await.expect("request is answered");
         let (parts, body) = response.into_parts();
         let bytes = body.collect().await.expect("body is read").to_bytes();
-        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("body is JSON") };
+        let json = parts.headers.get("content-type").is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+        let body = match (bytes.is_empty(), json) {
+            (true, _) => Value::Null,
+            (false, true) => serde_json::from_slice(&bytes).expect("body is JSON"),
+            // Text answers (`/metrics`) are kept whole as a string.
+            (false, false) => Value::String(String::from_utf8(bytes.to_vec()).expect("body is UTF-8")),
+        };
         Reply { status: parts.status, headers: parts.headers, body }
     }
 }

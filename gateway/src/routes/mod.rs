@@ -37,6 +37,8 @@ pub struct AppState {
     pub webhook_secret: Option<String>,
     /// The admin calls' bearer token.
     pub admin_token: Option<String>,
+    /// What `GET /metrics` renders.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppState {
@@ -49,6 +51,7 @@ impl AppState {
             controller: None,
             webhook_secret: None,
             admin_token: None,
+            metrics: Arc::default(),
         }
     }
 }
@@ -86,6 +89,7 @@ where
         ["v2", "models", model, "versions", version, "stats"] => Route::ModelStats(model, Some(version)),
         ["v2", "models", model, "infer"] => Route::Infer(model, None),
         ["api", "v1", "status"] => Route::Status,
+        ["metrics"] => Route::Metrics,
         ["api", "v1", "hooks", "git"] => Route::Webhook,
         ["api", "v1", "sync"] => Route::Sync,
         ["api", "v1", "rollback"] => Route::Rollback,
@@ -110,6 +114,13 @@ where
         Route::ModelReady(model, version) => v2::model_ready(registry, model, version),
         Route::ModelStats(model, version) => v2::model_stats(registry, model, version),
         Route::Status => Ok(admin::status(state)),
+        Route::Metrics => {
+            let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(crate::metrics::Metrics::CONTENT_TYPE));
+            Ok(response)
+        }
         Route::Sync => admin::sync(state, request.headers()),
         Route::Webhook => {
             let headers = request.headers().clone();
@@ -138,6 +149,7 @@ enum Route<'a> {
     ModelStats(&'a str, Option<&'a str>),
     Infer(&'a str, Option<&'a str>),
     Status,
+    Metrics,
     Webhook,
     Sync,
     Rollback,
