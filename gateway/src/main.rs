@@ -38,6 +38,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Serve the built-in example models and print curl commands to try them.
     Demo(DemoArgs),
+    /// Compare a current CSV with a reference CSV: drift per column, dataset drift, and optional quality.
+    Drift(DriftArgs),
 }
 
 #[derive(Args)]
@@ -119,6 +121,58 @@ impl GitArgs {
             ca_file: self.ca_file.clone(),
         }
     }
+}
+
+/// `vane drift`: the offline report (the same statistics as the live monitor).
+#[derive(Args)]
+struct DriftArgs {
+    /// The baseline: training or validation data (CSV with a header; an empty cell is missing).
+    #[arg(long)]
+    reference: PathBuf,
+    /// The data to check against it, with the same columns.
+    #[arg(long)]
+    current: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "json")]
+    format: DriftFormat,
+    /// Write the report here instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Set a column's kind, NAME=numeric|categorical|binary (repeatable); others are inferred: text is categorical,
+    /// numbers that are only 0 and 1 binary, other numbers numeric.
+    #[arg(long = "column", value_parser = monitor::offline::parse_column)]
+    columns: Vec<(String, monitor::drift::ColumnKind)>,
+    /// Binary classification quality: label=COL,score=COL[,positive=V][,threshold=T].
+    #[arg(long, value_parser = monitor::offline::parse_classification)]
+    classification: Option<monitor::drift::ClassificationSpec>,
+    /// Regression quality: target=COL,prediction=COL.
+    #[arg(long, value_parser = monitor::offline::parse_regression)]
+    regression: Option<monitor::drift::RegressionSpec>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DriftFormat {
+    Json,
+    Html,
+}
+
+fn run_drift(args: &DriftArgs) -> Result<(), String> {
+    let options = monitor::drift::Options {
+        kinds: args.columns.iter().cloned().collect(),
+        classification: args.classification.clone(),
+        regression: args.regression.clone(),
+    };
+    let report = monitor::offline::run(&args.reference, &args.current, &options)?;
+    let format = match args.format {
+        DriftFormat::Json => monitor::offline::Format::Json,
+        DriftFormat::Html => monitor::offline::Format::Html,
+    };
+    let title = format!("Drift: {} vs {}", args.current.display(), args.reference.display());
+    if let Some(text) = monitor::offline::write(monitor::offline::render(&report, format, &title), args.out.as_ref())? {
+        use std::io::Write;
+        std::io::stdout().write_all(text.as_bytes()).map_err(|e| format!("cannot write the report: {e}"))?;
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -228,6 +282,13 @@ impl RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // The offline report needs no runtime and no ONNX Runtime.
+    if let Command::Drift(args) = &cli.command {
+        return match run_drift(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => fail(&error),
+        };
+    }
     // Before the runtime exists: libgit2's options are unsynchronised globals.
     if let Command::Serve(args) = &cli.command {
         if args.git.repo.is_some() {
@@ -244,6 +305,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args.config()).await,
             Command::Demo(args) => run_demo(&args.run).await,
+            Command::Drift(_) => Ok(()),
         }
     });
     match result {

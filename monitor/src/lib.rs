@@ -1,10 +1,15 @@
-//! The monitoring side of Vane. Today: reading a model's reference data (the features it was trained on), which the
-//! demo uses to build example requests and which the drift statistics (monitor issue) will compare live traffic
-//! against. This crate knows nothing of HTTP or ONNX Runtime; its reads are blocking, so callers run them off the
+//! The monitoring side of Vane: reading a model's reference data, the drift and quality statistics ([`stats`],
+//! conventions of `shared/drift-cases`), the drift report shared by the live monitor and `vane drift` ([`drift`],
+//! [`offline`], [`html`]). This crate knows nothing of HTTP or ONNX Runtime; its reads are blocking, so callers run them off the
 //! async threads.
 
+pub mod drift;
 mod errors;
+pub mod html;
+pub mod offline;
 pub mod reference;
+pub mod stats;
+pub mod table;
 
 pub use errors::{Error, Result};
 pub use reference::{Column, ColumnValues, ReferenceData};

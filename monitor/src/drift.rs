@@ -1,0 +1,674 @@
+//! The drift report of a current table against a reference table: per column, the statistics of
+//! `shared/drift-cases` (same field names and nesting as their `expected.json`), a drift verdict by Evidently's
+//! default test choice, the dataset-level share of drifted columns, and optional quality blocks. The live monitor
+//! and `vane drift` both build their reports here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::stats::categorical::{self, Chi2, ZTest};
+use crate::stats::ks::{self, KsTest};
+use crate::stats::numeric::{self, Bins, Summary, PSI_EPSILON, WASSERSTEIN_STD_FLOOR};
+use crate::stats::quality::{self, Classification, Regression};
+use crate::table::Table;
+
+/// How a column is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnKind {
+    /// Numbers: K-S, PSI and JS on reference-quantile bins, Wasserstein.
+    Numeric,
+    /// Text categories: chi-squared, PSI and JS on the category union, L-infinity.
+    Categorical,
+    /// A categorical with levels "0" and "1": as categorical, plus the Z-test for proportions.
+    Binary,
+}
+
+impl std::str::FromStr for ColumnKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "numeric" => Ok(Self::Numeric),
+            "categorical" => Ok(Self::Categorical),
+            "binary" => Ok(Self::Binary),
+            other => Err(format!("unknown column kind {other:?} (numeric, categorical or binary)")),
+        }
+    }
+}
+
+/// Binary classification columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassificationSpec {
+    /// The ground-truth column.
+    pub label: String,
+    /// The score column (probability of the positive class).
+    pub score: String,
+    /// The label value that is positive.
+    pub positive: String,
+    /// Predicted positive when score ≥ threshold.
+    pub threshold: f64,
+}
+
+/// Regression columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegressionSpec {
+    /// The ground-truth column.
+    pub target: String,
+    /// The prediction column.
+    pub prediction: String,
+}
+
+/// What to compute besides drift.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Column kinds set by hand; the others are inferred.
+    pub kinds: BTreeMap<String, ColumnKind>,
+    /// Classification quality, if any.
+    pub classification: Option<ClassificationSpec>,
+    /// Regression quality, if any.
+    pub regression: Option<RegressionSpec>,
+}
+
+/// A value for each side.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Sides<T> {
+    /// The reference (baseline) side.
+    pub reference: T,
+    /// The current (live) side.
+    pub current: T,
+}
+
+/// Missing cells of one side.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Missing {
+    /// Empty cells.
+    pub count: u64,
+    /// count / rows of the side.
+    pub share: f64,
+}
+
+/// PSI with its bins (numeric) or only its value (categorical, whose bins are the categories).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Psi {
+    /// Σ (c − r)·ln(c/r).
+    pub value: f64,
+    /// Bins (numeric only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n_bins: Option<usize>,
+    /// Cut points (numeric only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bin_edges: Option<Vec<f64>>,
+    /// Reference counts per bin (numeric only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_counts: Option<Vec<u64>>,
+    /// Current counts per bin (numeric only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_counts: Option<Vec<u64>>,
+    /// The smoothing of empty proportions.
+    pub epsilon: f64,
+}
+
+/// Wasserstein distance and its normed form.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Wasserstein {
+    /// W1.
+    pub distance: f64,
+    /// Population std of the reference.
+    pub reference_std: f64,
+    /// W1 / max(reference_std, 0.001).
+    pub normed: f64,
+}
+
+/// The drift verdict of one column, by Evidently's default test choice.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verdict {
+    /// `ks`, `chisquare`, `z`, `wasserstein` or `jensenshannon`.
+    pub stattest: &'static str,
+    /// The test's score: a p-value (ks, chisquare, z) or a distance (wasserstein normed, jensenshannon in nats).
+    pub drift_score: f64,
+    /// The threshold it is held against.
+    pub threshold: f64,
+    /// Whether the column drifted.
+    pub drifted: bool,
+}
+
+/// One column's statistics.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ColumnReport {
+    /// How it was treated.
+    pub kind: ColumnKind,
+    /// Missing cells per side.
+    pub missing: Sides<Missing>,
+    /// Non-missing values per side.
+    pub n_valid: Sides<u64>,
+    /// Numeric: summaries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Sides<Option<Summary>>>,
+    /// Numeric: Kolmogorov-Smirnov.
+    #[serde(skip_serializing_if = "is_numeric_none")]
+    pub ks: NumericStat<KsTest>,
+    /// Categorical: the category union, sorted by code point.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub categories: Option<Vec<String>>,
+    /// Categorical: counts per category.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_counts: Option<BTreeMap<String, u64>>,
+    /// Categorical: counts per category.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_counts: Option<BTreeMap<String, u64>>,
+    /// Categorical: chi-squared test of homogeneity.
+    #[serde(skip_serializing_if = "is_numeric_none")]
+    pub chi2: NumericStat<Chi2>,
+    /// PSI.
+    pub psi: Option<Psi>,
+    /// Jensen-Shannon distance, base 2.
+    pub js_distance: Option<f64>,
+    /// Numeric: Wasserstein.
+    #[serde(skip_serializing_if = "is_numeric_none")]
+    pub wasserstein: NumericStat<Wasserstein>,
+    /// Categorical: L-infinity.
+    #[serde(skip_serializing_if = "is_numeric_none")]
+    pub l_infinity: NumericStat<f64>,
+    /// Binary: the Z-test.
+    #[serde(skip_serializing_if = "is_numeric_none")]
+    pub z_test: NumericStat<ZTest>,
+    /// The verdict; `None` when a side has no values (the column is skipped, as Evidently skips it).
+    pub drift: Option<Verdict>,
+}
+
+/// A statistic that applies to some kinds only: `NotApplicable` is left out of the JSON, `Undefined` is `null`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NumericStat<T> {
+    /// Not computed for this kind of column.
+    NotApplicable,
+    /// Applies, but a side has no values.
+    Undefined,
+    /// The value.
+    Value(T),
+}
+
+fn is_numeric_none<T>(stat: &NumericStat<T>) -> bool {
+    matches!(stat, NumericStat::NotApplicable)
+}
+
+impl<T: Serialize> Serialize for NumericStat<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            NumericStat::Value(value) => value.serialize(serializer),
+            _ => serializer.serialize_none(),
+        }
+    }
+}
+
+impl<T> From<Option<T>> for NumericStat<T> {
+    fn from(value: Option<T>) -> Self {
+        value.map_or(NumericStat::Undefined, NumericStat::Value)
+    }
+}
+
+/// The share of drifted columns, as Evidently's dataset drift.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DatasetDrift {
+    /// Columns with a verdict.
+    pub number_of_columns: usize,
+    /// Columns that drifted.
+    pub number_of_drifted_columns: usize,
+    /// drifted / columns.
+    pub share_of_drifted_columns: f64,
+    /// The share at which the dataset counts as drifted.
+    pub drift_share: f64,
+    /// share ≥ drift_share.
+    pub dataset_drift: bool,
+    /// The drifted columns, in column order.
+    pub drifted_columns: Vec<String>,
+}
+
+/// Evidently's default: the dataset drifts when half the columns do.
+pub const DRIFT_SHARE: f64 = 0.5;
+
+/// Quality blocks.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Quality {
+    /// Binary classification, if asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub binary_classification: Option<Sides<Classification>>,
+    /// Regression, if asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub regression: Option<Sides<Regression>>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DriftReport {
+    /// Rows per side.
+    pub n_rows: Sides<u64>,
+    /// Columns in file order.
+    pub column_order: Vec<String>,
+    /// Per-column statistics.
+    pub columns: BTreeMap<String, ColumnReport>,
+    /// The dataset-level verdict.
+    pub dataset_drift: DatasetDrift,
+    /// Quality, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<Quality>,
+}
+
+/// Why a report could not be built: a one-line message naming the file, row and column.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ReportError(pub String);
+
+/// A column's values, typed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Values {
+    /// Numbers (`None` = missing).
+    Numeric(Vec<Option<f64>>),
+    /// Categories (`None` = missing).
+    Categorical(Vec<Option<String>>),
+}
+
+/// Builds the report of `current` against `reference` (the same columns in any order).
+pub fn report(reference: &Table, current: &Table, options: &Options) -> Result<DriftReport, ReportError> {
+    for name in &reference.names {
+        if current.index_of(name).is_none() {
+            return Err(ReportError(format!(
+                "column {name:?} is in {} but not in {}",
+                reference.path.display(),
+                current.path.display()
+            )));
+        }
+    }
+    for name in &current.names {
+        if reference.index_of(name).is_none() {
+            return Err(ReportError(format!(
+                "column {name:?} is in {} but not in {}",
+                current.path.display(),
+                reference.path.display()
+            )));
+        }
+    }
+    for name in options.kinds.keys() {
+        if reference.index_of(name).is_none() {
+            return Err(ReportError(format!("--column {name}: no such column in {}", reference.path.display())));
+        }
+    }
+    // Columns are independent: spread them over the cores (each thread takes every k-th column).
+    let one = |name: &String| -> Result<(ColumnReport, Sides<Values>), ReportError> {
+        let (ri, ci) = (reference.index_of(name).unwrap_or(0), current.index_of(name).unwrap_or(0));
+        let kind = match options.kinds.get(name) {
+            Some(kind) => *kind,
+            None => infer_kind(reference, ri, current, ci),
+        };
+        let values = Sides { reference: typed_values(reference, ri, kind)?, current: typed_values(current, ci, kind)? };
+        Ok((column_report(kind, &values), values))
+    };
+    let threads = std::thread::available_parallelism().map_or(1, usize::from).min(reference.names.len()).max(1);
+    type Computed = (String, Result<(ColumnReport, Sides<Values>), ReportError>);
+    let results: Vec<Vec<Computed>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let one = &one;
+                scope.spawn(move || {
+                    reference.names.iter().skip(t).step_by(threads).map(|name| (name.clone(), one(name))).collect()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap_or_default()).collect()
+    });
+    let mut columns = BTreeMap::new();
+    let mut typed = BTreeMap::new();
+    for (name, result) in results.into_iter().flatten() {
+        let (column, values) = result?;
+        columns.insert(name.clone(), column);
+        typed.insert(name, values);
+    }
+    if columns.len() != reference.names.len() {
+        return Err(ReportError("a column's statistics failed".to_owned()));
+    }
+    let dataset_drift = dataset_drift(&reference.names, &columns);
+    let quality = quality_blocks(options, &typed, reference, current)?;
+    Ok(DriftReport {
+        n_rows: Sides { reference: reference.rows as u64, current: current.rows as u64 },
+        column_order: reference.names.clone(),
+        columns,
+        dataset_drift,
+        quality,
+    })
+}
+
+fn parse_number(cell: &str) -> Option<f64> {
+    cell.parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+/// Text → categorical; numbers that are all 0 or 1 → binary; other numbers → numeric (both sides together).
+fn infer_kind(reference: &Table, ri: usize, current: &Table, ci: usize) -> ColumnKind {
+    let mut all_binary = true;
+    let mut any = false;
+    for cell in reference.cells(ri).chain(current.cells(ci)).flatten() {
+        any = true;
+        match parse_number(cell) {
+            None => return ColumnKind::Categorical,
+            Some(v) => all_binary &= v == 0.0 || v == 1.0,
+        }
+    }
+    if any && all_binary {
+        ColumnKind::Binary
+    } else {
+        ColumnKind::Numeric
+    }
+}
+
+fn typed_values(table: &Table, index: usize, kind: ColumnKind) -> Result<Values, ReportError> {
+    let name = &table.names[index];
+    let bad = |row: usize, cell: &str, what: &str| {
+        ReportError(format!(
+            "{}: row {}, column {name:?}: {cell:?} is not {what} (the column is {})",
+            table.path.display(),
+            Table::file_row(row),
+            match kind {
+                ColumnKind::Numeric => "numeric",
+                ColumnKind::Categorical => "categorical",
+                ColumnKind::Binary => "binary",
+            }
+        ))
+    };
+    Ok(match kind {
+        ColumnKind::Numeric => Values::Numeric(
+            table
+                .cells(index)
+                .enumerate()
+                .map(|(row, cell)| match cell {
+                    None => Ok(None),
+                    Some(cell) => parse_number(cell).map(Some).ok_or_else(|| bad(row, cell, "a number")),
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        ColumnKind::Categorical => Values::Categorical(table.cells(index).map(|c| c.map(str::to_owned)).collect()),
+        ColumnKind::Binary => Values::Categorical(
+            table
+                .cells(index)
+                .enumerate()
+                .map(|(row, cell)| match cell {
+                    None => Ok(None),
+                    Some(cell) => match parse_number(cell) {
+                        Some(0.0) => Ok(Some("0".to_owned())),
+                        Some(1.0) => Ok(Some("1".to_owned())),
+                        _ => Err(bad(row, cell, "0 or 1")),
+                    },
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+    })
+}
+
+fn missing(rows: usize, valid: usize) -> Missing {
+    let count = (rows - valid) as u64;
+    Missing { count, share: if rows == 0 { 0.0 } else { count as f64 / rows as f64 } }
+}
+
+/// The statistics of one column.
+pub fn column_report(kind: ColumnKind, values: &Sides<Values>) -> ColumnReport {
+    match (&values.reference, &values.current) {
+        (Values::Numeric(r), Values::Numeric(c)) => numeric_report(r, c),
+        (Values::Categorical(r), Values::Categorical(c)) => categorical_report(kind, r, c),
+        // Both sides are typed by the same kind.
+        _ => unreachable!("a column is typed the same on both sides"),
+    }
+}
+
+fn sorted_valid(values: &[Option<f64>]) -> Vec<f64> {
+    let mut valid: Vec<f64> = values.iter().flatten().copied().collect();
+    valid.sort_unstable_by(f64::total_cmp);
+    valid
+}
+
+fn numeric_report(reference: &[Option<f64>], current: &[Option<f64>]) -> ColumnReport {
+    let (r, c) = (sorted_valid(reference), sorted_valid(current));
+    let both = !r.is_empty() && !c.is_empty();
+    let bins = Bins::from_sorted_reference(&r);
+    let (psi, js) = match (&bins, both) {
+        (Some(bins), true) => {
+            let (rc, cc) = (bins.counts_sorted(&r), bins.counts_sorted(&c));
+            let psi = numeric::psi(&rc, &cc).map(|value| Psi {
+                value,
+                n_bins: Some(bins.len()),
+                bin_edges: Some(bins.edges.clone()),
+                reference_counts: Some(rc.clone()),
+                current_counts: Some(cc.clone()),
+                epsilon: PSI_EPSILON,
+            });
+            (psi, numeric::js_distance(&rc, &cc))
+        }
+        _ => (None, None),
+    };
+    let wasserstein = both.then(|| {
+        let distance = numeric::wasserstein(&r, &c).unwrap_or(0.0);
+        let reference_std = numeric::mean_std(&r).1;
+        Wasserstein { distance, reference_std, normed: distance / reference_std.max(WASSERSTEIN_STD_FLOOR) }
+    });
+    let drift = both.then(|| evidently_numeric(&r, &c)).flatten();
+    ColumnReport {
+        kind: ColumnKind::Numeric,
+        missing: Sides { reference: missing(reference.len(), r.len()), current: missing(current.len(), c.len()) },
+        n_valid: Sides { reference: r.len() as u64, current: c.len() as u64 },
+        summary: Some(Sides { reference: numeric::summary(&r), current: numeric::summary(&c) }),
+        ks: ks::ks_2samp(&r, &c).into(),
+        categories: None,
+        reference_counts: None,
+        current_counts: None,
+        chi2: NumericStat::NotApplicable,
+        psi,
+        js_distance: js,
+        wasserstein: wasserstein.into(),
+        l_infinity: NumericStat::NotApplicable,
+        z_test: NumericStat::NotApplicable,
+        drift,
+    }
+}
+
+fn categorical_report(kind: ColumnKind, reference: &[Option<String>], current: &[Option<String>]) -> ColumnReport {
+    let count = |values: &[Option<String>]| {
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for value in values.iter().flatten() {
+            *counts.entry(value.clone()).or_default() += 1;
+        }
+        counts
+    };
+    let (mut rc, mut cc) = (count(reference), count(current));
+    // BTreeMap orders String keys by bytes, which for UTF-8 is code-point order.
+    let categories: BTreeSet<String> = rc.keys().chain(cc.keys()).cloned().collect();
+    for category in &categories {
+        rc.entry(category.clone()).or_default();
+        cc.entry(category.clone()).or_default();
+    }
+    let r: Vec<u64> = rc.values().copied().collect();
+    let c: Vec<u64> = cc.values().copied().collect();
+    let (nr, nc) = (r.iter().sum::<u64>(), c.iter().sum::<u64>());
+    let both = nr > 0 && nc > 0;
+    let ones = |counts: &BTreeMap<String, u64>| counts.get("1").copied().unwrap_or(0);
+    let z_test = match kind {
+        ColumnKind::Binary => categorical::z_test((ones(&rc), ones(&cc)), (nr, nc)).into(),
+        _ => NumericStat::NotApplicable,
+    };
+    let drift = both.then(|| evidently_categorical(&r, &c)).flatten();
+    ColumnReport {
+        kind,
+        missing: Sides {
+            reference: missing(reference.len(), nr as usize),
+            current: missing(current.len(), nc as usize),
+        },
+        n_valid: Sides { reference: nr, current: nc },
+        summary: None,
+        ks: NumericStat::NotApplicable,
+        categories: Some(categories.into_iter().collect()),
+        reference_counts: Some(rc),
+        current_counts: Some(cc),
+        chi2: categorical::chi2_homogeneity(&r, &c).into(),
+        psi: numeric::psi(&r, &c).map(|value| Psi {
+            value,
+            n_bins: None,
+            bin_edges: None,
+            reference_counts: None,
+            current_counts: None,
+            epsilon: PSI_EPSILON,
+        }),
+        js_distance: numeric::js_distance(&r, &c),
+        wasserstein: NumericStat::NotApplicable,
+        l_infinity: categorical::l_infinity(&r, &c).into(),
+        z_test,
+        drift,
+    }
+}
+
+/// Evidently's reference-size cut: at most this many reference values → p-value tests, more → distances.
+const EVIDENTLY_SMALL_REFERENCE: usize = 1000;
+const P_THRESHOLD: f64 = 0.05;
+const DISTANCE_THRESHOLD: f64 = 0.1;
+
+fn p_verdict(stattest: &'static str, p: f64, inclusive: bool) -> Verdict {
+    Verdict { stattest, drift_score: p, threshold: P_THRESHOLD, drifted: if inclusive { p <= 0.05 } else { p < 0.05 } }
+}
+
+fn distance_verdict(stattest: &'static str, score: f64) -> Verdict {
+    Verdict { stattest, drift_score: score, threshold: DISTANCE_THRESHOLD, drifted: score >= DISTANCE_THRESHOLD }
+}
+
+/// Value counts of two sorted numeric samples over their distinct values.
+fn value_counts(r: &[f64], c: &[f64]) -> (Vec<u64>, Vec<u64>) {
+    let mut distinct: Vec<f64> = r.iter().chain(c).copied().collect();
+    distinct.sort_unstable_by(f64::total_cmp);
+    distinct.dedup();
+    let counts = |sorted: &[f64]| {
+        distinct
+            .iter()
+            .map(|v| {
+                let lo = sorted.partition_point(|x| x < v);
+                let hi = sorted.partition_point(|x| x <= v);
+                (hi - lo) as u64
+            })
+            .collect::<Vec<_>>()
+    };
+    (counts(r), counts(c))
+}
+
+fn evidently_numeric(r: &[f64], c: &[f64]) -> Option<Verdict> {
+    let (rc, cc) = value_counts(r, c);
+    let distinct = rc.len();
+    Some(if r.len() <= EVIDENTLY_SMALL_REFERENCE {
+        match distinct {
+            d if d > 5 => p_verdict("ks", ks::ks_2samp(r, c)?.pvalue, true),
+            d if d > 2 => p_verdict("chisquare", categorical::evidently_chisquare_pvalue(&rc, &cc)?, false),
+            _ => {
+                // The first sorted value is coded 0, every other value 1.
+                let ones = |counts: &[u64]| counts.iter().skip(1).sum::<u64>();
+                let n = (r.len() as u64, c.len() as u64);
+                p_verdict("z", categorical::evidently_z_pvalue((ones(&rc), ones(&cc)), n)?, false)
+            }
+        }
+    } else if distinct > 5 {
+        let std = numeric::mean_std(r).1;
+        distance_verdict("wasserstein", numeric::wasserstein(r, c)? / std.max(WASSERSTEIN_STD_FLOOR))
+    } else {
+        distance_verdict("jensenshannon", numeric::js_distance(&rc, &cc)? * std::f64::consts::LN_2.sqrt())
+    })
+}
+
+fn evidently_categorical(r: &[u64], c: &[u64]) -> Option<Verdict> {
+    let nr: u64 = r.iter().sum();
+    Some(if nr as usize <= EVIDENTLY_SMALL_REFERENCE {
+        if r.len() > 2 {
+            p_verdict("chisquare", categorical::evidently_chisquare_pvalue(r, c)?, false)
+        } else {
+            let ones = |counts: &[u64]| counts.iter().skip(1).sum::<u64>();
+            let n = (nr, c.iter().sum());
+            p_verdict("z", categorical::evidently_z_pvalue((ones(r), ones(c)), n)?, false)
+        }
+    } else {
+        distance_verdict("jensenshannon", numeric::js_distance(r, c)? * std::f64::consts::LN_2.sqrt())
+    })
+}
+
+fn dataset_drift(order: &[String], columns: &BTreeMap<String, ColumnReport>) -> DatasetDrift {
+    let judged: Vec<(&String, &Verdict)> =
+        order.iter().filter_map(|name| Some((name, columns.get(name)?.drift.as_ref()?))).collect();
+    let drifted_columns: Vec<String> =
+        judged.iter().filter(|(_, v)| v.drifted).map(|(name, _)| (*name).clone()).collect();
+    let share = if judged.is_empty() { 0.0 } else { drifted_columns.len() as f64 / judged.len() as f64 };
+    DatasetDrift {
+        number_of_columns: judged.len(),
+        number_of_drifted_columns: drifted_columns.len(),
+        share_of_drifted_columns: share,
+        drift_share: DRIFT_SHARE,
+        dataset_drift: !judged.is_empty() && share >= DRIFT_SHARE,
+        drifted_columns,
+    }
+}
+
+fn quality_blocks(
+    options: &Options,
+    typed: &BTreeMap<String, Sides<Values>>,
+    reference: &Table,
+    current: &Table,
+) -> Result<Option<Quality>, ReportError> {
+    if options.classification.is_none() && options.regression.is_none() {
+        return Ok(None);
+    }
+    let column = |name: &str, flag: &str| {
+        typed.get(name).ok_or_else(|| {
+            ReportError(format!(
+                "{flag}: no column {name:?} in {} and {}",
+                reference.path.display(),
+                current.path.display()
+            ))
+        })
+    };
+    let numbers = |values: &Values, name: &str, flag: &str| match values {
+        Values::Numeric(v) => Ok(v.clone()),
+        Values::Categorical(_) => Err(ReportError(format!("{flag}: column {name:?} is not numeric"))),
+    };
+    let labels = |values: &Values, positive: &str| -> Vec<Option<bool>> {
+        match values {
+            Values::Categorical(v) => v.iter().map(|l| l.as_ref().map(|l| l == positive)).collect(),
+            Values::Numeric(v) => {
+                let positive = positive.parse::<f64>().ok();
+                v.iter().map(|l| l.map(|l| Some(l) == positive)).collect()
+            }
+        }
+    };
+    let binary_classification = match &options.classification {
+        None => None,
+        Some(spec) => {
+            let (label, score) = (column(&spec.label, "--classification")?, column(&spec.score, "--classification")?);
+            let side = |label: &Values, score: &Values| -> Result<Classification, ReportError> {
+                Ok(quality::classification(
+                    &labels(label, &spec.positive),
+                    &numbers(score, &spec.score, "--classification score")?,
+                    spec.threshold,
+                ))
+            };
+            Some(Sides {
+                reference: side(&label.reference, &score.reference)?,
+                current: side(&label.current, &score.current)?,
+            })
+        }
+    };
+    let regression = match &options.regression {
+        None => None,
+        Some(spec) => {
+            let (target, prediction) =
+                (column(&spec.target, "--regression")?, column(&spec.prediction, "--regression")?);
+            let side = |t: &Values, p: &Values| -> Result<Regression, ReportError> {
+                Ok(quality::regression(
+                    &numbers(t, &spec.target, "--regression target")?,
+                    &numbers(p, &spec.prediction, "--regression prediction")?,
+                ))
+            };
+            Some(Sides {
+                reference: side(&target.reference, &prediction.reference)?,
+                current: side(&target.current, &prediction.current)?,
+            })
+        }
+    };
+    Ok(Some(Quality { binary_classification, regression }))
+}

@@ -1,0 +1,134 @@
+//! A drift report as one self-contained HTML page (no scripts, no external files): the dataset verdict first, then
+//! a row per column with its test, score and threshold, and reference-vs-current bars per bin or category, drifted
+//! columns first, so someone paged at night sees what moved before anything else.
+
+use std::fmt::Write as _;
+
+use crate::drift::{ColumnReport, DriftReport};
+
+/// Escapes text for HTML.
+pub fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Reference-vs-current bars (proportions) as an inline SVG; labels under each pair.
+pub fn bars_svg(labels: &[String], reference: &[u64], current: &[u64]) -> String {
+    let (nr, nc) = (reference.iter().sum::<u64>().max(1) as f64, current.iter().sum::<u64>().max(1) as f64);
+    let shown = labels.len().min(24);
+    let (width, height, pad) = (36.0 * shown as f64 + 20.0, 120.0, 18.0);
+    let top = reference[..shown]
+        .iter()
+        .zip(&current[..shown])
+        .map(|(&r, &c)| (r as f64 / nr).max(c as f64 / nc))
+        .fold(0.0f64, f64::max)
+        .max(1e-9);
+    let mut svg = format!(
+        r#"<svg class="bars" width="{width}" height="{}" viewBox="0 0 {width} {}" role="img">"#,
+        height + pad,
+        height + pad
+    );
+    for i in 0..shown {
+        let x = 10.0 + 36.0 * i as f64;
+        for (offset, share, class) in [(0.0, reference[i] as f64 / nr, "ref"), (15.0, current[i] as f64 / nc, "cur")] {
+            let h = (share / top) * (height - 10.0);
+            let _ = write!(
+                svg,
+                r#"<rect class="{class}" x="{:.1}" y="{:.1}" width="14" height="{h:.1}"><title>{class} {:.1}%</title></rect>"#,
+                x + offset,
+                height - h,
+                share * 100.0
+            );
+        }
+        let label: String = labels[i].chars().take(5).collect();
+        let _ = write!(svg, r#"<text x="{:.1}" y="{:.1}">{}</text>"#, x, height + 13.0, escape(&label));
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+fn column_bars(column: &ColumnReport) -> String {
+    if let Some(psi) = &column.psi {
+        if let (Some(edges), Some(r), Some(c)) = (&psi.bin_edges, &psi.reference_counts, &psi.current_counts) {
+            let mut labels: Vec<String> = edges.iter().map(|e| format!("≤{e}")).collect();
+            labels.push(format!(">{}", edges.last().copied().unwrap_or_default()));
+            return bars_svg(&labels, r, c);
+        }
+    }
+    match (&column.categories, &column.reference_counts, &column.current_counts) {
+        (Some(categories), Some(r), Some(c)) => {
+            let r: Vec<u64> = categories.iter().map(|k| r.get(k).copied().unwrap_or(0)).collect();
+            let c: Vec<u64> = categories.iter().map(|k| c.get(k).copied().unwrap_or(0)).collect();
+            bars_svg(categories, &r, &c)
+        }
+        _ => String::new(),
+    }
+}
+
+fn number(value: Option<f64>) -> String {
+    match value {
+        None => "–".to_owned(),
+        Some(v) if v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e5) => format!("{v:.3e}"),
+        Some(v) => format!("{v:.4}"),
+    }
+}
+
+/// The page's shared style: readable at night (dark), drifted rows marked.
+pub const STYLE: &str = "body{font:14px system-ui,sans-serif;background:#111;color:#ddd;margin:24px}\
+h1{font-size:20px}table{border-collapse:collapse}td,th{padding:6px 10px;border-bottom:1px solid #333;\
+vertical-align:middle;text-align:left}tr.drifted td:first-child{border-left:4px solid #e5484d}\
+.verdict{font-size:18px;margin:12px 0}.verdict.drift{color:#ff6369}.verdict.ok{color:#3dd68c}\
+rect.ref{fill:#6e7bff}rect.cur{fill:#ffb224}svg.bars text{fill:#999;font-size:9px}\
+.legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 12px}";
+
+/// The whole page.
+pub fn report_page(report: &DriftReport, title: &str) -> String {
+    let dataset = &report.dataset_drift;
+    let mut page = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body>",
+        escape(title)
+    );
+    let _ = write!(
+        page,
+        "<h1>{}</h1><p class=\"verdict {}\" id=\"dataset-verdict\">{} of {} columns drifted ({:.0}%): {}</p>\
+         <p>Reference {} rows, current {} rows. <span class=\"legend\"><span style=\"background:#6e7bff\"></span>\
+         reference<span style=\"background:#ffb224\"></span>current</span></p>",
+        escape(title),
+        if dataset.dataset_drift { "drift" } else { "ok" },
+        dataset.number_of_drifted_columns,
+        dataset.number_of_columns,
+        dataset.share_of_drifted_columns * 100.0,
+        if dataset.dataset_drift { "dataset drift" } else { "no dataset drift" },
+        report.n_rows.reference,
+        report.n_rows.current,
+    );
+    page.push_str(
+        "<table id=\"columns\"><tr><th>column</th><th>kind</th><th>test</th><th>score</th><th>threshold</th>\
+         <th>drifted</th><th>PSI</th><th>JS</th><th>missing ref → cur</th><th>reference vs current</th></tr>",
+    );
+    let mut order: Vec<&String> = report.column_order.iter().collect();
+    order.sort_by_key(|name| !report.columns[*name].drift.as_ref().is_some_and(|d| d.drifted));
+    for name in order {
+        let column = &report.columns[name];
+        let drifted = column.drift.as_ref().is_some_and(|d| d.drifted);
+        let (test, score, threshold) = match &column.drift {
+            Some(d) => (d.stattest, number(Some(d.drift_score)), number(Some(d.threshold))),
+            None => ("skipped (a side has no values)", "–".to_owned(), "–".to_owned()),
+        };
+        let _ = write!(
+            page,
+            "<tr class=\"{}\"><td>{}</td><td>{:?}</td><td>{test}</td><td>{score}</td><td>{threshold}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{:.1}% → {:.1}%</td><td>{}</td></tr>",
+            if drifted { "drifted" } else { "" },
+            escape(name),
+            column.kind,
+            if drifted { "yes" } else { "no" },
+            number(column.psi.as_ref().map(|p| p.value)),
+            number(column.js_distance),
+            column.missing.reference.share * 100.0,
+            column.missing.current.share * 100.0,
+            column_bars(column),
+        );
+    }
+    page.push_str("</table></body></html>\n");
+    page
+}
