@@ -147,3 +147,58 @@ fn the_example_env_file_names_real_settings_with_their_real_defaults() {
     }
     assert!(checked >= 10, "the file lists the settings ({checked})");
 }
+
+/// Writes `files` into a fresh folder for `vane drift`.
+fn drift_files(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
+fn drift(dir: &Path, extra: &[&str]) -> Output {
+    let (reference, current) = (dir.join("ref.csv"), dir.join("cur.csv"));
+    let mut args = vec!["drift", "--reference", reference.to_str().unwrap(), "--current", current.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    vane(&args, &[])
+}
+
+#[test]
+fn drift_reports_bad_input_in_one_line_naming_the_file_row_and_column() {
+    let dir = drift_files(&[("ref.csv", "a,b\n1,x\n2,y\n"), ("cur.csv", "a,b\n1,x\n2\n")]);
+    let output = drift(dir.path(), &[]);
+    assert_one_line_failure(&output, &["cur.csv: row 3 has 1 cells, the header has 2"]);
+
+    let dir = drift_files(&[("ref.csv", "a,b\n1,x\n"), ("cur.csv", "a\n1\n")]);
+    assert_one_line_failure(&drift(dir.path(), &[]), &["column \"b\" is in", "ref.csv but not in", "cur.csv"]);
+
+    let dir = drift_files(&[("ref.csv", "a\n1\n2\n"), ("cur.csv", "a\n1\nlots\n")]);
+    let output = drift(dir.path(), &["--column", "a=numeric"]);
+    assert_one_line_failure(&output, &["cur.csv: row 3, column \"a\": \"lots\" is not a number"]);
+
+    let dir = drift_files(&[("ref.csv", "a\n1\n")]);
+    assert_one_line_failure(&drift(dir.path(), &[]), &["cur.csv: No such file"]);
+
+    let dir = drift_files(&[("ref.csv", "a\n1\n"), ("cur.csv", "a\n1\n")]);
+    let output = drift(dir.path(), &["--column", "a=colour"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown column kind \"colour\""));
+}
+
+#[test]
+fn drift_writes_an_html_page_with_the_drifted_column_first() {
+    let reference: String = "x,colour\n".to_owned() + &(0..200).map(|i| format!("{i},red\n")).collect::<String>();
+    let current: String = "x,colour\n".to_owned() + &(0..200).map(|i| format!("{},red\n", i + 150)).collect::<String>();
+    let dir = drift_files(&[("ref.csv", &reference), ("cur.csv", &current)]);
+    let out = dir.path().join("report.html");
+    let output = drift(dir.path(), &["--format", "html", "--out", out.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.stdout.is_empty(), "the report went to the file");
+    let page = std::fs::read_to_string(out).unwrap();
+    assert!(page.starts_with("<!doctype html>"));
+    assert!(page.contains("1 of 2 columns drifted (50%): dataset drift"), "{page}");
+    let (x, colour) = (page.find("<td>x</td>").unwrap(), page.find("<td>colour</td>").unwrap());
+    assert!(x < colour, "the drifted column comes first");
+    assert!(page.contains("<svg class=\"bars\""));
+}

@@ -1,0 +1,105 @@
+//! Properties every drift statistic must have, on random tables with ties and missing cells: a sample compared with
+//! itself shows no drift, the report does not depend on row order, and every count adds up.
+
+use std::path::Path;
+
+use monitor::drift::{self, Options};
+use monitor::table::Table;
+use proptest::prelude::*;
+use serde_json::Value;
+
+/// A CSV with a numeric column (quarter steps, so ties happen), a categorical one, and empty cells.
+fn csv(rows: &[(Option<i32>, Option<u8>)]) -> String {
+    let mut text = String::from("x,c\n");
+    for (x, c) in rows {
+        let x = x.map(|v| format!("{}", f64::from(v) / 4.0)).unwrap_or_default();
+        let c = c.map(|v| ["red", "green", "blue", "black"][usize::from(v % 4)].to_owned()).unwrap_or_default();
+        text.push_str(&format!("{x},{c}\n"));
+    }
+    text
+}
+
+fn report(reference: &str, current: &str) -> Value {
+    let r = Table::from_csv_reader(reference.as_bytes(), Path::new("ref.csv")).unwrap();
+    let c = Table::from_csv_reader(current.as_bytes(), Path::new("cur.csv")).unwrap();
+    serde_json::to_value(drift::report(&r, &c, &Options::default()).unwrap()).unwrap()
+}
+
+fn rows() -> impl Strategy<Value = Vec<(Option<i32>, Option<u8>)>> {
+    // At least one present value per column, so every statistic is defined.
+    prop::collection::vec((prop::option::weighted(0.9, -40..40i32), prop::option::weighted(0.9, 0..4u8)), 2..120)
+        .prop_filter("a value in each column", |rows| {
+            rows.iter().any(|(x, _)| x.is_some()) && rows.iter().any(|(_, c)| c.is_some())
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn a_sample_compared_with_itself_shows_no_drift(rows in rows()) {
+        let text = csv(&rows);
+        let report = report(&text, &text);
+        let x = &report["columns"]["x"];
+        prop_assert_eq!(x["psi"]["value"].as_f64(), Some(0.0));
+        prop_assert_eq!(x["js_distance"].as_f64(), Some(0.0));
+        prop_assert_eq!(x["ks"]["statistic"].as_f64(), Some(0.0));
+        prop_assert_eq!(x["ks"]["pvalue"].as_f64(), Some(1.0));
+        prop_assert_eq!(x["wasserstein"]["distance"].as_f64(), Some(0.0));
+        let c = &report["columns"]["c"];
+        prop_assert_eq!(c["psi"]["value"].as_f64(), Some(0.0));
+        prop_assert_eq!(c["js_distance"].as_f64(), Some(0.0));
+        prop_assert_eq!(c["l_infinity"].as_f64(), Some(0.0));
+        prop_assert!(c["chi2"]["statistic"].as_f64().unwrap().abs() < 1e-12);
+        prop_assert_eq!(report["dataset_drift"]["number_of_drifted_columns"].as_u64(), Some(0));
+    }
+
+    #[test]
+    fn the_report_does_not_depend_on_row_order(reference in rows(), current in rows(), seed in any::<u64>()) {
+        let shuffle = |rows: &[(Option<i32>, Option<u8>)], seed: u64| {
+            let mut rows = rows.to_vec();
+            let mut state = seed | 1;
+            for i in (1..rows.len()).rev() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                rows.swap(i, (state % (i as u64 + 1)) as usize);
+            }
+            rows
+        };
+        let straight = report(&csv(&reference), &csv(&current));
+        let shuffled = report(&csv(&shuffle(&reference, seed)), &csv(&shuffle(&current, seed.rotate_left(7))));
+        prop_assert_eq!(straight, shuffled);
+    }
+
+    #[test]
+    fn every_count_adds_up(reference in rows(), current in rows()) {
+        let report = report(&csv(&reference), &csv(&current));
+        for (side, rows) in [("reference", &reference), ("current", &current)] {
+            for name in ["x", "c"] {
+                let column = &report["columns"][name];
+                let valid = column["n_valid"][side].as_u64().unwrap();
+                let missing = column["missing"][side]["count"].as_u64().unwrap();
+                prop_assert_eq!(valid + missing, rows.len() as u64);
+            }
+            let bins: u64 = report["columns"]["x"]["psi"][format!("{side}_counts")]
+                .as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).sum();
+            prop_assert_eq!(bins, report["columns"]["x"]["n_valid"][side].as_u64().unwrap());
+            let categories: u64 = report["columns"]["c"][format!("{side}_counts")]
+                .as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+            prop_assert_eq!(categories, report["columns"]["c"]["n_valid"][side].as_u64().unwrap());
+        }
+    }
+
+    #[test]
+    fn swapping_the_sides_keeps_the_symmetric_statistics(reference in rows(), current in rows()) {
+        let forward = report(&csv(&reference), &csv(&current));
+        let backward = report(&csv(&current), &csv(&reference));
+        for (column, stat) in [("x", "/ks/statistic"), ("x", "/wasserstein/distance"), ("c", "/js_distance"),
+                               ("c", "/l_infinity"), ("c", "/chi2/statistic")] {
+            let a = forward["columns"][column].pointer(stat).and_then(Value::as_f64).unwrap();
+            let b = backward["columns"][column].pointer(stat).and_then(Value::as_f64).unwrap();
+            prop_assert!((a - b).abs() <= 1e-12 * a.abs().max(1.0), "{column}{stat}: {a} vs {b}");
+        }
+    }
+}
