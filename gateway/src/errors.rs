@@ -249,6 +249,14 @@ pub enum LoadError {
         /// What differs.
         message: String,
     },
+    /// The reference data cannot be monitored against the model's inputs.
+    #[error("{path}: monitoring: {message}")]
+    Monitoring {
+        /// The model file.
+        path: PathBuf,
+        /// What does not fit.
+        message: String,
+    },
     /// The warm-up did not reproduce the golden set.
     #[error("{path}: {message}")]
     Golden {

@@ -15,6 +15,7 @@ pub mod errors;
 pub mod gitops;
 pub mod infer;
 pub mod metrics;
+pub mod observe;
 pub mod registry;
 pub mod repository;
 pub mod routes;
@@ -60,6 +61,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The monitor's thread could not be started.
+    #[error("cannot start the monitor thread: {0}")]
+    Monitor(#[source] std::io::Error),
     /// A blocking start-up task panicked.
     #[error("start-up task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -80,6 +84,7 @@ pub struct Server {
     background: Vec<JoinHandle<()>>,
     sync: watch::Receiver<WatchStatus>,
     controller: Option<reconciler::controller::ControllerHandle>,
+    evaluations: watch::Receiver<u64>,
     grace: Duration,
 }
 
@@ -117,8 +122,19 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
     if let Some(controller) = &controller {
         controller.metrics().register(metrics.registry_mut());
     }
+    // The monitor's thread computes the statistics; each report updates the gauges there, off the request path.
+    let monitor_metrics = metrics::monitor_series::MonitorMetrics::default();
+    let recorder = monitor_metrics.clone();
+    let (evaluations_tx, evaluations) = watch::channel(0u64);
+    let monitor = monitor::live::Monitor::start(monitor::live::MonitorConfig::default(), move |report| {
+        recorder.record(report);
+        evaluations_tx.send_modify(|n| *n += 1);
+    })
+    .map_err(StartError::Monitor)?;
+    monitor_metrics.register(metrics.registry_mut(), monitor.counters());
     let mut state = AppState::new(Arc::clone(&registry), &config.limits);
     state.metrics = Arc::new(metrics);
+    state.monitor = Some(monitor);
     state.controller = controller.clone();
     state.webhook_secret = config.gitops.as_ref().and_then(|g| g.webhook_secret.clone());
     state.admin_token = config.gitops.as_ref().and_then(|g| g.admin_token.clone());
@@ -153,6 +169,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
         background,
         sync,
         controller,
+        evaluations,
         grace: config.shutdown_grace,
     })
 }
@@ -180,7 +197,12 @@ impl Server {
         self.sync.clone()
     }
 
-    /// The reconcile loop, in GitOps mode.
+    /// Counts the monitor's reports so far, and each new one (a test waits on it instead of polling).
+    pub fn monitor_evaluations(&self) -> watch::Receiver<u64> {
+        self.evaluations.clone()
+    }
+
+    /// The reconcile loop's handle, in GitOps mode.
     pub fn controller(&self) -> Option<&reconciler::controller::ControllerHandle> {
         self.controller.as_ref()
     }

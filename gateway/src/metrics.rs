@@ -32,3 +32,133 @@ impl Metrics {
     /// The `Content-Type` of [`Metrics::render`]'s output.
     pub const CONTENT_TYPE: &'static str = prometheus_text::CONTENT_TYPE;
 }
+
+/// The monitor's series: per model version and feature (both fixed by the model's schema, so bounded), never per
+/// value or category.
+pub mod monitor_series {
+    use std::sync::atomic::AtomicU64;
+
+    use monitor::live::{LiveReport, QueueCounters};
+    use prometheus_client::encoding::EncodeLabelSet;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    use prometheus_client::registry::Registry;
+
+    /// A model version.
+    #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+    pub struct VersionLabels {
+        /// The model.
+        pub model: String,
+        /// The version.
+        pub version: String,
+    }
+
+    /// A feature of a model version.
+    #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+    pub struct FeatureLabels {
+        /// The model.
+        pub model: String,
+        /// The version.
+        pub version: String,
+        /// The feature (reference column).
+        pub feature: String,
+    }
+
+    /// A statistic of a feature.
+    #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+    pub struct StatisticLabels {
+        /// The model.
+        pub model: String,
+        /// The version.
+        pub version: String,
+        /// The feature (reference column).
+        pub feature: String,
+        /// psi, js_distance, ks_pvalue, wasserstein_normed, chi2_pvalue, missing_share or drift_score.
+        pub statistic: &'static str,
+    }
+
+    /// Gauges updated from each live report.
+    #[derive(Debug, Clone, Default)]
+    pub struct MonitorMetrics {
+        statistic: Family<StatisticLabels, Gauge<f64, AtomicU64>>,
+        drifted: Family<FeatureLabels, Gauge>,
+        dataset_share: Family<VersionLabels, Gauge<f64, AtomicU64>>,
+        window_rows: Family<VersionLabels, Gauge>,
+    }
+
+    impl MonitorMetrics {
+        /// Registers the series, and the observation queue's counters.
+        pub fn register(&self, registry: &mut Registry, queue: &QueueCounters) {
+            registry.register(
+                "vane_feature_drift",
+                "A drift statistic of a feature over the current window against the reference",
+                self.statistic.clone(),
+            );
+            registry.register(
+                "vane_feature_drifted",
+                "1 when the feature's drift test (Evidently's default choice) says drifted, else 0",
+                self.drifted.clone(),
+            );
+            registry.register(
+                "vane_dataset_drift_share",
+                "Share of a model version's features that drifted in the current window",
+                self.dataset_share.clone(),
+            );
+            registry.register(
+                "vane_monitor_window_rows",
+                "Rows in a model version's monitoring window",
+                self.window_rows.clone(),
+            );
+            registry.register(
+                "vane_monitor_observations",
+                "Predictions offered to the monitor and queued",
+                queue.accepted.clone(),
+            );
+            registry.register(
+                "vane_monitor_observations_dropped",
+                "Predictions not monitored because the monitor's queue was full",
+                queue.dropped.clone(),
+            );
+        }
+
+        /// Sets the gauges from `report`.
+        pub fn record(&self, report: &LiveReport) {
+            let (model, version) = (report.model.clone(), report.version.to_string());
+            let at = VersionLabels { model: model.clone(), version: version.clone() };
+            self.window_rows.get_or_create(&at).set(i64::try_from(report.window_rows).unwrap_or(i64::MAX));
+            if let Some(dataset) = &report.dataset_drift {
+                self.dataset_share.get_or_create(&at).set(dataset.share_of_drifted_columns);
+            }
+            for (feature, column) in &report.columns {
+                let labels = |statistic| StatisticLabels {
+                    model: model.clone(),
+                    version: version.clone(),
+                    feature: feature.clone(),
+                    statistic,
+                };
+                let set = |statistic, value: Option<f64>| {
+                    if let Some(value) = value {
+                        self.statistic.get_or_create(&labels(statistic)).set(value);
+                    }
+                };
+                set("psi", column.psi.as_ref().map(|p| p.value));
+                set("js_distance", column.js_distance);
+                set("missing_share", Some(column.missing.current.share));
+                if let monitor::drift::NumericStat::Value(ks) = &column.ks {
+                    set("ks_pvalue", Some(ks.pvalue));
+                }
+                if let monitor::drift::NumericStat::Value(w) = &column.wasserstein {
+                    set("wasserstein_normed", Some(w.normed));
+                }
+                if let monitor::drift::NumericStat::Value(chi2) = &column.chi2 {
+                    set("chi2_pvalue", Some(chi2.pvalue));
+                }
+                if let Some(verdict) = &column.drift {
+                    set("drift_score", Some(verdict.drift_score));
+                    let at = FeatureLabels { model: model.clone(), version: version.clone(), feature: feature.clone() };
+                    self.drifted.get_or_create(&at).set(i64::from(verdict.drifted));
+                }
+            }
+        }
+    }
+}

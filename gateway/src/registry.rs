@@ -15,13 +15,26 @@ use tokio::sync::watch;
 
 use crate::errors::{ApiError, LoadError};
 use crate::infer::{check_io, LoadedModel, ModelLoader};
+use crate::observe::Monitored;
 
 /// Every served model version, keyed by name then version. Immutable once built.
 #[derive(Default)]
 pub struct ModelTable {
     models: BTreeMap<String, BTreeMap<u64, Arc<LoadedModel>>>,
+    /// The monitored versions (those with reference data) and their profiles, swapped with the models.
+    monitored: BTreeMap<String, BTreeMap<u64, Arc<Monitored>>>,
     /// The Git commit this set comes from, for the provenance headers.
     revision: Option<Arc<str>>,
+}
+
+/// What one request needs from the table: the version, the commit, and the monitor's profile if any.
+pub struct Resolved {
+    /// The model version.
+    pub loaded: Arc<LoadedModel>,
+    /// The commit of the set.
+    pub revision: Option<Arc<str>>,
+    /// The version's monitoring profile.
+    pub monitored: Option<Arc<Monitored>>,
 }
 
 /// The handle the request path and the loader share.
@@ -41,6 +54,7 @@ impl ModelTable {
     /// loaded so far are dropped and `previous` is untouched.
     pub fn load(loader: &ModelLoader, desired: &DesiredState, previous: &ModelTable) -> Result<Self, LoadError> {
         let mut models = BTreeMap::new();
+        let mut monitored: BTreeMap<String, BTreeMap<u64, Arc<Monitored>>> = BTreeMap::new();
         for model in &desired.models {
             let mut versions = BTreeMap::new();
             for version in &model.versions {
@@ -58,11 +72,22 @@ impl ModelTable {
                     check_io(loaded.signature(), io)
                         .map_err(|message| LoadError::IoMismatch { path: version.path.clone(), message })?;
                 }
+                let same_model = kept.is_some_and(|k| Arc::ptr_eq(k, &loaded));
+                let before = previous.monitored.get(&model.name).and_then(|v| v.get(&version.version));
+                let profile = match before.filter(|m| same_model && m.is_current(model)) {
+                    Some(kept) => Some(Arc::clone(kept)),
+                    None => Monitored::build(model, version.version, desired.revision.as_deref(), loaded.signature())
+                        .map_err(|message| LoadError::Monitoring { path: version.path.clone(), message })?
+                        .map(Arc::new),
+                };
+                if let Some(profile) = profile {
+                    monitored.entry(model.name.clone()).or_default().insert(version.version, profile);
+                }
                 versions.insert(version.version, loaded);
             }
             models.insert(model.name.clone(), versions);
         }
-        Ok(Self { models, revision: desired.revision.as_deref().map(Arc::from) })
+        Ok(Self { models, monitored, revision: desired.revision.as_deref().map(Arc::from) })
     }
 
     /// The Git commit this set comes from.
@@ -73,12 +98,24 @@ impl ModelTable {
     /// Whether `other` serves exactly the same loaded versions (the same `Arc`s) from the same commit.
     pub fn same_as(&self, other: &ModelTable) -> bool {
         self.revision == other.revision
+            && self.monitored.len() == other.monitored.len()
+            && self.monitored.iter().all(|(name, versions)| {
+                other.monitored.get(name).is_some_and(|o| {
+                    o.len() == versions.len()
+                        && versions.iter().all(|(v, m)| o.get(v).is_some_and(|om| Arc::ptr_eq(m, om)))
+                })
+            })
             && self.models.len() == other.models.len()
             && self.models.iter().zip(&other.models).all(|((a, va), (b, vb))| {
                 a == b
                     && va.len() == vb.len()
                     && va.iter().zip(vb).all(|((x, mx), (y, my))| x == y && Arc::ptr_eq(mx, my))
             })
+    }
+
+    /// Whether `model` has a monitored version.
+    pub fn is_monitored(&self, model: &str) -> bool {
+        self.monitored.contains_key(model)
     }
 
     /// The model names, sorted.
@@ -171,6 +208,14 @@ impl Registry {
     ) -> Result<(Arc<LoadedModel>, Option<Arc<str>>), ApiError> {
         let table = self.table.load();
         Ok((table.get(model, version).cloned()?, table.revision.clone()))
+    }
+
+    /// Like [`Registry::resolve_with_revision`], with the version's monitoring profile.
+    pub fn resolve_served(&self, model: &str, version: Option<&str>) -> Result<Resolved, ApiError> {
+        let table = self.table.load();
+        let loaded = table.get(model, version)?;
+        let monitored = table.monitored.get(model).and_then(|v| v.get(&loaded.version())).cloned();
+        Ok(Resolved { loaded: Arc::clone(loaded), revision: table.revision.clone(), monitored })
     }
 
     /// The current table, for listings and metadata.

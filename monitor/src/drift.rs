@@ -342,7 +342,7 @@ fn parse_number(cell: &str) -> Option<f64> {
 }
 
 /// Text → categorical; numbers that are all 0 or 1 → binary; other numbers → numeric (both sides together).
-fn infer_kind(reference: &Table, ri: usize, current: &Table, ci: usize) -> ColumnKind {
+pub fn infer_kind(reference: &Table, ri: usize, current: &Table, ci: usize) -> ColumnKind {
     let mut all_binary = true;
     let mut any = false;
     for cell in reference.cells(ri).chain(current.cells(ci)).flatten() {
@@ -359,7 +359,8 @@ fn infer_kind(reference: &Table, ri: usize, current: &Table, ci: usize) -> Colum
     }
 }
 
-fn typed_values(table: &Table, index: usize, kind: ColumnKind) -> Result<Values, ReportError> {
+/// Column `index` of `table`, typed as `kind`; a cell that does not fit is an error naming file, row and column.
+pub fn typed_values(table: &Table, index: usize, kind: ColumnKind) -> Result<Values, ReportError> {
     let name = &table.names[index];
     let bad = |row: usize, cell: &str, what: &str| {
         ReportError(format!(
@@ -589,7 +590,8 @@ fn evidently_categorical(r: &[u64], c: &[u64]) -> Option<Verdict> {
     })
 }
 
-fn dataset_drift(order: &[String], columns: &BTreeMap<String, ColumnReport>) -> DatasetDrift {
+/// The share of drifted columns among those with a verdict, in `order`.
+pub fn dataset_drift(order: &[String], columns: &BTreeMap<String, ColumnReport>) -> DatasetDrift {
     let judged: Vec<(&String, &Verdict)> =
         order.iter().filter_map(|name| Some((name, columns.get(name)?.drift.as_ref()?))).collect();
     let drifted_columns: Vec<String> =

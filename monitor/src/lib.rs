@@ -6,6 +6,7 @@
 pub mod drift;
 mod errors;
 pub mod html;
+pub mod live;
 pub mod offline;
 pub mod reference;
 pub mod stats;

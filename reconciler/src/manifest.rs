@@ -125,6 +125,12 @@ pub struct Monitoring {
     /// Observations per window.
     #[serde(default)]
     pub window_size: Option<usize>,
+    /// Observations older than this leave the window.
+    #[serde(default, with = "humantime_serde")]
+    pub window_duration: Option<Duration>,
+    /// Column kinds that override inference, by reference column: `numeric`, `categorical` or `binary`.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
     /// Fewest observations before any drift verdict.
     #[serde(default)]
     pub min_samples: Option<usize>,
@@ -327,9 +333,24 @@ fn parse_one(bytes: &[u8]) -> Result<Deployment, String> {
     versions.sort_by_key(|v| v.version);
     let reference_data =
         spec.reference_data.map(artifact).transpose().map_err(|e| format!("spec.reference_data: {e}"))?;
-    if let Some(rate) = spec.monitoring.as_ref().and_then(|m| m.sample_rate) {
-        if !(rate > 0.0 && rate <= 1.0) {
-            return Err(format!("spec.monitoring.sample_rate must be in (0, 1], not {rate}"));
+    if let Some(monitoring) = &spec.monitoring {
+        if let Some(rate) = monitoring.sample_rate {
+            if !(rate > 0.0 && rate <= 1.0) {
+                return Err(format!("spec.monitoring.sample_rate must be in (0, 1], not {rate}"));
+            }
+        }
+        if monitoring.window_size == Some(0) {
+            return Err("spec.monitoring.window_size must be at least 1".to_owned());
+        }
+        for (column, kind) in &monitoring.columns {
+            if !matches!(kind.as_str(), "numeric" | "categorical" | "binary") {
+                return Err(format!(
+                    "spec.monitoring.columns.{column}: {kind:?} is not numeric, categorical or binary"
+                ));
+            }
+        }
+        if !monitoring.columns.is_empty() && reference_data.is_none() {
+            return Err("spec.monitoring.columns needs spec.reference_data".to_owned());
         }
     }
     Ok(Deployment {

@@ -56,6 +56,7 @@ pub fn desired_state(
             versions,
             config: deployment.serving,
             reference_data,
+            monitoring: deployment.monitoring.clone(),
         });
     }
     Ok(DesiredState { models, revision: Some(commit.to_string()) })

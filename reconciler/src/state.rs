@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::manifest::IoSpec;
+use crate::manifest::{IoSpec, Monitoring};
 use crate::ModelConfig;
 
 /// Everything that should be served. It is applied as a whole: the gateway builds every model in it before any
@@ -26,6 +26,8 @@ pub struct DesiredModel {
     pub config: ModelConfig,
     /// The reference data the monitor compares this model's traffic with, if declared.
     pub reference_data: Option<CachedFile>,
+    /// How the monitor samples, windows and judges this model's traffic.
+    pub monitoring: Option<Monitoring>,
 }
 
 /// A verified file on local disk and its sha256.

@@ -16,7 +16,7 @@ use crate::support::{breast_cancer_row, models_dir, sha256_of, GitRemote, TestSe
 const SECRET: &str = "s3cret";
 const TOKEN: &str = "t0ken";
 
-async fn serve(url: String, data: &tempfile::TempDir) -> TestServer {
+pub(crate) async fn serve(url: String, data: &tempfile::TempDir) -> TestServer {
     serve_polling(url, data, Duration::from_secs(3600)).await
 }
 

@@ -3,6 +3,7 @@
 mod errors;
 mod gitops;
 mod hotpath;
+mod monitor;
 mod serve;
 mod shutdown;
 mod support;

@@ -79,6 +79,28 @@ pub(super) fn status(state: &AppState) -> HttpResponse {
     json_response(StatusCode::OK, &body)
 }
 
+/// `GET /api/v1/monitor/{model}`: the current window's statistics of every monitored version of `model`.
+pub(super) fn monitor(state: &AppState, model: &str) -> Result<HttpResponse, ApiError> {
+    let table = state.registry.snapshot();
+    table.get(model, None)?;
+    let (Some(monitor), true) = (&state.monitor, table.is_monitored(model)) else {
+        return Err(ApiError::Disabled {
+            what: "monitoring of this model",
+            how: "declare spec.reference_data in its manifest",
+        });
+    };
+    #[derive(Serialize)]
+    struct MonitorView<'a> {
+        model: &'a str,
+        versions: Vec<&'a monitor::live::LiveReport>,
+        observations_dropped: u64,
+    }
+    let reports: Vec<_> = monitor.reports().remove(model).map(|v| v.into_values().collect()).unwrap_or_default();
+    let versions = reports.iter().map(std::convert::AsRef::as_ref).collect();
+    let body = MonitorView { model, versions, observations_dropped: monitor.counters().dropped.get() };
+    Ok(json_response(StatusCode::OK, &body))
+}
+
 /// `POST /api/v1/hooks/git`: a push webhook from GitHub (`X-Hub-Signature-256`), Gitea (`X-Gitea-Signature`) or
 /// GitLab (`X-Gitlab-Token`). A bad or missing signature gets 401 and triggers nothing; a push to another branch is
 /// acknowledged and ignored.

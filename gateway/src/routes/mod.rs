@@ -39,6 +39,8 @@ pub struct AppState {
     pub admin_token: Option<String>,
     /// What `GET /metrics` renders.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The live monitor, fed with sampled predictions.
+    pub monitor: Option<monitor::live::Monitor>,
 }
 
 impl AppState {
@@ -52,6 +54,7 @@ impl AppState {
             webhook_secret: None,
             admin_token: None,
             metrics: Arc::default(),
+            monitor: None,
         }
     }
 }
@@ -90,6 +93,7 @@ where
         ["v2", "models", model, "infer"] => Route::Infer(model, None),
         ["api", "v1", "status"] => Route::Status,
         ["metrics"] => Route::Metrics,
+        ["api", "v1", "monitor", model] => Route::Monitor(model),
         ["api", "v1", "hooks", "git"] => Route::Webhook,
         ["api", "v1", "sync"] => Route::Sync,
         ["api", "v1", "rollback"] => Route::Rollback,
@@ -114,6 +118,7 @@ where
         Route::ModelReady(model, version) => v2::model_ready(registry, model, version),
         Route::ModelStats(model, version) => v2::model_stats(registry, model, version),
         Route::Status => Ok(admin::status(state)),
+        Route::Monitor(model) => admin::monitor(state, model),
         Route::Metrics => {
             let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())));
             response
@@ -149,6 +154,7 @@ enum Route<'a> {
     ModelStats(&'a str, Option<&'a str>),
     Infer(&'a str, Option<&'a str>),
     Status,
+    Monitor(&'a str),
     Metrics,
     Webhook,
     Sync,

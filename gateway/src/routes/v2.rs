@@ -103,7 +103,8 @@ pub(super) async fn infer(
     arrived: Instant,
 ) -> Result<HttpResponse, ApiError> {
     // One load of the model set; the guard is gone before the await below, the Arc keeps the version alive.
-    let (loaded, revision) = state.registry.resolve_with_revision(model, version)?;
+    let resolved = state.registry.resolve_served(model, version)?;
+    let (loaded, revision) = (resolved.loaded, resolved.revision);
     let incoming = loaded.incoming();
     let signature = loaded.signature();
     let request = decode_request(body, Some(signature))?;
@@ -111,6 +112,11 @@ pub(super) async fn infer(
     let client_deadline = request.timeout.is_some_and(|t| t < state.request_timeout);
     let budget = request.timeout.map_or(state.request_timeout, |t| t.min(state.request_timeout));
     let inputs = signature.check_inputs(request.inputs)?;
+    // Sampled predictions copy their inputs for the monitor; the rest pay one counter increment.
+    let observed = match (&state.monitor, &resolved.monitored) {
+        (Some(_), Some(monitored)) => monitored.sample(&inputs),
+        _ => None,
+    };
     let selected: Arc<[usize]> = signature.select_outputs(request.outputs.iter().map(String::as_str))?.into();
     let outputs = loaded.infer(incoming, inputs, selected, arrived + budget, client_deadline).await?;
     let response = InferResponse {
@@ -121,6 +127,14 @@ pub(super) async fn infer(
     };
     let mut reply = json_response(StatusCode::OK, &response);
     add_provenance(reply.headers_mut(), &loaded, revision.as_deref());
+    if let (Some(monitor), Some(monitored), Some(cells)) = (&state.monitor, &resolved.monitored, observed) {
+        monitor.offer(monitor::live::Observation {
+            profile: Arc::clone(&monitored.profile),
+            request_id: request.id.clone(),
+            at: std::time::SystemTime::now(),
+            cells,
+        });
+    }
     Ok(reply)
 }
 

@@ -1,0 +1,145 @@
+//! The monitor's side of the request path: which features of a model version's inputs are watched, and the
+//! observation taken from a request's checked inputs when the version's sampler picks it. The observation is
+//! offered to the monitor's bounded queue after the answer is ready and never awaited.
+//!
+//! Features map to inputs in one of two layouts: one 2-D input `[-1, n]` whose n columns are the reference CSV's
+//! columns in order (a typical tabular model), or one input per reference column, named as the column, of shape
+//! `[-1]` or `[-1, 1]`. Anything else is refused at load, naming the mismatch.
+
+use std::sync::Arc;
+
+use monitor::drift::ColumnKind;
+use monitor::live::{Cell, Profile, WindowSettings};
+use reconciler::DesiredModel;
+
+use crate::infer::{Signature, Tensor, TensorData};
+
+/// Where each feature's values are in a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Layout {
+    /// Input `input`, a matrix of `width` columns.
+    Matrix { input: usize, width: usize },
+    /// One input per feature, by position in the request's inputs (graph order after checking).
+    Columns(Vec<usize>),
+}
+
+/// A monitored model version: its profile and input layout.
+#[derive(Debug)]
+pub struct Monitored {
+    /// The reference profile, shared with the monitor thread.
+    pub profile: Arc<Profile>,
+    layout: Layout,
+    /// What the profile was built from, to keep it across commits that do not change it.
+    key: (String, Option<reconciler::manifest::Monitoring>),
+}
+
+impl Monitored {
+    /// The profile of `model` version `version` from its reference data, or `None` when it declares none. Blocking
+    /// (reads the reference CSV). An error says why the reference cannot be matched to the inputs.
+    pub fn build(
+        model: &DesiredModel,
+        version: u64,
+        revision: Option<&str>,
+        signature: &Signature,
+    ) -> Result<Option<Self>, String> {
+        let Some(reference) = &model.reference_data else { return Ok(None) };
+        let monitoring = model.monitoring.clone().unwrap_or_default();
+        let defaults = WindowSettings::default();
+        let settings = WindowSettings {
+            sample_rate: monitoring.sample_rate.unwrap_or(defaults.sample_rate),
+            window_size: monitoring.window_size.unwrap_or(defaults.window_size),
+            window_duration: monitoring.window_duration,
+            min_samples: monitoring.min_samples.unwrap_or(defaults.min_samples),
+        };
+        let kinds = monitoring
+            .columns
+            .iter()
+            .map(|(name, kind)| Ok((name.clone(), kind.parse::<ColumnKind>()?)))
+            .collect::<Result<_, String>>()?;
+        let identity = (model.name.clone(), version, revision.map(str::to_owned), Some(reference.sha256.clone()));
+        let profile = Profile::from_csv(&reference.path, identity, &kinds, settings).map_err(|e| e.to_string())?;
+        let layout = layout(&profile, signature)?;
+        let key = (reference.sha256.clone(), model.monitoring.clone());
+        Ok(Some(Self { profile: Arc::new(profile), layout, key }))
+    }
+
+    /// Whether this profile was built from the same reference data and settings as `model` asks for now.
+    pub fn is_current(&self, model: &DesiredModel) -> bool {
+        model.reference_data.as_ref().is_some_and(|r| r.sha256 == self.key.0) && model.monitoring == self.key.1
+    }
+
+    /// The cells of a request's checked inputs, row-major, if the sampler picks this prediction.
+    pub fn sample(&self, inputs: &[Tensor]) -> Option<Vec<Cell>> {
+        if !self.profile.sample() {
+            return None;
+        }
+        match &self.layout {
+            // Row-major [rows, width] data is already the observation's layout.
+            Layout::Matrix { input, .. } => inputs.get(*input).map(|t| cells(&t.data)),
+            Layout::Columns(positions) => {
+                let width = positions.len();
+                let rows = inputs.get(*positions.first()?)?.shape.first().copied().unwrap_or(1);
+                let mut out = vec![Cell::Missing; rows * width];
+                for (feature, &position) in positions.iter().enumerate() {
+                    let column = cells(&inputs.get(position)?.data);
+                    for (row, cell) in column.into_iter().enumerate().take(rows) {
+                        out[row * width + feature] = cell;
+                    }
+                }
+                Some(out)
+            }
+        }
+    }
+}
+
+fn layout(profile: &Profile, signature: &Signature) -> Result<Layout, String> {
+    let names: Vec<&str> = profile.features.iter().map(|f| f.name.as_str()).collect();
+    if let [only] = signature.inputs.as_slice() {
+        if let [-1, width] = only.shape.as_slice() {
+            if usize::try_from(*width).ok() == Some(names.len()) {
+                return Ok(Layout::Matrix { input: 0, width: names.len() });
+            }
+            return Err(format!(
+                "the reference data has {} columns but input '{}' has {width} features",
+                names.len(),
+                only.name
+            ));
+        }
+    }
+    let mut positions = Vec::with_capacity(names.len());
+    for name in &names {
+        let Some(position) = signature.inputs.iter().position(|i| i.name == *name) else {
+            return Err(format!(
+                "reference column '{name}' is not an input; the inputs are {} (use one [-1, n] input, or one input \
+                 per reference column)",
+                signature.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        };
+        if !matches!(signature.inputs[position].shape.as_slice(), [-1] | [-1, 1]) {
+            return Err(format!("input '{name}' must have shape [-1] or [-1, 1] to be monitored as a column"));
+        }
+        positions.push(position);
+    }
+    Ok(Layout::Columns(positions))
+}
+
+/// Every element of `data` as a cell, in order; non-finite numbers and empty strings are missing.
+fn cells(data: &TensorData) -> Vec<Cell> {
+    let number = |v: f64| if v.is_finite() { Cell::Number(v) } else { Cell::Missing };
+    match data {
+        TensorData::Bool(v) => v.iter().map(|&b| Cell::Number(if b { 1.0 } else { 0.0 })).collect(),
+        TensorData::Uint8(v) => v.iter().map(|&x| number(f64::from(x))).collect(),
+        TensorData::Uint16(v) => v.iter().map(|&x| number(f64::from(x))).collect(),
+        TensorData::Uint32(v) => v.iter().map(|&x| number(f64::from(x))).collect(),
+        TensorData::Uint64(v) => v.iter().map(|&x| number(x as f64)).collect(),
+        TensorData::Int8(v) => v.iter().map(|&x| number(f64::from(x))).collect(),
+        TensorData::Int16(v) => v.iter().map(|&x| number(f64::from(x))).collect(),
+        TensorData::Int32(v) => v.iter().map(|&x| number(f64::from(x))).collect(),
+        TensorData::Int64(v) => v.iter().map(|&x| number(x as f64)).collect(),
+        TensorData::Fp32(v) => v.iter().map(|&x| number(f64::from(x))).collect(),
+        TensorData::Fp64(v) => v.iter().map(|&x| number(x)).collect(),
+        TensorData::Bytes(v) => {
+            v.iter().map(|s| if s.is_empty() { Cell::Missing } else { Cell::Text(s.clone()) }).collect()
+        }
+    }
+}

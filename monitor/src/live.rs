@@ -1,0 +1,404 @@
+//! The live monitor: predictions are offered as observations over a bounded queue (full → dropped and counted; a
+//! prediction never waits), and one thread keeps, per model version, a window of the latest observed rows and
+//! compares it with that version's reference profile, with the same statistics as `vane drift`.
+//!
+//! Windows are bounded by count (`window_size` rows, the oldest evicted first) and optionally by age
+//! (`window_duration`); memory per model version is at most `window_size × features × 24` bytes for the cells plus
+//! 16 bytes per row, whatever the traffic. Nothing is approximated: each evaluation computes every statistic on the
+//! window exactly. A verdict needs `min_samples` rows; below that the report says how many it has.
+//!
+//! A profile belongs to one loaded model version and is built with it, off the request path, so a new model is
+//! never compared with a stale baseline: an observation carries its profile, and a window whose profile changed
+//! starts again.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::metrics::counter::Counter;
+use serde::Serialize;
+
+use crate::drift::{self, ColumnKind, ColumnReport, DatasetDrift, Sides, Values};
+use crate::table::Table;
+
+/// How a model version is monitored (from its manifest's `monitoring` block).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowSettings {
+    /// Share of predictions observed, in (0, 1].
+    pub sample_rate: f64,
+    /// Rows kept per window.
+    pub window_size: usize,
+    /// Rows older than this leave the window, if set.
+    pub window_duration: Option<Duration>,
+    /// Rows needed before a verdict.
+    pub min_samples: usize,
+}
+
+impl Default for WindowSettings {
+    fn default() -> Self {
+        // 1,000 rows is where Evidently switches from p-values to distances; 100 keeps n=30-style noise out.
+        Self { sample_rate: 1.0, window_size: 1000, window_duration: None, min_samples: 100 }
+    }
+}
+
+/// A feature the monitor watches.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Feature {
+    /// Its name (the reference column's header).
+    pub name: String,
+    /// How it is compared.
+    pub kind: ColumnKind,
+}
+
+/// The reference side of one model version: its features and typed reference columns.
+#[derive(Debug)]
+pub struct Profile {
+    /// The model.
+    pub model: String,
+    /// The version.
+    pub version: u64,
+    /// The commit it was deployed from.
+    pub commit: Option<String>,
+    /// The reference data's sha256.
+    pub data_sha256: Option<String>,
+    /// The features, in input order.
+    pub features: Vec<Feature>,
+    reference: Vec<Values>,
+    /// The window settings.
+    pub settings: WindowSettings,
+    sampled: AtomicU64,
+}
+
+/// Why a profile could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("reference data {path}: {message}")]
+pub struct ProfileError {
+    /// The reference file.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A feature value as observed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    /// A number.
+    Number(f64),
+    /// A category.
+    Text(String),
+    /// No value.
+    Missing,
+}
+
+/// One prediction's inputs: `rows` rows of `profile.features.len()` cells each, row-major.
+#[derive(Debug)]
+pub struct Observation {
+    /// The profile of the model version that served it.
+    pub profile: Arc<Profile>,
+    /// The request id, if the client sent one.
+    pub request_id: Option<String>,
+    /// When it was served.
+    pub at: SystemTime,
+    /// The cells, row-major.
+    pub cells: Vec<Cell>,
+}
+
+// === impl Profile ===
+
+impl Profile {
+    /// Builds the profile from the reference CSV. `kinds` overrides inferred column kinds. Blocking.
+    pub fn from_csv(
+        path: &std::path::Path,
+        identity: (String, u64, Option<String>, Option<String>),
+        kinds: &BTreeMap<String, ColumnKind>,
+        settings: WindowSettings,
+    ) -> Result<Self, ProfileError> {
+        let error = |message: String| ProfileError { path: path.display().to_string(), message };
+        let table = Table::from_csv_path(path).map_err(|e| error(e.to_string()))?;
+        if table.rows == 0 {
+            return Err(error("has no rows".to_owned()));
+        }
+        for name in kinds.keys() {
+            if table.index_of(name).is_none() {
+                return Err(error(format!("monitoring.columns names {name:?}, which is not a column")));
+            }
+        }
+        let (mut features, mut reference) = (Vec::new(), Vec::new());
+        for (index, name) in table.names.iter().enumerate() {
+            let kind = kinds.get(name).copied().unwrap_or_else(|| drift::infer_kind(&table, index, &table, index));
+            reference.push(drift::typed_values(&table, index, kind).map_err(|e| error(e.to_string()))?);
+            features.push(Feature { name: name.clone(), kind });
+        }
+        let (model, version, commit, data_sha256) = identity;
+        Ok(Self { model, version, commit, data_sha256, features, reference, settings, sampled: AtomicU64::new(0) })
+    }
+
+    /// Whether the next prediction should be observed: every k-th one for a rate of 1/k (deterministic, no RNG on
+    /// the request path).
+    pub fn sample(&self) -> bool {
+        let rate = self.settings.sample_rate;
+        if rate >= 1.0 {
+            return true;
+        }
+        if rate <= 0.0 {
+            return false;
+        }
+        let n = self.sampled.fetch_add(1, Ordering::Relaxed);
+        let every = (1.0 / rate).round().max(1.0) as u64;
+        n.is_multiple_of(every)
+    }
+}
+
+/// Counters of the observation queue (Prometheus counters, registered by the gateway).
+#[derive(Debug, Default, Clone)]
+pub struct QueueCounters {
+    /// Observations accepted.
+    pub accepted: Counter,
+    /// Observations dropped because the queue was full.
+    pub dropped: Counter,
+}
+
+/// The handle the request path uses: offers observations, never waits.
+#[derive(Clone)]
+pub struct Monitor {
+    sender: crossbeam_channel::Sender<Observation>,
+    counters: Arc<QueueCounters>,
+    reports: Arc<RwLock<Reports>>,
+}
+
+/// The latest report of every monitored model version.
+pub type Reports = BTreeMap<String, BTreeMap<u64, Arc<LiveReport>>>;
+
+/// The statistics of one model version's current window.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveReport {
+    /// The model.
+    pub model: String,
+    /// The version.
+    pub version: u64,
+    /// The commit that deployed it.
+    pub commit: Option<String>,
+    /// The reference data's sha256.
+    pub data_sha256: Option<String>,
+    /// Rows in the window.
+    pub window_rows: usize,
+    /// Rows observed since this window started (evicted ones included).
+    pub rows_observed: u64,
+    /// The window's capacity.
+    pub window_size: usize,
+    /// Rows needed before a verdict.
+    pub min_samples: usize,
+    /// When the oldest row in the window was observed (Unix milliseconds).
+    pub window_start_unix_ms: Option<u64>,
+    /// When this report was computed (Unix milliseconds).
+    pub evaluated_unix_ms: u64,
+    /// Whether there are enough rows for a verdict.
+    pub enough_samples: bool,
+    /// Per-feature statistics (present once `enough_samples`).
+    pub columns: BTreeMap<String, ColumnReport>,
+    /// The dataset-level verdict (present once `enough_samples`).
+    pub dataset_drift: Option<DatasetDrift>,
+}
+
+/// How the monitor thread runs.
+#[derive(Debug, Clone)]
+pub struct MonitorConfig {
+    /// Observations that may wait for the monitor thread; more are dropped and counted.
+    pub queue_capacity: usize,
+    /// How often windows with new rows are evaluated.
+    pub evaluate_every: Duration,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self { queue_capacity: 4096, evaluate_every: Duration::from_secs(1) }
+    }
+}
+
+// === impl Monitor ===
+
+impl Monitor {
+    /// Starts the monitor thread. It stops when every handle is dropped. `on_report` is called (on the monitor
+    /// thread) with each new report, for metrics and alerts.
+    pub fn start(config: MonitorConfig, on_report: impl FnMut(&LiveReport) + Send + 'static) -> std::io::Result<Self> {
+        let (sender, receiver) = crossbeam_channel::bounded(config.queue_capacity);
+        let reports: Arc<RwLock<Reports>> = Arc::default();
+        let published = Arc::clone(&reports);
+        std::thread::Builder::new()
+            .name("vane-monitor".into())
+            .spawn(move || run(&receiver, config.evaluate_every, &published, on_report))?;
+        Ok(Self { sender, counters: Arc::default(), reports })
+    }
+
+    /// Offers an observation: queued if there is room, else dropped and counted. Never blocks.
+    pub fn offer(&self, observation: Observation) {
+        match self.sender.try_send(observation) {
+            Ok(()) => self.counters.accepted.inc(),
+            Err(_) => self.counters.dropped.inc(),
+        };
+    }
+
+    /// The queue's counters.
+    pub fn counters(&self) -> &QueueCounters {
+        &self.counters
+    }
+
+    /// The latest reports.
+    pub fn reports(&self) -> Reports {
+        self.reports.read().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+/// One model version's window.
+struct Window {
+    profile: Arc<Profile>,
+    rows: VecDeque<(SystemTime, Vec<Cell>)>,
+    observed: u64,
+    changed: bool,
+}
+
+fn run(
+    receiver: &crossbeam_channel::Receiver<Observation>,
+    every: Duration,
+    reports: &RwLock<Reports>,
+    mut on_report: impl FnMut(&LiveReport),
+) {
+    let mut windows: HashMap<(String, u64), Window> = HashMap::new();
+    let mut next = Instant::now() + every;
+    loop {
+        match receiver.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            Ok(observation) => add(&mut windows, observation),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        }
+        if Instant::now() < next {
+            continue;
+        }
+        next = Instant::now() + every;
+        // Everything offered before this evaluation started is in it.
+        while let Ok(observation) = receiver.try_recv() {
+            add(&mut windows, observation);
+        }
+        // Versions no longer loaded: only this thread holds their profile.
+        windows.retain(|_, w| Arc::strong_count(&w.profile) > 1);
+        let mut fresh = Vec::new();
+        for window in windows.values_mut() {
+            expire(window);
+            if window.changed {
+                window.changed = false;
+                fresh.push(Arc::new(evaluate(window)));
+            }
+        }
+        if let Ok(mut published) = reports.write() {
+            published.retain(|model, versions| {
+                versions.retain(|version, _| windows.contains_key(&(model.clone(), *version)));
+                !versions.is_empty()
+            });
+            for report in &fresh {
+                published.entry(report.model.clone()).or_default().insert(report.version, Arc::clone(report));
+            }
+        }
+        for report in &fresh {
+            on_report(report);
+        }
+    }
+}
+
+fn add(windows: &mut HashMap<(String, u64), Window>, observation: Observation) {
+    let profile = observation.profile;
+    let width = profile.features.len();
+    if width == 0 || !observation.cells.len().is_multiple_of(width) {
+        return;
+    }
+    let key = (profile.model.clone(), profile.version);
+    let fresh = || Window { profile: Arc::clone(&profile), rows: VecDeque::new(), observed: 0, changed: false };
+    let window = windows.entry(key).or_insert_with(fresh);
+    if !Arc::ptr_eq(&window.profile, &profile) {
+        // A new deployment of the same version (new commit or reference data): start again.
+        *window = fresh();
+    }
+    let capacity = profile.settings.window_size.max(1);
+    let mut cells = observation.cells.into_iter();
+    loop {
+        let row: Vec<Cell> = cells.by_ref().take(width).collect();
+        if row.is_empty() {
+            break;
+        }
+        if window.rows.len() == capacity {
+            window.rows.pop_front();
+        }
+        window.rows.push_back((observation.at, row));
+        window.observed += 1;
+    }
+    window.changed = true;
+}
+
+fn expire(window: &mut Window) {
+    let Some(limit) = window.profile.settings.window_duration else { return };
+    let Some(oldest_allowed) = SystemTime::now().checked_sub(limit) else { return };
+    while window.rows.front().is_some_and(|(at, _)| *at < oldest_allowed) {
+        window.rows.pop_front();
+        window.changed = true;
+    }
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn evaluate(window: &Window) -> LiveReport {
+    let profile = &window.profile;
+    let settings = &profile.settings;
+    let enough = window.rows.len() >= settings.min_samples.max(1);
+    let mut columns = BTreeMap::new();
+    if enough {
+        for (index, feature) in profile.features.iter().enumerate() {
+            let current = match feature.kind {
+                ColumnKind::Numeric => Values::Numeric(
+                    window
+                        .rows
+                        .iter()
+                        .map(|(_, row)| match &row[index] {
+                            Cell::Number(v) if v.is_finite() => Some(*v),
+                            Cell::Text(t) => t.parse::<f64>().ok().filter(|v| v.is_finite()),
+                            _ => None,
+                        })
+                        .collect(),
+                ),
+                ColumnKind::Categorical | ColumnKind::Binary => Values::Categorical(
+                    window
+                        .rows
+                        .iter()
+                        .map(|(_, row)| match &row[index] {
+                            Cell::Text(t) => Some(t.clone()),
+                            Cell::Number(v) if feature.kind == ColumnKind::Binary => {
+                                Some(if *v == 0.0 { "0" } else { "1" }.to_owned())
+                            }
+                            Cell::Number(v) => Some(format!("{v}")),
+                            Cell::Missing => None,
+                        })
+                        .collect(),
+                ),
+            };
+            let values = Sides { reference: profile.reference[index].clone(), current };
+            columns.insert(feature.name.clone(), drift::column_report(feature.kind, &values));
+        }
+    }
+    let order: Vec<String> = profile.features.iter().map(|f| f.name.clone()).collect();
+    LiveReport {
+        model: profile.model.clone(),
+        version: profile.version,
+        commit: profile.commit.clone(),
+        data_sha256: profile.data_sha256.clone(),
+        window_rows: window.rows.len(),
+        rows_observed: window.observed,
+        window_size: settings.window_size,
+        min_samples: settings.min_samples,
+        window_start_unix_ms: window.rows.front().map(|(at, _)| unix_ms(*at)),
+        evaluated_unix_ms: unix_ms(SystemTime::now()),
+        enough_samples: enough,
+        dataset_drift: enough.then(|| drift::dataset_drift(&order, &columns)),
+        columns,
+    }
+}

@@ -1,0 +1,142 @@
+//! The live monitor end to end: predictions served from a GitOps deployment whose manifest names reference data
+//! are sampled into a window and compared with that reference, by the same statistics as `vane drift`. Traffic
+//! drawn from the reference shows no dataset drift; shifted traffic drifts the shifted features, in the
+//! `/api/v1/monitor` view and in `/metrics`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use hyper::StatusCode;
+use serde_json::{json, Value};
+
+use crate::gitops::serve;
+use crate::support::{models_dir, GitRemote, TestServer};
+
+/// Rows of the breast-cancer reference (30 features each).
+fn reference_rows() -> Vec<Vec<f64>> {
+    let data = monitor::ReferenceData::from_csv_path(&models_dir().join("breast_cancer/reference.csv")).unwrap();
+    (0..data.rows).map(|i| data.numeric_row(i).unwrap()).collect()
+}
+
+async fn predict(server: &TestServer, rows: &[Vec<f64>]) {
+    for chunk in rows.chunks(50) {
+        let data: Vec<f32> = chunk.iter().flatten().map(|&v| v as f32).collect();
+        let body = json!({"inputs": [{"name": "input", "shape": [chunk.len(), 30], "datatype": "FP32", "data": data}]});
+        let reply = server.post_json("/v2/models/breast_cancer/infer", &body).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+}
+
+/// The monitor view once its report covers `rows` observed rows, waiting (at most 30 s) on the monitor's report
+/// counter rather than polling.
+async fn report_after(server: &TestServer, rows: u64) -> Value {
+    let mut evaluations = server.server.monitor_evaluations();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        evaluations.borrow_and_update();
+        let view = server.get("/api/v1/monitor/breast_cancer").await.body;
+        if view["versions"][0]["rows_observed"].as_u64() == Some(rows) {
+            return view;
+        }
+        tokio::time::timeout_at(deadline, evaluations.changed()).await.expect("a report in time").unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_like_traffic_does_not_drift_and_shifted_traffic_does() {
+    let remote = GitRemote::with_breast_cancer();
+    let manifest = remote.manifest();
+    let start = manifest.find("  monitoring:").unwrap();
+    let end = manifest.find("  allow_history_rewrite").unwrap();
+    let monitoring = "  monitoring:\n    window_size: 190\n    min_samples: 100\n";
+    remote.write(
+        "deploy/breast-cancer.yaml",
+        format!("{}{monitoring}{}", &manifest[..start], &manifest[end..]).as_bytes(),
+    );
+    remote.push("monitor with a 190-row window");
+    let data = tempfile::tempdir().unwrap();
+    let server = serve(remote.bare.path().display().to_string(), &data).await;
+
+    let view = server.get("/api/v1/monitor/breast_cancer").await;
+    assert_eq!(view.status, StatusCode::OK, "{}", view.body);
+    assert_eq!(view.body["versions"], json!([]), "no traffic yet, no report");
+
+    // Every third reference row: the reference's own distribution.
+    let rows = reference_rows();
+    let sample: Vec<Vec<f64>> = rows.iter().step_by(3).cloned().collect();
+    assert_eq!(sample.len(), 190);
+    predict(&server, &sample).await;
+    let view = report_after(&server, 190).await;
+    let report = &view["versions"][0];
+    assert_eq!(report["window_rows"], 190);
+    assert_eq!(report["version"], 2, "the default version served the traffic");
+    assert_eq!(report["enough_samples"], true);
+    assert_eq!(report["data_sha256"], crate::support::sha256_of(&models_dir().join("breast_cancer/reference.csv")));
+    assert_eq!(report["columns"].as_object().unwrap().len(), 30);
+    let dataset = &report["dataset_drift"];
+    assert_eq!(dataset["dataset_drift"], false, "{dataset}");
+    assert!(dataset["number_of_drifted_columns"].as_u64().unwrap() <= 3, "{dataset}");
+
+    // The live statistics are the offline ones: the same rows (as the f32 the model saw) through `vane drift`'s code.
+    let offline = offline_report(&sample);
+    for feature in ["mean_radius", "worst_area", "fractal_dimension_error"] {
+        let (live, offline) = (&report["columns"][feature], &offline["columns"][feature]);
+        for stat in ["/psi/value", "/ks/statistic", "/ks/pvalue", "/wasserstein/distance", "/js_distance"] {
+            // Equal up to the last bit JSON text may move (serde_json's default float parsing is not exact).
+            let (a, b) =
+                (live.pointer(stat).unwrap().as_f64().unwrap(), offline.pointer(stat).unwrap().as_f64().unwrap());
+            assert!((a - b).abs() <= 1e-14 * b.abs().max(1e-300), "{feature}{stat}: live {a}, offline {b}");
+        }
+        assert_eq!(live["psi"]["current_counts"], offline["psi"]["current_counts"], "{feature}");
+    }
+
+    // Traffic where the first ten features grow by half: a full window of it.
+    let shifted: Vec<Vec<f64>> = sample
+        .iter()
+        .map(|row| row.iter().enumerate().map(|(i, v)| if i < 10 { v * 1.5 } else { *v }).collect())
+        .collect();
+    predict(&server, &shifted).await;
+    let view = report_after(&server, 380).await;
+    let report = &view["versions"][0];
+    let drifted: Vec<&str> =
+        report["dataset_drift"]["drifted_columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    for feature in ["mean_radius", "mean_texture", "mean_perimeter", "mean_area"] {
+        assert!(drifted.contains(&feature), "{feature} should drift: {drifted:?}");
+        assert_eq!(report["columns"][feature]["drift"]["stattest"], "ks");
+    }
+    assert!(drifted.len() >= 10, "{drifted:?}");
+
+    let metrics = server.get("/metrics").await.body;
+    let text = metrics.as_str().unwrap();
+    assert!(
+        text.contains(r#"vane_feature_drifted{model="breast_cancer",version="2",feature="mean_radius"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"vane_monitor_window_rows{model="breast_cancer",version="2"} 190"#), "{text}");
+    assert!(text.contains("vane_monitor_observations_dropped_total 0"), "{text}");
+    server.stop().await;
+}
+
+/// The offline report of `rows` (as f32, the model's input type) against the reference CSV.
+fn offline_report(rows: &[Vec<f64>]) -> Value {
+    let reference_path = models_dir().join("breast_cancer/reference.csv");
+    let reference = monitor::table::Table::from_csv_path(&reference_path).unwrap();
+    let mut csv = reference.names.join(",") + "\n";
+    for row in rows {
+        let cells: Vec<String> = row.iter().map(|&v| format!("{}", f64::from(v as f32))).collect();
+        csv.push_str(&(cells.join(",") + "\n"));
+    }
+    let current = monitor::table::Table::from_csv_reader(csv.as_bytes(), Path::new("window.csv")).unwrap();
+    let report = monitor::drift::report(&reference, &current, &monitor::drift::Options::default()).unwrap();
+    serde_json::to_value(report).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_without_reference_data_is_not_monitored() {
+    let server = TestServer::start().await;
+    let reply = server.get("/api/v1/monitor/breast_cancer").await;
+    reply.assert_error(StatusCode::FORBIDDEN, &["monitoring of this model", "spec.reference_data"]);
+    let reply = server.get("/api/v1/monitor/nope").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    server.stop().await;
+}
