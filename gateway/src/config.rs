@@ -26,6 +26,10 @@ pub struct ServeConfig {
     pub poll_interval: Option<Duration>,
     /// GitOps mode: serve what a Git repository's manifests say (then `model_dir` and `poll_interval` are unused).
     pub gitops: Option<GitOpsConfig>,
+    /// Where drift alerts go (Alertmanager, webhooks).
+    pub alerting: monitor::notify::NotifyConfig,
+    /// The URL on-call staff reach this server at, for links in alerts [default: http://<listen>].
+    pub external_url: Option<String>,
 }
 
 /// The default listen address: loopback, so a first run exposes nothing.
@@ -52,6 +56,8 @@ impl ServeConfig {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             poll_interval: Some(DEFAULT_POLL_INTERVAL),
             gitops: None,
+            alerting: monitor::notify::NotifyConfig::default(),
+            external_url: None,
         }
     }
 }

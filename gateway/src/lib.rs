@@ -126,12 +126,18 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
     let monitor_metrics = metrics::monitor_series::MonitorMetrics::default();
     let recorder = monitor_metrics.clone();
     let (evaluations_tx, evaluations) = watch::channel(0u64);
-    let monitor = monitor::live::Monitor::start(monitor::live::MonitorConfig::default(), move |report| {
+    let monitor_config = monitor::live::MonitorConfig {
+        notify: config.alerting.clone(),
+        base_url: config.external_url.clone().unwrap_or_else(|| format!("http://{addr}")),
+        ..monitor::live::MonitorConfig::default()
+    };
+    let monitor = monitor::live::Monitor::start(monitor_config, move |report| {
         recorder.record(report);
         evaluations_tx.send_modify(|n| *n += 1);
     })
     .map_err(StartError::Monitor)?;
     monitor_metrics.register(metrics.registry_mut(), monitor.counters());
+    metrics::monitor_series::MonitorMetrics::register_delivery(metrics.registry_mut(), monitor.notify_counters());
     let mut state = AppState::new(Arc::clone(&registry), &config.limits);
     state.metrics = Arc::new(metrics);
     state.monitor = Some(monitor);

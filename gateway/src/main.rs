@@ -217,6 +217,15 @@ struct RunArgs {
     /// How long shutdown waits for in-flight requests (e.g. 10s).
     #[arg(long, env = "VANE_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "10s")]
     shutdown_grace: Duration,
+    /// Alertmanager to send drift alerts to, e.g. http://alertmanager:9093 (repeatable).
+    #[arg(long = "alertmanager-url", env = "VANE_ALERTMANAGER_URLS", value_delimiter = ',')]
+    alertmanagers: Vec<String>,
+    /// A webhook that gets drift alerts as JSON with a Slack-style "text" field (repeatable).
+    #[arg(long = "alert-webhook-url", env = "VANE_ALERT_WEBHOOK_URLS", value_delimiter = ',')]
+    alert_webhooks: Vec<String>,
+    /// The URL on-call staff reach this server at, for the links in alerts [default: http://<listen>].
+    #[arg(long, env = "VANE_EXTERNAL_URL")]
+    external_url: Option<String>,
 }
 
 impl ServeArgs {
@@ -274,6 +283,12 @@ impl RunArgs {
             max_queue_delay: self.max_queue_delay,
         };
         config.shutdown_grace = self.shutdown_grace;
+        config.alerting = monitor::notify::NotifyConfig {
+            alertmanagers: self.alertmanagers.clone(),
+            webhooks: self.alert_webhooks.clone(),
+            resend_every: Duration::from_secs(60),
+        };
+        config.external_url = self.external_url.clone();
         config.poll_interval = Some(self.poll_interval.unwrap_or(config::DEFAULT_POLL_INTERVAL));
         config
     }

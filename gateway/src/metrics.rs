@@ -121,6 +121,21 @@ pub mod monitor_series {
             );
         }
 
+        /// Registers the alert delivery counters.
+        pub fn register_delivery(registry: &mut Registry, counters: &monitor::notify::NotifyCounters) {
+            registry.register("vane_alert_deliveries", "Alert notifications delivered", counters.sent.clone());
+            registry.register(
+                "vane_alert_delivery_failures",
+                "Alert notifications that failed after retries",
+                counters.failed.clone(),
+            );
+            registry.register(
+                "vane_alert_batches_dropped",
+                "Alert batches dropped because the delivery queue was full",
+                counters.dropped.clone(),
+            );
+        }
+
         /// Sets the gauges from `report`.
         pub fn record(&self, report: &LiveReport) {
             let (model, version) = (report.model.clone(), report.version.to_string());

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use monitor::alerts::Rule;
 use monitor::drift::ColumnKind;
 use monitor::live::{Cell, Profile, WindowSettings};
 use reconciler::DesiredModel;
@@ -50,6 +51,8 @@ impl Monitored {
             window_size: monitoring.window_size.unwrap_or(defaults.window_size),
             window_duration: monitoring.window_duration,
             min_samples: monitoring.min_samples.unwrap_or(defaults.min_samples),
+            rules: Rule::from_thresholds(&monitoring.thresholds).map_err(|e| format!("thresholds: {e}"))?,
+            hold: monitoring.for_duration.unwrap_or(defaults.hold),
         };
         let kinds = monitoring
             .columns

@@ -3,10 +3,12 @@
 //! [`offline`], [`html`]). This crate knows nothing of HTTP or ONNX Runtime; its reads are blocking, so callers run them off the
 //! async threads.
 
+pub mod alerts;
 pub mod drift;
 mod errors;
 pub mod html;
 pub mod live;
+pub mod notify;
 pub mod offline;
 pub mod reference;
 pub mod stats;

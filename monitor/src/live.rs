@@ -19,7 +19,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 
+use crate::alerts::{Alert, Engine, Rule};
 use crate::drift::{self, ColumnKind, ColumnReport, DatasetDrift, Sides, Values};
+use crate::notify::{Notifier, NotifyConfig};
 use crate::table::Table;
 
 /// How a model version is monitored (from its manifest's `monitoring` block).
@@ -33,12 +35,24 @@ pub struct WindowSettings {
     pub window_duration: Option<Duration>,
     /// Rows needed before a verdict.
     pub min_samples: usize,
+    /// The alert rules (from the manifest's thresholds).
+    pub rules: Vec<Rule>,
+    /// How long a condition must hold before its alert fires, and be clear before it resolves.
+    pub hold: Duration,
 }
 
 impl Default for WindowSettings {
     fn default() -> Self {
         // 1,000 rows is where Evidently switches from p-values to distances; 100 keeps n=30-style noise out.
-        Self { sample_rate: 1.0, window_size: 1000, window_duration: None, min_samples: 100 }
+        // Without thresholds, the alert is Evidently's dataset verdict; ten minutes keeps one bad window quiet.
+        Self {
+            sample_rate: 1.0,
+            window_size: 1000,
+            window_duration: None,
+            min_samples: 100,
+            rules: Rule::from_thresholds(&BTreeMap::new()).unwrap_or_default(),
+            hold: Duration::from_secs(600),
+        }
     }
 }
 
@@ -165,6 +179,8 @@ pub struct Monitor {
     sender: crossbeam_channel::Sender<Observation>,
     counters: Arc<QueueCounters>,
     reports: Arc<RwLock<Reports>>,
+    alerts: Arc<RwLock<Vec<Alert>>>,
+    notifier: Notifier,
 }
 
 /// The latest report of every monitored model version.
@@ -208,11 +224,20 @@ pub struct MonitorConfig {
     pub queue_capacity: usize,
     /// How often windows with new rows are evaluated.
     pub evaluate_every: Duration,
+    /// Where alerts are delivered.
+    pub notify: NotifyConfig,
+    /// The URL alerts link to (this server as on-call staff reach it).
+    pub base_url: String,
 }
 
 impl Default for MonitorConfig {
     fn default() -> Self {
-        Self { queue_capacity: 4096, evaluate_every: Duration::from_secs(1) }
+        Self {
+            queue_capacity: 4096,
+            evaluate_every: Duration::from_secs(1),
+            notify: NotifyConfig::default(),
+            base_url: String::new(),
+        }
     }
 }
 
@@ -224,11 +249,24 @@ impl Monitor {
     pub fn start(config: MonitorConfig, on_report: impl FnMut(&LiveReport) + Send + 'static) -> std::io::Result<Self> {
         let (sender, receiver) = crossbeam_channel::bounded(config.queue_capacity);
         let reports: Arc<RwLock<Reports>> = Arc::default();
-        let published = Arc::clone(&reports);
+        let alerts: Arc<RwLock<Vec<Alert>>> = Arc::default();
+        let notifier = Notifier::start(config.notify.clone())?;
+        let shared = Shared { reports: Arc::clone(&reports), alerts: Arc::clone(&alerts), notifier: notifier.clone() };
+        let engine = Engine::new(config.base_url.trim_end_matches('/'));
         std::thread::Builder::new()
             .name("vane-monitor".into())
-            .spawn(move || run(&receiver, config.evaluate_every, &published, on_report))?;
-        Ok(Self { sender, counters: Arc::default(), reports })
+            .spawn(move || run(&receiver, config.evaluate_every, &shared, engine, on_report))?;
+        Ok(Self { sender, counters: Arc::default(), reports, alerts, notifier })
+    }
+
+    /// Every alert the engine tracks (pending, firing, and resolved ones not yet forgotten), newest first.
+    pub fn alerts(&self) -> Vec<Alert> {
+        self.alerts.read().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    /// The delivery counters.
+    pub fn notify_counters(&self) -> &crate::notify::NotifyCounters {
+        self.notifier.counters()
     }
 
     /// Offers an observation: queued if there is room, else dropped and counted. Never blocks.
@@ -258,10 +296,18 @@ struct Window {
     changed: bool,
 }
 
+/// What the monitor thread publishes to.
+struct Shared {
+    reports: Arc<RwLock<Reports>>,
+    alerts: Arc<RwLock<Vec<Alert>>>,
+    notifier: Notifier,
+}
+
 fn run(
     receiver: &crossbeam_channel::Receiver<Observation>,
     every: Duration,
-    reports: &RwLock<Reports>,
+    shared: &Shared,
+    mut engine: Engine,
     mut on_report: impl FnMut(&LiveReport),
 ) {
     let mut windows: HashMap<(String, u64), Window> = HashMap::new();
@@ -283,14 +329,23 @@ fn run(
         // Versions no longer loaded: only this thread holds their profile.
         windows.retain(|_, w| Arc::strong_count(&w.profile) > 1);
         let mut fresh = Vec::new();
+        let mut changed_alerts = Vec::new();
         for window in windows.values_mut() {
             expire(window);
             if window.changed {
                 window.changed = false;
-                fresh.push(Arc::new(evaluate(window)));
+                let report = evaluate(window);
+                let settings = &window.profile.settings;
+                changed_alerts.extend(engine.evaluate(&report, &settings.rules, settings.hold, SystemTime::now()));
+                fresh.push(Arc::new(report));
             }
         }
-        if let Ok(mut published) = reports.write() {
+        engine.retain_versions(|model, version| windows.contains_key(&(model.to_owned(), version)));
+        if let Ok(mut alerts) = shared.alerts.write() {
+            *alerts = engine.alerts();
+        }
+        shared.notifier.notify(changed_alerts);
+        if let Ok(mut published) = shared.reports.write() {
             published.retain(|model, versions| {
                 versions.retain(|version, _| windows.contains_key(&(model.clone(), *version)));
                 !versions.is_empty()

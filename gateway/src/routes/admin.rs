@@ -101,6 +101,16 @@ pub(super) fn monitor(state: &AppState, model: &str) -> Result<HttpResponse, Api
     Ok(json_response(StatusCode::OK, &body))
 }
 
+/// `GET /api/v1/alerts`: every drift alert the monitor tracks (pending, firing, recently resolved), newest first.
+pub(super) fn alerts(state: &AppState) -> HttpResponse {
+    #[derive(Serialize)]
+    struct Alerts {
+        alerts: Vec<monitor::alerts::Alert>,
+    }
+    let alerts = state.monitor.as_ref().map(monitor::live::Monitor::alerts).unwrap_or_default();
+    json_response(StatusCode::OK, &Alerts { alerts })
+}
+
 /// `POST /api/v1/hooks/git`: a push webhook from GitHub (`X-Hub-Signature-256`), Gitea (`X-Gitea-Signature`) or
 /// GitLab (`X-Gitlab-Token`). A bad or missing signature gets 401 and triggers nothing; a push to another branch is
 /// acknowledged and ignored.

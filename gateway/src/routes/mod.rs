@@ -94,6 +94,7 @@ where
         ["api", "v1", "status"] => Route::Status,
         ["metrics"] => Route::Metrics,
         ["api", "v1", "monitor", model] => Route::Monitor(model),
+        ["api", "v1", "alerts"] => Route::Alerts,
         ["api", "v1", "hooks", "git"] => Route::Webhook,
         ["api", "v1", "sync"] => Route::Sync,
         ["api", "v1", "rollback"] => Route::Rollback,
@@ -119,6 +120,7 @@ where
         Route::ModelStats(model, version) => v2::model_stats(registry, model, version),
         Route::Status => Ok(admin::status(state)),
         Route::Monitor(model) => admin::monitor(state, model),
+        Route::Alerts => Ok(admin::alerts(state)),
         Route::Metrics => {
             let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())));
             response
@@ -155,6 +157,7 @@ enum Route<'a> {
     Infer(&'a str, Option<&'a str>),
     Status,
     Monitor(&'a str),
+    Alerts,
     Metrics,
     Webhook,
     Sync,

@@ -1,0 +1,439 @@
+//! Alerts from the live reports: rules from the manifest's thresholds, each condition debounced by a `for`
+//! duration on the way in and on the way out, with a hysteresis band so a value hovering at the threshold does not
+//! flap. States: pending (condition holds, not yet for `for`), firing, resolved (clear for `for` after firing).
+//!
+//! One alert per model version and rule: feature rules (`psi`, `js_distance`, `ks_p_value`, `wasserstein_normed`,
+//! `chi2_p_value`, `missing_share`) list every feature past the threshold with its value; `dataset_drift_share`
+//! fires on the share of drifted features. Labels stay bounded (model, version, rule, severity); the feature list
+//! is in the annotations. The engine is pure: it is given the time, so its lifecycle is tested on a fake clock.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::drift::NumericStat;
+use crate::live::LiveReport;
+
+/// Which way a statistic is bad.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// Drift when the value is above the threshold (distances, PSI, missing share).
+    Above,
+    /// Drift when the value is below the threshold (p-values).
+    Below,
+}
+
+/// A rule: a statistic held against a threshold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// The statistic's name, as in the manifest.
+    pub statistic: String,
+    /// The threshold.
+    pub threshold: f64,
+    direction: Direction,
+}
+
+/// The names a manifest may use in `monitoring.thresholds`.
+pub const KNOWN_STATISTICS: [&str; 7] =
+    ["psi", "js_distance", "ks_p_value", "wasserstein_normed", "chi2_p_value", "missing_share", "dataset_drift_share"];
+
+/// The hysteresis band: a condition clears only once the value is this share back inside the threshold.
+const HYSTERESIS: f64 = 0.1;
+
+impl Rule {
+    /// A rule for `statistic` at `threshold`; an unknown name is an error listing the known ones.
+    pub fn new(statistic: &str, threshold: f64) -> Result<Self, String> {
+        let direction = match statistic {
+            "psi" | "js_distance" | "wasserstein_normed" | "missing_share" | "dataset_drift_share" => Direction::Above,
+            "ks_p_value" | "chi2_p_value" => Direction::Below,
+            other => {
+                return Err(format!("unknown threshold {other:?}; known: {}", KNOWN_STATISTICS.join(", ")));
+            }
+        };
+        Ok(Self { statistic: statistic.to_owned(), threshold, direction })
+    }
+
+    /// The rules of a manifest's thresholds; none given means Evidently's verdict on the dataset (share ≥ 0.5).
+    pub fn from_thresholds(thresholds: &BTreeMap<String, f64>) -> Result<Vec<Self>, String> {
+        if thresholds.is_empty() {
+            return Ok(vec![Self::new("dataset_drift_share", crate::drift::DRIFT_SHARE)?]);
+        }
+        thresholds.iter().map(|(name, value)| Self::new(name, *value)).collect()
+    }
+
+    fn breached(&self, value: f64) -> bool {
+        match self.direction {
+            Direction::Above => value >= self.threshold,
+            Direction::Below => value < self.threshold,
+        }
+    }
+
+    fn clear(&self, value: f64) -> bool {
+        match self.direction {
+            Direction::Above => value < self.threshold * (1.0 - HYSTERESIS),
+            Direction::Below => value >= self.threshold * (1.0 + HYSTERESIS),
+        }
+    }
+
+    fn severity(&self) -> &'static str {
+        // One feature drifting is a ticket; the dataset drifting pages.
+        if self.statistic == "dataset_drift_share" {
+            "page"
+        } else {
+            "ticket"
+        }
+    }
+}
+
+/// An alert's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// The condition holds, not yet for `for`.
+    Pending,
+    /// The condition has held for `for`.
+    Firing,
+    /// It fired, then was clear for `for`.
+    Resolved,
+}
+
+/// A feature past its threshold.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Breach {
+    /// The feature, or `dataset` for the dataset rule.
+    pub feature: String,
+    /// Its value.
+    pub value: f64,
+}
+
+/// One alert, as `GET /api/v1/alerts` lists it and as it is sent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Alert {
+    /// `VaneFeatureDrift` or `VaneDatasetDrift`.
+    pub name: &'static str,
+    /// The model.
+    pub model: String,
+    /// The version.
+    pub version: u64,
+    /// The commit that deployed it.
+    pub commit: Option<String>,
+    /// The statistic.
+    pub statistic: String,
+    /// Its threshold.
+    pub threshold: f64,
+    /// `ticket` or `page`.
+    pub severity: &'static str,
+    /// The state.
+    pub state: State,
+    /// What is past the threshold now (the last breaches seen, once it clears).
+    pub breaches: Vec<Breach>,
+    /// When the condition began (Unix milliseconds).
+    pub since_unix_ms: u64,
+    /// When it fired, if it did.
+    pub fired_unix_ms: Option<u64>,
+    /// When it resolved, if it did.
+    pub resolved_unix_ms: Option<u64>,
+    /// One line for a person: what, where, how much.
+    pub summary: String,
+    /// Where to look.
+    pub dashboard: String,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    alert: Alert,
+    /// When the condition last became clear while firing.
+    clear_since: Option<SystemTime>,
+}
+
+/// The alert engine of one process.
+#[derive(Debug, Default)]
+pub struct Engine {
+    tracked: BTreeMap<(String, u64, String), Tracked>,
+    /// The base URL links point to (the dashboard).
+    pub base_url: String,
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn feature_value(rule: &Rule, column: &crate::drift::ColumnReport) -> Option<f64> {
+    match (rule.statistic.as_str(), column) {
+        ("psi", c) => c.psi.as_ref().map(|p| p.value),
+        ("js_distance", c) => c.js_distance,
+        ("missing_share", c) => Some(c.missing.current.share),
+        ("ks_p_value", crate::drift::ColumnReport { ks: NumericStat::Value(ks), .. }) => Some(ks.pvalue),
+        ("chi2_p_value", crate::drift::ColumnReport { chi2: NumericStat::Value(chi2), .. }) => Some(chi2.pvalue),
+        ("wasserstein_normed", crate::drift::ColumnReport { wasserstein: NumericStat::Value(w), .. }) => Some(w.normed),
+        _ => None,
+    }
+}
+
+impl Engine {
+    /// An engine whose alerts link to `base_url` (e.g. `http://vane:8080`).
+    pub fn new(base_url: impl Into<String>) -> Self {
+        Self { tracked: BTreeMap::new(), base_url: base_url.into() }
+    }
+
+    /// Evaluates `rules` on `report` at `now`, with the debounce `hold`; returns the alerts whose state changed.
+    pub fn evaluate(&mut self, report: &LiveReport, rules: &[Rule], hold: Duration, now: SystemTime) -> Vec<Alert> {
+        let mut changed = Vec::new();
+        if !report.enough_samples {
+            return changed;
+        }
+        for rule in rules {
+            let breaches: Vec<Breach> = if rule.statistic == "dataset_drift_share" {
+                report
+                    .dataset_drift
+                    .as_ref()
+                    .map(|d| d.share_of_drifted_columns)
+                    .filter(|&share| rule.breached(share))
+                    .map(|value| vec![Breach { feature: "dataset".to_owned(), value }])
+                    .unwrap_or_default()
+            } else {
+                report
+                    .columns
+                    .iter()
+                    .filter_map(|(name, column)| {
+                        let value = feature_value(rule, column)?;
+                        rule.breached(value).then(|| Breach { feature: name.clone(), value })
+                    })
+                    .collect()
+            };
+            // Clear only when every feature is back inside the band, not merely under the threshold.
+            let all_clear = if rule.statistic == "dataset_drift_share" {
+                report.dataset_drift.as_ref().is_none_or(|d| rule.clear(d.share_of_drifted_columns))
+            } else {
+                report.columns.values().all(|c| feature_value(rule, c).is_none_or(|v| rule.clear(v)))
+            };
+            let key = (report.model.clone(), report.version, rule.statistic.clone());
+            if let Some(alert) = self.step(key, rule, report, breaches, all_clear, hold, now) {
+                changed.push(alert);
+            }
+        }
+        changed
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        key: (String, u64, String),
+        rule: &Rule,
+        report: &LiveReport,
+        breaches: Vec<Breach>,
+        all_clear: bool,
+        hold: Duration,
+        now: SystemTime,
+    ) -> Option<Alert> {
+        let now_ms = unix_ms(now);
+        match self.tracked.get_mut(&key) {
+            // Nothing tracked, or resolved: a breach starts a new alert.
+            None | Some(Tracked { alert: Alert { state: State::Resolved, .. }, .. }) => {
+                if breaches.is_empty() {
+                    return None;
+                }
+                let alert = self.new_alert(rule, report, breaches, now_ms);
+                self.tracked.insert(key.clone(), Tracked { alert, clear_since: None });
+                let tracked = self.tracked.get_mut(&key)?;
+                if hold.is_zero() {
+                    tracked.alert.state = State::Firing;
+                    tracked.alert.fired_unix_ms = Some(now_ms);
+                }
+                Some(tracked.alert.clone())
+            }
+            Some(tracked) => {
+                let holding = !breaches.is_empty();
+                let alert = &mut tracked.alert;
+                if holding {
+                    alert.breaches = breaches;
+                    alert.summary = summary(rule, report, &alert.breaches);
+                }
+                match alert.state {
+                    // Pending needs the condition to hold without a break.
+                    State::Pending if !holding => {
+                        self.tracked.remove(&key);
+                        None
+                    }
+                    State::Pending => {
+                        let since = UNIX_EPOCH + Duration::from_millis(alert.since_unix_ms);
+                        if now.duration_since(since).unwrap_or_default() >= hold {
+                            alert.state = State::Firing;
+                            alert.fired_unix_ms = Some(now_ms);
+                            return Some(alert.clone());
+                        }
+                        None
+                    }
+                    // Firing needs every value back inside the hysteresis band, for `hold`, to resolve.
+                    State::Firing if all_clear => {
+                        let clear_since = *tracked.clear_since.get_or_insert(now);
+                        if now.duration_since(clear_since).unwrap_or_default() >= hold {
+                            alert.state = State::Resolved;
+                            alert.resolved_unix_ms = Some(now_ms);
+                            return Some(alert.clone());
+                        }
+                        None
+                    }
+                    State::Firing => {
+                        tracked.clear_since = None;
+                        None
+                    }
+                    State::Resolved => None,
+                }
+            }
+        }
+    }
+
+    fn new_alert(&self, rule: &Rule, report: &LiveReport, breaches: Vec<Breach>, now_ms: u64) -> Alert {
+        let dataset = rule.statistic == "dataset_drift_share";
+        Alert {
+            name: if dataset { "VaneDatasetDrift" } else { "VaneFeatureDrift" },
+            model: report.model.clone(),
+            version: report.version,
+            commit: report.commit.clone(),
+            statistic: rule.statistic.clone(),
+            threshold: rule.threshold,
+            severity: rule.severity(),
+            state: State::Pending,
+            summary: summary(rule, report, &breaches),
+            breaches,
+            since_unix_ms: now_ms,
+            fired_unix_ms: None,
+            resolved_unix_ms: None,
+            dashboard: format!("{}/dashboard#{}", self.base_url, report.model),
+        }
+    }
+
+    /// Every alert not resolved, and resolved ones still remembered, newest first.
+    pub fn alerts(&self) -> Vec<Alert> {
+        let mut alerts: Vec<Alert> = self.tracked.values().map(|t| t.alert.clone()).collect();
+        alerts.sort_by_key(|a| std::cmp::Reverse(a.since_unix_ms));
+        alerts
+    }
+
+    /// Forgets the alerts of model versions no longer served.
+    pub fn retain_versions(&mut self, served: impl Fn(&str, u64) -> bool) {
+        self.tracked.retain(|(model, version, _), _| served(model, *version));
+    }
+}
+
+fn summary(rule: &Rule, report: &LiveReport, breaches: &[Breach]) -> String {
+    let commit = report.commit.as_deref().map(|c| format!(" (commit {})", &c[..c.len().min(12)])).unwrap_or_default();
+    let where_ = format!("{} v{}{commit}", report.model, report.version);
+    let window = format!("over the last {} predictions", report.window_rows);
+    if rule.statistic == "dataset_drift_share" {
+        let value = breaches.first().map_or(0.0, |b| b.value);
+        let drifted = report.dataset_drift.as_ref().map(|d| d.drifted_columns.join(", ")).unwrap_or_default();
+        return format!(
+            "{where_}: {:.0}% of features drifted {window} (threshold {:.0}%): {drifted}",
+            value * 100.0,
+            rule.threshold * 100.0
+        );
+    }
+    let comparison = match rule.direction {
+        Direction::Above => "above",
+        Direction::Below => "below",
+    };
+    let mut worst: Vec<&Breach> = breaches.iter().collect();
+    worst.sort_by(|a, b| match rule.direction {
+        Direction::Above => b.value.total_cmp(&a.value),
+        Direction::Below => a.value.total_cmp(&b.value),
+    });
+    let listed: Vec<String> = worst.iter().take(5).map(|b| format!("{} {:.4}", b.feature, b.value)).collect();
+    let more = if worst.len() > 5 { format!(" and {} more", worst.len() - 5) } else { String::new() };
+    format!(
+        "{where_}: {} feature(s) with {} {comparison} {} {window}: {}{more}",
+        breaches.len(),
+        rule.statistic,
+        rule.threshold,
+        listed.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drift::DatasetDrift;
+
+    fn report(share: f64) -> LiveReport {
+        LiveReport {
+            model: "churn".into(),
+            version: 3,
+            commit: Some("0123456789abcdef".into()),
+            data_sha256: None,
+            window_rows: 500,
+            rows_observed: 500,
+            window_size: 500,
+            min_samples: 100,
+            window_start_unix_ms: None,
+            evaluated_unix_ms: 0,
+            enough_samples: true,
+            columns: BTreeMap::new(),
+            dataset_drift: Some(DatasetDrift {
+                number_of_columns: 10,
+                number_of_drifted_columns: (share * 10.0) as usize,
+                share_of_drifted_columns: share,
+                drift_share: 0.5,
+                dataset_drift: share >= 0.5,
+                drifted_columns: vec!["age".into(), "income".into()],
+            }),
+        }
+    }
+
+    fn at(seconds: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000 + seconds)
+    }
+
+    #[test]
+    fn an_alert_is_pending_for_its_for_duration_then_fires_then_resolves_after_clearing_for_as_long() {
+        let rules = Rule::from_thresholds(&BTreeMap::new()).unwrap();
+        let hold = Duration::from_secs(60);
+        let mut engine = Engine::new("http://vane:8080");
+        let changed = engine.evaluate(&report(0.6), &rules, hold, at(0));
+        assert_eq!(changed[0].state, State::Pending);
+        assert!(engine.evaluate(&report(0.7), &rules, hold, at(30)).is_empty(), "still pending");
+        let fired = engine.evaluate(&report(0.6), &rules, hold, at(60));
+        assert_eq!(fired[0].state, State::Firing);
+        assert_eq!((fired[0].name, fired[0].severity), ("VaneDatasetDrift", "page"));
+        assert!(
+            fired[0].summary.starts_with("churn v3 (commit 0123456789ab): 60% of features drifted"),
+            "{}",
+            fired[0].summary
+        );
+        assert_eq!(fired[0].dashboard, "http://vane:8080/dashboard#churn");
+        // Clear, then a relapse before `for` has passed: it keeps firing.
+        assert!(engine.evaluate(&report(0.1), &rules, hold, at(70)).is_empty());
+        assert!(engine.evaluate(&report(0.6), &rules, hold, at(100)).is_empty());
+        assert!(engine.evaluate(&report(0.1), &rules, hold, at(110)).is_empty());
+        assert!(engine.evaluate(&report(0.1), &rules, hold, at(160)).is_empty(), "clear for 50 s only");
+        let resolved = engine.evaluate(&report(0.1), &rules, hold, at(170));
+        assert_eq!(resolved[0].state, State::Resolved);
+        assert_eq!(resolved[0].resolved_unix_ms, Some(unix_ms(at(170))));
+        assert_eq!(engine.alerts()[0].state, State::Resolved, "remembered for the alert list");
+    }
+
+    #[test]
+    fn a_condition_that_breaks_while_pending_never_fires_and_the_band_holds_a_firing_alert() {
+        let rules = Rule::from_thresholds(&BTreeMap::new()).unwrap();
+        let hold = Duration::from_secs(60);
+        let mut engine = Engine::new("");
+        engine.evaluate(&report(0.6), &rules, hold, at(0));
+        assert!(engine.evaluate(&report(0.4), &rules, hold, at(30)).is_empty());
+        assert!(engine.alerts().is_empty(), "a broken pending condition is forgotten");
+        assert!(engine.evaluate(&report(0.6), &rules, hold, at(40))[0].state == State::Pending);
+        engine.evaluate(&report(0.6), &rules, hold, at(100));
+        // 0.47 is under the 0.5 threshold but inside the 10% band (0.45): not clear, so never resolves.
+        for t in [110, 200, 300] {
+            assert!(engine.evaluate(&report(0.47), &rules, hold, at(t)).is_empty());
+        }
+        assert_eq!(engine.alerts()[0].state, State::Firing);
+    }
+
+    #[test]
+    fn unknown_thresholds_are_refused_by_name() {
+        let thresholds = BTreeMap::from([("psi".to_owned(), 0.2), ("kl".to_owned(), 0.1)]);
+        let error = Rule::from_thresholds(&thresholds).unwrap_err();
+        assert!(error.starts_with("unknown threshold \"kl\"; known: psi, js_distance"), "{error}");
+    }
+}
