@@ -296,11 +296,13 @@ pub fn report(reference: &Table, current: &Table, options: &Options) -> Result<D
     // Columns are independent: spread them over the cores (each thread takes every k-th column).
     let one = |name: &String| -> Result<(ColumnReport, Sides<Values>), ReportError> {
         let (ri, ci) = (reference.index_of(name).unwrap_or(0), current.index_of(name).unwrap_or(0));
-        let kind = match options.kinds.get(name) {
-            Some(kind) => *kind,
-            None => infer_kind(reference, ri, current, ci),
+        let (kind, values) = match options.kinds.get(name) {
+            Some(&kind) => (
+                kind,
+                Sides { reference: typed_values(reference, ri, kind)?, current: typed_values(current, ci, kind)? },
+            ),
+            None => infer_and_type(reference, ri, current, ci)?,
         };
-        let values = Sides { reference: typed_values(reference, ri, kind)?, current: typed_values(current, ci, kind)? };
         Ok((column_report(kind, &values), values))
     };
     let threads = std::thread::available_parallelism().map_or(1, usize::from).min(reference.names.len()).max(1);
@@ -339,6 +341,36 @@ pub fn report(reference: &Table, current: &Table, options: &Options) -> Result<D
 
 fn parse_number(cell: &str) -> Option<f64> {
     cell.parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+/// Infers the kind (as [`infer_kind`]) and types both sides, parsing each numeric cell once.
+fn infer_and_type(
+    reference: &Table,
+    ri: usize,
+    current: &Table,
+    ci: usize,
+) -> Result<(ColumnKind, Sides<Values>), ReportError> {
+    let numbers = |table: &Table, index: usize| -> Option<Vec<Option<f64>>> {
+        table.cells(index).map(|cell| cell.map_or(Some(None), |c| parse_number(c).map(Some))).collect()
+    };
+    let (Some(r), Some(c)) = (numbers(reference, ri), numbers(current, ci)) else {
+        let kind = ColumnKind::Categorical;
+        return Ok((
+            kind,
+            Sides { reference: typed_values(reference, ri, kind)?, current: typed_values(current, ci, kind)? },
+        ));
+    };
+    let mut present = r.iter().chain(&c).flatten().peekable();
+    let any = present.peek().is_some();
+    if any && present.all(|&v| v == 0.0 || v == 1.0) {
+        let binary = |values: Vec<Option<f64>>| {
+            Values::Categorical(
+                values.into_iter().map(|v| v.map(|v| if v == 0.0 { "0" } else { "1" }.to_owned())).collect(),
+            )
+        };
+        return Ok((ColumnKind::Binary, Sides { reference: binary(r), current: binary(c) }));
+    }
+    Ok((ColumnKind::Numeric, Sides { reference: Values::Numeric(r), current: Values::Numeric(c) }))
 }
 
 /// Text → categorical; numbers that are all 0 or 1 → binary; other numbers → numeric (both sides together).
@@ -535,33 +567,61 @@ fn distance_verdict(stattest: &'static str, score: f64) -> Verdict {
     Verdict { stattest, drift_score: score, threshold: DISTANCE_THRESHOLD, drifted: score >= DISTANCE_THRESHOLD }
 }
 
-/// Value counts of two sorted numeric samples over their distinct values.
+/// Value counts of two sorted numeric samples over their distinct values, in one merge walk.
 fn value_counts(r: &[f64], c: &[f64]) -> (Vec<u64>, Vec<u64>) {
-    let mut distinct: Vec<f64> = r.iter().chain(c).copied().collect();
-    distinct.sort_unstable_by(f64::total_cmp);
-    distinct.dedup();
-    let counts = |sorted: &[f64]| {
-        distinct
-            .iter()
-            .map(|v| {
-                let lo = sorted.partition_point(|x| x < v);
-                let hi = sorted.partition_point(|x| x <= v);
-                (hi - lo) as u64
-            })
-            .collect::<Vec<_>>()
-    };
-    (counts(r), counts(c))
+    let (mut rc, mut cc) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < r.len() || j < c.len() {
+        let v = match (r.get(i), c.get(j)) {
+            (Some(&a), Some(&b)) => a.min(b),
+            (Some(&a), None) => a,
+            (None, Some(&b)) => b,
+            (None, None) => break,
+        };
+        let (i0, j0) = (i, j);
+        while i < r.len() && r[i] == v {
+            i += 1;
+        }
+        while j < c.len() && c[j] == v {
+            j += 1;
+        }
+        rc.push((i - i0) as u64);
+        cc.push((j - j0) as u64);
+    }
+    (rc, cc)
+}
+
+/// The number of distinct values of two sorted samples together, stopping once it passes `cap`.
+fn distinct_up_to(r: &[f64], c: &[f64], cap: usize) -> usize {
+    let (mut i, mut j, mut distinct) = (0, 0, 0);
+    while (i < r.len() || j < c.len()) && distinct <= cap {
+        let v = match (r.get(i), c.get(j)) {
+            (Some(&a), Some(&b)) => a.min(b),
+            (Some(&a), None) => a,
+            (None, Some(&b)) => b,
+            (None, None) => break,
+        };
+        // Skip the run of v on both sides (binary search: runs may be long).
+        i += r[i..].partition_point(|&x| x <= v);
+        j += c[j..].partition_point(|&x| x <= v);
+        distinct += 1;
+    }
+    distinct
 }
 
 fn evidently_numeric(r: &[f64], c: &[f64]) -> Option<Verdict> {
-    let (rc, cc) = value_counts(r, c);
-    let distinct = rc.len();
+    // Evidently's choice needs only whether there are more than 5 distinct values.
+    let distinct = distinct_up_to(r, c, 5);
     Some(if r.len() <= EVIDENTLY_SMALL_REFERENCE {
         match distinct {
             d if d > 5 => p_verdict("ks", ks::ks_2samp(r, c)?.pvalue, true),
-            d if d > 2 => p_verdict("chisquare", categorical::evidently_chisquare_pvalue(&rc, &cc)?, false),
+            d if d > 2 => {
+                let (rc, cc) = value_counts(r, c);
+                p_verdict("chisquare", categorical::evidently_chisquare_pvalue(&rc, &cc)?, false)
+            }
             _ => {
                 // The first sorted value is coded 0, every other value 1.
+                let (rc, cc) = value_counts(r, c);
                 let ones = |counts: &[u64]| counts.iter().skip(1).sum::<u64>();
                 let n = (r.len() as u64, c.len() as u64);
                 p_verdict("z", categorical::evidently_z_pvalue((ones(&rc), ones(&cc)), n)?, false)
@@ -571,6 +631,7 @@ fn evidently_numeric(r: &[f64], c: &[f64]) -> Option<Verdict> {
         let std = numeric::mean_std(r).1;
         distance_verdict("wasserstein", numeric::wasserstein(r, c)? / std.max(WASSERSTEIN_STD_FLOOR))
     } else {
+        let (rc, cc) = value_counts(r, c);
         distance_verdict("jensenshannon", numeric::js_distance(&rc, &cc)? * std::f64::consts::LN_2.sqrt())
     })
 }
