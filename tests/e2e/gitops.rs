@@ -21,29 +21,31 @@ pub(crate) async fn serve(url: String, data: &tempfile::TempDir) -> TestServer {
 }
 
 async fn serve_polling(url: String, data: &tempfile::TempDir, poll_interval: Duration) -> TestServer {
-    let data_dir = data.path().to_path_buf();
-    let server = TestServer::start_with(move |config| {
-        config.gitops = Some(GitOpsConfig {
-            controller: ControllerConfig {
-                spec: GitSpec::new(url, "main", "deploy"),
-                data_dir,
-                poll_interval,
-                dvc: DvcConfig::default(),
-                git_timeout: Duration::from_secs(30),
-                max_backoff: Duration::from_secs(3600),
-                ca_file: None,
-            },
-            webhook_secret: Some(SECRET.into()),
-            admin_token: Some(TOKEN.into()),
-        });
-    })
-    .await;
+    let config = gitops_config(url, data, poll_interval);
+    let server = TestServer::start_with(move |c| c.gitops = Some(config)).await;
     server.until(|s| s.syncs >= 1).await;
     server
 }
 
+/// GitOps mode on `url`, with the test webhook secret and admin token.
+pub(crate) fn gitops_config(url: String, data: &tempfile::TempDir, poll_interval: Duration) -> GitOpsConfig {
+    GitOpsConfig {
+        controller: ControllerConfig {
+            spec: GitSpec::new(url, "main", "deploy"),
+            data_dir: data.path().to_path_buf(),
+            poll_interval,
+            dvc: DvcConfig::default(),
+            git_timeout: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(3600),
+            ca_file: None,
+        },
+        webhook_secret: Some(SECRET.into()),
+        admin_token: Some(TOKEN.into()),
+    }
+}
+
 impl TestServer {
-    async fn until(&self, condition: impl Fn(&SyncStatus) -> bool) -> SyncStatus {
+    pub(crate) async fn until(&self, condition: impl Fn(&SyncStatus) -> bool) -> SyncStatus {
         let mut status = self.server.controller().expect("gitops mode").status();
         let reached = tokio::time::timeout(Duration::from_secs(60), status.wait_for(|s| condition(s))).await;
         #[allow(clippy::let_and_return)] // the binding ends the borrow of `status` before it is dropped

@@ -1,5 +1,6 @@
 //! End-to-end tests: a real gateway on a real loopback socket, real ONNX Runtime, the committed models.
 
+mod alerts;
 mod errors;
 mod gitops;
 mod hotpath;

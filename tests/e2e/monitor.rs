@@ -12,13 +12,27 @@ use serde_json::{json, Value};
 use crate::gitops::serve;
 use crate::support::{models_dir, GitRemote, TestServer};
 
+/// Replaces the manifest's `monitoring:` block with `block` and pushes.
+pub(crate) fn set_monitoring(remote: &GitRemote, block: &str) {
+    let manifest = remote.manifest();
+    let start = manifest.find("  monitoring:").unwrap();
+    let end = manifest.find("  allow_history_rewrite").unwrap();
+    remote.write("deploy/breast-cancer.yaml", format!("{}{block}{}", &manifest[..start], &manifest[end..]).as_bytes());
+    remote.push("monitoring settings for the test");
+}
+
+/// The breast-cancer sample with the first ten features half as large again.
+pub(crate) fn shifted(rows: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    rows.iter().map(|row| row.iter().enumerate().map(|(i, v)| if i < 10 { v * 1.5 } else { *v }).collect()).collect()
+}
+
 /// Rows of the breast-cancer reference (30 features each).
-fn reference_rows() -> Vec<Vec<f64>> {
+pub(crate) fn reference_rows() -> Vec<Vec<f64>> {
     let data = monitor::ReferenceData::from_csv_path(&models_dir().join("breast_cancer/reference.csv")).unwrap();
     (0..data.rows).map(|i| data.numeric_row(i).unwrap()).collect()
 }
 
-async fn predict(server: &TestServer, rows: &[Vec<f64>]) {
+pub(crate) async fn predict(server: &TestServer, rows: &[Vec<f64>]) {
     for chunk in rows.chunks(50) {
         let data: Vec<f32> = chunk.iter().flatten().map(|&v| v as f32).collect();
         let body = json!({"inputs": [{"name": "input", "shape": [chunk.len(), 30], "datatype": "FP32", "data": data}]});
@@ -29,7 +43,7 @@ async fn predict(server: &TestServer, rows: &[Vec<f64>]) {
 
 /// The monitor view once its report covers `rows` observed rows, waiting (at most 30 s) on the monitor's report
 /// counter rather than polling.
-async fn report_after(server: &TestServer, rows: u64) -> Value {
+pub(crate) async fn report_after(server: &TestServer, rows: u64) -> Value {
     let mut evaluations = server.server.monitor_evaluations();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -45,15 +59,7 @@ async fn report_after(server: &TestServer, rows: u64) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reference_like_traffic_does_not_drift_and_shifted_traffic_does() {
     let remote = GitRemote::with_breast_cancer();
-    let manifest = remote.manifest();
-    let start = manifest.find("  monitoring:").unwrap();
-    let end = manifest.find("  allow_history_rewrite").unwrap();
-    let monitoring = "  monitoring:\n    window_size: 190\n    min_samples: 100\n";
-    remote.write(
-        "deploy/breast-cancer.yaml",
-        format!("{}{monitoring}{}", &manifest[..start], &manifest[end..]).as_bytes(),
-    );
-    remote.push("monitor with a 190-row window");
+    set_monitoring(&remote, "  monitoring:\n    window_size: 190\n    min_samples: 100\n");
     let data = tempfile::tempdir().unwrap();
     let server = serve(remote.bare.path().display().to_string(), &data).await;
 
@@ -91,11 +97,7 @@ async fn reference_like_traffic_does_not_drift_and_shifted_traffic_does() {
     }
 
     // Traffic where the first ten features grow by half: a full window of it.
-    let shifted: Vec<Vec<f64>> = sample
-        .iter()
-        .map(|row| row.iter().enumerate().map(|(i, v)| if i < 10 { v * 1.5 } else { *v }).collect())
-        .collect();
-    predict(&server, &shifted).await;
+    predict(&server, &shifted(&sample)).await;
     let view = report_after(&server, 380).await;
     let report = &view["versions"][0];
     let drifted: Vec<&str> =

@@ -266,3 +266,20 @@ pub(crate) fn sha256_of(path: &std::path::Path) -> String {
     let output = std::process::Command::new("sha256sum").arg(path).output().unwrap();
     String::from_utf8(output.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
 }
+
+/// `binary`, installing Debian's `package` when it is missing (CI and the dev machines run as root).
+pub(crate) fn ensure_debian_package(binary: &str, package: &str) -> std::path::PathBuf {
+    let path = std::path::PathBuf::from(binary);
+    if !path.exists() {
+        eprintln!("installing {package} from Debian for the tests");
+        for args in [&["update", "-qq"][..], &["install", "-y", "-qq", "--no-install-recommends", package][..]] {
+            let status = std::process::Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .expect("apt-get runs");
+            assert!(status.success(), "apt-get {args:?} failed");
+        }
+    }
+    path
+}
