@@ -378,6 +378,7 @@ mod tests {
                 dataset_drift: share >= 0.5,
                 drifted_columns: vec!["age".into(), "income".into()],
             }),
+            history: Vec::new(),
         }
     }
 

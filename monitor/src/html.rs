@@ -132,3 +132,137 @@ pub fn report_page(report: &DriftReport, title: &str) -> String {
     page.push_str("</table></body></html>\n");
     page
 }
+
+/// A model's drift share over time as an SVG line, with the dataset-drift line at 50%.
+pub fn history_svg(history: &[crate::live::HistoryPoint]) -> String {
+    let (width, height) = (600.0, 120.0);
+    let mut svg = format!(
+        r#"<svg class="history" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img"><title>share of drifted features over time</title>"#
+    );
+    let y = |share: f64| height - 4.0 - share.clamp(0.0, 1.0) * (height - 8.0);
+    let _ = write!(
+        svg,
+        r#"<line class="limit" x1="0" x2="{width}" y1="{0:.1}" y2="{0:.1}"/><text x="4" y="{1:.1}">50%</text>"#,
+        y(0.5),
+        y(0.5) - 3.0
+    );
+    if let (Some(first), Some(last)) = (history.first(), history.last()) {
+        let span = (last.at_unix_ms.saturating_sub(first.at_unix_ms)).max(1) as f64;
+        let points: Vec<String> = history
+            .iter()
+            .map(|p| {
+                let x = if history.len() == 1 {
+                    width / 2.0
+                } else {
+                    (p.at_unix_ms - first.at_unix_ms) as f64 / span * (width - 8.0) + 4.0
+                };
+                format!("{x:.1},{:.1}", y(p.drift_share))
+            })
+            .collect();
+        let _ = write!(svg, r#"<polyline class="share" points="{}"/>"#, points.join(" "));
+        for p in points.iter().rev().take(1) {
+            let (x, yy) = p.split_once(',').unwrap_or(("0", "0"));
+            let _ = write!(svg, r#"<circle class="share" cx="{x}" cy="{yy}" r="3"/>"#);
+        }
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// The dashboard: per model, its firing alerts, the drift share over time, and each feature's test, score and
+/// reference-vs-live bars (drifted first). Refreshes itself every 10 s; no scripts.
+pub fn dashboard_page(
+    models: &[(String, Vec<std::sync::Arc<crate::live::LiveReport>>)],
+    alerts: &[crate::alerts::Alert],
+    now_unix_ms: u64,
+) -> String {
+    let mut page = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"10\">\
+         <title>Vane: drift</title><style>{STYLE}{DASHBOARD_STYLE}</style></head><body><h1>Vane drift monitor</h1>"
+    );
+    let firing: Vec<&crate::alerts::Alert> =
+        alerts.iter().filter(|a| a.state == crate::alerts::State::Firing).collect();
+    let _ = write!(
+        page,
+        "<p id=\"summary\" class=\"verdict {}\">{} firing alert(s) across {} monitored model(s)</p>",
+        if firing.is_empty() { "ok" } else { "drift" },
+        firing.len(),
+        models.len()
+    );
+    if models.is_empty() {
+        page.push_str("<p>No model with reference data is being served.</p>");
+    }
+    for (model, reports) in models {
+        let _ = write!(page, "<section class=\"model\" id=\"{}\"><h2>{}</h2>", escape(model), escape(model));
+        for alert in firing.iter().filter(|a| &a.model == model) {
+            let _ = write!(
+                page,
+                "<div class=\"alert firing\"><b>{} · {}</b> since {} s: {}</div>",
+                alert.name,
+                alert.severity,
+                now_unix_ms.saturating_sub(alert.fired_unix_ms.unwrap_or(alert.since_unix_ms)) / 1000,
+                escape(&alert.summary)
+            );
+        }
+        if reports.is_empty() {
+            page.push_str("<p>No predictions observed yet.</p>");
+        }
+        for report in reports {
+            let commit = report.commit.as_deref().map(|c| &c[..c.len().min(12)]).unwrap_or("–");
+            let _ = write!(
+                page,
+                "<h3>version {} · commit {} · window {} / {} rows · evaluated {} s ago</h3>",
+                report.version,
+                escape(commit),
+                report.window_rows,
+                report.window_size,
+                now_unix_ms.saturating_sub(report.evaluated_unix_ms) / 1000
+            );
+            if !report.enough_samples {
+                let _ = write!(
+                    page,
+                    "<p class=\"waiting\">Waiting for {} more predictions before any verdict (min_samples {}).</p>",
+                    report.min_samples.saturating_sub(report.window_rows),
+                    report.min_samples
+                );
+                continue;
+            }
+            page.push_str(&history_svg(&report.history));
+            page.push_str(
+                "<table class=\"features\"><tr><th>feature</th><th>test</th><th>score</th><th>threshold</th>\
+                 <th>drifted</th><th>PSI</th><th>missing now</th><th>reference vs live</th></tr>",
+            );
+            let mut names: Vec<&String> = report.columns.keys().collect();
+            names.sort_by_key(|n| !report.columns[*n].drift.as_ref().is_some_and(|d| d.drifted));
+            for name in names {
+                let column = &report.columns[name];
+                let drifted = column.drift.as_ref().is_some_and(|d| d.drifted);
+                let (test, score, threshold) = match &column.drift {
+                    Some(d) => (d.stattest, number(Some(d.drift_score)), number(Some(d.threshold))),
+                    None => ("–", "–".to_owned(), "–".to_owned()),
+                };
+                let _ = write!(
+                    page,
+                    "<tr class=\"{}\"><td>{}</td><td>{test}</td><td>{score}</td><td>{threshold}</td><td>{}</td>\
+                     <td>{}</td><td>{:.1}%</td><td>{}</td></tr>",
+                    if drifted { "drifted" } else { "" },
+                    escape(name),
+                    if drifted { "yes" } else { "no" },
+                    number(column.psi.as_ref().map(|p| p.value)),
+                    column.missing.current.share * 100.0,
+                    column_bars(column)
+                );
+            }
+            page.push_str("</table>");
+        }
+        page.push_str("</section>");
+    }
+    page.push_str("</body></html>\n");
+    page
+}
+
+const DASHBOARD_STYLE: &str = ".alert.firing{background:#3b1219;border:1px solid #e5484d;color:#ff6369;\
+padding:10px 14px;margin:8px 0;font-size:16px}svg.history{background:#181818;display:block;margin:8px 0}\
+svg.history line.limit{stroke:#e5484d;stroke-dasharray:4 3}svg.history text{fill:#999;font-size:10px}\
+polyline.share{fill:none;stroke:#3dd68c;stroke-width:2}circle.share{fill:#3dd68c}section.model{margin-bottom:40px}\
+.waiting{color:#ffb224}";

@@ -215,6 +215,8 @@ pub struct LiveReport {
     pub columns: BTreeMap<String, ColumnReport>,
     /// The dataset-level verdict (present once `enough_samples`).
     pub dataset_drift: Option<DatasetDrift>,
+    /// The drift share of past evaluations, oldest first (at most [`HISTORY`]).
+    pub history: Vec<HistoryPoint>,
 }
 
 /// How the monitor thread runs.
@@ -294,6 +296,22 @@ struct Window {
     rows: VecDeque<(SystemTime, Vec<Cell>)>,
     observed: u64,
     changed: bool,
+    history: VecDeque<HistoryPoint>,
+}
+
+/// Evaluations kept per window for the dashboard's drift-over-time chart (at one per second: the last 10 minutes
+/// of activity; 24 bytes each).
+pub const HISTORY: usize = 600;
+
+/// One past evaluation, for drift over time.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct HistoryPoint {
+    /// When (Unix milliseconds).
+    pub at_unix_ms: u64,
+    /// The share of drifted features then.
+    pub drift_share: f64,
+    /// Rows in the window then.
+    pub window_rows: usize,
 }
 
 /// What the monitor thread publishes to.
@@ -334,7 +352,18 @@ fn run(
             expire(window);
             if window.changed {
                 window.changed = false;
-                let report = evaluate(window);
+                let mut report = evaluate(window);
+                if let Some(dataset) = &report.dataset_drift {
+                    if window.history.len() == HISTORY {
+                        window.history.pop_front();
+                    }
+                    window.history.push_back(HistoryPoint {
+                        at_unix_ms: report.evaluated_unix_ms,
+                        drift_share: dataset.share_of_drifted_columns,
+                        window_rows: report.window_rows,
+                    });
+                }
+                report.history = window.history.iter().copied().collect();
                 let settings = &window.profile.settings;
                 changed_alerts.extend(engine.evaluate(&report, &settings.rules, settings.hold, SystemTime::now()));
                 fresh.push(Arc::new(report));
@@ -367,7 +396,13 @@ fn add(windows: &mut HashMap<(String, u64), Window>, observation: Observation) {
         return;
     }
     let key = (profile.model.clone(), profile.version);
-    let fresh = || Window { profile: Arc::clone(&profile), rows: VecDeque::new(), observed: 0, changed: false };
+    let fresh = || Window {
+        profile: Arc::clone(&profile),
+        rows: VecDeque::new(),
+        observed: 0,
+        changed: false,
+        history: VecDeque::new(),
+    };
     let window = windows.entry(key).or_insert_with(fresh);
     if !Arc::ptr_eq(&window.profile, &profile) {
         // A new deployment of the same version (new commit or reference data): start again.
@@ -455,5 +490,6 @@ fn evaluate(window: &Window) -> LiveReport {
         enough_samples: enough,
         dataset_drift: enough.then(|| drift::dataset_drift(&order, &columns)),
         columns,
+        history: Vec::new(),
     }
 }

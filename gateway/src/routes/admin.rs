@@ -111,6 +111,29 @@ pub(super) fn alerts(state: &AppState) -> HttpResponse {
     json_response(StatusCode::OK, &Alerts { alerts })
 }
 
+/// `GET /dashboard`: the monitor for a person, one section per monitored model (`#model` anchors, which alerts
+/// link to).
+pub(super) fn dashboard(state: &AppState) -> HttpResponse {
+    let table = state.registry.snapshot();
+    let (reports, alerts) = match &state.monitor {
+        Some(monitor) => (monitor.reports(), monitor.alerts()),
+        None => Default::default(),
+    };
+    let models: Vec<(String, Vec<std::sync::Arc<monitor::live::LiveReport>>)> = table
+        .names()
+        .filter(|name| table.is_monitored(name))
+        .map(|name| (name.to_owned(), reports.get(name).map(|v| v.values().cloned().collect()).unwrap_or_default()))
+        .collect();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let mut response = http::Response::new(http_body_util::Full::new(Bytes::from(monitor::html::dashboard_page(
+        &models, &alerts, now,
+    ))));
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/html; charset=utf-8"));
+    response
+}
+
 /// `POST /api/v1/hooks/git`: a push webhook from GitHub (`X-Hub-Signature-256`), Gitea (`X-Gitea-Signature`) or
 /// GitLab (`X-Gitlab-Token`). A bad or missing signature gets 401 and triggers nothing; a push to another branch is
 /// acknowledged and ignored.

@@ -95,6 +95,7 @@ where
         ["metrics"] => Route::Metrics,
         ["api", "v1", "monitor", model] => Route::Monitor(model),
         ["api", "v1", "alerts"] => Route::Alerts,
+        ["dashboard"] => Route::Dashboard,
         ["api", "v1", "hooks", "git"] => Route::Webhook,
         ["api", "v1", "sync"] => Route::Sync,
         ["api", "v1", "rollback"] => Route::Rollback,
@@ -121,6 +122,7 @@ where
         Route::Status => Ok(admin::status(state)),
         Route::Monitor(model) => admin::monitor(state, model),
         Route::Alerts => Ok(admin::alerts(state)),
+        Route::Dashboard => Ok(admin::dashboard(state)),
         Route::Metrics => {
             let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())));
             response
@@ -158,6 +160,7 @@ enum Route<'a> {
     Status,
     Monitor(&'a str),
     Alerts,
+    Dashboard,
     Metrics,
     Webhook,
     Sync,
