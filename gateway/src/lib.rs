@@ -141,6 +141,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
     let mut state = AppState::new(Arc::clone(&registry), &config.limits);
     state.metrics = Arc::new(metrics);
     state.monitor = Some(monitor);
+    state.monitor_metrics = monitor_metrics;
     state.controller = controller.clone();
     state.webhook_secret = config.gitops.as_ref().and_then(|g| g.webhook_secret.clone());
     state.admin_token = config.gitops.as_ref().and_then(|g| g.admin_token.clone());

@@ -84,6 +84,18 @@ pub mod monitor_series {
         drifted: Family<FeatureLabels, Gauge>,
         dataset_share: Family<VersionLabels, Gauge<f64, AtomicU64>>,
         window_rows: Family<VersionLabels, Gauge>,
+        quality: Family<QualityLabels, Gauge<f64, AtomicU64>>,
+    }
+
+    /// A quality metric of a model version.
+    #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+    pub struct QualityLabels {
+        /// The model.
+        pub model: String,
+        /// The version.
+        pub version: String,
+        /// accuracy, precision, recall, f1, roc_auc, mae, rmse, r2, mean_error or label_coverage.
+        pub metric: &'static str,
     }
 
     impl MonitorMetrics {
@@ -103,6 +115,11 @@ pub mod monitor_series {
                 "vane_dataset_drift_share",
                 "Share of a model version's features that drifted in the current window",
                 self.dataset_share.clone(),
+            );
+            registry.register(
+                "vane_model_quality",
+                "A quality metric of a model version over its last joined labels (POST /api/v1/feedback)",
+                self.quality.clone(),
             );
             registry.register(
                 "vane_monitor_window_rows",
@@ -134,6 +151,31 @@ pub mod monitor_series {
                 "Alert batches dropped because the delivery queue was full",
                 counters.dropped.clone(),
             );
+        }
+
+        /// Sets the quality gauges from `report`.
+        pub fn record_quality(&self, report: &monitor::feedback::QualityReport) {
+            let set = |metric, value: Option<f64>| {
+                if let Some(value) = value.filter(|v| v.is_finite()) {
+                    let labels =
+                        QualityLabels { model: report.model.clone(), version: report.version.to_string(), metric };
+                    self.quality.get_or_create(&labels).set(value);
+                }
+            };
+            set("label_coverage", Some(report.label_coverage));
+            if let Some(c) = &report.classification {
+                set("accuracy", Some(c.rates.accuracy));
+                set("precision", Some(c.rates.precision));
+                set("recall", Some(c.rates.recall));
+                set("f1", Some(c.rates.f1));
+                set("roc_auc", c.roc_auc);
+            }
+            if let Some(r) = &report.regression {
+                set("mae", r.mae);
+                set("rmse", r.rmse);
+                set("r2", r.r2);
+                set("mean_error", r.mean_error);
+            }
         }
 
         /// Sets the gauges from `report`.

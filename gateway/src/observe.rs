@@ -8,8 +8,11 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use monitor::alerts::Rule;
 use monitor::drift::ColumnKind;
+use monitor::feedback::{FeedbackSettings, Task};
 use monitor::live::{Cell, Profile, WindowSettings};
 use reconciler::DesiredModel;
 
@@ -30,6 +33,8 @@ pub struct Monitored {
     /// The reference profile, shared with the monitor thread.
     pub profile: Arc<Profile>,
     layout: Layout,
+    /// The output (name, column) that is the prediction, when quality is monitored.
+    prediction: Option<(String, usize)>,
     /// What the profile was built from, to keep it across commits that do not change it.
     key: (String, Option<reconciler::manifest::Monitoring>),
 }
@@ -53,6 +58,32 @@ impl Monitored {
             min_samples: monitoring.min_samples.unwrap_or(defaults.min_samples),
             rules: Rule::from_thresholds(&monitoring.thresholds).map_err(|e| format!("thresholds: {e}"))?,
             hold: monitoring.for_duration.unwrap_or(defaults.hold),
+            feedback: monitoring.quality.as_ref().map(|q| FeedbackSettings {
+                task: match q.task.as_str() {
+                    "regression" => Task::Regression,
+                    _ => Task::BinaryClassification { threshold: q.threshold.unwrap_or(0.5) },
+                },
+                // A day of predictions at a few per second; ids are the client's, so the bound matters.
+                capacity: 100_000,
+                ttl: q.label_ttl.unwrap_or(Duration::from_secs(3600)),
+                window: q.window.unwrap_or(1000),
+            }),
+        };
+        let prediction = match &monitoring.quality {
+            None => None,
+            Some(q) => {
+                let Some(output) = signature.outputs.iter().find(|o| o.name == q.output) else {
+                    return Err(format!("quality.output '{}' is not an output of the model", q.output));
+                };
+                let columns = output.shape.get(1).copied().unwrap_or(1).max(1);
+                if output.shape.len() > 2 || usize::try_from(columns).is_ok_and(|c| q.index >= c) {
+                    return Err(format!(
+                        "quality.index {} does not fit output '{}' of shape {:?}",
+                        q.index, q.output, output.shape
+                    ));
+                }
+                Some((q.output.clone(), q.index))
+            }
         };
         let kinds = monitoring
             .columns
@@ -63,7 +94,7 @@ impl Monitored {
         let profile = Profile::from_csv(&reference.path, identity, &kinds, settings).map_err(|e| e.to_string())?;
         let layout = layout(&profile, signature)?;
         let key = (reference.sha256.clone(), model.monitoring.clone());
-        Ok(Some(Self { profile: Arc::new(profile), layout, key }))
+        Ok(Some(Self { profile: Arc::new(profile), layout, prediction, key }))
     }
 
     /// Whether this profile was built from the same reference data and settings as `model` asks for now.
@@ -92,6 +123,24 @@ impl Monitored {
                 Some(out)
             }
         }
+    }
+}
+
+impl Monitored {
+    /// The prediction of each row (the score or value the manifest's quality block names), if that output was
+    /// returned; labels posted to `/api/v1/feedback` are joined to these.
+    pub fn predictions(&self, outputs: &[Tensor]) -> Option<Vec<f64>> {
+        let (name, index) = self.prediction.as_ref()?;
+        let output = outputs.iter().find(|t| &t.name == name)?;
+        let columns = output.shape.get(1).copied().unwrap_or(1).max(1);
+        let values: Vec<f64> = cells(&output.data)
+            .into_iter()
+            .map(|c| match c {
+                Cell::Number(v) => v,
+                _ => f64::NAN,
+            })
+            .collect();
+        Some(values.chunks(columns).map(|row| row.get(*index).copied().unwrap_or(f64::NAN)).collect())
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod drift;
 mod errors;
+pub mod feedback;
 pub mod html;
 pub mod live;
 pub mod notify;

@@ -39,6 +39,8 @@ pub struct WindowSettings {
     pub rules: Vec<Rule>,
     /// How long a condition must hold before its alert fires, and be clear before it resolves.
     pub hold: Duration,
+    /// How predictions wait for labels, when quality is monitored.
+    pub feedback: Option<crate::feedback::FeedbackSettings>,
 }
 
 impl Default for WindowSettings {
@@ -52,6 +54,7 @@ impl Default for WindowSettings {
             min_samples: 100,
             rules: Rule::from_thresholds(&BTreeMap::new()).unwrap_or_default(),
             hold: Duration::from_secs(600),
+            feedback: None,
         }
     }
 }
@@ -116,6 +119,8 @@ pub struct Observation {
     pub at: SystemTime,
     /// The cells, row-major.
     pub cells: Vec<Cell>,
+    /// The prediction per row (score or value), when quality is monitored and the request has an id.
+    pub predictions: Option<Vec<f64>>,
 }
 
 // === impl Profile ===
@@ -181,6 +186,7 @@ pub struct Monitor {
     reports: Arc<RwLock<Reports>>,
     alerts: Arc<RwLock<Vec<Alert>>>,
     notifier: Notifier,
+    feedback: Arc<crate::feedback::FeedbackStore>,
 }
 
 /// The latest report of every monitored model version.
@@ -253,12 +259,23 @@ impl Monitor {
         let reports: Arc<RwLock<Reports>> = Arc::default();
         let alerts: Arc<RwLock<Vec<Alert>>> = Arc::default();
         let notifier = Notifier::start(config.notify.clone())?;
-        let shared = Shared { reports: Arc::clone(&reports), alerts: Arc::clone(&alerts), notifier: notifier.clone() };
+        let feedback: Arc<crate::feedback::FeedbackStore> = Arc::default();
+        let shared = Shared {
+            reports: Arc::clone(&reports),
+            alerts: Arc::clone(&alerts),
+            notifier: notifier.clone(),
+            feedback: Arc::clone(&feedback),
+        };
         let engine = Engine::new(config.base_url.trim_end_matches('/'));
         std::thread::Builder::new()
             .name("vane-monitor".into())
             .spawn(move || run(&receiver, config.evaluate_every, &shared, engine, on_report))?;
-        Ok(Self { sender, counters: Arc::default(), reports, alerts, notifier })
+        Ok(Self { sender, counters: Arc::default(), reports, alerts, notifier, feedback })
+    }
+
+    /// The store where predictions wait for their labels.
+    pub fn feedback(&self) -> &crate::feedback::FeedbackStore {
+        &self.feedback
     }
 
     /// Every alert the engine tracks (pending, firing, and resolved ones not yet forgotten), newest first.
@@ -319,6 +336,7 @@ struct Shared {
     reports: Arc<RwLock<Reports>>,
     alerts: Arc<RwLock<Vec<Alert>>>,
     notifier: Notifier,
+    feedback: Arc<crate::feedback::FeedbackStore>,
 }
 
 fn run(
@@ -332,7 +350,7 @@ fn run(
     let mut next = Instant::now() + every;
     loop {
         match receiver.recv_timeout(next.saturating_duration_since(Instant::now())) {
-            Ok(observation) => add(&mut windows, observation),
+            Ok(observation) => add(&mut windows, observation, &shared.feedback),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
         }
@@ -342,7 +360,7 @@ fn run(
         next = Instant::now() + every;
         // Everything offered before this evaluation started is in it.
         while let Ok(observation) = receiver.try_recv() {
-            add(&mut windows, observation);
+            add(&mut windows, observation, &shared.feedback);
         }
         // Versions no longer loaded: only this thread holds their profile.
         windows.retain(|_, w| Arc::strong_count(&w.profile) > 1);
@@ -370,6 +388,7 @@ fn run(
             }
         }
         engine.retain_versions(|model, version| windows.contains_key(&(model.to_owned(), version)));
+        shared.feedback.retain(|model, version| windows.contains_key(&(model.to_owned(), version)));
         if let Ok(mut alerts) = shared.alerts.write() {
             *alerts = engine.alerts();
         }
@@ -389,8 +408,17 @@ fn run(
     }
 }
 
-fn add(windows: &mut HashMap<(String, u64), Window>, observation: Observation) {
+fn add(
+    windows: &mut HashMap<(String, u64), Window>,
+    observation: Observation,
+    feedback: &crate::feedback::FeedbackStore,
+) {
     let profile = observation.profile;
+    if let (Some(settings), Some(id), Some(values)) =
+        (&profile.settings.feedback, &observation.request_id, &observation.predictions)
+    {
+        feedback.record((&profile.model, profile.version), settings, id, values, observation.at);
+    }
     let width = profile.features.len();
     if width == 0 || !observation.cells.len().is_multiple_of(width) {
         return;

@@ -141,6 +141,31 @@ pub struct Monitoring {
     /// How long a condition must hold before an alert fires.
     #[serde(default, rename = "for", with = "humantime_serde")]
     pub for_duration: Option<Duration>,
+    /// Model quality from labels posted later to `/api/v1/feedback`.
+    #[serde(default)]
+    pub quality: Option<QualitySpec>,
+}
+
+/// Which output is the prediction, and how labels are joined to it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QualitySpec {
+    /// `binary_classification` (the output is the positive class's score) or `regression`.
+    pub task: String,
+    /// The output tensor holding the prediction.
+    pub output: String,
+    /// The column of that output (e.g. 1 for the positive class of a `[-1, 2]` probabilities output).
+    #[serde(default)]
+    pub index: usize,
+    /// Classification: predicted positive when score ≥ threshold.
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    /// How long a prediction waits for its label.
+    #[serde(default, with = "humantime_serde")]
+    pub label_ttl: Option<Duration>,
+    /// Joined pairs the metrics are computed over.
+    #[serde(default)]
+    pub window: Option<usize>,
 }
 
 /// A validated deployment: what one manifest asks to serve.
@@ -346,6 +371,14 @@ fn parse_one(bytes: &[u8]) -> Result<Deployment, String> {
             if !matches!(kind.as_str(), "numeric" | "categorical" | "binary") {
                 return Err(format!(
                     "spec.monitoring.columns.{column}: {kind:?} is not numeric, categorical or binary"
+                ));
+            }
+        }
+        if let Some(quality) = &monitoring.quality {
+            if !matches!(quality.task.as_str(), "binary_classification" | "regression") {
+                return Err(format!(
+                    "spec.monitoring.quality.task: {:?} is not binary_classification or regression",
+                    quality.task
                 ));
             }
         }

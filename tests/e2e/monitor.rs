@@ -142,3 +142,55 @@ async fn a_model_without_reference_data_is_not_monitored() {
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_posted_later_join_predictions_by_request_id_into_quality() {
+    let remote = GitRemote::with_breast_cancer();
+    set_monitoring(
+        &remote,
+        "  monitoring:\n    window_size: 100\n    min_samples: 10\n    quality: {task: binary_classification, \
+         output: probabilities, index: 1}\n",
+    );
+    let data = tempfile::tempdir().unwrap();
+    let server = serve(remote.bare.path().display().to_string(), &data).await;
+    // Twenty predictions, each with an id; the model's own decision is the "truth" for 15 and wrong for 5.
+    let mut labels = Vec::new();
+    for (i, row) in reference_rows().iter().take(20).enumerate() {
+        let data: Vec<f32> = row.iter().map(|&v| v as f32).collect();
+        let body = json!({"id": format!("req-{i}"), "inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": data}]});
+        let reply = server.post_json("/v2/models/breast_cancer/infer", &body).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        let positive = reply.body["outputs"].as_array().unwrap().iter().find(|o| o["name"] == "probabilities").unwrap()
+            ["data"][1]
+            .as_f64()
+            .unwrap()
+            >= 0.5;
+        let truth = if i < 15 { positive } else { !positive };
+        labels.push(json!({"id": format!("req-{i}"), "label": truth}));
+    }
+    report_after(&server, 20).await;
+    labels.push(json!({"id": "never-seen", "label": 1}));
+    let reply = server.post_json("/api/v1/feedback", &json!({"model": "breast_cancer", "labels": labels})).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body, json!({"joined": 20, "unknown": ["never-seen"]}));
+
+    let view = server.get("/api/v1/monitor/breast_cancer").await.body;
+    let quality = &view["quality"][0];
+    assert_eq!((quality["predictions"].as_u64(), quality["labelled"].as_u64()), (Some(20), Some(20)));
+    assert_eq!(quality["label_coverage"], 1.0);
+    assert_eq!(quality["classification"]["accuracy"], 0.75, "{quality}");
+    let metrics = server.get("/metrics").await.body;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains(r#"vane_model_quality{model="breast_cancer",version="2",metric="accuracy"} 0.75"#),
+        "{metrics}"
+    );
+
+    let reply = server.post_json("/api/v1/feedback", &json!({"model": "breast_cancer", "id": "x"})).await;
+    reply.assert_error(StatusCode::BAD_REQUEST, &["\"id\" and \"label\" go together"]);
+    let reply = server.post_json("/api/v1/feedback", &json!({"model": "nope", "id": "x", "label": 1})).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    server.stop().await;
+}

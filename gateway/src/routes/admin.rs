@@ -93,11 +93,13 @@ pub(super) fn monitor(state: &AppState, model: &str) -> Result<HttpResponse, Api
     struct MonitorView<'a> {
         model: &'a str,
         versions: Vec<&'a monitor::live::LiveReport>,
+        quality: Vec<monitor::feedback::QualityReport>,
         observations_dropped: u64,
     }
     let reports: Vec<_> = monitor.reports().remove(model).map(|v| v.into_values().collect()).unwrap_or_default();
     let versions = reports.iter().map(std::convert::AsRef::as_ref).collect();
-    let body = MonitorView { model, versions, observations_dropped: monitor.counters().dropped.get() };
+    let quality = monitor.feedback().reports(Some(model));
+    let body = MonitorView { model, versions, quality, observations_dropped: monitor.counters().dropped.get() };
     Ok(json_response(StatusCode::OK, &body))
 }
 
@@ -109,6 +111,69 @@ pub(super) fn alerts(state: &AppState) -> HttpResponse {
     }
     let alerts = state.monitor.as_ref().map(monitor::live::Monitor::alerts).unwrap_or_default();
     json_response(StatusCode::OK, &Alerts { alerts })
+}
+
+/// `POST /api/v1/feedback`: ground truth for earlier predictions, by the request id they were made with (`id` in
+/// the V2 request; rows of a batch are `id#0`, `id#1`, …). `{"model": m, "id": i, "label": l}` or
+/// `{"model": m, "labels": [{"id": i, "label": l}, ...]}`; a label is a number or a boolean.
+pub(super) fn feedback(state: &AppState, body: &Bytes) -> Result<HttpResponse, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Label {
+        Number(f64),
+        Bool(bool),
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct One {
+        id: String,
+        label: Label,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Feedback {
+        model: String,
+        #[serde(default)]
+        id: Option<String>,
+        #[serde(default)]
+        label: Option<Label>,
+        #[serde(default)]
+        labels: Vec<One>,
+    }
+    let bad = |message: String| ApiError::InvalidJson { message };
+    let request: Feedback = serde_json::from_slice(body).map_err(|e| {
+        bad(format!(
+            "{e} (expected {{\"model\": ..., \"id\": ..., \"label\": ...}} or {{\"model\": ..., \"labels\": [...]}})"
+        ))
+    })?;
+    let mut labels = request.labels;
+    match (request.id, request.label) {
+        (Some(id), Some(label)) => labels.push(One { id, label }),
+        (None, None) => {}
+        _ => return Err(bad("\"id\" and \"label\" go together".to_owned())),
+    }
+    if labels.is_empty() {
+        return Err(bad("no labels given".to_owned()));
+    }
+    state.registry.snapshot().get(&request.model, None)?;
+    let Some(monitor) = &state.monitor else {
+        return Err(ApiError::Disabled { what: "feedback", how: "serve with monitoring" });
+    };
+    let labels: Vec<(String, f64)> = labels
+        .into_iter()
+        .map(|l| {
+            let value = match l.label {
+                Label::Number(v) => v,
+                Label::Bool(b) => f64::from(u8::from(b)),
+            };
+            (l.id, value)
+        })
+        .collect();
+    let outcome = monitor.feedback().join(&request.model, &labels, SystemTime::now());
+    for report in monitor.feedback().reports(Some(&request.model)) {
+        state.monitor_metrics.record_quality(&report);
+    }
+    Ok(json_response(StatusCode::OK, &outcome))
 }
 
 /// `GET /dashboard`: the monitor for a person, one section per monitored model (`#model` anchors, which alerts

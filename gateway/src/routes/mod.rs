@@ -41,6 +41,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The live monitor, fed with sampled predictions.
     pub monitor: Option<monitor::live::Monitor>,
+    /// The monitor's gauges (quality is set when labels arrive).
+    pub monitor_metrics: crate::metrics::monitor_series::MonitorMetrics,
 }
 
 impl AppState {
@@ -55,6 +57,7 @@ impl AppState {
             admin_token: None,
             metrics: Arc::default(),
             monitor: None,
+            monitor_metrics: crate::metrics::monitor_series::MonitorMetrics::default(),
         }
     }
 }
@@ -96,13 +99,15 @@ where
         ["api", "v1", "monitor", model] => Route::Monitor(model),
         ["api", "v1", "alerts"] => Route::Alerts,
         ["dashboard"] => Route::Dashboard,
+        ["api", "v1", "feedback"] => Route::Feedback,
         ["api", "v1", "hooks", "git"] => Route::Webhook,
         ["api", "v1", "sync"] => Route::Sync,
         ["api", "v1", "rollback"] => Route::Rollback,
         ["v2", "models", model, "versions", version, "infer"] => Route::Infer(model, Some(version)),
         _ => return Err(ApiError::RouteNotFound { path: path.to_owned() }),
     };
-    let wanted = if matches!(route, Route::Infer(..) | Route::Webhook | Route::Sync | Route::Rollback) {
+    let wanted = if matches!(route, Route::Infer(..) | Route::Webhook | Route::Sync | Route::Rollback | Route::Feedback)
+    {
         Method::POST
     } else {
         Method::GET
@@ -123,6 +128,10 @@ where
         Route::Monitor(model) => admin::monitor(state, model),
         Route::Alerts => Ok(admin::alerts(state)),
         Route::Dashboard => Ok(admin::dashboard(state)),
+        Route::Feedback => {
+            let body = read_body(request.into_body(), state.max_body_bytes).await?;
+            admin::feedback(state, &body)
+        }
         Route::Metrics => {
             let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())));
             response
@@ -161,6 +170,7 @@ enum Route<'a> {
     Monitor(&'a str),
     Alerts,
     Dashboard,
+    Feedback,
     Metrics,
     Webhook,
     Sync,

@@ -128,11 +128,13 @@ pub(super) async fn infer(
     let mut reply = json_response(StatusCode::OK, &response);
     add_provenance(reply.headers_mut(), &loaded, revision.as_deref());
     if let (Some(monitor), Some(monitored), Some(cells)) = (&state.monitor, &resolved.monitored, observed) {
+        let predictions = request.id.as_ref().and_then(|_| monitored.predictions(&outputs));
         monitor.offer(monitor::live::Observation {
             profile: Arc::clone(&monitored.profile),
             request_id: request.id.clone(),
             at: std::time::SystemTime::now(),
             cells,
+            predictions,
         });
     }
     Ok(reply)
