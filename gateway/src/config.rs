@@ -30,6 +30,8 @@ pub struct ServeConfig {
     pub alerting: monitor::notify::NotifyConfig,
     /// The URL on-call staff reach this server at, for links in alerts [default: http://<listen>].
     pub external_url: Option<String>,
+    /// Whether predictions are observed by the monitor (drift, quality, alerts).
+    pub monitoring: bool,
 }
 
 /// The default listen address: loopback, so a first run exposes nothing.
@@ -58,6 +60,7 @@ impl ServeConfig {
             gitops: None,
             alerting: monitor::notify::NotifyConfig::default(),
             external_url: None,
+            monitoring: true,
         }
     }
 }

@@ -45,6 +45,43 @@ macro_rules! embedded {
 pub const MODELS: [EmbeddedModel; 4] =
     [embedded!("breast_cancer", 1), embedded!("breast_cancer", 2), embedded!("digits", 1), embedded!("dense", 1)];
 
+/// The model the demo's traffic goes to.
+pub const DRIFT_MODEL: &str = "breast_cancer";
+
+/// How long the demo's traffic looks like the reference before it starts to drift.
+pub const DRIFT_AFTER: std::time::Duration = std::time::Duration::from_secs(45);
+
+/// Sends `breast_cancer` predictions to `addr` about 20 times a second until `stop`: rows of its reference data
+/// for [`DRIFT_AFTER`], then the same rows with the first ten features half as large again, so the monitor sees
+/// drift, an alert fires and the dashboard changes. Blocking; one short-lived connection per request.
+pub fn send_traffic(addr: std::net::SocketAddr, stop: &std::sync::atomic::AtomicBool) {
+    use std::io::{Read as _, Write as _};
+    let reference = MODELS.iter().find(|m| m.name == DRIFT_MODEL).map_or("", |m| m.reference);
+    let Ok(data) = ReferenceData::from_csv_reader(reference.as_bytes(), Path::new("reference.csv")) else { return };
+    let started = std::time::Instant::now();
+    let mut row = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let Some(mut values) = data.numeric_row(row % data.rows) else { return };
+        row += 1;
+        if started.elapsed() >= DRIFT_AFTER {
+            for v in values.iter_mut().take(10) {
+                *v *= 1.5;
+            }
+        }
+        let body = json!({"id": format!("demo-{row}"), "inputs": [{"name": "input", "shape": [1, values.len()], "datatype": "FP32", "data": values}]})
+            .to_string();
+        let request = format!(
+            "POST /v2/models/{DRIFT_MODEL}/infer HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        if let Ok(mut stream) = std::net::TcpStream::connect(addr) {
+            let _ = stream.write_all(request.as_bytes());
+            let _ = stream.read_to_end(&mut Vec::new());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Writes the embedded models into `dir` as `<model>/<version>/model.onnx` plus `<model>/reference.csv`. Blocking.
 pub fn write_repository(dir: &Path) -> io::Result<()> {
     for model in &MODELS {
@@ -70,8 +107,15 @@ fn manifests() -> Vec<(String, String)> {
         .map(|name| {
             let versions = MODELS.iter().filter(|m| m.name == name);
             let reference = MODELS.iter().find(|m| m.name == name).map_or("", |m| m.reference);
+            // breast_cancer gets the demo's drifting traffic: a small window and a short `for`, so an alert fires
+            // within about half a minute of the drift.
+            let monitoring = if name == DRIFT_MODEL {
+                "  monitoring:\n    window_size: 200\n    min_samples: 100\n    thresholds: {dataset_drift_share: 0.3}\n    for: 10s\n"
+            } else {
+                ""
+            };
             let mut text = format!(
-                "apiVersion: vane.dev/v1alpha1\nkind: ModelDeployment\nmetadata:\n  name: {name}\nspec:\n  reference_data:\n    path: models/{name}/reference.csv\n    sha256: {}\n  serving:\n    max_queue_delay: 300us\n  versions:\n",
+                "apiVersion: vane.dev/v1alpha1\nkind: ModelDeployment\nmetadata:\n  name: {name}\nspec:\n  reference_data:\n    path: models/{name}/reference.csv\n    sha256: {}\n{monitoring}  serving:\n    max_queue_delay: 300us\n  versions:\n",
                 hex::encode(Sha256::digest(reference.as_bytes()))
             );
             for model in versions {
@@ -203,6 +247,14 @@ pub fn instructions(base: &str, dir: &Path, requests: &[(String, PathBuf)], vers
         text,
         "  curl -s -d '{{\"inputs\":[{{\"name\":\"input\",\"shape\":[1,2],\"datatype\":\"FP32\",\"data\":[1,2]}}]}}' {base}/v2/models/breast_cancer/infer\n"
     );
+    let _ = writeln!(
+        text,
+        "  # Drift: the demo sends {DRIFT_MODEL} traffic like its reference data for {} s, then drifting (ten features \
+         grow by half).\n  # About half a minute later an alert fires. Watch it in a browser, or:\n  #   {base}/dashboard",
+        DRIFT_AFTER.as_secs()
+    );
+    let _ = writeln!(text, "  curl -s {base}/api/v1/monitor/{DRIFT_MODEL}");
+    let _ = writeln!(text, "  curl -s {base}/api/v1/alerts\n");
     let _ = writeln!(text, "Press Ctrl-C to stop.");
     text
 }

@@ -140,7 +140,8 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
     metrics::monitor_series::MonitorMetrics::register_delivery(metrics.registry_mut(), monitor.notify_counters());
     let mut state = AppState::new(Arc::clone(&registry), &config.limits);
     state.metrics = Arc::new(metrics);
-    state.monitor = Some(monitor);
+    // Off: no prediction is observed (the thread still answers the API with empty reports).
+    state.monitor = config.monitoring.then_some(monitor);
     state.monitor_metrics = monitor_metrics;
     state.controller = controller.clone();
     state.webhook_secret = config.gitops.as_ref().and_then(|g| g.webhook_secret.clone());

@@ -177,6 +177,9 @@ fn run_drift(args: &DriftArgs) -> Result<(), String> {
 
 #[derive(Args)]
 struct DemoArgs {
+    /// Do not send the example traffic that drifts after a while.
+    #[arg(long)]
+    no_traffic: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -226,6 +229,9 @@ struct RunArgs {
     /// The URL on-call staff reach this server at, for the links in alerts [default: http://<listen>].
     #[arg(long, env = "VANE_EXTERNAL_URL")]
     external_url: Option<String>,
+    /// Observe no predictions: no drift, quality or alerts (for measuring the monitor's cost).
+    #[arg(long, env = "VANE_NO_MONITORING")]
+    no_monitoring: bool,
 }
 
 impl ServeArgs {
@@ -289,6 +295,7 @@ impl RunArgs {
             resend_every: Duration::from_secs(60),
         };
         config.external_url = self.external_url.clone();
+        config.monitoring = !self.no_monitoring;
         config.poll_interval = Some(self.poll_interval.unwrap_or(config::DEFAULT_POLL_INTERVAL));
         config
     }
@@ -319,7 +326,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args.config()).await,
-            Command::Demo(args) => run_demo(&args.run).await,
+            Command::Demo(args) => run_demo(&args).await,
             Command::Drift(_) => Ok(()),
         }
     });
@@ -345,7 +352,8 @@ async fn serve(config: ServeConfig) -> MainResult {
     Ok(())
 }
 
-async fn run_demo(args: &RunArgs) -> MainResult {
+async fn run_demo(demo_args: &DemoArgs) -> MainResult {
+    let args = &demo_args.run;
     let dir = tempfile::Builder::new().prefix("vane-demo-").tempdir()?;
     let root = dir.path().to_path_buf();
     let remote = tokio::task::spawn_blocking({
@@ -417,8 +425,14 @@ async fn run_demo(args: &RunArgs) -> MainResult {
         );
     }
     println!("{text}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if !demo_args.no_traffic {
+        let (addr, stop) = (server.local_addr(), std::sync::Arc::clone(&stop));
+        std::thread::Builder::new().name("vane-demo-traffic".into()).spawn(move || demo::send_traffic(addr, &stop))?;
+    }
     stop_on_signal(server.shutdown_token());
     server.run_until_stopped().await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(dir);
     Ok(())
 }

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Prediction throughput with the monitor on vs off: `vane demo --no-traffic` (breast_cancer from Git with its
+# reference data, every prediction observed into a 200-row window, evaluated each second) under wrk on loopback,
+# batch-1 JSON requests at 64 connections. Runs alternate on/off three times each so drift in the machine's speed
+# hits both; the median of each side is reported, and their ratio. SECONDS_PER_RUN (default 10) sets each run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+cargo build --release -q -p gateway --bin vane
+seconds=${SECONDS_PER_RUN:-10}
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"; kill $(jobs -p) 2>/dev/null || true' EXIT
+row=$(sed -n 2p models/breast_cancer/reference.csv)
+cat > "$scratch/post.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"inputs":[{"name":"input","shape":[1,30],"datatype":"FP32","data":[$row]}]}'
+LUA
+
+run() { # $1: extra flag; prints requests/s
+  local port=$((20000 + RANDOM % 20000))
+  target/release/vane demo --no-traffic --listen "127.0.0.1:$port" $1 >"$scratch/out" 2>"$scratch/err" &
+  local pid=$!
+  for _ in $(seq 1 200); do # readiness, bounded at 20 s
+    curl -sf "http://127.0.0.1:$port/v2/health/ready" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  wrk -t2 -c64 -d"${seconds}s" -s "$scratch/post.lua" "http://127.0.0.1:$port/v2/models/breast_cancer/infer" \
+    | awk '/Requests\/sec/ {print $2}'
+  if [ -z "$1" ]; then # with the monitor on, show that it saw the traffic
+    curl -s "http://127.0.0.1:$port/metrics" | grep -E '^vane_monitor_observations(_dropped)?_total' >&2
+  fi
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+on=(); off=()
+for _ in 1 2 3; do
+  on+=("$(run "")")
+  off+=("$(run --no-monitoring)")
+done
+median() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
+m_on=$(median "${on[@]}"); m_off=$(median "${off[@]}")
+echo "monitoring on:  ${on[*]} req/s (median $m_on)"
+echo "monitoring off: ${off[*]} req/s (median $m_off)"
+python3 -c "print(f'on/off = {$m_on / $m_off:.3f}')"
