@@ -3,8 +3,8 @@
 //! compares it with that version's reference profile, with the same statistics as `vane drift`.
 //!
 //! Windows are bounded by count (`window_size` rows, the oldest evicted first) and optionally by age
-//! (`window_duration`); memory per model version is at most `window_size × features × 24` bytes for the cells plus
-//! 16 bytes per row, whatever the traffic. Nothing is approximated: each evaluation computes every statistic on the
+//! (`window_duration`); memory per model version is at most `window_size` × (8 bytes per numeric feature, 16 plus
+//! the text per categorical one, 16 for the row's time), whatever the traffic. Nothing is approximated: each evaluation computes every statistic on the
 //! window exactly. A verdict needs `min_samples` rows; below that the report says how many it has.
 //!
 //! A profile belongs to one loaded model version and is built with it, off the request path, so a new model is
@@ -310,10 +310,81 @@ impl Monitor {
 /// One model version's window.
 struct Window {
     profile: Arc<Profile>,
-    rows: VecDeque<(SystemTime, Vec<Cell>)>,
+    /// When each row was observed, oldest first.
+    times: VecDeque<SystemTime>,
+    /// The rows, column by column (no allocation per row).
+    columns: Vec<WindowColumn>,
     observed: u64,
     changed: bool,
     history: VecDeque<HistoryPoint>,
+}
+
+/// One feature's values in a window.
+enum WindowColumn {
+    /// Numbers; NaN is missing. 8 bytes a row.
+    Numeric(VecDeque<f64>),
+    /// Categories ("0"/"1" for binary features). 16 bytes a row plus the text.
+    Categorical(VecDeque<Option<Box<str>>>),
+}
+
+impl Window {
+    fn new(profile: &Arc<Profile>) -> Self {
+        let columns = profile
+            .features
+            .iter()
+            .map(|f| match f.kind {
+                ColumnKind::Numeric => WindowColumn::Numeric(VecDeque::new()),
+                _ => WindowColumn::Categorical(VecDeque::new()),
+            })
+            .collect();
+        Self {
+            profile: Arc::clone(profile),
+            times: VecDeque::new(),
+            columns,
+            observed: 0,
+            changed: false,
+            history: VecDeque::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.times.len()
+    }
+
+    fn pop_front(&mut self) {
+        self.times.pop_front();
+        for column in &mut self.columns {
+            match column {
+                WindowColumn::Numeric(v) => {
+                    v.pop_front();
+                }
+                WindowColumn::Categorical(v) => {
+                    v.pop_front();
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, at: SystemTime, row: impl Iterator<Item = Cell>) {
+        self.times.push_back(at);
+        for ((column, feature), cell) in self.columns.iter_mut().zip(&self.profile.features).zip(row) {
+            match column {
+                WindowColumn::Numeric(v) => v.push_back(match cell {
+                    Cell::Number(x) if x.is_finite() => x,
+                    Cell::Text(t) => t.parse::<f64>().ok().filter(|x| x.is_finite()).unwrap_or(f64::NAN),
+                    _ => f64::NAN,
+                }),
+                WindowColumn::Categorical(v) => v.push_back(match cell {
+                    Cell::Text(t) => Some(t.into_boxed_str()),
+                    Cell::Number(x) if feature.kind == ColumnKind::Binary => {
+                        Some(if x == 0.0 { "0" } else { "1" }.into())
+                    }
+                    Cell::Number(x) => Some(format!("{x}").into_boxed_str()),
+                    Cell::Missing => None,
+                }),
+            }
+        }
+    }
 }
 
 /// Evaluations kept per window for the dashboard's drift-over-time chart (at one per second: the last 10 minutes
@@ -346,7 +417,8 @@ fn run(
     mut engine: Engine,
     mut on_report: impl FnMut(&LiveReport),
 ) {
-    let mut windows: HashMap<(String, u64), Window> = HashMap::new();
+    // By model then version, so an observation finds its window without allocating a key.
+    let mut windows: HashMap<String, HashMap<u64, Window>> = HashMap::new();
     let mut next = Instant::now() + every;
     loop {
         match receiver.recv_timeout(next.saturating_duration_since(Instant::now())) {
@@ -363,10 +435,13 @@ fn run(
             add(&mut windows, observation, &shared.feedback);
         }
         // Versions no longer loaded: only this thread holds their profile.
-        windows.retain(|_, w| Arc::strong_count(&w.profile) > 1);
+        for versions in windows.values_mut() {
+            versions.retain(|_, w| Arc::strong_count(&w.profile) > 1);
+        }
+        windows.retain(|_, versions| !versions.is_empty());
         let mut fresh = Vec::new();
         let mut changed_alerts = Vec::new();
-        for window in windows.values_mut() {
+        for window in windows.values_mut().flat_map(HashMap::values_mut) {
             expire(window);
             if window.changed {
                 window.changed = false;
@@ -387,15 +462,16 @@ fn run(
                 fresh.push(Arc::new(report));
             }
         }
-        engine.retain_versions(|model, version| windows.contains_key(&(model.to_owned(), version)));
-        shared.feedback.retain(|model, version| windows.contains_key(&(model.to_owned(), version)));
+        let served = |model: &str, version: u64| windows.get(model).is_some_and(|v| v.contains_key(&version));
+        engine.retain_versions(served);
+        shared.feedback.retain(served);
         if let Ok(mut alerts) = shared.alerts.write() {
             *alerts = engine.alerts();
         }
         shared.notifier.notify(changed_alerts);
         if let Ok(mut published) = shared.reports.write() {
             published.retain(|model, versions| {
-                versions.retain(|version, _| windows.contains_key(&(model.clone(), *version)));
+                versions.retain(|version, _| served(model, *version));
                 !versions.is_empty()
             });
             for report in &fresh {
@@ -409,7 +485,7 @@ fn run(
 }
 
 fn add(
-    windows: &mut HashMap<(String, u64), Window>,
+    windows: &mut HashMap<String, HashMap<u64, Window>>,
     observation: Observation,
     feedback: &crate::feedback::FeedbackStore,
 ) {
@@ -423,30 +499,23 @@ fn add(
     if width == 0 || !observation.cells.len().is_multiple_of(width) {
         return;
     }
-    let key = (profile.model.clone(), profile.version);
-    let fresh = || Window {
-        profile: Arc::clone(&profile),
-        rows: VecDeque::new(),
-        observed: 0,
-        changed: false,
-        history: VecDeque::new(),
-    };
-    let window = windows.entry(key).or_insert_with(fresh);
+    if !windows.contains_key(profile.model.as_str()) {
+        windows.insert(profile.model.clone(), HashMap::new());
+    }
+    let Some(versions) = windows.get_mut(profile.model.as_str()) else { return };
+    let window = versions.entry(profile.version).or_insert_with(|| Window::new(&profile));
     if !Arc::ptr_eq(&window.profile, &profile) {
         // A new deployment of the same version (new commit or reference data): start again.
-        *window = fresh();
+        *window = Window::new(&profile);
     }
     let capacity = profile.settings.window_size.max(1);
+    let rows = observation.cells.len() / width;
     let mut cells = observation.cells.into_iter();
-    loop {
-        let row: Vec<Cell> = cells.by_ref().take(width).collect();
-        if row.is_empty() {
-            break;
+    for _ in 0..rows {
+        if window.len() == capacity {
+            window.pop_front();
         }
-        if window.rows.len() == capacity {
-            window.rows.pop_front();
-        }
-        window.rows.push_back((observation.at, row));
+        window.push(observation.at, cells.by_ref().take(width));
         window.observed += 1;
     }
     window.changed = true;
@@ -455,8 +524,8 @@ fn add(
 fn expire(window: &mut Window) {
     let Some(limit) = window.profile.settings.window_duration else { return };
     let Some(oldest_allowed) = SystemTime::now().checked_sub(limit) else { return };
-    while window.rows.front().is_some_and(|(at, _)| *at < oldest_allowed) {
-        window.rows.pop_front();
+    while window.times.front().is_some_and(|at| *at < oldest_allowed) {
+        window.pop_front();
         window.changed = true;
     }
 }
@@ -468,36 +537,15 @@ fn unix_ms(time: SystemTime) -> u64 {
 fn evaluate(window: &Window) -> LiveReport {
     let profile = &window.profile;
     let settings = &profile.settings;
-    let enough = window.rows.len() >= settings.min_samples.max(1);
+    let enough = window.len() >= settings.min_samples.max(1);
     let mut columns = BTreeMap::new();
     if enough {
         for (index, feature) in profile.features.iter().enumerate() {
-            let current = match feature.kind {
-                ColumnKind::Numeric => Values::Numeric(
-                    window
-                        .rows
-                        .iter()
-                        .map(|(_, row)| match &row[index] {
-                            Cell::Number(v) if v.is_finite() => Some(*v),
-                            Cell::Text(t) => t.parse::<f64>().ok().filter(|v| v.is_finite()),
-                            _ => None,
-                        })
-                        .collect(),
-                ),
-                ColumnKind::Categorical | ColumnKind::Binary => Values::Categorical(
-                    window
-                        .rows
-                        .iter()
-                        .map(|(_, row)| match &row[index] {
-                            Cell::Text(t) => Some(t.clone()),
-                            Cell::Number(v) if feature.kind == ColumnKind::Binary => {
-                                Some(if *v == 0.0 { "0" } else { "1" }.to_owned())
-                            }
-                            Cell::Number(v) => Some(format!("{v}")),
-                            Cell::Missing => None,
-                        })
-                        .collect(),
-                ),
+            let current = match &window.columns[index] {
+                WindowColumn::Numeric(v) => Values::Numeric(v.iter().map(|x| (!x.is_nan()).then_some(*x)).collect()),
+                WindowColumn::Categorical(v) => {
+                    Values::Categorical(v.iter().map(|c| c.as_deref().map(str::to_owned)).collect())
+                }
             };
             let values = Sides { reference: profile.reference[index].clone(), current };
             columns.insert(feature.name.clone(), drift::column_report(feature.kind, &values));
@@ -509,11 +557,11 @@ fn evaluate(window: &Window) -> LiveReport {
         version: profile.version,
         commit: profile.commit.clone(),
         data_sha256: profile.data_sha256.clone(),
-        window_rows: window.rows.len(),
+        window_rows: window.len(),
         rows_observed: window.observed,
         window_size: settings.window_size,
         min_samples: settings.min_samples,
-        window_start_unix_ms: window.rows.front().map(|(at, _)| unix_ms(*at)),
+        window_start_unix_ms: window.times.front().map(|at| unix_ms(*at)),
         evaluated_unix_ms: unix_ms(SystemTime::now()),
         enough_samples: enough,
         dataset_drift: enough.then(|| drift::dataset_drift(&order, &columns)),
