@@ -32,7 +32,13 @@ pub struct ServeConfig {
     pub external_url: Option<String>,
     /// Whether predictions are observed by the monitor (drift, quality, alerts).
     pub monitoring: bool,
+    /// How often a monitoring window with new rows is evaluated.
+    pub monitor_interval: Duration,
 }
+
+/// Every 5 s: alerts hold for minutes and the dashboard refreshes every 10 s, and evaluating all features each
+/// second was most of the monitor's cost under load.
+pub const DEFAULT_MONITOR_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The default listen address: loopback, so a first run exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -61,6 +67,7 @@ impl ServeConfig {
             alerting: monitor::notify::NotifyConfig::default(),
             external_url: None,
             monitoring: true,
+            monitor_interval: DEFAULT_MONITOR_INTERVAL,
         }
     }
 }

@@ -129,6 +129,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
     let monitor_config = monitor::live::MonitorConfig {
         notify: config.alerting.clone(),
         base_url: config.external_url.clone().unwrap_or_else(|| format!("http://{addr}")),
+        evaluate_every: config.monitor_interval,
         ..monitor::live::MonitorConfig::default()
     };
     let monitor = monitor::live::Monitor::start(monitor_config, move |report| {

@@ -232,6 +232,9 @@ struct RunArgs {
     /// Observe no predictions: no drift, quality or alerts (for measuring the monitor's cost).
     #[arg(long, env = "VANE_NO_MONITORING")]
     no_monitoring: bool,
+    /// How often a monitoring window with new predictions is evaluated.
+    #[arg(long, env = "VANE_MONITOR_INTERVAL", value_parser = humantime::parse_duration, default_value = "5s")]
+    monitor_interval: Duration,
 }
 
 impl ServeArgs {
@@ -296,6 +299,7 @@ impl RunArgs {
         };
         config.external_url = self.external_url.clone();
         config.monitoring = !self.no_monitoring;
+        config.monitor_interval = self.monitor_interval;
         config.poll_interval = Some(self.poll_interval.unwrap_or(config::DEFAULT_POLL_INTERVAL));
         config
     }

@@ -242,7 +242,7 @@ impl Default for MonitorConfig {
     fn default() -> Self {
         Self {
             queue_capacity: 4096,
-            evaluate_every: Duration::from_secs(1),
+            evaluate_every: Duration::from_secs(5),
             notify: NotifyConfig::default(),
             base_url: String::new(),
         }
@@ -387,8 +387,8 @@ impl Window {
     }
 }
 
-/// Evaluations kept per window for the dashboard's drift-over-time chart (at one per second: the last 10 minutes
-/// of activity; 24 bytes each).
+/// Evaluations kept per window for the dashboard's drift-over-time chart (every 5 s: the last 50 minutes of
+/// activity; 24 bytes each).
 pub const HISTORY: usize = 600;
 
 /// One past evaluation, for drift over time.

@@ -52,6 +52,8 @@ impl TestServer {
     /// Serves `models/` with settings changed by `tweak`.
     pub(crate) async fn start_with(tweak: impl FnOnce(&mut ServeConfig)) -> Self {
         let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), models_dir());
+        // Tests wait on the monitor's reports; a short interval keeps them quick.
+        config.monitor_interval = std::time::Duration::from_millis(200);
         tweak(&mut config);
         let server = gateway::start(config).await.expect("gateway starts");
         let base = format!("http://{}", server.local_addr());
