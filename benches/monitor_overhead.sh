@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prediction throughput with the monitor on vs off: `vane demo --no-traffic` (breast_cancer from Git with its
 # reference data, every prediction observed into a 200-row window, evaluated each second) under wrk on loopback,
-# batch-1 JSON requests at 64 connections. Runs alternate on/off three times each so drift in the machine's speed
+# batch-1 JSON requests at 64 connections. Runs alternate on/off five times each so drift in the machine's speed
 # hits both; the median of each side is reported, and their ratio. SECONDS_PER_RUN (default 10) sets each run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,11 +34,11 @@ run() { # $1: extra flag; prints requests/s
 }
 
 on=(); off=()
-for _ in 1 2 3; do
+for _ in 1 2 3 4 5; do
   on+=("$(run "")")
   off+=("$(run --no-monitoring)")
 done
-median() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
+median() { printf '%s\n' "$@" | sort -n | sed -n 3p; }
 m_on=$(median "${on[@]}"); m_off=$(median "${off[@]}")
 echo "monitoring on:  ${on[*]} req/s (median $m_on)"
 echo "monitoring off: ${off[*]} req/s (median $m_off)"

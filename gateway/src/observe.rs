@@ -13,7 +13,7 @@ use std::time::Duration;
 use monitor::alerts::Rule;
 use monitor::drift::ColumnKind;
 use monitor::feedback::{FeedbackSettings, Task};
-use monitor::live::{Cell, Profile, WindowSettings};
+use monitor::live::{Cell, Observed, Profile, WindowSettings};
 use reconciler::DesiredModel;
 
 use crate::infer::{Signature, Tensor, TensorData};
@@ -103,13 +103,17 @@ impl Monitored {
     }
 
     /// The cells of a request's checked inputs, row-major, if the sampler picks this prediction.
-    pub fn sample(&self, inputs: &[Tensor]) -> Option<Vec<Cell>> {
+    pub fn sample(&self, inputs: &[Tensor]) -> Option<Observed> {
         if !self.profile.sample() {
             return None;
         }
         match &self.layout {
-            // Row-major [rows, width] data is already the observation's layout.
-            Layout::Matrix { input, .. } => inputs.get(*input).map(|t| cells(&t.data)),
+            // Row-major [rows, width] data is already the observation's layout; floats are copied as they are.
+            Layout::Matrix { input, .. } => inputs.get(*input).map(|t| match &t.data {
+                TensorData::Fp32(v) => Observed::F32(v.clone()),
+                TensorData::Fp64(v) => Observed::F64(v.clone()),
+                other => Observed::Cells(cells(other)),
+            }),
             Layout::Columns(positions) => {
                 let width = positions.len();
                 let rows = inputs.get(*positions.first()?)?.shape.first().copied().unwrap_or(1);
@@ -120,7 +124,7 @@ impl Monitored {
                         out[row * width + feature] = cell;
                     }
                 }
-                Some(out)
+                Some(Observed::Cells(out))
             }
         }
     }

@@ -118,9 +118,47 @@ pub struct Observation {
     /// When it was served.
     pub at: SystemTime,
     /// The cells, row-major.
-    pub cells: Vec<Cell>,
+    pub cells: Observed,
     /// The prediction per row (score or value), when quality is monitored and the request has an id.
     pub predictions: Option<Vec<f64>>,
+}
+
+/// An observation's cells, row-major: plain numbers for the common all-numeric input (an eighth of the size of
+/// [`Cell`]s, copied straight from the request's tensor), general cells otherwise.
+#[derive(Debug)]
+pub enum Observed {
+    /// FP32 values; NaN is missing.
+    F32(Vec<f32>),
+    /// FP64 values; NaN is missing.
+    F64(Vec<f64>),
+    /// Anything else.
+    Cells(Vec<Cell>),
+}
+
+impl Observed {
+    /// The number of cells.
+    pub fn len(&self) -> usize {
+        match self {
+            Observed::F32(v) => v.len(),
+            Observed::F64(v) => v.len(),
+            Observed::Cells(v) => v.len(),
+        }
+    }
+
+    /// Whether there are no cells.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Cell `i` (numbers become [`Cell::Number`], NaN [`Cell::Missing`]).
+    fn take(&mut self, i: usize) -> Cell {
+        let number = |v: f64| if v.is_finite() { Cell::Number(v) } else { Cell::Missing };
+        match self {
+            Observed::F32(v) => number(f64::from(v[i])),
+            Observed::F64(v) => number(v[i]),
+            Observed::Cells(v) => std::mem::replace(&mut v[i], Cell::Missing),
+        }
+    }
 }
 
 // === impl Profile ===
@@ -510,12 +548,13 @@ fn add(
     }
     let capacity = profile.settings.window_size.max(1);
     let rows = observation.cells.len() / width;
-    let mut cells = observation.cells.into_iter();
-    for _ in 0..rows {
+    let mut cells = observation.cells;
+    for row in 0..rows {
         if window.len() == capacity {
             window.pop_front();
         }
-        window.push(observation.at, cells.by_ref().take(width));
+        let start = row * width;
+        window.push(observation.at, (start..start + width).map(|i| cells.take(i)));
         window.observed += 1;
     }
     window.changed = true;
