@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prediction throughput with the monitor on vs off: `vane demo --no-traffic` (breast_cancer from Git with its
-# reference data, every prediction observed into a 200-row window, evaluated each second) under wrk on loopback,
+# reference data, every prediction observed into a 200-row window, evaluated every 5 s) under wrk on loopback,
 # batch-1 JSON requests at 64 connections. Runs alternate on/off five times each so drift in the machine's speed
 # hits both; the median of each side is reported, and their ratio. SECONDS_PER_RUN (default 10) sets each run.
 set -euo pipefail
@@ -18,13 +18,15 @@ wrk.body = '{"inputs":[{"name":"input","shape":[1,30],"datatype":"FP32","data":[
 LUA
 
 run() { # $1: extra flag; prints requests/s
-  local port=$((20000 + RANDOM % 20000))
-  target/release/vane demo --no-traffic --listen "127.0.0.1:$port" $1 >"$scratch/out" 2>"$scratch/err" &
-  local pid=$!
-  for _ in $(seq 1 200); do # readiness, bounded at 20 s
-    curl -sf "http://127.0.0.1:$port/v2/health/ready" >/dev/null 2>&1 && break
+  # Port 0: the demo prints its address once it is ready (after its first sync), which is the readiness signal.
+  target/release/vane demo --no-traffic --listen 127.0.0.1:0 $1 >"$scratch/out" 2>"$scratch/err" &
+  local pid=$! port=""
+  for _ in $(seq 1 300); do # bounded at 30 s
+    port=$(grep -oE 'on http://127\.0\.0\.1:[0-9]+' "$scratch/out" | head -1 | sed 's/.*://') || true
+    [ -n "$port" ] && break
     sleep 0.1
   done
+  [ -n "$port" ] || { echo "vane demo did not start: $(cat "$scratch/err")" >&2; exit 1; }
   wrk -t2 -c64 -d"${seconds}s" -s "$scratch/post.lua" "http://127.0.0.1:$port/v2/models/breast_cancer/infer" \
     | awk '/Requests\/sec/ {print $2}'
   if [ -z "$1" ]; then # with the monitor on, show that it saw the traffic
