@@ -101,21 +101,29 @@ pub fn report_page(report: &DriftReport, title: &str) -> String {
         report.n_rows.reference,
         report.n_rows.current,
     );
-    page.push_str(
-        "<table id=\"columns\"><tr><th>column</th><th>kind</th><th>test</th><th>score</th><th>threshold</th>\
-         <th>drifted</th><th>PSI</th><th>JS</th><th>missing ref → cur</th><th>reference vs current</th></tr>",
+    page.push_str(&columns_table("columns", &report.column_order, &report.columns));
+    page.push_str("</body></html>\n");
+    page
+}
+
+/// The per-column table of a report, drifted columns first: test, score, threshold, verdict, PSI, JS, missing shares
+/// and the reference-vs-current bars. Shared by the offline report and the dashboard.
+pub fn columns_table(id: &str, order: &[String], columns: &std::collections::BTreeMap<String, ColumnReport>) -> String {
+    let mut table = format!(
+        "<table id=\"{id}\"><tr><th>column</th><th>kind</th><th>test</th><th>score</th><th>threshold</th>\
+         <th>drifted</th><th>PSI</th><th>JS</th><th>missing ref → cur</th><th>reference vs current</th></tr>"
     );
-    let mut order: Vec<&String> = report.column_order.iter().collect();
-    order.sort_by_key(|name| !report.columns[*name].drift.as_ref().is_some_and(|d| d.drifted));
+    let mut order: Vec<&String> = order.iter().filter(|name| columns.contains_key(*name)).collect();
+    order.sort_by_key(|name| !columns[*name].drift.as_ref().is_some_and(|d| d.drifted));
     for name in order {
-        let column = &report.columns[name];
+        let column = &columns[name];
         let drifted = column.drift.as_ref().is_some_and(|d| d.drifted);
         let (test, score, threshold) = match &column.drift {
             Some(d) => (d.stattest, number(Some(d.drift_score)), number(Some(d.threshold))),
             None => ("skipped (a side has no values)", "–".to_owned(), "–".to_owned()),
         };
         let _ = write!(
-            page,
+            table,
             "<tr class=\"{}\"><td>{}</td><td>{:?}</td><td>{test}</td><td>{score}</td><td>{threshold}</td><td>{}</td>\
              <td>{}</td><td>{}</td><td>{:.1}% → {:.1}%</td><td>{}</td></tr>",
             if drifted { "drifted" } else { "" },
@@ -129,8 +137,8 @@ pub fn report_page(report: &DriftReport, title: &str) -> String {
             column_bars(column),
         );
     }
-    page.push_str("</table></body></html>\n");
-    page
+    table.push_str("</table>");
+    table
 }
 
 /// A model's drift share over time as an SVG line, with the dataset-drift line at 50%.
@@ -228,32 +236,12 @@ pub fn dashboard_page(
                 continue;
             }
             page.push_str(&history_svg(&report.history));
-            page.push_str(
-                "<table class=\"features\"><tr><th>feature</th><th>test</th><th>score</th><th>threshold</th>\
-                 <th>drifted</th><th>PSI</th><th>missing now</th><th>reference vs live</th></tr>",
-            );
-            let mut names: Vec<&String> = report.columns.keys().collect();
-            names.sort_by_key(|n| !report.columns[*n].drift.as_ref().is_some_and(|d| d.drifted));
-            for name in names {
-                let column = &report.columns[name];
-                let drifted = column.drift.as_ref().is_some_and(|d| d.drifted);
-                let (test, score, threshold) = match &column.drift {
-                    Some(d) => (d.stattest, number(Some(d.drift_score)), number(Some(d.threshold))),
-                    None => ("–", "–".to_owned(), "–".to_owned()),
-                };
-                let _ = write!(
-                    page,
-                    "<tr class=\"{}\"><td>{}</td><td>{test}</td><td>{score}</td><td>{threshold}</td><td>{}</td>\
-                     <td>{}</td><td>{:.1}%</td><td>{}</td></tr>",
-                    if drifted { "drifted" } else { "" },
-                    escape(name),
-                    if drifted { "yes" } else { "no" },
-                    number(column.psi.as_ref().map(|p| p.value)),
-                    column.missing.current.share * 100.0,
-                    column_bars(column)
-                );
-            }
-            page.push_str("</table>");
+            let order: Vec<String> = report.columns.keys().cloned().collect();
+            page.push_str(&columns_table(
+                &format!("features-{}-{}", escape(model), report.version),
+                &order,
+                &report.columns,
+            ));
         }
         page.push_str("</section>");
     }

@@ -18,9 +18,8 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::gitops::gitops_config;
-use crate::monitor::{predict, reference_rows, report_after, set_monitoring, shifted};
-use crate::support::{ensure_debian_package, GitRemote, TestServer};
+use crate::monitor::{firing_at_once_deployment, predict, reference_rows, report_after, shifted};
+use crate::support::{ensure_debian_package, TestServer};
 
 /// A child process killed when dropped.
 struct KillOnDrop(Child);
@@ -128,14 +127,7 @@ async fn dataset_drift_fires_through_alertmanager_and_a_webhook_then_resolves() 
     let (_alertmanager, alertmanager_url) =
         tokio::task::block_in_place(|| alertmanager(&format!("http://{receiver_addr}/alertmanager"), scratch.path()));
 
-    let remote = GitRemote::with_breast_cancer();
-    set_monitoring(
-        &remote,
-        "  monitoring:\n    window_size: 190\n    min_samples: 100\n    thresholds: {dataset_drift_share: 0.3}\n    \
-         for: 0s\n",
-    );
-    let data = tempfile::tempdir().unwrap();
-    let gitops = gitops_config(remote.bare.path().display().to_string(), &data, Duration::from_secs(3600));
+    let (remote, _data, gitops) = firing_at_once_deployment();
     let (am, hook) = (alertmanager_url.clone(), format!("http://{receiver_addr}/direct"));
     let server = TestServer::start_with(move |config| {
         config.gitops = Some(gitops);

@@ -5,11 +5,9 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use crate::gitops::gitops_config;
-use crate::monitor::{predict, reference_rows, report_after, set_monitoring, shifted};
-use crate::support::{ensure_debian_package, GitRemote, TestServer};
+use crate::monitor::{firing_at_once_deployment, predict, reference_rows, report_after, shifted};
+use crate::support::{ensure_debian_package, TestServer};
 
 fn chromium(args: &[String], profile: &Path) -> std::process::Output {
     let binary = ensure_debian_package("/usr/bin/chromium", "chromium");
@@ -41,14 +39,7 @@ fn count_colour(image: &[u8], channels: usize, rgb: [u8; 3]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_renders_the_firing_alert_the_bars_and_the_history_in_chromium() {
-    let remote = GitRemote::with_breast_cancer();
-    set_monitoring(
-        &remote,
-        "  monitoring:\n    window_size: 190\n    min_samples: 100\n    thresholds: {dataset_drift_share: 0.3}\n    \
-         for: 0s\n",
-    );
-    let data = tempfile::tempdir().unwrap();
-    let gitops = gitops_config(remote.bare.path().display().to_string(), &data, Duration::from_secs(3600));
+    let (_remote, _data, gitops) = firing_at_once_deployment();
     let server = TestServer::start_with(move |config| config.gitops = Some(gitops)).await;
     server.until(|s| s.syncs >= 1).await;
     let sample: Vec<Vec<f64>> = reference_rows().into_iter().step_by(3).collect();
@@ -67,7 +58,7 @@ async fn the_dashboard_renders_the_firing_alert_the_bars_and_the_history_in_chro
     assert!(html.contains(r#"<section class="model" id="breast_cancer">"#), "{html}");
     assert!(html.contains(r#"<div class="alert firing"><b>VaneDatasetDrift · page</b>"#), "{html}");
     assert!(html.contains("1 firing alert(s) across 1 monitored model(s)"), "{html}");
-    assert!(html.contains(r#"<tr class="drifted"><td>mean_radius</td><td>ks</td>"#), "{html}");
+    assert!(html.contains(r#"<tr class="drifted"><td>mean_radius</td><td>Numeric</td><td>ks</td>"#), "{html}");
     assert!(html.contains(r#"<polyline class="share""#), "{html}");
 
     let shot = scratch.path().join("dashboard.png");

@@ -21,6 +21,21 @@ pub(crate) fn set_monitoring(remote: &GitRemote, block: &str) {
     remote.push("monitoring settings for the test");
 }
 
+/// A breast_cancer deployment whose dataset-drift alert (at 30% of features) fires at once, with a 190-row window:
+/// the remote, the data folder, and the GitOps config to serve it.
+pub(crate) fn firing_at_once_deployment() -> (GitRemote, tempfile::TempDir, gateway::gitops::GitOpsConfig) {
+    let remote = GitRemote::with_breast_cancer();
+    set_monitoring(
+        &remote,
+        "  monitoring:\n    window_size: 190\n    min_samples: 100\n    thresholds: {dataset_drift_share: 0.3}\n    \
+         for: 0s\n",
+    );
+    let data = tempfile::tempdir().unwrap();
+    let config =
+        crate::gitops::gitops_config(remote.bare.path().display().to_string(), &data, Duration::from_secs(3600));
+    (remote, data, config)
+}
+
 /// The breast-cancer sample with the first ten features half as large again.
 pub(crate) fn shifted(rows: &[Vec<f64>]) -> Vec<Vec<f64>> {
     rows.iter().map(|row| row.iter().enumerate().map(|(i, v)| if i < 10 { v * 1.5 } else { *v }).collect()).collect()
