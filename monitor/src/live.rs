@@ -172,6 +172,16 @@ impl Profile {
         settings: WindowSettings,
     ) -> Result<Self, ProfileError> {
         let error = |message: String| ProfileError { path: path.display().to_string(), message };
+        // Cached artifacts are named by digest, so the format shows only in the bytes: Parquet starts with PAR1.
+        let mut magic = [0u8; 4];
+        let is_parquet = std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok_and(|()| &magic == b"PAR1");
+        if is_parquet {
+            return Err(error(
+                "is Parquet, which the monitor does not read yet; commit the reference as CSV".to_owned(),
+            ));
+        }
         let table = Table::from_csv_path(path).map_err(|e| error(e.to_string()))?;
         if table.rows == 0 {
             return Err(error("has no rows".to_owned()));
@@ -606,5 +616,30 @@ fn evaluate(window: &Window) -> LiveReport {
         dataset_drift: enough.then(|| drift::dataset_drift(&order, &columns)),
         columns,
         history: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> (String, u64, Option<String>, Option<String>) {
+        ("m".into(), 1, None, None)
+    }
+
+    #[test]
+    fn a_parquet_reference_is_refused_by_name_and_a_csv_one_is_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let parquet = dir.path().join("0123abcd");
+        std::fs::write(&parquet, b"PAR1\x15\x04binary").unwrap();
+        let error = Profile::from_csv(&parquet, identity(), &BTreeMap::new(), WindowSettings::default()).unwrap_err();
+        assert!(error
+            .to_string()
+            .ends_with("is Parquet, which the monitor does not read yet; commit the reference as CSV"));
+        let csv = dir.path().join("ref");
+        std::fs::write(&csv, "x,colour,flag\n1.5,red,0\n2.5,blue,1\n").unwrap();
+        let profile = Profile::from_csv(&csv, identity(), &BTreeMap::new(), WindowSettings::default()).unwrap();
+        let kinds: Vec<ColumnKind> = profile.features.iter().map(|f| f.kind).collect();
+        assert_eq!(kinds, [ColumnKind::Numeric, ColumnKind::Categorical, ColumnKind::Binary]);
     }
 }
