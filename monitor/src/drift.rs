@@ -270,21 +270,12 @@ pub enum Values {
 
 /// Builds the report of `current` against `reference` (the same columns in any order).
 pub fn report(reference: &Table, current: &Table, options: &Options) -> Result<DriftReport, ReportError> {
-    for name in &reference.names {
-        if current.index_of(name).is_none() {
+    for (one, other) in [(reference, current), (current, reference)] {
+        if let Some(name) = one.names.iter().find(|name| other.index_of(name).is_none()) {
             return Err(ReportError(format!(
                 "column {name:?} is in {} but not in {}",
-                reference.path.display(),
-                current.path.display()
-            )));
-        }
-    }
-    for name in &current.names {
-        if reference.index_of(name).is_none() {
-            return Err(ReportError(format!(
-                "column {name:?} is in {} but not in {}",
-                current.path.display(),
-                reference.path.display()
+                one.path.display(),
+                other.path.display()
             )));
         }
     }
@@ -296,13 +287,12 @@ pub fn report(reference: &Table, current: &Table, options: &Options) -> Result<D
     // Columns are independent: spread them over the cores (each thread takes every k-th column).
     let one = |name: &String| -> Result<(ColumnReport, Sides<Values>), ReportError> {
         let (ri, ci) = (reference.index_of(name).unwrap_or(0), current.index_of(name).unwrap_or(0));
-        let (kind, values) = match options.kinds.get(name) {
-            Some(&kind) => (
-                kind,
-                Sides { reference: typed_values(reference, ri, kind)?, current: typed_values(current, ci, kind)? },
-            ),
-            None => infer_and_type(reference, ri, current, ci)?,
+        let (kind, typed) = type_column(&[(reference, ri), (current, ci)], options.kinds.get(name).copied())?;
+        let mut typed = typed.into_iter();
+        let (Some(r), Some(c)) = (typed.next(), typed.next()) else {
+            return Err(ReportError(format!("column {name:?} could not be typed")));
         };
+        let values = Sides { reference: r, current: c };
         Ok((column_report(kind, &values), values))
     };
     let threads = std::thread::available_parallelism().map_or(1, usize::from).min(reference.names.len()).max(1);
@@ -343,24 +333,24 @@ fn parse_number(cell: &str) -> Option<f64> {
     cell.parse::<f64>().ok().filter(|v| v.is_finite())
 }
 
-/// Infers the kind (as [`infer_kind`]) and types both sides, parsing each numeric cell once.
-fn infer_and_type(
-    reference: &Table,
-    ri: usize,
-    current: &Table,
-    ci: usize,
-) -> Result<(ColumnKind, Sides<Values>), ReportError> {
+/// Types column `index` of each table in `sides` as `kind`, or, when `None`, as the kind all sides together infer:
+/// text → categorical; numbers that are all 0 or 1 → binary; other numbers → numeric. Each cell is parsed once.
+/// The one place the inference rule lives, for `vane drift` (two sides) and the live profile (the reference only).
+pub fn type_column(
+    sides: &[(&Table, usize)],
+    kind: Option<ColumnKind>,
+) -> Result<(ColumnKind, Vec<Values>), ReportError> {
+    if let Some(kind) = kind {
+        let values = sides.iter().map(|(table, index)| typed_values(table, *index, kind)).collect::<Result<_, _>>()?;
+        return Ok((kind, values));
+    }
     let numbers = |table: &Table, index: usize| -> Option<Vec<Option<f64>>> {
         table.cells(index).map(|cell| cell.map_or(Some(None), |c| parse_number(c).map(Some))).collect()
     };
-    let (Some(r), Some(c)) = (numbers(reference, ri), numbers(current, ci)) else {
-        let kind = ColumnKind::Categorical;
-        return Ok((
-            kind,
-            Sides { reference: typed_values(reference, ri, kind)?, current: typed_values(current, ci, kind)? },
-        ));
+    let Some(parsed) = sides.iter().map(|(table, index)| numbers(table, *index)).collect::<Option<Vec<_>>>() else {
+        return type_column(sides, Some(ColumnKind::Categorical));
     };
-    let mut present = r.iter().chain(&c).flatten().peekable();
+    let mut present = parsed.iter().flatten().flatten().peekable();
     let any = present.peek().is_some();
     if any && present.all(|&v| v == 0.0 || v == 1.0) {
         let binary = |values: Vec<Option<f64>>| {
@@ -368,27 +358,9 @@ fn infer_and_type(
                 values.into_iter().map(|v| v.map(|v| if v == 0.0 { "0" } else { "1" }.to_owned())).collect(),
             )
         };
-        return Ok((ColumnKind::Binary, Sides { reference: binary(r), current: binary(c) }));
+        return Ok((ColumnKind::Binary, parsed.into_iter().map(binary).collect()));
     }
-    Ok((ColumnKind::Numeric, Sides { reference: Values::Numeric(r), current: Values::Numeric(c) }))
-}
-
-/// Text → categorical; numbers that are all 0 or 1 → binary; other numbers → numeric (both sides together).
-pub fn infer_kind(reference: &Table, ri: usize, current: &Table, ci: usize) -> ColumnKind {
-    let mut all_binary = true;
-    let mut any = false;
-    for cell in reference.cells(ri).chain(current.cells(ci)).flatten() {
-        any = true;
-        match parse_number(cell) {
-            None => return ColumnKind::Categorical,
-            Some(v) => all_binary &= v == 0.0 || v == 1.0,
-        }
-    }
-    if any && all_binary {
-        ColumnKind::Binary
-    } else {
-        ColumnKind::Numeric
-    }
+    Ok((ColumnKind::Numeric, parsed.into_iter().map(Values::Numeric).collect()))
 }
 
 /// Column `index` of `table`, typed as `kind`; a cell that does not fit is an error naming file, row and column.

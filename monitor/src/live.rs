@@ -193,8 +193,9 @@ impl Profile {
         }
         let (mut features, mut reference) = (Vec::new(), Vec::new());
         for (index, name) in table.names.iter().enumerate() {
-            let kind = kinds.get(name).copied().unwrap_or_else(|| drift::infer_kind(&table, index, &table, index));
-            reference.push(drift::typed_values(&table, index, kind).map_err(|e| error(e.to_string()))?);
+            let (kind, mut typed) =
+                drift::type_column(&[(&table, index)], kinds.get(name).copied()).map_err(|e| error(e.to_string()))?;
+            reference.push(typed.pop().ok_or_else(|| error(format!("column {name:?} could not be typed")))?);
             features.push(Feature { name: name.clone(), kind });
         }
         let (model, version, commit, data_sha256) = identity;

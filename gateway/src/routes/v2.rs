@@ -112,12 +112,12 @@ pub(super) async fn infer(
     let client_deadline = request.timeout.is_some_and(|t| t < state.request_timeout);
     let budget = request.timeout.map_or(state.request_timeout, |t| t.min(state.request_timeout));
     let inputs = signature.check_inputs(request.inputs)?;
-    // Sampled predictions copy their inputs for the monitor; the rest pay one counter increment.
+    let selected: Arc<[usize]> = signature.select_outputs(request.outputs.iter().map(String::as_str))?.into();
+    // Only a valid request is sampled; a sampled one copies its inputs for the monitor, the rest pay one counter.
     let observed = match (&state.monitor, &resolved.monitored) {
         (Some(_), Some(monitored)) => monitored.sample(&inputs),
         _ => None,
     };
-    let selected: Arc<[usize]> = signature.select_outputs(request.outputs.iter().map(String::as_str))?.into();
     let outputs = loaded.infer(incoming, inputs, selected, arrived + budget, client_deadline).await?;
     let response = InferResponse {
         model_name: loaded.name(),
