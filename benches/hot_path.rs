@@ -8,7 +8,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gateway::infer::{batch, DataType, Signature, Tensor, TensorData, TensorSpec};
-use gateway::routes::{decode_request, InferResponse};
+use gateway::routes::{decode_request, encode_response, BinaryOutputs, InferResponse};
 use serde_json::json;
 
 fn signature(features: i64, outputs: &[(&str, DataType, i64)]) -> Signature {
@@ -40,7 +40,7 @@ fn decode(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_function(BenchmarkId::new(model, body.len()), |b| {
             b.iter(|| {
-                let request = decode_request(&body, Some(&signature)).unwrap();
+                let request = decode_request(&body, None, Some(&signature)).unwrap();
                 signature.check_inputs(request.inputs).unwrap()
             });
         });
@@ -82,13 +82,13 @@ fn encode(c: &mut Criterion) {
     for (model, outputs) in [("breast_cancer", breast_cancer), ("dense", dense)] {
         group.bench_function(model, |b| {
             b.iter(|| {
-                let response = InferResponse {
+                let mut response = InferResponse {
                     model_name: model,
                     model_version: "1".to_owned(),
                     id: Some("r-1"),
-                    outputs: outputs.iter().map(Into::into).collect(),
+                    outputs: vec![],
                 };
-                serde_json::to_vec(&response).unwrap()
+                encode_response(&mut response, &outputs, &BinaryOutputs::default()).0
             });
         });
     }

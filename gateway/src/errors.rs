@@ -17,6 +17,12 @@ pub enum ApiError {
         /// What the parser said, with line and column.
         message: String,
     },
+    /// The binary tensor extension's framing does not add up.
+    #[error("invalid binary tensor request: {message}")]
+    InvalidBinary {
+        /// How the header length, the sizes and the body disagree.
+        message: String,
+    },
     /// A model input is absent from the request.
     #[error("missing input '{input}': the model's inputs are {expected}")]
     MissingInput {
@@ -350,6 +356,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::InvalidJson { .. }
+            | Self::InvalidBinary { .. }
             | Self::MissingInput { .. }
             | Self::UnknownInput { .. }
             | Self::DuplicateInput { .. }

@@ -91,6 +91,36 @@ impl TestClient {
         Reply { status: parts.status, headers: parts.headers, body }
     }
 
+    /// Posts a binary-extension body (`json` header, then `raw`) and splits the answer the same way: the JSON part
+    /// (the whole body when the response has no `Inference-Header-Content-Length`) and the raw bytes after it.
+    pub(crate) async fn post_framed(&self, path: &str, json: &Value, raw: &[u8]) -> (Reply, Bytes) {
+        let mut body = serde_json::to_vec(json).unwrap();
+        let header = body.len();
+        body.extend_from_slice(raw);
+        self.post_with_header_length(path, body, header).await
+    }
+
+    /// Posts `body` with `Inference-Header-Content-Length: header`, splitting the answer as [`Self::post_framed`].
+    pub(crate) async fn post_with_header_length(&self, path: &str, body: Vec<u8>, header: usize) -> (Reply, Bytes) {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/octet-stream")
+            .header("inference-header-content-length", header)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let response = self.client.request(request).await.expect("request is answered");
+        let (parts, body) = response.into_parts();
+        let mut bytes = body.collect().await.expect("body is read").to_bytes();
+        let split = match parts.headers.get("inference-header-content-length") {
+            Some(v) => v.to_str().unwrap().parse::<usize>().unwrap(),
+            None => bytes.len(),
+        };
+        let raw = bytes.split_off(split);
+        let body = serde_json::from_slice(&bytes).expect("header is JSON");
+        (Reply { status: parts.status, headers: parts.headers, body }, raw)
+    }
+
     pub(crate) async fn get(&self, path: &str) -> Reply {
         self.send(Method::GET, path, Bytes::new()).await
     }

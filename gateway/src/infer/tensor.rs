@@ -133,6 +133,17 @@ impl DataType {
         }
     }
 
+    /// The size of one element in bytes, or `None` for BYTES (variable).
+    pub const fn size(self) -> Option<usize> {
+        Some(match self {
+            Self::Bool | Self::Uint8 | Self::Int8 => 1,
+            Self::Uint16 | Self::Int16 | Self::Fp16 => 2,
+            Self::Uint32 | Self::Int32 | Self::Fp32 => 4,
+            Self::Uint64 | Self::Int64 | Self::Fp64 => 8,
+            Self::Bytes => return None,
+        })
+    }
+
     /// Parses a protocol name (case-sensitive, as the protocol says).
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|t| t.as_str() == name)
@@ -222,6 +233,109 @@ impl TensorData {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The elements of `datatype` in the protocol's raw layout (the binary tensor extension and gRPC's raw contents):
+    /// little-endian, row-major, BOOL one byte 0 or 1, each BYTES element a 4-byte little-endian length and its
+    /// bytes. `expected` is the element count the shape needs; an error says how the bytes disagree with it.
+    pub fn from_raw(datatype: DataType, raw: &[u8], expected: usize) -> Result<Self, String> {
+        fn fixed<T, const N: usize>(raw: &[u8], expected: usize, read: fn([u8; N]) -> T) -> Result<Vec<T>, String> {
+            if raw.len() != expected.saturating_mul(N) {
+                return Err(format!(
+                    "{} bytes of raw data, but {expected} elements of {N} bytes need {}",
+                    raw.len(),
+                    expected.saturating_mul(N)
+                ));
+            }
+            // `chunks_exact` yields slices of exactly N bytes, so the conversion cannot fail.
+            Ok(raw.chunks_exact(N).map(|c| read(c.try_into().unwrap_or([0; N]))).collect())
+        }
+        Ok(match datatype {
+            DataType::Bool => Self::Bool(
+                fixed(raw, expected, |[b]: [u8; 1]| b)?
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, b)| match b {
+                        0 => Ok(false),
+                        1 => Ok(true),
+                        other => Err(format!("BOOL element {i} is byte {other}; BOOL is one byte, 0 or 1")),
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            DataType::Uint8 => Self::Uint8(fixed(raw, expected, u8::from_le_bytes)?),
+            DataType::Uint16 => Self::Uint16(fixed(raw, expected, u16::from_le_bytes)?),
+            DataType::Uint32 => Self::Uint32(fixed(raw, expected, u32::from_le_bytes)?),
+            DataType::Uint64 => Self::Uint64(fixed(raw, expected, u64::from_le_bytes)?),
+            DataType::Int8 => Self::Int8(fixed(raw, expected, i8::from_le_bytes)?),
+            DataType::Int16 => Self::Int16(fixed(raw, expected, i16::from_le_bytes)?),
+            DataType::Int32 => Self::Int32(fixed(raw, expected, i32::from_le_bytes)?),
+            DataType::Int64 => Self::Int64(fixed(raw, expected, i64::from_le_bytes)?),
+            DataType::Fp32 => Self::Fp32(fixed(raw, expected, f32::from_le_bytes)?),
+            DataType::Fp64 => Self::Fp64(fixed(raw, expected, f64::from_le_bytes)?),
+            DataType::Fp16 => return Err("FP16 tensors are not supported by this server".to_owned()),
+            DataType::Bytes => {
+                let mut strings = Vec::with_capacity(expected.min(1 << 16));
+                let mut rest = raw;
+                while !rest.is_empty() {
+                    let i = strings.len();
+                    let Some((length, tail)) = rest.split_first_chunk::<4>() else {
+                        return Err(format!(
+                            "BYTES element {i}: {} bytes left, too few for its 4-byte length",
+                            rest.len()
+                        ));
+                    };
+                    let length = u32::from_le_bytes(*length) as usize;
+                    if length > tail.len() {
+                        return Err(format!(
+                            "BYTES element {i} declares {length} bytes but only {} are left",
+                            tail.len()
+                        ));
+                    }
+                    let (bytes, tail) = tail.split_at(length);
+                    let text = std::str::from_utf8(bytes)
+                        .map_err(|e| format!("BYTES element {i} is not UTF-8 ({e}); ONNX strings are UTF-8"))?;
+                    strings.push(text.to_owned());
+                    rest = tail;
+                }
+                if strings.len() != expected {
+                    return Err(format!(
+                        "raw data holds {} BYTES elements but the shape needs {expected}",
+                        strings.len()
+                    ));
+                }
+                Self::Bytes(strings)
+            }
+        })
+    }
+
+    /// Appends the elements in the raw layout [`TensorData::from_raw`] reads.
+    pub fn write_raw(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Bool(v) => out.extend(v.iter().map(|&b| u8::from(b))),
+            Self::Uint8(v) => out.extend_from_slice(v),
+            Self::Uint16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Self::Uint32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Self::Uint64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Self::Int8(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Self::Int16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Self::Int32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Self::Int64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Self::Fp32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Self::Fp64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Self::Bytes(v) => v.iter().for_each(|s| {
+                // An ONNX string longer than 4 GiB cannot be produced within the body limits.
+                out.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_le_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }),
+        }
+    }
+
+    /// The size of [`TensorData::write_raw`]'s output.
+    pub fn raw_len(&self) -> usize {
+        match self {
+            Self::Bytes(v) => v.iter().map(|s| 4 + s.len()).sum(),
+            other => other.len() * other.datatype().size().unwrap_or(0),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -243,5 +357,47 @@ mod tests {
         assert_eq!(z, TensorData::Bytes(vec![String::new(); 3]));
         assert_eq!(TensorData::zeros(DataType::Int32, 2).unwrap().datatype(), DataType::Int32);
         assert!(TensorData::zeros(DataType::Fp16, 1).is_none());
+    }
+
+    #[test]
+    fn raw_layout_round_trips_every_type() {
+        let cases = [
+            TensorData::Bool(vec![true, false]),
+            TensorData::Uint8(vec![0, 255]),
+            TensorData::Uint16(vec![1, 65535]),
+            TensorData::Uint32(vec![7, u32::MAX]),
+            TensorData::Uint64(vec![u64::MAX, 0]),
+            TensorData::Int8(vec![-128, 127]),
+            TensorData::Int16(vec![-2, 3]),
+            TensorData::Int32(vec![i32::MIN, 5]),
+            TensorData::Int64(vec![-1, i64::MAX]),
+            TensorData::Fp32(vec![1.5, f32::MIN_POSITIVE]),
+            TensorData::Fp64(vec![0.1, -2.5e300]),
+            TensorData::Bytes(vec!["héllo".into(), String::new()]),
+        ];
+        for data in cases {
+            let mut raw = Vec::new();
+            data.write_raw(&mut raw);
+            assert_eq!(raw.len(), data.raw_len(), "{data:?}");
+            assert_eq!(TensorData::from_raw(data.datatype(), &raw, 2).unwrap(), data);
+        }
+    }
+
+    #[test]
+    fn raw_data_that_disagrees_with_the_shape_is_refused_with_the_sizes() {
+        let e = TensorData::from_raw(DataType::Fp32, &[0; 7], 2).unwrap_err();
+        assert_eq!(e, "7 bytes of raw data, but 2 elements of 4 bytes need 8");
+        let e = TensorData::from_raw(DataType::Bool, &[0, 2], 2).unwrap_err();
+        assert!(e.contains("BOOL element 1 is byte 2"), "{e}");
+        let e = TensorData::from_raw(DataType::Bytes, &[5, 0, 0, 0, b'a'], 1).unwrap_err();
+        assert_eq!(e, "BYTES element 0 declares 5 bytes but only 1 are left");
+        let e = TensorData::from_raw(DataType::Bytes, &[1, 0], 1).unwrap_err();
+        assert!(e.contains("too few for its 4-byte length"), "{e}");
+        let e = TensorData::from_raw(DataType::Bytes, &[1, 0, 0, 0, b'a'], 2).unwrap_err();
+        assert_eq!(e, "raw data holds 1 BYTES elements but the shape needs 2");
+        let e = TensorData::from_raw(DataType::Bytes, &[1, 0, 0, 0, 0xff], 1).unwrap_err();
+        assert!(e.contains("not UTF-8"), "{e}");
+        // A length prefix near u32::MAX cannot make the decoder read or reserve beyond the body.
+        assert!(TensorData::from_raw(DataType::Bytes, &[0xff, 0xff, 0xff, 0xff], 1).is_err());
     }
 }

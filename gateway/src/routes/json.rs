@@ -27,6 +27,25 @@ pub struct InferRequest {
     pub outputs: Vec<String>,
     /// The client's deadline for the request (`parameters.timeout`, microseconds, as Triton reads it).
     pub timeout: Option<Duration>,
+    /// Which outputs go back in the binary tensor extension's raw layout.
+    pub binary: BinaryOutputs,
+}
+
+/// Which outputs the client wants as raw bytes after the JSON header: request-level `binary_data_output`, overridden
+/// per output by its `binary_data` parameter.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BinaryOutputs {
+    /// `parameters.binary_data_output`.
+    pub default: bool,
+    /// Outputs with their own `binary_data`.
+    pub overrides: Vec<(String, bool)>,
+}
+
+impl BinaryOutputs {
+    /// Whether output `name` is sent raw.
+    pub fn wants(&self, name: &str) -> bool {
+        self.overrides.iter().find(|(n, _)| n == name).map_or(self.default, |(_, b)| *b)
+    }
 }
 
 #[derive(Deserialize)]
@@ -47,6 +66,15 @@ struct RawInput<'a> {
     shape: Vec<u64>,
     datatype: String,
     data: DataSlot<'a>,
+    /// `parameters.binary_data_size`: the input's bytes follow the JSON header.
+    binary_size: Option<u64>,
+}
+
+/// The input parameters Vane reads; others are accepted and ignored.
+#[derive(Deserialize)]
+struct InputParameters {
+    #[serde(default)]
+    binary_data_size: Option<u64>,
 }
 
 /// An input's `data` as the first pass left it.
@@ -66,6 +94,7 @@ enum InputField {
     Shape,
     Datatype,
     Data,
+    Parameters,
     #[serde(other)]
     Other,
 }
@@ -92,6 +121,7 @@ impl<'de: 'a, 'a> Visitor<'de> for InputVisitor<'a> {
         let (mut name, mut shape, mut datatype): (Option<String>, Option<Vec<u64>>, Option<String>) =
             (None, None, None);
         let mut data = DataSlot::Absent;
+        let mut binary_size = None;
         while let Some(field) = map.next_key::<InputField>()? {
             match field {
                 InputField::Name => name = Some(map.next_value()?),
@@ -109,6 +139,9 @@ impl<'de: 'a, 'a> Visitor<'de> for InputVisitor<'a> {
                         None => DataSlot::Raw(map.next_value()?),
                     };
                 }
+                InputField::Parameters => {
+                    binary_size = map.next_value::<Option<InputParameters>>()?.and_then(|p| p.binary_data_size);
+                }
                 InputField::Other => {
                     map.next_value::<de::IgnoredAny>()?;
                 }
@@ -119,6 +152,7 @@ impl<'de: 'a, 'a> Visitor<'de> for InputVisitor<'a> {
             shape: shape.ok_or_else(|| de::Error::missing_field("shape"))?,
             datatype: datatype.ok_or_else(|| de::Error::missing_field("datatype"))?,
             data,
+            binary_size,
         })
     }
 }
@@ -130,16 +164,67 @@ fn element_count(shape: &[u64]) -> Option<usize> {
 #[derive(Deserialize)]
 struct RawOutput {
     name: String,
-    #[serde(default, rename = "parameters")]
-    _parameters: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    parameters: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Decodes a request body. With the model's `signature`, an input whose datatype differs from the model's is refused
 /// before its data is parsed, so the client hears about the datatype rather than about a value that does not fit it.
-pub fn decode_request(body: &[u8], signature: Option<&Signature>) -> Result<InferRequest, ApiError> {
-    let raw: RawRequest<'_> = serde_json::from_slice(body).map_err(|e| invalid_json(&e, body))?;
-    let inputs = raw.inputs.into_iter().map(|input| decode_input(input, signature)).collect::<Result<_, _>>()?;
-    let outputs = raw.outputs.unwrap_or_default().into_iter().map(|o| o.name).collect();
+///
+/// `header_length` is the `Inference-Header-Content-Length` header of the binary tensor extension: the body's first
+/// `header_length` bytes are the JSON, and the inputs with a `binary_data_size` parameter take their bytes from the
+/// rest, in order. `Some(0)` is Triton's raw binary request: the whole body is the one input's bytes, batch 1.
+pub fn decode_request(
+    body: &[u8],
+    header_length: Option<usize>,
+    signature: Option<&Signature>,
+) -> Result<InferRequest, ApiError> {
+    let (json, mut binary) = match header_length {
+        None => (body, None),
+        Some(0) => return decode_raw_request(body, signature),
+        Some(n) if n > body.len() => {
+            return Err(ApiError::InvalidBinary {
+                message: format!("Inference-Header-Content-Length is {n} but the body has only {} bytes", body.len()),
+            })
+        }
+        Some(n) => (&body[..n], Some(&body[n..])),
+    };
+    let raw: RawRequest<'_> = serde_json::from_slice(json).map_err(|e| invalid_json(&e, json))?;
+    let inputs =
+        raw.inputs.into_iter().map(|input| decode_input(input, signature, &mut binary)).collect::<Result<_, _>>()?;
+    if let Some(rest) = binary.filter(|rest| !rest.is_empty()) {
+        return Err(ApiError::InvalidBinary {
+            message: format!(
+                "{} bytes follow the JSON header beyond the inputs' binary_data_size; the sizes must add up to the \
+                 body's length minus Inference-Header-Content-Length",
+                rest.len()
+            ),
+        });
+    }
+    let flag = |parameters: Option<&serde_json::Map<String, serde_json::Value>>, name: &'static str| match parameters
+        .and_then(|p| p.get(name))
+    {
+        None => Ok(None),
+        Some(serde_json::Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(ApiError::InvalidParameter { name, message: "must be true or false" }),
+    };
+    let mut binary_outputs = BinaryOutputs {
+        default: flag(raw.parameters.as_ref(), "binary_data_output")?.unwrap_or(false),
+        overrides: Vec::new(),
+    };
+    let mut outputs = Vec::new();
+    for output in raw.outputs.unwrap_or_default() {
+        if output.parameters.as_ref().is_some_and(|p| p.contains_key("classification")) {
+            return Err(ApiError::InvalidParameter {
+                name: "classification",
+                message: "the classification extension is not supported; ask for the scores and take the top k",
+            });
+        }
+        if let Some(b) = flag(output.parameters.as_ref(), "binary_data")? {
+            binary_outputs.overrides.push((output.name.clone(), b));
+        }
+        outputs.push(output.name);
+    }
     let timeout = match raw.parameters.as_ref().and_then(|p| p.get("timeout")) {
         None => None,
         Some(value) => Some(Duration::from_micros(value.as_u64().ok_or(ApiError::InvalidParameter {
@@ -147,7 +232,69 @@ pub fn decode_request(body: &[u8], signature: Option<&Signature>) -> Result<Infe
             message: "must be a whole number of microseconds",
         })?)),
     };
-    Ok(InferRequest { id: raw.id, inputs, outputs, timeout })
+    Ok(InferRequest { id: raw.id, inputs, outputs, timeout, binary: binary_outputs })
+}
+
+/// Triton's raw binary request: no JSON, the body is the bytes of the model's only input, as one row (or as many
+/// elements as the bytes hold along the input's one variable dimension). Every output comes back binary.
+fn decode_raw_request(body: &[u8], signature: Option<&Signature>) -> Result<InferRequest, ApiError> {
+    let invalid = |message: String| ApiError::InvalidBinary { message };
+    let Some([spec]) = signature.map(|s| s.inputs.as_slice()) else {
+        return Err(invalid(
+            "a raw binary request (Inference-Header-Content-Length: 0) needs a model with exactly one input".to_owned(),
+        ));
+    };
+    // The batch dimension is 1; any other variable dimension takes what the bytes hold.
+    let mut shape: Vec<Option<usize>> = spec
+        .shape
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| if i == 0 && d < 0 { Some(1) } else { usize::try_from(d).ok() })
+        .collect();
+    let known: usize = shape.iter().flatten().product();
+    let elements = match spec.datatype.size() {
+        Some(size) => body.len() / size.max(1),
+        None => count_raw_strings(body),
+    };
+    let unknown: Vec<usize> = (0..shape.len()).filter(|&i| shape[i].is_none()).collect();
+    match unknown.as_slice() {
+        [] => {}
+        [i] if known > 0 && elements % known == 0 => shape[*i] = Some(elements / known),
+        [_] => {
+            return Err(invalid(format!(
+                "{elements} elements do not fill input '{}' of shape {:?}",
+                spec.name, spec.shape
+            )))
+        }
+        _ => {
+            return Err(invalid(format!(
+                "input '{}' has shape {:?}: a raw binary request fits only inputs with at most one variable \
+                 dimension besides the batch",
+                spec.name, spec.shape
+            )))
+        }
+    }
+    let shape: Vec<usize> = shape.into_iter().flatten().collect();
+    let expected = shape.iter().product();
+    let data = TensorData::from_raw(spec.datatype, body, expected)
+        .map_err(|message| ApiError::InvalidData { input: spec.name.clone(), message })?;
+    Ok(InferRequest {
+        id: None,
+        inputs: vec![Tensor { name: spec.name.clone(), shape, data }],
+        outputs: Vec::new(),
+        timeout: None,
+        binary: BinaryOutputs { default: true, overrides: Vec::new() },
+    })
+}
+
+/// How many length-prefixed strings `raw` holds, counting a malformed tail as one more (from_raw names the problem).
+fn count_raw_strings(mut raw: &[u8]) -> usize {
+    let mut count = 0;
+    while let Some((length, tail)) = raw.split_first_chunk::<4>() {
+        count += 1;
+        raw = tail.get(u32::from_le_bytes(*length) as usize..).unwrap_or_default();
+    }
+    count + usize::from(!raw.is_empty())
 }
 
 fn invalid_json(error: &serde_json::Error, body: &[u8]) -> ApiError {
@@ -168,7 +315,11 @@ fn has_non_finite_token(error: &serde_json::Error, body: &[u8]) -> bool {
     [b"NaN".as_slice(), b"Infinity", b"-Infinity"].iter().any(|token| rest.starts_with(token))
 }
 
-fn decode_input(raw: RawInput<'_>, signature: Option<&Signature>) -> Result<Tensor, ApiError> {
+fn decode_input(
+    raw: RawInput<'_>,
+    signature: Option<&Signature>,
+    binary: &mut Option<&[u8]>,
+) -> Result<Tensor, ApiError> {
     let invalid = |message: String| ApiError::InvalidData { input: raw.name.clone(), message };
     let datatype = DataType::parse(&raw.datatype).ok_or_else(|| {
         let known: Vec<&str> = DataType::ALL.iter().map(|t| t.as_str()).collect();
@@ -180,10 +331,28 @@ fn decode_input(raw: RawInput<'_>, signature: Option<&Signature>) -> Result<Tens
     }
     let shape: Vec<usize> = raw.shape.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
     let expected = element_count(&raw.shape).ok_or_else(|| invalid(format!("shape {shape:?} is too large")))?;
-    let elements = match raw.data {
-        DataSlot::Absent => return Err(invalid("has no 'data'".to_owned())),
-        DataSlot::Parsed(parsed) => parsed.map_err(&invalid)?,
-        DataSlot::Raw(data) => {
+    let elements = match (raw.data, raw.binary_size) {
+        (DataSlot::Absent, None) => return Err(invalid("has no 'data'".to_owned())),
+        (DataSlot::Absent, Some(size)) => {
+            let Some(rest) = binary.as_mut() else {
+                return Err(invalid(
+                    "has binary_data_size but the request has no Inference-Header-Content-Length header".to_owned(),
+                ));
+            };
+            let size = usize::try_from(size).unwrap_or(usize::MAX);
+            if size > rest.len() {
+                return Err(invalid(format!(
+                    "binary_data_size is {size} but only {} bytes of binary data are left for it",
+                    rest.len()
+                )));
+            }
+            let (bytes, tail) = rest.split_at(size);
+            *rest = tail;
+            TensorData::from_raw(datatype, bytes, expected).map_err(&invalid)?
+        }
+        (_, Some(_)) => return Err(invalid("has both 'data' and binary_data_size; send one".to_owned())),
+        (DataSlot::Parsed(parsed), None) => parsed.map_err(&invalid)?,
+        (DataSlot::Raw(data), None) => {
             let mut elements =
                 TensorData::with_capacity(datatype, expected.min(MAX_RESERVED_ELEMENTS)).ok_or_else(|| {
                     invalid(format!("{datatype} has no JSON form; send it with the binary tensor extension"))
@@ -377,13 +546,22 @@ pub struct InferResponse<'a> {
     pub outputs: Vec<OutputJson<'a>>,
 }
 
-/// One output tensor in the response.
+/// One output tensor in the response: its data inline, or (binary tensor extension) only its raw size, the bytes
+/// following the JSON header in output order.
 #[derive(Serialize)]
 pub struct OutputJson<'a> {
     name: &'a str,
     datatype: &'static str,
     shape: &'a [usize],
-    data: DataJson<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<OutputParameters>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<DataJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct OutputParameters {
+    binary_data_size: usize,
 }
 
 struct DataJson<'a>(&'a TensorData);
@@ -394,15 +572,51 @@ impl Serialize for DataJson<'_> {
     }
 }
 
-impl<'a> From<&'a Tensor> for OutputJson<'a> {
-    fn from(tensor: &'a Tensor) -> Self {
+impl<'a> OutputJson<'a> {
+    /// The output with its data in the JSON.
+    pub fn inline(tensor: &'a Tensor) -> Self {
         Self {
             name: &tensor.name,
             datatype: tensor.data.datatype().as_str(),
             shape: &tensor.shape,
-            data: DataJson(&tensor.data),
+            parameters: None,
+            data: Some(DataJson(&tensor.data)),
         }
     }
+
+    /// The output with its data raw after the header.
+    pub fn binary(tensor: &'a Tensor) -> Self {
+        Self {
+            parameters: Some(OutputParameters { binary_data_size: tensor.data.raw_len() }),
+            data: None,
+            ..Self::inline(tensor)
+        }
+    }
+}
+
+/// The response body and, when some output is binary, the length of its JSON header (the value of
+/// `Inference-Header-Content-Length`).
+pub fn encode_response<'a>(
+    response: &mut InferResponse<'a>,
+    outputs: &'a [Tensor],
+    binary: &BinaryOutputs,
+) -> (Vec<u8>, Option<usize>) {
+    let raw: Vec<&Tensor> = outputs.iter().filter(|t| binary.wants(&t.name)).collect();
+    response.outputs = outputs
+        .iter()
+        .map(|t| if binary.wants(&t.name) { OutputJson::binary(t) } else { OutputJson::inline(t) })
+        .collect();
+    // Serialising our own response types cannot fail (string keys only).
+    let mut body = serde_json::to_vec(&*response).unwrap_or_default();
+    if raw.is_empty() {
+        return (body, None);
+    }
+    let header = body.len();
+    body.reserve(raw.iter().map(|t| t.data.raw_len()).sum());
+    for tensor in raw {
+        tensor.data.write_raw(&mut body);
+    }
+    (body, Some(header))
 }
 
 #[cfg(test)]

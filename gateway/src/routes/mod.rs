@@ -18,7 +18,7 @@ use crate::errors::ApiError;
 use crate::registry::Registry;
 use crate::stack::Limits;
 
-pub use json::{decode_request, InferRequest, InferResponse};
+pub use json::{decode_request, encode_response, BinaryOutputs, InferRequest, InferResponse};
 
 /// The response type of every route.
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -152,8 +152,9 @@ where
         }
         Route::Infer(model, version) => {
             let (model, version) = (model.to_owned(), version.map(str::to_owned));
+            let header_length = binary_header_length(request.headers())?;
             let body = read_body(request.into_body(), state.max_body_bytes).await?;
-            v2::infer(state, &model, version.as_deref(), &body, arrived).await
+            v2::infer(state, &model, version.as_deref(), &body, header_length, arrived).await
         }
     }
 }
@@ -194,6 +195,16 @@ where
         }
         Err(_) => Err(ApiError::BodyRead),
     }
+}
+
+/// The binary tensor extension's header, the length of the JSON part of the body.
+pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
+
+fn binary_header_length(headers: &http::HeaderMap) -> Result<Option<usize>, ApiError> {
+    let Some(value) = headers.get(INFERENCE_HEADER_CONTENT_LENGTH) else { return Ok(None) };
+    value.to_str().ok().and_then(|v| v.trim().parse().ok()).map(Some).ok_or_else(|| ApiError::InvalidBinary {
+        message: format!("Inference-Header-Content-Length must be a byte count, got {value:?}"),
+    })
 }
 
 /// A JSON response.

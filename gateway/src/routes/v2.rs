@@ -6,7 +6,10 @@ use std::time::Instant;
 use http::StatusCode;
 use serde::Serialize;
 
-use super::json::{decode_request, InferResponse, OutputJson};
+use http::header::CONTENT_TYPE;
+use http::HeaderValue;
+
+use super::json::{decode_request, encode_response, InferResponse};
 use super::{json_response, AppState, HttpResponse};
 use crate::errors::ApiError;
 use crate::infer::{LoadedModel, TensorSpec};
@@ -20,11 +23,17 @@ struct ServerMetadata {
     name: &'static str,
     version: &'static str,
     /// Only extensions that are fully implemented are listed.
-    extensions: [&'static str; 0],
+    extensions: &'static [&'static str],
 }
 
+/// The protocol extensions Vane implements, as Triton names them.
+const EXTENSIONS: &[&str] = &["binary_tensor_data"];
+
 pub(super) fn server_metadata() -> HttpResponse {
-    json_response(StatusCode::OK, &ServerMetadata { name: "vane", version: env!("CARGO_PKG_VERSION"), extensions: [] })
+    json_response(
+        StatusCode::OK,
+        &ServerMetadata { name: "vane", version: env!("CARGO_PKG_VERSION"), extensions: EXTENSIONS },
+    )
 }
 
 pub(super) fn live() -> HttpResponse {
@@ -100,6 +109,7 @@ pub(super) async fn infer(
     model: &str,
     version: Option<&str>,
     body: &[u8],
+    header_length: Option<usize>,
     arrived: Instant,
 ) -> Result<HttpResponse, ApiError> {
     // One load of the model set; the guard is gone before the await below, the Arc keeps the version alive.
@@ -107,7 +117,7 @@ pub(super) async fn infer(
     let (loaded, revision) = (resolved.loaded, resolved.revision);
     let incoming = loaded.incoming();
     let signature = loaded.signature();
-    let request = decode_request(body, Some(signature))?;
+    let request = decode_request(body, header_length, Some(signature))?;
     // The client's own `timeout` (Triton's parameter, in microseconds) can only shorten the server's.
     let client_deadline = request.timeout.is_some_and(|t| t < state.request_timeout);
     let budget = request.timeout.map_or(state.request_timeout, |t| t.min(state.request_timeout));
@@ -119,13 +129,22 @@ pub(super) async fn infer(
         _ => None,
     };
     let outputs = loaded.infer(incoming, inputs, selected, arrived + budget, client_deadline).await?;
-    let response = InferResponse {
+    let mut response = InferResponse {
         model_name: loaded.name(),
         model_version: loaded.version().to_string(),
         id: request.id.as_deref(),
-        outputs: outputs.iter().map(OutputJson::from).collect(),
+        outputs: Vec::new(),
     };
-    let mut reply = json_response(StatusCode::OK, &response);
+    let (body, header_length) = encode_response(&mut response, &outputs, &request.binary);
+    let mut reply = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    let headers = reply.headers_mut();
+    match header_length {
+        None => headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json")),
+        Some(length) => {
+            headers.insert(super::INFERENCE_HEADER_CONTENT_LENGTH, HeaderValue::from(length));
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"))
+        }
+    };
     add_provenance(reply.headers_mut(), &loaded, revision.as_deref());
     if let (Some(monitor), Some(monitored), Some(cells)) = (&state.monitor, &resolved.monitored, observed) {
         let predictions = request.id.as_ref().and_then(|_| monitored.predictions(&outputs));

@@ -2,7 +2,7 @@ use super::*;
 
 fn one_input(input: &str) -> Result<Tensor, ApiError> {
     let body = format!(r#"{{"inputs": [{input}]}}"#);
-    decode_request(body.as_bytes(), None).map(|mut r| r.inputs.remove(0))
+    decode_request(body.as_bytes(), None, None).map(|mut r| r.inputs.remove(0))
 }
 
 #[test]
@@ -32,7 +32,7 @@ fn every_json_datatype_decodes() {
 #[test]
 fn id_and_requested_outputs_are_kept_and_parameters_accepted() {
     let body = br#"{"id":"r-1","parameters":{"a":1,"b":"x","c":true},"inputs":[{"name":"x","shape":[1],"datatype":"INT64","data":[1],"parameters":{"k":"v"}}],"outputs":[{"name":"y","parameters":{"binary_data":false}}]}"#;
-    let request = decode_request(body, None).unwrap();
+    let request = decode_request(body, None, None).unwrap();
     assert_eq!(request.id.as_deref(), Some("r-1"));
     assert_eq!(request.outputs, ["y"]);
 }
@@ -79,19 +79,20 @@ fn a_huge_shape_does_not_allocate_for_it() {
 
 #[test]
 fn malformed_json_says_where_and_why() {
-    let m = decode_request(b"{\"inputs\": [", None).unwrap_err().to_string();
+    let m = decode_request(b"{\"inputs\": [", None, None).unwrap_err().to_string();
     assert!(m.starts_with("invalid JSON body: EOF while parsing"), "{m}");
-    let m = decode_request(b"{}", None).unwrap_err().to_string();
+    let m = decode_request(b"{}", None, None).unwrap_err().to_string();
     assert!(m.contains("missing field `inputs`"), "{m}");
-    let m = decode_request(br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[NaN]}]}"#, None)
+    let m = decode_request(br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[NaN]}]}"#, None, None)
         .unwrap_err()
         .to_string();
     assert!(m.contains("NaN and Infinity are not JSON numbers"), "{m}");
-    let m = decode_request(br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[-Infinity]}]}"#, None)
-        .unwrap_err()
-        .to_string();
+    let m =
+        decode_request(br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[-Infinity]}]}"#, None, None)
+            .unwrap_err()
+            .to_string();
     assert!(m.contains("NaN and Infinity are not JSON numbers"), "{m}");
-    let m = decode_request(br#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#, None)
+    let m = decode_request(br#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#, None, None)
         .unwrap_err()
         .to_string();
     assert!(m.contains("invalid value: integer `-1`"), "{m}");
@@ -105,13 +106,10 @@ fn responses_encode_every_type() {
         Tensor { name: "s".into(), shape: vec![1], data: TensorData::Bytes(vec!["é".into()]) },
         Tensor { name: "b".into(), shape: vec![1], data: TensorData::Bool(vec![true]) },
     ];
-    let response = InferResponse {
-        model_name: "m",
-        model_version: "2".into(),
-        id: Some("7"),
-        outputs: outputs.iter().map(Into::into).collect(),
-    };
-    let text = serde_json::to_string(&response).unwrap();
+    let mut response = InferResponse { model_name: "m", model_version: "2".into(), id: Some("7"), outputs: vec![] };
+    let (body, header) = encode_response(&mut response, &outputs, &BinaryOutputs::default());
+    assert_eq!(header, None);
+    let text = String::from_utf8(body).unwrap();
     assert_eq!(
         text,
         r#"{"model_name":"m","model_version":"2","id":"7","outputs":[{"name":"p","datatype":"FP32","shape":[1,2],"data":[0.25,0.75]},{"name":"l","datatype":"INT64","shape":[1],"data":[1]},{"name":"s","datatype":"BYTES","shape":[1],"data":["é"]},{"name":"b","datatype":"BOOL","shape":[1],"data":[true]}]}"#
@@ -126,7 +124,7 @@ fn with_a_signature_a_datatype_mismatch_is_reported_before_the_values() {
         outputs: vec![],
     };
     let body = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT32","data":[9007199254740990]}]}"#;
-    let err = decode_request(body, Some(&signature)).unwrap_err();
+    let err = decode_request(body, None, Some(&signature)).unwrap_err();
     assert_eq!(err.to_string(), "input 'x' has datatype INT32 but the model expects INT64");
 }
 
@@ -141,4 +139,128 @@ fn the_first_bad_element_is_reported_whichever_order_the_fields_come_in() {
     let ok =
         one_input(r#"{"name":"x","shape":[1],"datatype":"INT64","data":[1],"parameters":{"k":[1,2]},"extra":null}"#);
     assert_eq!(ok.unwrap().data, TensorData::Int64(vec![1]), "unknown input fields are ignored");
+}
+
+/// A binary-extension body: the JSON header, then the raw bytes; returns the body and the header's length.
+fn framed(json: &str, raw: &[u8]) -> (Vec<u8>, usize) {
+    let mut body = json.as_bytes().to_vec();
+    body.extend_from_slice(raw);
+    (body, json.len())
+}
+
+fn f32s(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+#[test]
+fn binary_inputs_take_their_bytes_in_order_beside_json_ones() {
+    let mut raw = f32s(&[1.0, f32::NAN, 3.0]);
+    raw.extend_from_slice(&[2, 0, 0, 0, b'h', b'i', 0, 0, 0, 0]);
+    let (body, header) = framed(
+        r#"{"inputs":[{"name":"a","shape":[1,3],"datatype":"FP32","parameters":{"binary_data_size":12}},
+            {"name":"j","shape":[1],"datatype":"INT64","data":[5]},
+            {"name":"s","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":10}}],
+           "parameters":{"binary_data_output":true},
+           "outputs":[{"name":"y","parameters":{"binary_data":false}},{"name":"z"}]}"#,
+        &raw,
+    );
+    let request = decode_request(&body, Some(header), None).unwrap();
+    let TensorData::Fp32(a) = &request.inputs[0].data else { panic!("{:?}", request.inputs[0]) };
+    assert_eq!((a[0], a[1].is_nan(), a[2]), (1.0, true, 3.0));
+    assert_eq!(request.inputs[1].data, TensorData::Int64(vec![5]));
+    assert_eq!(request.inputs[2].data, TensorData::Bytes(vec!["hi".into(), String::new()]));
+    assert!(!request.binary.wants("y") && request.binary.wants("z"));
+}
+
+#[test]
+fn binary_framing_that_does_not_add_up_is_refused_naming_the_sizes() {
+    let input = |size: usize| {
+        format!(
+            r#"{{"inputs":[{{"name":"a","shape":[2],"datatype":"FP32","parameters":{{"binary_data_size":{size}}}}}]}}"#
+        )
+    };
+    let cases: Vec<(Vec<u8>, Option<usize>, &str)> = vec![
+        // The header length runs past the body.
+        (input(8).into_bytes(), Some(10_000), "Inference-Header-Content-Length is 10000 but the body has only"),
+        // The body is cut short: fewer bytes than binary_data_size.
+        (
+            {
+                let (b, _) = framed(&input(8), &f32s(&[1.0]));
+                b
+            },
+            Some(input(8).len()),
+            "binary_data_size is 8 but only 4 bytes",
+        ),
+        // binary_data_size disagrees with the shape.
+        (
+            {
+                let (b, _) = framed(&input(4), &f32s(&[1.0]));
+                b
+            },
+            Some(input(4).len()),
+            "4 bytes of raw data, but 2 elements of 4 bytes need 8",
+        ),
+        // Bytes left over after every input took its share.
+        (
+            {
+                let (b, _) = framed(&input(8), &f32s(&[1.0, 2.0, 3.0]));
+                b
+            },
+            Some(input(8).len()),
+            "4 bytes follow the JSON header",
+        ),
+        // binary_data_size without the header.
+        (input(8).into_bytes(), None, "no Inference-Header-Content-Length header"),
+        // The header length cuts the JSON.
+        (input(8).into_bytes(), Some(5), "invalid JSON body"),
+    ];
+    for (body, header, needle) in cases {
+        let err = decode_request(&body, header, None).unwrap_err();
+        assert_eq!(err.status(), http::StatusCode::BAD_REQUEST, "{err}");
+        assert!(err.to_string().contains(needle), "{err} should contain {needle:?}");
+    }
+    let both = framed(
+        r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","data":[1],"parameters":{"binary_data_size":4}}]}"#,
+        &f32s(&[1.0]),
+    );
+    assert!(decode_request(&both.0, Some(both.1), None).unwrap_err().to_string().contains("has both 'data'"));
+}
+
+#[test]
+fn a_raw_binary_request_is_one_row_of_the_only_input() {
+    use crate::infer::TensorSpec;
+    let signature = |shape: Vec<i64>| Signature {
+        inputs: vec![TensorSpec { name: "x".into(), datatype: DataType::Fp32, shape }],
+        outputs: vec![],
+    };
+    let request = decode_request(&f32s(&[1.0, 2.0, 3.0]), Some(0), Some(&signature(vec![-1, 3]))).unwrap();
+    assert_eq!(request.inputs[0].shape, [1, 3]);
+    assert!(request.binary.wants("anything"));
+    let request = decode_request(&f32s(&[1.0, 2.0]), Some(0), Some(&signature(vec![-1, -1]))).unwrap();
+    assert_eq!(request.inputs[0].shape, [1, 2]);
+    let err = decode_request(&f32s(&[1.0, 2.0]), Some(0), Some(&signature(vec![-1, 3]))).unwrap_err();
+    assert!(err.to_string().contains("8 bytes of raw data, but 3 elements"), "{err}");
+    let err = decode_request(&[0; 4], Some(0), None).unwrap_err();
+    assert!(err.to_string().contains("needs a model with exactly one input"), "{err}");
+}
+
+#[test]
+fn binary_outputs_follow_the_header_in_order_with_their_sizes() {
+    let outputs = [
+        Tensor { name: "p".into(), shape: vec![1, 2], data: TensorData::Fp32(vec![0.25, 0.75]) },
+        Tensor { name: "l".into(), shape: vec![1], data: TensorData::Int64(vec![1]) },
+        Tensor { name: "s".into(), shape: vec![1], data: TensorData::Bytes(vec!["é".into()]) },
+    ];
+    let binary = BinaryOutputs { default: true, overrides: vec![("l".into(), false)] };
+    let mut response = InferResponse { model_name: "m", model_version: "1".into(), id: None, outputs: vec![] };
+    let (body, header) = encode_response(&mut response, &outputs, &binary);
+    let header = header.unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&body[..header]).unwrap();
+    assert_eq!(json["outputs"][0]["parameters"]["binary_data_size"], 8);
+    assert!(json["outputs"][0].get("data").is_none());
+    assert_eq!(json["outputs"][1]["data"], serde_json::json!([1]));
+    assert_eq!(json["outputs"][2]["parameters"]["binary_data_size"], 6);
+    let mut expected = f32s(&[0.25, 0.75]);
+    expected.extend_from_slice(&[2, 0, 0, 0, 0xc3, 0xa9]);
+    assert_eq!(&body[header..], expected.as_slice());
 }
