@@ -3,9 +3,11 @@
 mod alerts;
 mod binary;
 mod dashboard;
+mod drift_compare;
 mod errors;
 mod gitops;
 mod hotpath;
+mod live_drift_cases;
 mod monitor;
 mod serve;
 mod shutdown;

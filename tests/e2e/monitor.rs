@@ -59,11 +59,16 @@ pub(crate) async fn predict(server: &TestServer, rows: &[Vec<f64>]) {
 /// The monitor view once its report covers `rows` observed rows, waiting (at most 30 s) on the monitor's report
 /// counter rather than polling.
 pub(crate) async fn report_after(server: &TestServer, rows: u64) -> Value {
+    report_of(server, "breast_cancer", rows).await
+}
+
+/// [`report_after`] for any model.
+pub(crate) async fn report_of(server: &TestServer, model: &str, rows: u64) -> Value {
     let mut evaluations = server.server.monitor_evaluations();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         evaluations.borrow_and_update();
-        let view = server.get("/api/v1/monitor/breast_cancer").await.body;
+        let view = server.get(&format!("/api/v1/monitor/{model}")).await.body;
         if view["versions"][0]["rows_observed"].as_u64() == Some(rows) {
             return view;
         }

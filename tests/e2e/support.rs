@@ -241,8 +241,8 @@ pub(crate) struct GitRemote {
 }
 
 impl GitRemote {
-    /// A deploy repository holding `configs/deploy/breast-cancer.yaml` and the breast_cancer files it names, pushed.
-    pub(crate) fn with_breast_cancer() -> Self {
+    /// An empty work repository and its bare remote, nothing pushed yet.
+    pub(crate) fn new() -> Self {
         let remote = Self { work: tempfile::tempdir().unwrap(), bare: tempfile::tempdir().unwrap() };
         remote.git(&["init", "-q", "-b", "main"]);
         let status = std::process::Command::new("git")
@@ -251,6 +251,12 @@ impl GitRemote {
             .status()
             .unwrap();
         assert!(status.success());
+        remote
+    }
+
+    /// A deploy repository holding `configs/deploy/breast-cancer.yaml` and the breast_cancer files it names, pushed.
+    pub(crate) fn with_breast_cancer() -> Self {
+        let remote = Self::new();
         let manifest = std::fs::read(models_dir().join("../configs/deploy/breast-cancer.yaml")).unwrap();
         remote.write("deploy/breast-cancer.yaml", &manifest);
         for file in ["1/model.onnx", "2/model.onnx", "reference.csv"] {
