@@ -132,8 +132,12 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
         evaluate_every: config.monitor_interval,
         ..monitor::live::MonitorConfig::default()
     };
-    let monitor = monitor::live::Monitor::start(monitor_config, move |report| {
-        recorder.record(report);
+    let monitor = monitor::live::Monitor::start(monitor_config, move |event| {
+        match event {
+            monitor::live::Event::Report(report) => recorder.record(report),
+            monitor::live::Event::Retired { model, version } => recorder.retire(model, version),
+            monitor::live::Event::Alerts(_) => {}
+        }
         evaluations_tx.send_modify(|n| *n += 1);
     })
     .map_err(StartError::Monitor)?;
@@ -206,7 +210,8 @@ impl Server {
         self.sync.clone()
     }
 
-    /// Counts the monitor's reports so far, and each new one (a test waits on it instead of polling).
+    /// Counts the monitor's events so far (reports, alert changes, retired versions), and each new one (a test
+    /// waits on it instead of polling).
     pub fn monitor_evaluations(&self) -> watch::Receiver<u64> {
         self.evaluations.clone()
     }

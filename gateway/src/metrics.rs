@@ -38,6 +38,9 @@ impl Metrics {
 pub mod monitor_series {
     use std::sync::atomic::AtomicU64;
 
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
     use monitor::live::{LiveReport, QueueCounters};
     use prometheus_client::encoding::EncodeLabelSet;
     use prometheus_client::metrics::family::Family;
@@ -77,6 +80,17 @@ pub mod monitor_series {
         pub statistic: &'static str,
     }
 
+    /// A statistic of a model version's predictions.
+    #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+    pub struct PredictionLabels {
+        /// The model.
+        pub model: String,
+        /// The version.
+        pub version: String,
+        /// As for features.
+        pub statistic: &'static str,
+    }
+
     /// Gauges updated from each live report.
     #[derive(Debug, Clone, Default)]
     pub struct MonitorMetrics {
@@ -85,6 +99,38 @@ pub mod monitor_series {
         dataset_share: Family<VersionLabels, Gauge<f64, AtomicU64>>,
         window_rows: Family<VersionLabels, Gauge>,
         quality: Family<QualityLabels, Gauge<f64, AtomicU64>>,
+        prediction: Family<PredictionLabels, Gauge<f64, AtomicU64>>,
+        /// The features each version's series were set for, so a retired version's series can all be removed.
+        features: Arc<Mutex<FeaturesByVersion>>,
+    }
+
+    /// The feature names of each (model, version) with series.
+    type FeaturesByVersion = HashMap<(String, String), Vec<String>>;
+
+    /// The statistics exported per column, by gauge label.
+    const STATISTICS: [&str; 7] =
+        ["psi", "js_distance", "missing_share", "ks_pvalue", "wasserstein_normed", "chi2_pvalue", "drift_score"];
+    /// The quality metrics exported.
+    const QUALITY: [&str; 10] =
+        ["label_coverage", "accuracy", "precision", "recall", "f1", "roc_auc", "mae", "rmse", "r2", "mean_error"];
+
+    /// A column's statistics, by gauge label.
+    fn column_statistics(column: &monitor::drift::ColumnReport) -> Vec<(&'static str, f64)> {
+        use monitor::drift::NumericStat;
+        let mut out = vec![("missing_share", column.missing.current.share)];
+        out.extend(column.psi.as_ref().map(|p| ("psi", p.value)));
+        out.extend(column.js_distance.map(|v| ("js_distance", v)));
+        if let NumericStat::Value(ks) = &column.ks {
+            out.push(("ks_pvalue", ks.pvalue));
+        }
+        if let NumericStat::Value(w) = &column.wasserstein {
+            out.push(("wasserstein_normed", w.normed));
+        }
+        if let NumericStat::Value(chi2) = &column.chi2 {
+            out.push(("chi2_pvalue", chi2.pvalue));
+        }
+        out.extend(column.drift.as_ref().map(|v| ("drift_score", v.drift_score)));
+        out
     }
 
     /// A quality metric of a model version.
@@ -115,6 +161,11 @@ pub mod monitor_series {
                 "vane_dataset_drift_share",
                 "Share of a model version's features that drifted in the current window",
                 self.dataset_share.clone(),
+            );
+            registry.register(
+                "vane_prediction_drift",
+                "A drift statistic of a model version's predictions against the reference data's prediction column",
+                self.prediction.clone(),
             );
             registry.register(
                 "vane_model_quality",
@@ -178,6 +229,34 @@ pub mod monitor_series {
             }
         }
 
+        /// Removes every series of a model version that is no longer served, so dashboards do not show the last
+        /// values of a retired version as if they were current.
+        pub fn retire(&self, model: &str, version: u64) {
+            let (model, version) = (model.to_owned(), version.to_string());
+            let at = VersionLabels { model: model.clone(), version: version.clone() };
+            self.window_rows.remove(&at);
+            self.dataset_share.remove(&at);
+            for statistic in STATISTICS {
+                self.prediction.remove(&PredictionLabels { model: model.clone(), version: version.clone(), statistic });
+            }
+            for metric in QUALITY {
+                self.quality.remove(&QualityLabels { model: model.clone(), version: version.clone(), metric });
+            }
+            let features = self.features.lock().ok().and_then(|mut f| f.remove(&(model.clone(), version.clone())));
+            for feature in features.unwrap_or_default() {
+                let labels = FeatureLabels { model: model.clone(), version: version.clone(), feature };
+                self.drifted.remove(&labels);
+                for statistic in STATISTICS {
+                    self.statistic.remove(&StatisticLabels {
+                        model: model.clone(),
+                        version: version.clone(),
+                        feature: labels.feature.clone(),
+                        statistic,
+                    });
+                }
+            }
+        }
+
         /// Sets the gauges from `report`.
         pub fn record(&self, report: &LiveReport) {
             let (model, version) = (report.model.clone(), report.version.to_string());
@@ -187,34 +266,28 @@ pub mod monitor_series {
                 self.dataset_share.get_or_create(&at).set(dataset.share_of_drifted_columns);
             }
             for (feature, column) in &report.columns {
-                let labels = |statistic| StatisticLabels {
-                    model: model.clone(),
-                    version: version.clone(),
-                    feature: feature.clone(),
-                    statistic,
-                };
-                let set = |statistic, value: Option<f64>| {
-                    if let Some(value) = value {
-                        self.statistic.get_or_create(&labels(statistic)).set(value);
-                    }
-                };
-                set("psi", column.psi.as_ref().map(|p| p.value));
-                set("js_distance", column.js_distance);
-                set("missing_share", Some(column.missing.current.share));
-                if let monitor::drift::NumericStat::Value(ks) = &column.ks {
-                    set("ks_pvalue", Some(ks.pvalue));
-                }
-                if let monitor::drift::NumericStat::Value(w) = &column.wasserstein {
-                    set("wasserstein_normed", Some(w.normed));
-                }
-                if let monitor::drift::NumericStat::Value(chi2) = &column.chi2 {
-                    set("chi2_pvalue", Some(chi2.pvalue));
+                for (statistic, value) in column_statistics(column) {
+                    let labels = StatisticLabels {
+                        model: model.clone(),
+                        version: version.clone(),
+                        feature: feature.clone(),
+                        statistic,
+                    };
+                    self.statistic.get_or_create(&labels).set(value);
                 }
                 if let Some(verdict) = &column.drift {
-                    set("drift_score", Some(verdict.drift_score));
                     let at = FeatureLabels { model: model.clone(), version: version.clone(), feature: feature.clone() };
                     self.drifted.get_or_create(&at).set(i64::from(verdict.drifted));
                 }
+            }
+            if let Some(prediction) = &report.prediction_drift {
+                for (statistic, value) in column_statistics(&prediction.report) {
+                    let labels = PredictionLabels { model: model.clone(), version: version.clone(), statistic };
+                    self.prediction.get_or_create(&labels).set(value);
+                }
+            }
+            if let Ok(mut features) = self.features.lock() {
+                features.insert((model, version), report.columns.keys().cloned().collect());
             }
         }
     }

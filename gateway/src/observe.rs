@@ -33,8 +33,10 @@ pub struct Monitored {
     /// The reference profile, shared with the monitor thread.
     pub profile: Arc<Profile>,
     layout: Layout,
-    /// The output (name, column) that is the prediction, when quality is monitored.
+    /// The output (name, column) that is the prediction, when quality or prediction drift is monitored.
     prediction: Option<(String, usize)>,
+    /// Whether every sampled prediction's value is kept (prediction drift), not only those with an id (quality).
+    prediction_drift: bool,
     /// What the profile was built from, to keep it across commits that do not change it.
     key: (String, Option<reconciler::manifest::Monitoring>),
 }
@@ -68,21 +70,29 @@ impl Monitored {
                 ttl: q.label_ttl.unwrap_or(Duration::from_secs(3600)),
                 window: q.window.unwrap_or(1000),
             }),
+            prediction_column: monitoring.prediction.as_ref().map(|p| p.column.clone()),
         };
-        let prediction = match &monitoring.quality {
+        // The prediction output: the prediction block's, else quality's.
+        let named = match (&monitoring.prediction, &monitoring.quality) {
+            (Some(p), q) => match (&p.output, q) {
+                (Some(output), _) => Some(("prediction.output", output.clone(), p.index.unwrap_or(0))),
+                (None, Some(q)) => Some(("quality.output", q.output.clone(), p.index.unwrap_or(q.index))),
+                (None, None) => return Err("prediction needs an output (or a quality block naming one)".to_owned()),
+            },
+            (None, Some(q)) => Some(("quality.output", q.output.clone(), q.index)),
+            (None, None) => None,
+        };
+        let prediction = match named {
             None => None,
-            Some(q) => {
-                let Some(output) = signature.outputs.iter().find(|o| o.name == q.output) else {
-                    return Err(format!("quality.output '{}' is not an output of the model", q.output));
+            Some((field, name, index)) => {
+                let Some(output) = signature.outputs.iter().find(|o| o.name == name) else {
+                    return Err(format!("{field} '{name}' is not an output of the model"));
                 };
                 let columns = output.shape.get(1).copied().unwrap_or(1).max(1);
-                if output.shape.len() > 2 || usize::try_from(columns).is_ok_and(|c| q.index >= c) {
-                    return Err(format!(
-                        "quality.index {} does not fit output '{}' of shape {:?}",
-                        q.index, q.output, output.shape
-                    ));
+                if output.shape.len() > 2 || usize::try_from(columns).is_ok_and(|c| index >= c) {
+                    return Err(format!("index {index} does not fit output '{name}' of shape {:?}", output.shape));
                 }
-                Some((q.output.clone(), q.index))
+                Some((name, index))
             }
         };
         let kinds = monitoring
@@ -94,7 +104,8 @@ impl Monitored {
         let profile = Profile::from_csv(&reference.path, identity, &kinds, settings).map_err(|e| e.to_string())?;
         let layout = layout(&profile, signature)?;
         let key = (reference.sha256.clone(), model.monitoring.clone());
-        Ok(Some(Self { profile: Arc::new(profile), layout, prediction, key }))
+        let prediction_drift = monitoring.prediction.is_some();
+        Ok(Some(Self { profile: Arc::new(profile), layout, prediction, prediction_drift, key }))
     }
 
     /// Whether this profile was built from the same reference data and settings as `model` asks for now.
@@ -131,9 +142,13 @@ impl Monitored {
 }
 
 impl Monitored {
-    /// The prediction of each row (the score or value the manifest's quality block names), if that output was
-    /// returned; labels posted to `/api/v1/feedback` are joined to these.
-    pub fn predictions(&self, outputs: &[Tensor]) -> Option<Vec<f64>> {
+    /// The prediction of each row (the score or value the manifest's quality or prediction block names), if that
+    /// output was returned and is needed: for prediction drift always, for quality when the request has an id
+    /// (labels posted to `/api/v1/feedback` are joined to these).
+    pub fn predictions(&self, outputs: &[Tensor], has_id: bool) -> Option<Vec<f64>> {
+        if !(has_id || self.prediction_drift) {
+            return None;
+        }
         let (name, index) = self.prediction.as_ref()?;
         let output = outputs.iter().find(|t| &t.name == name)?;
         let columns = output.shape.get(1).copied().unwrap_or(1).max(1);

@@ -4,7 +4,10 @@
 //!
 //! One alert per model version and rule: feature rules (`psi`, `js_distance`, `ks_p_value`, `wasserstein_normed`,
 //! `chi2_p_value`, `missing_share`) list every feature past the threshold with its value; `dataset_drift_share`
-//! fires on the share of drifted features. Labels stay bounded (model, version, rule, severity); the feature list
+//! fires on the share of drifted features; `prediction_<statistic>` (e.g. `prediction_psi`) on the drift of the
+//! model's output against the reference predictions; quality rules (`accuracy`, `precision`, `recall`, `f1`,
+//! `roc_auc`, `r2` below the threshold, `mae`, `rmse` above it) on the metrics of labelled predictions, once the
+//! labelled window holds `min_samples` pairs. Labels stay bounded (model, version, rule, severity); the feature list
 //! is in the annotations. The engine is pure: it is given the time, so its lifecycle is tested on a fake clock.
 
 use std::collections::BTreeMap;
@@ -13,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::drift::NumericStat;
+use crate::feedback::QualityReport;
 use crate::live::LiveReport;
 
 /// Which way a statistic is bad.
@@ -24,6 +28,19 @@ enum Direction {
     Below,
 }
 
+/// What a rule looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// Each feature's statistic.
+    Features,
+    /// The share of drifted features.
+    Dataset,
+    /// The prediction column's statistic (the rule's name without `prediction_`).
+    Prediction,
+    /// A quality metric of the labelled predictions.
+    Quality,
+}
+
 /// A rule: a statistic held against a threshold.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
@@ -32,11 +49,17 @@ pub struct Rule {
     /// The threshold.
     pub threshold: f64,
     direction: Direction,
+    target: Target,
 }
 
-/// The names a manifest may use in `monitoring.thresholds`.
-pub const KNOWN_STATISTICS: [&str; 7] =
-    ["psi", "js_distance", "ks_p_value", "wasserstein_normed", "chi2_p_value", "missing_share", "dataset_drift_share"];
+/// The feature statistics a rule may name (and, prefixed with `prediction_`, apply to the prediction).
+const FEATURE_STATISTICS: [&str; 6] =
+    ["psi", "js_distance", "ks_p_value", "wasserstein_normed", "chi2_p_value", "missing_share"];
+
+/// Quality metrics that alert when they fall below the threshold.
+const QUALITY_FLOORS: [&str; 6] = ["accuracy", "precision", "recall", "f1", "roc_auc", "r2"];
+/// Quality metrics that alert when they rise above the threshold.
+const QUALITY_CEILINGS: [&str; 2] = ["mae", "rmse"];
 
 /// The hysteresis band: a condition clears only once the value is this share back inside the threshold.
 const HYSTERESIS: f64 = 0.1;
@@ -44,14 +67,29 @@ const HYSTERESIS: f64 = 0.1;
 impl Rule {
     /// A rule for `statistic` at `threshold`; an unknown name is an error listing the known ones.
     pub fn new(statistic: &str, threshold: f64) -> Result<Self, String> {
-        let direction = match statistic {
-            "psi" | "js_distance" | "wasserstein_normed" | "missing_share" | "dataset_drift_share" => Direction::Above,
+        let drift_direction = |name: &str| match name {
             "ks_p_value" | "chi2_p_value" => Direction::Below,
-            other => {
-                return Err(format!("unknown threshold {other:?}; known: {}", KNOWN_STATISTICS.join(", ")));
-            }
+            _ => Direction::Above,
         };
-        Ok(Self { statistic: statistic.to_owned(), threshold, direction })
+        let (direction, target) = if statistic == "dataset_drift_share" {
+            (Direction::Above, Target::Dataset)
+        } else if FEATURE_STATISTICS.contains(&statistic) {
+            (drift_direction(statistic), Target::Features)
+        } else if let Some(inner) = statistic.strip_prefix("prediction_").filter(|s| FEATURE_STATISTICS.contains(s)) {
+            (drift_direction(inner), Target::Prediction)
+        } else if QUALITY_FLOORS.contains(&statistic) {
+            (Direction::Below, Target::Quality)
+        } else if QUALITY_CEILINGS.contains(&statistic) {
+            (Direction::Above, Target::Quality)
+        } else {
+            return Err(format!(
+                "unknown threshold {statistic:?}; known: {}, dataset_drift_share, prediction_<one of those>, {}, {}",
+                FEATURE_STATISTICS.join(", "),
+                QUALITY_FLOORS.join(", "),
+                QUALITY_CEILINGS.join(", ")
+            ));
+        };
+        Ok(Self { statistic: statistic.to_owned(), threshold, direction, target })
     }
 
     /// The rules of a manifest's thresholds; none given means Evidently's verdict on the dataset (share ≥ 0.5).
@@ -77,11 +115,19 @@ impl Rule {
     }
 
     fn severity(&self) -> &'static str {
-        // One feature drifting is a ticket; the dataset drifting pages.
-        if self.statistic == "dataset_drift_share" {
-            "page"
-        } else {
-            "ticket"
+        // One feature or the output drifting is a ticket; the dataset drifting or quality measurably dropping pages.
+        match self.target {
+            Target::Dataset | Target::Quality => "page",
+            Target::Features | Target::Prediction => "ticket",
+        }
+    }
+
+    fn alert_name(&self) -> &'static str {
+        match self.target {
+            Target::Features => "VaneFeatureDrift",
+            Target::Dataset => "VaneDatasetDrift",
+            Target::Prediction => "VanePredictionDrift",
+            Target::Quality => "VaneQualityDrop",
         }
     }
 }
@@ -110,7 +156,7 @@ pub struct Breach {
 /// One alert, as `GET /api/v1/alerts` lists it and as it is sent.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Alert {
-    /// `VaneFeatureDrift` or `VaneDatasetDrift`.
+    /// `VaneFeatureDrift`, `VaneDatasetDrift`, `VanePredictionDrift` or `VaneQualityDrop`.
     pub name: &'static str,
     /// The model.
     pub model: String,
@@ -160,7 +206,11 @@ fn unix_ms(time: SystemTime) -> u64 {
 }
 
 fn feature_value(rule: &Rule, column: &crate::drift::ColumnReport) -> Option<f64> {
-    match (rule.statistic.as_str(), column) {
+    statistic_value(&rule.statistic, column)
+}
+
+fn statistic_value(statistic: &str, column: &crate::drift::ColumnReport) -> Option<f64> {
+    match (statistic, column) {
         ("psi", c) => c.psi.as_ref().map(|p| p.value),
         ("js_distance", c) => c.js_distance,
         ("missing_share", c) => Some(c.missing.current.share),
@@ -177,39 +227,55 @@ impl Engine {
         Self { tracked: BTreeMap::new(), base_url: base_url.into() }
     }
 
-    /// Evaluates `rules` on `report` at `now`, with the debounce `hold`; returns the alerts whose state changed.
-    pub fn evaluate(&mut self, report: &LiveReport, rules: &[Rule], hold: Duration, now: SystemTime) -> Vec<Alert> {
+    /// Evaluates `rules` on `report` (and the quality of labelled predictions, if any) at `now`, with the debounce
+    /// `hold`; returns the alerts whose state changed.
+    pub fn evaluate(
+        &mut self,
+        report: &LiveReport,
+        quality: Option<&QualityReport>,
+        rules: &[Rule],
+        hold: Duration,
+        now: SystemTime,
+    ) -> Vec<Alert> {
         let mut changed = Vec::new();
-        if !report.enough_samples {
-            return changed;
-        }
+        // Quality is judged on the labelled window, which fills at its own pace.
+        let quality = quality.filter(|q| q.window_pairs >= report.min_samples.max(1));
         for rule in rules {
-            let breaches: Vec<Breach> = if rule.statistic == "dataset_drift_share" {
-                report
-                    .dataset_drift
-                    .as_ref()
-                    .map(|d| d.share_of_drifted_columns)
-                    .filter(|&share| rule.breached(share))
-                    .map(|value| vec![Breach { feature: "dataset".to_owned(), value }])
-                    .unwrap_or_default()
-            } else {
-                report
+            // The value of each thing the rule looks at; a rule with nothing to look at yet is not stepped (a firing
+            // alert does not resolve because labels stopped coming).
+            let values: Vec<(String, f64)> = match rule.target {
+                _ if rule.target != Target::Quality && !report.enough_samples => continue,
+                Target::Dataset => match &report.dataset_drift {
+                    Some(d) => vec![("dataset".to_owned(), d.share_of_drifted_columns)],
+                    None => continue,
+                },
+                Target::Features => report
                     .columns
                     .iter()
-                    .filter_map(|(name, column)| {
-                        let value = feature_value(rule, column)?;
-                        rule.breached(value).then(|| Breach { feature: name.clone(), value })
-                    })
-                    .collect()
+                    .filter_map(|(name, column)| Some((name.clone(), feature_value(rule, column)?)))
+                    .collect(),
+                Target::Prediction => {
+                    let inner = rule.statistic.trim_start_matches("prediction_");
+                    match report.prediction_drift.as_ref().and_then(|p| statistic_value(inner, &p.report)) {
+                        Some(value) => vec![("prediction".to_owned(), value)],
+                        None => continue,
+                    }
+                }
+                Target::Quality => match quality.and_then(|q| quality_value(&rule.statistic, q)) {
+                    Some(value) => vec![(rule.statistic.clone(), value)],
+                    None => continue,
+                },
             };
-            // Clear only when every feature is back inside the band, not merely under the threshold.
-            let all_clear = if rule.statistic == "dataset_drift_share" {
-                report.dataset_drift.as_ref().is_none_or(|d| rule.clear(d.share_of_drifted_columns))
-            } else {
-                report.columns.values().all(|c| feature_value(rule, c).is_none_or(|v| rule.clear(v)))
-            };
+            let breaches: Vec<Breach> = values
+                .iter()
+                .filter(|(_, value)| rule.breached(*value))
+                .map(|(feature, value)| Breach { feature: feature.clone(), value: *value })
+                .collect();
+            // Clear only when every value is back inside the band, not merely under the threshold.
+            let all_clear = values.iter().all(|(_, value)| rule.clear(*value));
             let key = (report.model.clone(), report.version, rule.statistic.clone());
-            if let Some(alert) = self.step(key, rule, report, breaches, all_clear, hold, now) {
+            let context = Context { report, quality };
+            if let Some(alert) = self.step(key, rule, &context, breaches, all_clear, hold, now) {
                 changed.push(alert);
             }
         }
@@ -221,7 +287,7 @@ impl Engine {
         &mut self,
         key: (String, u64, String),
         rule: &Rule,
-        report: &LiveReport,
+        context: &Context<'_>,
         breaches: Vec<Breach>,
         all_clear: bool,
         hold: Duration,
@@ -234,7 +300,7 @@ impl Engine {
                 if breaches.is_empty() {
                     return None;
                 }
-                let alert = self.new_alert(rule, report, breaches, now_ms);
+                let alert = self.new_alert(rule, context, breaches, now_ms);
                 self.tracked.insert(key.clone(), Tracked { alert, clear_since: None });
                 let tracked = self.tracked.get_mut(&key)?;
                 if hold.is_zero() {
@@ -248,7 +314,7 @@ impl Engine {
                 let alert = &mut tracked.alert;
                 if holding {
                     alert.breaches = breaches;
-                    alert.summary = summary(rule, report, &alert.breaches);
+                    alert.summary = summary(rule, context, &alert.breaches);
                 }
                 match alert.state {
                     // Pending needs the condition to hold without a break.
@@ -285,10 +351,10 @@ impl Engine {
         }
     }
 
-    fn new_alert(&self, rule: &Rule, report: &LiveReport, breaches: Vec<Breach>, now_ms: u64) -> Alert {
-        let dataset = rule.statistic == "dataset_drift_share";
+    fn new_alert(&self, rule: &Rule, context: &Context<'_>, breaches: Vec<Breach>, now_ms: u64) -> Alert {
+        let report = context.report;
         Alert {
-            name: if dataset { "VaneDatasetDrift" } else { "VaneFeatureDrift" },
+            name: rule.alert_name(),
             model: report.model.clone(),
             version: report.version,
             commit: report.commit.clone(),
@@ -296,7 +362,7 @@ impl Engine {
             threshold: rule.threshold,
             severity: rule.severity(),
             state: State::Pending,
-            summary: summary(rule, report, &breaches),
+            summary: summary(rule, context, &breaches),
             breaches,
             since_unix_ms: now_ms,
             fired_unix_ms: None,
@@ -318,12 +384,65 @@ impl Engine {
     }
 }
 
-fn summary(rule: &Rule, report: &LiveReport, breaches: &[Breach]) -> String {
+/// What an alert is about: the drift report and, for quality rules, the labelled predictions.
+struct Context<'a> {
+    report: &'a LiveReport,
+    quality: Option<&'a QualityReport>,
+}
+
+fn quality_value(metric: &str, quality: &QualityReport) -> Option<f64> {
+    if let Some(c) = &quality.classification {
+        return match metric {
+            "accuracy" => Some(c.rates.accuracy),
+            "precision" => Some(c.rates.precision),
+            "recall" => Some(c.rates.recall),
+            "f1" => Some(c.rates.f1),
+            "roc_auc" => c.roc_auc,
+            _ => None,
+        };
+    }
+    let r = quality.regression.as_ref()?;
+    match metric {
+        "mae" => r.mae,
+        "rmse" => r.rmse,
+        "r2" => r.r2,
+        _ => None,
+    }
+}
+
+fn summary(rule: &Rule, context: &Context<'_>, breaches: &[Breach]) -> String {
+    let report = context.report;
     let commit = report.commit.as_deref().map(|c| format!(" (commit {})", &c[..c.len().min(12)])).unwrap_or_default();
     let where_ = format!("{} v{}{commit}", report.model, report.version);
     let window = format!("over the last {} predictions", report.window_rows);
-    if rule.statistic == "dataset_drift_share" {
-        let value = breaches.first().map_or(0.0, |b| b.value);
+    let comparison = match rule.direction {
+        Direction::Above => "above",
+        Direction::Below => "below",
+    };
+    let value = breaches.first().map_or(f64::NAN, |b| b.value);
+    match (rule.target, context.quality) {
+        (Target::Quality, Some(q)) => {
+            return format!(
+                "{where_}: {} {value:.4} {comparison} {} over the last {} labelled predictions (label coverage \
+                 {:.0}%)",
+                rule.statistic,
+                rule.threshold,
+                q.window_pairs,
+                q.label_coverage * 100.0
+            );
+        }
+        (Target::Prediction, _) => {
+            let column = report.prediction_drift.as_ref().map_or("", |p| p.column.as_str());
+            return format!(
+                "{where_}: the predictions drifted from the reference's '{column}': {} {value:.4} {comparison} {} \
+                 {window}",
+                rule.statistic.trim_start_matches("prediction_"),
+                rule.threshold
+            );
+        }
+        _ => {}
+    }
+    if rule.target == Target::Dataset {
         let drifted = report.dataset_drift.as_ref().map(|d| d.drifted_columns.join(", ")).unwrap_or_default();
         return format!(
             "{where_}: {:.0}% of features drifted {window} (threshold {:.0}%): {drifted}",
@@ -331,10 +450,6 @@ fn summary(rule: &Rule, report: &LiveReport, breaches: &[Breach]) -> String {
             rule.threshold * 100.0
         );
     }
-    let comparison = match rule.direction {
-        Direction::Above => "above",
-        Direction::Below => "below",
-    };
     let mut worst: Vec<&Breach> = breaches.iter().collect();
     worst.sort_by(|a, b| match rule.direction {
         Direction::Above => b.value.total_cmp(&a.value),
@@ -378,6 +493,7 @@ mod tests {
                 dataset_drift: share >= 0.5,
                 drifted_columns: vec!["age".into(), "income".into()],
             }),
+            prediction_drift: None,
             history: Vec::new(),
         }
     }
@@ -391,10 +507,10 @@ mod tests {
         let rules = Rule::from_thresholds(&BTreeMap::new()).unwrap();
         let hold = Duration::from_secs(60);
         let mut engine = Engine::new("http://vane:8080");
-        let changed = engine.evaluate(&report(0.6), &rules, hold, at(0));
+        let changed = engine.evaluate(&report(0.6), None, &rules, hold, at(0));
         assert_eq!(changed[0].state, State::Pending);
-        assert!(engine.evaluate(&report(0.7), &rules, hold, at(30)).is_empty(), "still pending");
-        let fired = engine.evaluate(&report(0.6), &rules, hold, at(60));
+        assert!(engine.evaluate(&report(0.7), None, &rules, hold, at(30)).is_empty(), "still pending");
+        let fired = engine.evaluate(&report(0.6), None, &rules, hold, at(60));
         assert_eq!(fired[0].state, State::Firing);
         assert_eq!((fired[0].name, fired[0].severity), ("VaneDatasetDrift", "page"));
         assert!(
@@ -404,11 +520,11 @@ mod tests {
         );
         assert_eq!(fired[0].dashboard, "http://vane:8080/dashboard#churn");
         // Clear, then a relapse before `for` has passed: it keeps firing.
-        assert!(engine.evaluate(&report(0.1), &rules, hold, at(70)).is_empty());
-        assert!(engine.evaluate(&report(0.6), &rules, hold, at(100)).is_empty());
-        assert!(engine.evaluate(&report(0.1), &rules, hold, at(110)).is_empty());
-        assert!(engine.evaluate(&report(0.1), &rules, hold, at(160)).is_empty(), "clear for 50 s only");
-        let resolved = engine.evaluate(&report(0.1), &rules, hold, at(170));
+        assert!(engine.evaluate(&report(0.1), None, &rules, hold, at(70)).is_empty());
+        assert!(engine.evaluate(&report(0.6), None, &rules, hold, at(100)).is_empty());
+        assert!(engine.evaluate(&report(0.1), None, &rules, hold, at(110)).is_empty());
+        assert!(engine.evaluate(&report(0.1), None, &rules, hold, at(160)).is_empty(), "clear for 50 s only");
+        let resolved = engine.evaluate(&report(0.1), None, &rules, hold, at(170));
         assert_eq!(resolved[0].state, State::Resolved);
         assert_eq!(resolved[0].resolved_unix_ms, Some(unix_ms(at(170))));
         assert_eq!(engine.alerts()[0].state, State::Resolved, "remembered for the alert list");
@@ -419,14 +535,14 @@ mod tests {
         let rules = Rule::from_thresholds(&BTreeMap::new()).unwrap();
         let hold = Duration::from_secs(60);
         let mut engine = Engine::new("");
-        engine.evaluate(&report(0.6), &rules, hold, at(0));
-        assert!(engine.evaluate(&report(0.4), &rules, hold, at(30)).is_empty());
+        engine.evaluate(&report(0.6), None, &rules, hold, at(0));
+        assert!(engine.evaluate(&report(0.4), None, &rules, hold, at(30)).is_empty());
         assert!(engine.alerts().is_empty(), "a broken pending condition is forgotten");
-        assert!(engine.evaluate(&report(0.6), &rules, hold, at(40))[0].state == State::Pending);
-        engine.evaluate(&report(0.6), &rules, hold, at(100));
+        assert!(engine.evaluate(&report(0.6), None, &rules, hold, at(40))[0].state == State::Pending);
+        engine.evaluate(&report(0.6), None, &rules, hold, at(100));
         // 0.47 is under the 0.5 threshold but inside the 10% band (0.45): not clear, so never resolves.
         for t in [110, 200, 300] {
-            assert!(engine.evaluate(&report(0.47), &rules, hold, at(t)).is_empty());
+            assert!(engine.evaluate(&report(0.47), None, &rules, hold, at(t)).is_empty());
         }
         assert_eq!(engine.alerts()[0].state, State::Firing);
     }
@@ -436,5 +552,96 @@ mod tests {
         let thresholds = BTreeMap::from([("psi".to_owned(), 0.2), ("kl".to_owned(), 0.1)]);
         let error = Rule::from_thresholds(&thresholds).unwrap_err();
         assert!(error.starts_with("unknown threshold \"kl\"; known: psi, js_distance"), "{error}");
+        assert!(error.contains("prediction_<one of those>, accuracy"), "{error}");
+        assert!(Rule::new("prediction_kl", 0.1).is_err());
+    }
+
+    fn quality(accuracy: f64, pairs: usize) -> QualityReport {
+        let confusion = crate::stats::quality::Confusion { tp: 1, fp: 0, tn: 1, fn_: 0 };
+        QualityReport {
+            model: "churn".into(),
+            version: 3,
+            predictions: 1000,
+            labelled: pairs as u64,
+            label_coverage: pairs as f64 / 1000.0,
+            expired: 0,
+            mean_label_delay_seconds: None,
+            window_pairs: pairs,
+            classification: Some(crate::stats::quality::Classification {
+                n_rows: pairs as u64,
+                n_labelled: pairs as u64,
+                label_coverage: 1.0,
+                n_evaluated: pairs as u64,
+                confusion,
+                rates: crate::stats::quality::Rates { accuracy, precision: 0.9, recall: 0.9, f1: 0.9 },
+                roc_auc: Some(0.9),
+                positive_rate_true: 0.5,
+                positive_rate_predicted: 0.5,
+                estimated_from_scores_uncalibrated: crate::stats::quality::Estimated {
+                    n_scored: pairs as u64,
+                    rates: crate::stats::quality::Rates { accuracy, precision: 0.9, recall: 0.9, f1: 0.9 },
+                },
+            }),
+            regression: None,
+        }
+    }
+
+    #[test]
+    fn a_quality_drop_pages_once_enough_labels_are_in_and_holds_while_labels_stop() {
+        let rules = vec![Rule::new("accuracy", 0.8).unwrap(), Rule::new("mae", 1.0).unwrap()];
+        let hold = Duration::from_secs(60);
+        let mut engine = Engine::new("");
+        let drifting = report(0.0);
+        // 50 labelled pairs are fewer than min_samples (100): no verdict on so few.
+        assert!(engine.evaluate(&drifting, Some(&quality(0.5, 50)), &rules, hold, at(0)).is_empty());
+        let pending = engine.evaluate(&drifting, Some(&quality(0.7, 200)), &rules, hold, at(10));
+        assert_eq!(pending.len(), 1, "mae does not apply to a classifier");
+        assert_eq!(
+            (pending[0].name, pending[0].state, pending[0].severity),
+            ("VaneQualityDrop", State::Pending, "page")
+        );
+        let fired = engine.evaluate(&drifting, Some(&quality(0.72, 300)), &rules, hold, at(70));
+        assert_eq!(fired[0].state, State::Firing);
+        assert_eq!(
+            fired[0].summary,
+            "churn v3 (commit 0123456789ab): accuracy 0.7200 below 0.8 over the last 300 labelled predictions \
+             (label coverage 30%)"
+        );
+        // No labels any more: nothing to judge, so the alert keeps firing rather than resolving on silence.
+        assert!(engine.evaluate(&drifting, None, &rules, hold, at(200)).is_empty());
+        assert_eq!(engine.alerts()[0].state, State::Firing);
+        // Clearing needs the 10% band above 0.8 (0.88): 0.85 is under the threshold's band, so it keeps firing.
+        assert!(engine.evaluate(&drifting, Some(&quality(0.85, 300)), &rules, hold, at(300)).is_empty());
+        assert!(engine.evaluate(&drifting, Some(&quality(0.85, 300)), &rules, hold, at(400)).is_empty());
+        engine.evaluate(&drifting, Some(&quality(0.9, 300)), &rules, hold, at(410));
+        let resolved = engine.evaluate(&drifting, Some(&quality(0.9, 300)), &rules, hold, at(470));
+        assert_eq!(resolved[0].state, State::Resolved);
+    }
+
+    #[test]
+    fn prediction_drift_fires_on_the_prediction_column_only() {
+        use crate::drift::{column_report, ColumnKind, Sides, Values};
+        let rules = vec![Rule::new("prediction_psi", 0.2).unwrap()];
+        let mut drifting = report(0.0);
+        let reference = Values::Numeric((0..500).map(|i| Some(f64::from(i) / 500.0)).collect());
+        let current = Values::Numeric((0..500).map(|i| Some(0.5 + f64::from(i) / 1000.0)).collect());
+        drifting.prediction_drift = Some(crate::live::PredictionDrift {
+            column: "score".into(),
+            report: column_report(ColumnKind::Numeric, &Sides { reference, current }),
+        });
+        let mut engine = Engine::new("");
+        let fired = engine.evaluate(&drifting, None, &rules, Duration::ZERO, at(0));
+        assert_eq!(
+            (fired[0].name, fired[0].state, fired[0].severity),
+            ("VanePredictionDrift", State::Firing, "ticket")
+        );
+        assert_eq!(fired[0].breaches[0].feature, "prediction");
+        assert!(
+            fired[0].summary.contains("the predictions drifted from the reference's 'score': psi"),
+            "{}",
+            fired[0].summary
+        );
+        // Without prediction drift in the report (no prediction column), the rule has nothing to judge.
+        assert!(Engine::new("").evaluate(&report(0.0), None, &rules, Duration::ZERO, at(0)).is_empty());
     }
 }

@@ -41,6 +41,9 @@ pub struct WindowSettings {
     pub hold: Duration,
     /// How predictions wait for labels, when quality is monitored.
     pub feedback: Option<crate::feedback::FeedbackSettings>,
+    /// The reference column holding the model's predictions on the reference rows (Evidently's `prediction` column
+    /// mapping): not a feature; the live predictions are compared with it (prediction drift).
+    pub prediction_column: Option<String>,
 }
 
 impl Default for WindowSettings {
@@ -55,6 +58,7 @@ impl Default for WindowSettings {
             rules: Rule::from_thresholds(&BTreeMap::new()).unwrap_or_default(),
             hold: Duration::from_secs(600),
             feedback: None,
+            prediction_column: None,
         }
     }
 }
@@ -82,6 +86,8 @@ pub struct Profile {
     /// The features, in input order.
     pub features: Vec<Feature>,
     reference: Vec<Values>,
+    /// The reference predictions, when `settings.prediction_column` names them.
+    prediction: Option<Values>,
     /// The window settings.
     pub settings: WindowSettings,
     sampled: AtomicU64,
@@ -191,15 +197,39 @@ impl Profile {
                 return Err(error(format!("monitoring.columns names {name:?}, which is not a column")));
             }
         }
+        let prediction_index =
+            match &settings.prediction_column {
+                None => None,
+                Some(name) => Some(table.index_of(name).ok_or_else(|| {
+                    error(format!("monitoring.prediction.column names {name:?}, which is not a column"))
+                })?),
+            };
+        let mut prediction = None;
         let (mut features, mut reference) = (Vec::new(), Vec::new());
         for (index, name) in table.names.iter().enumerate() {
+            if Some(index) == prediction_index {
+                let (_, mut typed) = drift::type_column(&[(&table, index)], Some(ColumnKind::Numeric))
+                    .map_err(|e| error(format!("prediction column: {e}")))?;
+                prediction = typed.pop();
+                continue;
+            }
             let (kind, mut typed) =
                 drift::type_column(&[(&table, index)], kinds.get(name).copied()).map_err(|e| error(e.to_string()))?;
             reference.push(typed.pop().ok_or_else(|| error(format!("column {name:?} could not be typed")))?);
             features.push(Feature { name: name.clone(), kind });
         }
         let (model, version, commit, data_sha256) = identity;
-        Ok(Self { model, version, commit, data_sha256, features, reference, settings, sampled: AtomicU64::new(0) })
+        Ok(Self {
+            model,
+            version,
+            commit,
+            data_sha256,
+            features,
+            reference,
+            prediction,
+            settings,
+            sampled: AtomicU64::new(0),
+        })
     }
 
     /// Whether the next prediction should be observed: every k-th one for a rate of 1/k (deterministic, no RNG on
@@ -270,8 +300,38 @@ pub struct LiveReport {
     pub columns: BTreeMap<String, ColumnReport>,
     /// The dataset-level verdict (present once `enough_samples`).
     pub dataset_drift: Option<DatasetDrift>,
+    /// The live predictions against the reference predictions (present once `enough_samples`, when the manifest
+    /// names the reference's prediction column).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prediction_drift: Option<PredictionDrift>,
     /// The drift share of past evaluations, oldest first (at most [`HISTORY`]).
     pub history: Vec<HistoryPoint>,
+}
+
+/// The drift of the model's output.
+#[derive(Debug, Clone, Serialize)]
+pub struct PredictionDrift {
+    /// The reference column the live predictions are compared with.
+    pub column: String,
+    /// The statistics, as for a numeric feature.
+    #[serde(flatten)]
+    pub report: ColumnReport,
+}
+
+/// What the monitor thread tells its owner.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A model version's window was evaluated.
+    Report(&'a LiveReport),
+    /// These alerts changed state.
+    Alerts(&'a [Alert]),
+    /// A model version is no longer served; its window and alerts are gone.
+    Retired {
+        /// The model.
+        model: &'a str,
+        /// The version.
+        version: u64,
+    },
 }
 
 /// How the monitor thread runs.
@@ -301,9 +361,9 @@ impl Default for MonitorConfig {
 // === impl Monitor ===
 
 impl Monitor {
-    /// Starts the monitor thread. It stops when every handle is dropped. `on_report` is called (on the monitor
-    /// thread) with each new report, for metrics and alerts.
-    pub fn start(config: MonitorConfig, on_report: impl FnMut(&LiveReport) + Send + 'static) -> std::io::Result<Self> {
+    /// Starts the monitor thread. It stops when every handle is dropped. `on_event` is called (on the monitor
+    /// thread) with each new report and each change of alert states, for metrics and for whoever waits on them.
+    pub fn start(config: MonitorConfig, on_event: impl FnMut(Event<'_>) + Send + 'static) -> std::io::Result<Self> {
         let (sender, receiver) = crossbeam_channel::bounded(config.queue_capacity);
         let reports: Arc<RwLock<Reports>> = Arc::default();
         let alerts: Arc<RwLock<Vec<Alert>>> = Arc::default();
@@ -318,7 +378,7 @@ impl Monitor {
         let engine = Engine::new(config.base_url.trim_end_matches('/'));
         std::thread::Builder::new()
             .name("vane-monitor".into())
-            .spawn(move || run(&receiver, config.evaluate_every, &shared, engine, on_report))?;
+            .spawn(move || run(&receiver, config.evaluate_every, &shared, engine, on_event))?;
         Ok(Self { sender, counters: Arc::default(), reports, alerts, notifier, feedback })
     }
 
@@ -363,6 +423,10 @@ struct Window {
     times: VecDeque<SystemTime>,
     /// The rows, column by column (no allocation per row).
     columns: Vec<WindowColumn>,
+    /// The prediction of each row (NaN: none), when prediction drift is watched.
+    predictions: Option<VecDeque<f64>>,
+    /// The latest report, which the alert rules are evaluated on at every tick.
+    last: Option<Arc<LiveReport>>,
     observed: u64,
     changed: bool,
     history: VecDeque<HistoryPoint>,
@@ -390,6 +454,8 @@ impl Window {
             profile: Arc::clone(profile),
             times: VecDeque::new(),
             columns,
+            predictions: profile.prediction.as_ref().map(|_| VecDeque::new()),
+            last: None,
             observed: 0,
             changed: false,
             history: VecDeque::new(),
@@ -402,6 +468,9 @@ impl Window {
 
     fn pop_front(&mut self) {
         self.times.pop_front();
+        if let Some(p) = &mut self.predictions {
+            p.pop_front();
+        }
         for column in &mut self.columns {
             match column {
                 WindowColumn::Numeric(v) => {
@@ -468,7 +537,7 @@ fn run(
     every: Duration,
     shared: &Shared,
     mut engine: Engine,
-    mut on_report: impl FnMut(&LiveReport),
+    mut on_event: impl FnMut(Event<'_>),
 ) {
     // By model then version, so an observation finds its window without allocating a key.
     let mut windows: HashMap<String, HashMap<u64, Window>> = HashMap::new();
@@ -491,12 +560,20 @@ fn run(
         }
         next = Instant::now() + every;
         // Versions no longer loaded: only this thread holds their profile.
-        for versions in windows.values_mut() {
-            versions.retain(|_, w| Arc::strong_count(&w.profile) > 1);
+        let mut retired = Vec::new();
+        for (model, versions) in &mut windows {
+            versions.retain(|version, w| {
+                let loaded = Arc::strong_count(&w.profile) > 1;
+                if !loaded {
+                    retired.push((model.clone(), *version));
+                }
+                loaded
+            });
         }
         windows.retain(|_, versions| !versions.is_empty());
         let mut fresh = Vec::new();
         let mut changed_alerts = Vec::new();
+        let now = SystemTime::now();
         for window in windows.values_mut().flat_map(HashMap::values_mut) {
             expire(window);
             if window.changed {
@@ -513,10 +590,18 @@ fn run(
                     });
                 }
                 report.history = window.history.iter().copied().collect();
-                let settings = &window.profile.settings;
-                changed_alerts.extend(engine.evaluate(&report, &settings.rules, settings.hold, SystemTime::now()));
-                fresh.push(Arc::new(report));
+                let report = Arc::new(report);
+                window.last = Some(Arc::clone(&report));
+                fresh.push(report);
             }
+            // Every tick, not only on new rows: a condition that holds keeps counting towards its `for`, and labels
+            // arrive on their own schedule.
+            let Some(report) = &window.last else { continue };
+            let settings = &window.profile.settings;
+            let quality = settings.feedback.as_ref().and_then(|_| {
+                shared.feedback.reports(Some(&report.model)).into_iter().find(|q| q.version == report.version)
+            });
+            changed_alerts.extend(engine.evaluate(report, quality.as_ref(), &settings.rules, settings.hold, now));
         }
         let served = |model: &str, version: u64| windows.get(model).is_some_and(|v| v.contains_key(&version));
         engine.retain_versions(served);
@@ -524,6 +609,7 @@ fn run(
         if let Ok(mut alerts) = shared.alerts.write() {
             *alerts = engine.alerts();
         }
+        let changed = changed_alerts.clone();
         shared.notifier.notify(changed_alerts);
         if let Ok(mut published) = shared.reports.write() {
             published.retain(|model, versions| {
@@ -535,7 +621,13 @@ fn run(
             }
         }
         for report in &fresh {
-            on_report(report);
+            on_event(Event::Report(report));
+        }
+        if !changed.is_empty() {
+            on_event(Event::Alerts(&changed));
+        }
+        for (model, version) in &retired {
+            on_event(Event::Retired { model, version: *version });
         }
     }
 }
@@ -573,6 +665,9 @@ fn add(
         }
         let start = row * width;
         window.push(observation.at, (start..start + width).map(|i| cells.take(i)));
+        if let Some(p) = &mut window.predictions {
+            p.push_back(observation.predictions.as_ref().and_then(|v| v.get(row)).copied().unwrap_or(f64::NAN));
+        }
         window.observed += 1;
     }
     window.changed = true;
@@ -622,6 +717,17 @@ fn evaluate(window: &Window) -> LiveReport {
         evaluated_unix_ms: unix_ms(SystemTime::now()),
         enough_samples: enough,
         dataset_drift: enough.then(|| drift::dataset_drift(&order, &columns)),
+        prediction_drift: match (&profile.prediction, &window.predictions, &settings.prediction_column) {
+            (Some(reference), Some(live), Some(column)) if enough => {
+                let current = Values::Numeric(live.iter().map(|x| x.is_finite().then_some(*x)).collect());
+                let values = Sides { reference: reference.clone(), current };
+                Some(PredictionDrift {
+                    column: column.clone(),
+                    report: drift::column_report(ColumnKind::Numeric, &values),
+                })
+            }
+            _ => None,
+        },
         columns,
         history: Vec::new(),
     }

@@ -144,6 +144,23 @@ pub struct Monitoring {
     /// Model quality from labels posted later to `/api/v1/feedback`.
     #[serde(default)]
     pub quality: Option<QualitySpec>,
+    /// Prediction drift: the reference data's column of the model's predictions, compared with the live ones.
+    #[serde(default)]
+    pub prediction: Option<PredictionSpec>,
+}
+
+/// Where the reference predictions are and which output they correspond to.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictionSpec {
+    /// The reference column holding the model's prediction for each reference row (not a feature).
+    pub column: String,
+    /// The output tensor holding the prediction; defaults to `quality.output`.
+    #[serde(default)]
+    pub output: Option<String>,
+    /// The column of that output; defaults to `quality.index` (or 0).
+    #[serde(default)]
+    pub index: Option<usize>,
 }
 
 /// Which output is the prediction, and how labels are joined to it.

@@ -58,7 +58,7 @@ impl TestServer {
     }
 
     /// Sends a correctly signed GitHub-style push webhook and waits for the sync it triggers.
-    async fn push_webhook(&self) -> SyncStatus {
+    pub(crate) async fn push_webhook(&self) -> SyncStatus {
         let done = self.syncs();
         let reply = self.webhook(&sign(SECRET.as_bytes(), PUSH)).await;
         assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);

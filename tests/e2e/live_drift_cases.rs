@@ -18,6 +18,9 @@ use crate::support::{sha256_of, GitRemote, TestServer};
 const QUALITY_CASE: &str = "p06_quality_classification_regression";
 /// The quality case deployed a second time with a regression quality block (a manifest has one).
 const REGRESSION: &str = "p06_regression";
+/// The quality case deployed a third time with `cls_score` as the reference's prediction column (so not a feature),
+/// and alert rules on accuracy and on the prediction's PSI.
+const PREDICTION: &str = "p06_prediction";
 
 /// A CSV of the drift cases: the header and the rows as cell texts (no quoting is used in them).
 fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
@@ -46,6 +49,34 @@ fn manifest(name: &str, case: &str, expected: &Value, work: &Path, quality: &str
         sha256_of(&work.join(format!("data/{case}/reference.csv"))),
         columns.join(", "),
     )
+}
+
+/// The firing alerts of `model` once there are `count` of them, waiting on the monitor's events (at most 30 s).
+async fn alerts_firing(server: &TestServer, model: &str, count: usize) -> Vec<Value> {
+    let mut events = server.server.monitor_evaluations();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        events.borrow_and_update();
+        let alerts = server.get("/api/v1/alerts").await.body;
+        let firing: Vec<Value> = alerts["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["model"] == model && a["state"] == "firing")
+            .cloned()
+            .collect();
+        if firing.len() >= count {
+            return firing;
+        }
+        let waited = tokio::time::timeout_at(deadline, events.changed()).await;
+        waited.unwrap_or_else(|_| panic!("{count} firing alerts of {model} in time: {alerts}")).unwrap();
+    }
+}
+
+/// The score column's PSI in the quality case's expected.json.
+fn expected_psi(deployments: &[(String, std::path::PathBuf, Value)]) -> Value {
+    let (_, _, expected) = deployments.iter().find(|(name, ..)| name == PREDICTION).unwrap();
+    expected["columns"]["cls_score"]["psi"]["value"].clone()
 }
 
 /// Sends `rows` to `model` in 100-row binary requests with ids `r{k}` (row i of request k is `r{k}#{i}`).
@@ -128,6 +159,14 @@ async fn every_public_case_matches_through_the_live_path() {
             );
             let text = manifest(REGRESSION, &name, &expected, remote.work.path(), &regression);
             remote.write(&format!("deploy/{REGRESSION}.yaml"), text.as_bytes());
+            let watched = format!(
+                "{classification}    prediction: {{column: {}}}\n    thresholds: {{accuracy: 0.8, prediction_psi: 0.2}}\n    \
+                 for: 0s\n",
+                spec["score"].as_str().unwrap()
+            );
+            let text = manifest(PREDICTION, &name, &expected, remote.work.path(), &watched);
+            remote.write(&format!("deploy/{PREDICTION}.yaml"), text.as_bytes());
+            deployments.push((PREDICTION.to_owned(), case.clone(), expected.clone()));
             let text = manifest(&name, &name, &expected, remote.work.path(), &classification);
             remote.write(&format!("deploy/{name}.yaml"), text.as_bytes());
             deployments.push((REGRESSION.to_owned(), case.clone(), expected.clone()));
@@ -155,12 +194,24 @@ async fn every_public_case_matches_through_the_live_path() {
         let view = report_of(&server, name, rows.len() as u64).await;
         let report = &view["versions"][0];
         assert_eq!(report["window_rows"], rows.len(), "{name}: the window holds all of current.csv");
-        if name != REGRESSION {
+        if name == PREDICTION {
+            // The live predictions against the reference's: the statistics the CLI gives the score column.
+            let mut drift = report["prediction_drift"].clone();
+            assert_eq!(drift["column"], "cls_score", "{report}");
+            drift.as_object_mut().unwrap().remove("column");
+            compare(
+                &format!("{name}.prediction_drift"),
+                &expected["columns"]["cls_score"],
+                Some(&drift),
+                &mut mismatches,
+            );
+            assert!(report["columns"].get("cls_score").is_none(), "the prediction column is not a feature");
+        } else if name != REGRESSION {
             compared += compare_columns(name, expected, report, &mut mismatches);
         }
         let quality = &expected["quality"];
         let (side, label_key, metrics) = match name.as_str() {
-            QUALITY_CASE => ("binary_classification", "label", "classification"),
+            QUALITY_CASE | PREDICTION => ("binary_classification", "label", "classification"),
             REGRESSION => ("regression", "target", "regression"),
             _ => continue,
         };
@@ -176,5 +227,16 @@ async fn every_public_case_matches_through_the_live_path() {
     }
     assert!(mismatches.is_empty(), "{} mismatches:\n{}", mismatches.len(), mismatches.join("\n"));
     assert!(compared >= 30, "only {compared} columns compared");
+
+    // Accuracy 0.745 < 0.8 over 640 labelled predictions, and the score's PSI 0.334 > 0.2: both alerts fire.
+    let alerts = alerts_firing(&server, PREDICTION, 2).await;
+    let quality = alerts.iter().find(|a| a["name"] == "VaneQualityDrop").expect("quality alert");
+    assert_eq!((quality["statistic"].as_str(), quality["severity"].as_str()), (Some("accuracy"), Some("page")));
+    assert!(quality["summary"].as_str().unwrap().contains("accuracy 0.7453 below 0.8 over the last 640 labelled"));
+    let prediction = alerts.iter().find(|a| a["name"] == "VanePredictionDrift").expect("prediction alert");
+    assert_eq!(prediction["breaches"][0]["value"], expected_psi(&deployments));
+    let metrics = server.get("/metrics").await.body;
+    let gauge = format!(r#"vane_prediction_drift{{model="{PREDICTION}",version="1",statistic="psi"}}"#);
+    assert!(metrics.as_str().unwrap().contains(&gauge), "{gauge} is exported");
     server.stop().await;
 }

@@ -214,3 +214,42 @@ async fn labels_posted_later_join_predictions_by_request_id_into_quality() {
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_stops_being_served_leaves_the_metrics() {
+    let remote = GitRemote::with_breast_cancer();
+    set_monitoring(&remote, "  monitoring:\n    window_size: 190\n    min_samples: 100\n");
+    let data = tempfile::tempdir().unwrap();
+    let server = serve(remote.bare.path().display().to_string(), &data).await;
+    predict(&server, &reference_rows()[..100]).await;
+    report_after(&server, 100).await;
+    let series = [
+        r#"vane_monitor_window_rows{model="breast_cancer",version="2"}"#,
+        r#"vane_feature_drift{model="breast_cancer",version="2",feature="mean_radius",statistic="psi"}"#,
+        r#"vane_feature_drifted{model="breast_cancer",version="2",feature="mean_radius"}"#,
+    ];
+    let metrics = server.get("/metrics").await.body.as_str().unwrap().to_owned();
+    for s in series {
+        assert!(metrics.contains(s), "{s} is exported while version 2 is served");
+    }
+
+    // A commit that serves version 1 only: version 2's window and every series of it go.
+    let manifest = remote.manifest();
+    let (start, end) = (manifest.find("    - version: 2").unwrap(), manifest.find("    - version: 1").unwrap());
+    remote.write("deploy/breast-cancer.yaml", format!("{}{}", &manifest[..start], &manifest[end..]).as_bytes());
+    remote.push("serve version 1 only");
+    server.push_webhook().await;
+    let mut events = server.server.monitor_evaluations();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        events.borrow_and_update();
+        let metrics = server.get("/metrics").await.body.as_str().unwrap().to_owned();
+        if !metrics.contains(r#"version="2""#) {
+            break;
+        }
+        let waited = tokio::time::timeout_at(deadline, events.changed()).await;
+        waited.unwrap_or_else(|_| panic!("version 2's series are still exported:\n{metrics}")).unwrap();
+    }
+    assert_eq!(server.get("/api/v1/monitor/breast_cancer").await.body["versions"], json!([]));
+    server.stop().await;
+}

@@ -147,7 +147,7 @@ pub(super) async fn infer(
     };
     add_provenance(reply.headers_mut(), &loaded, revision.as_deref());
     if let (Some(monitor), Some(monitored), Some(cells)) = (&state.monitor, &resolved.monitored, observed) {
-        let predictions = request.id.as_ref().and_then(|_| monitored.predictions(&outputs));
+        let predictions = monitored.predictions(&outputs, request.id.is_some());
         monitor.offer(monitor::live::Observation {
             profile: Arc::clone(&monitored.profile),
             request_id: request.id.clone(),
