@@ -101,7 +101,7 @@ impl Monitored {
             .map(|(name, kind)| Ok((name.clone(), kind.parse::<ColumnKind>()?)))
             .collect::<Result<_, String>>()?;
         let identity = (model.name.clone(), version, revision.map(str::to_owned), Some(reference.sha256.clone()));
-        let profile = Profile::from_csv(&reference.path, identity, &kinds, settings).map_err(|e| e.to_string())?;
+        let profile = Profile::from_file(&reference.path, identity, &kinds, settings).map_err(|e| e.to_string())?;
         let layout = layout(&profile, signature)?;
         let key = (reference.sha256.clone(), model.monitoring.clone());
         let prediction_drift = monitoring.prediction.is_some();

@@ -14,12 +14,16 @@ mod drift_compare;
 use drift_compare::{cases, compare, compare_columns, expected};
 
 fn vane_drift(case: &Path, extra: &[String]) -> Value {
+    vane_drift_files(&case.join("reference.csv"), &case.join("current.csv"), extra)
+}
+
+fn vane_drift_files(reference: &Path, current: &Path, extra: &[String]) -> Value {
     let output = Command::new(env!("CARGO_BIN_EXE_vane"))
         .arg("drift")
         .arg("--reference")
-        .arg(case.join("reference.csv"))
+        .arg(reference)
         .arg("--current")
-        .arg(case.join("current.csv"))
+        .arg(current)
         .args(extra)
         .output()
         .expect("vane runs");
@@ -67,4 +71,27 @@ fn every_public_case_matches_through_the_cli() {
     }
     assert!(mismatches.is_empty(), "{} mismatches:\n{}", mismatches.len(), mismatches.join("\n"));
     assert!(compared >= 30, "only {compared} columns compared");
+}
+
+/// The same cases written as Parquet by pandas/pyarrow (`monitor/tests/parquet/make.py`: snappy and zstd, nulls for
+/// the empty cells) give the same report, field by field.
+#[test]
+fn parquet_files_give_the_same_report_as_csv() {
+    let parquet = Path::new(env!("CARGO_MANIFEST_DIR")).join("../monitor/tests/parquet");
+    let mut mismatches = Vec::new();
+    let mut read = 0;
+    for case in cases() {
+        let name = case.file_name().unwrap().to_string_lossy().to_string();
+        let reference = parquet.join(format!("{name}.reference.parquet"));
+        if !reference.is_file() {
+            continue;
+        }
+        read += 1;
+        let report = vane_drift_files(&reference, &parquet.join(format!("{name}.current.parquet")), &[]);
+        let expected = expected(&case);
+        assert_eq!(report["n_rows"], expected["n_rows"], "{name}");
+        assert!(compare_columns(&name, &expected, &report, &mut mismatches) >= 5, "{name}");
+    }
+    assert_eq!(read, 2, "p02 and p03 are committed as Parquet");
+    assert!(mismatches.is_empty(), "{} mismatches:\n{}", mismatches.len(), mismatches.join("\n"));
 }

@@ -370,7 +370,7 @@ pub fn typed_values(table: &Table, index: usize, kind: ColumnKind) -> Result<Val
         ReportError(format!(
             "{}: row {}, column {name:?}: {cell:?} is not {what} (the column is {})",
             table.path.display(),
-            Table::file_row(row),
+            table.file_row(row),
             match kind {
                 ColumnKind::Numeric => "numeric",
                 ColumnKind::Categorical => "categorical",

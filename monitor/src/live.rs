@@ -171,24 +171,14 @@ impl Observed {
 
 impl Profile {
     /// Builds the profile from the reference CSV. `kinds` overrides inferred column kinds. Blocking.
-    pub fn from_csv(
+    pub fn from_file(
         path: &std::path::Path,
         identity: (String, u64, Option<String>, Option<String>),
         kinds: &BTreeMap<String, ColumnKind>,
         settings: WindowSettings,
     ) -> Result<Self, ProfileError> {
         let error = |message: String| ProfileError { path: path.display().to_string(), message };
-        // Cached artifacts are named by digest, so the format shows only in the bytes: Parquet starts with PAR1.
-        let mut magic = [0u8; 4];
-        let is_parquet = std::fs::File::open(path)
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-            .is_ok_and(|()| &magic == b"PAR1");
-        if is_parquet {
-            return Err(error(
-                "is Parquet, which the monitor does not read yet; commit the reference as CSV".to_owned(),
-            ));
-        }
-        let table = Table::from_csv_path(path).map_err(|e| error(e.to_string()))?;
+        let table = Table::from_path(path).map_err(|e| error(e.to_string()))?;
         if table.rows == 0 {
             return Err(error("has no rows".to_owned()));
         }
@@ -742,18 +732,35 @@ mod tests {
     }
 
     #[test]
-    fn a_parquet_reference_is_refused_by_name_and_a_csv_one_is_typed() {
+    fn a_csv_reference_is_typed_and_a_parquet_one_gives_the_same_profile() {
         let dir = tempfile::tempdir().unwrap();
-        let parquet = dir.path().join("0123abcd");
-        std::fs::write(&parquet, b"PAR1\x15\x04binary").unwrap();
-        let error = Profile::from_csv(&parquet, identity(), &BTreeMap::new(), WindowSettings::default()).unwrap_err();
-        assert!(error
-            .to_string()
-            .ends_with("is Parquet, which the monitor does not read yet; commit the reference as CSV"));
         let csv = dir.path().join("ref");
         std::fs::write(&csv, "x,colour,flag\n1.5,red,0\n2.5,blue,1\n").unwrap();
-        let profile = Profile::from_csv(&csv, identity(), &BTreeMap::new(), WindowSettings::default()).unwrap();
+        let profile = Profile::from_file(&csv, identity(), &BTreeMap::new(), WindowSettings::default()).unwrap();
         let kinds: Vec<ColumnKind> = profile.features.iter().map(|f| f.kind).collect();
         assert_eq!(kinds, [ColumnKind::Numeric, ColumnKind::Categorical, ColumnKind::Binary]);
+
+        // The same data as Parquet (pandas/pyarrow, zstd; nulls for the empty cells), named by digest as in the
+        // artifact cache: only the bytes say it is Parquet.
+        let tests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+        let case = "p03_missing_and_constant";
+        let cached = dir.path().join("9f86d081884c7d65");
+        std::fs::copy(tests.join(format!("parquet/{case}.reference.parquet")), &cached).unwrap();
+        let settings = WindowSettings::default;
+        let from_csv = Profile::from_file(
+            &tests.join(format!("drift-cases/{case}/reference.csv")),
+            identity(),
+            &BTreeMap::new(),
+            settings(),
+        )
+        .unwrap();
+        let from_parquet = Profile::from_file(&cached, identity(), &BTreeMap::new(), settings()).unwrap();
+        assert_eq!(from_parquet.features, from_csv.features);
+        assert_eq!(from_parquet.reference, from_csv.reference);
+
+        // A file that starts like Parquet but is not is refused with the reader's reason.
+        std::fs::write(&cached, b"PAR1\x15\x04binary").unwrap();
+        let error = Profile::from_file(&cached, identity(), &BTreeMap::new(), settings()).unwrap_err().to_string();
+        assert!(error.contains("not a readable Parquet file"), "{error}");
     }
 }

@@ -52,13 +52,9 @@ pub fn parse_regression(text: &str) -> Result<RegressionSpec, String> {
     Ok(RegressionSpec { target: take("target")?, prediction: take("prediction")? })
 }
 
-/// Reads a table by its extension: CSV (Parquet is not read yet, and says so).
+/// Reads a table: Parquet when the file starts with Parquet's magic bytes, else CSV.
 pub fn read_table(path: &Path) -> Result<Table, String> {
-    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
-    if extension == "parquet" {
-        return Err(format!("{}: Parquet is not supported yet; convert it to CSV", path.display()));
-    }
-    Table::from_csv_path(path).map_err(|e| e.to_string())
+    Table::from_path(path).map_err(|e| e.to_string())
 }
 
 /// Reads both files (in parallel) and builds the report.

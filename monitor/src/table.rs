@@ -1,8 +1,11 @@
-//! Tables for drift reports: a CSV file read into columns of raw cells, typed later by [`crate::drift`]. An empty
-//! cell is a missing value and nothing else is (no `NA` or `null` tokens). Cells are kept in one string arena per
-//! column (an offset per cell), so 200,000 rows × 20 columns cost two allocations per column, not four million.
+//! Tables for drift reports: a CSV or Parquet file read into columns of raw cells, typed later by
+//! [`crate::drift`]. An empty cell is a missing value and nothing else is (no `NA` or `null` tokens); a Parquet null
+//! is an empty cell. Parquet values become the text that parses back to the same value: integers in decimal, floats
+//! in shortest round-trip form of the double (a FLOAT is widened exactly first), booleans as 1/0 (so a boolean column
+//! is binary), strings as they are. Cells are kept in one string arena per column (an offset per cell), so 200,000
+//! rows × 20 columns cost two allocations per column, not four million.
 //!
-//! Errors name the file, the row (1-based, the header is row 1) and the column.
+//! Errors name the file, the row (1-based; in a CSV the header is row 1) and the column.
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +19,8 @@ pub struct Table {
     /// The data rows (without the header).
     pub rows: usize,
     columns: Vec<CellColumn>,
+    /// Rows before the data in the file: 1 for a CSV's header, 0 for Parquet.
+    header_rows: usize,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -108,7 +113,57 @@ impl Table {
             }
             rows += 1;
         }
-        Ok(Self { path: path.to_owned(), names, rows, columns })
+        Ok(Self { path: path.to_owned(), names, rows, columns, header_rows: 1 })
+    }
+
+    /// Reads a Parquet file's top-level columns. Blocking. Nested columns (structs, lists, maps) and binary ones
+    /// are refused naming the column.
+    pub fn from_parquet_path(path: &Path) -> Result<Self, TableError> {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let read = |message: String| TableError::Read { path: path.to_owned(), message };
+        let file = std::fs::File::open(path).map_err(|e| read(e.to_string()))?;
+        let reader = SerializedFileReader::new(file).map_err(|e| read(format!("not a readable Parquet file: {e}")))?;
+        let names: Vec<String> =
+            reader.metadata().file_metadata().schema().get_fields().iter().map(|f| f.name().to_owned()).collect();
+        for (i, name) in names.iter().enumerate() {
+            if names[..i].contains(name) {
+                return Err(TableError::DuplicateColumn { path: path.to_owned(), name: name.clone() });
+            }
+        }
+        let mut columns = vec![CellColumn::default(); names.len()];
+        let mut rows = 0usize;
+        let rows_iter = reader.get_row_iter(None).map_err(|e| read(format!("not a readable Parquet file: {e}")))?;
+        for row in rows_iter {
+            let row = row.map_err(|e| read(format!("row {}: {e}", rows + 1)))?;
+            for (column, (name, field)) in columns.iter_mut().zip(row.get_column_iter()) {
+                push_field(&mut column.text, field).map_err(|what| {
+                    read(format!(
+                        "row {}, column {name:?}: {what} values are not supported; use numbers, strings or \
+                                  booleans",
+                        rows + 1
+                    ))
+                })?;
+                let end = u32::try_from(column.text.len())
+                    .map_err(|_| read("a column holds more than 4 GiB of text".to_owned()))?;
+                column.ends.push(end);
+            }
+            rows += 1;
+        }
+        Ok(Self { path: path.to_owned(), names, rows, columns, header_rows: 0 })
+    }
+
+    /// Reads a table by its contents: Parquet when the file starts with Parquet's magic bytes (`PAR1`), else CSV.
+    /// (Cached artifacts are named by digest, so only the bytes can tell.)
+    pub fn from_path(path: &Path) -> Result<Self, TableError> {
+        let mut magic = [0u8; 4];
+        let is_parquet = std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok_and(|()| &magic == b"PAR1");
+        if is_parquet {
+            Self::from_parquet_path(path)
+        } else {
+            Self::from_csv_path(path)
+        }
     }
 
     /// The index of column `name`.
@@ -127,10 +182,54 @@ impl Table {
         })
     }
 
-    /// The 1-based file row of data row `index` (the header is row 1), for error messages.
-    pub fn file_row(index: usize) -> usize {
-        index + 2
+    /// The 1-based file row of data row `index` (in a CSV the header is row 1), for error messages.
+    pub fn file_row(&self, index: usize) -> usize {
+        index + 1 + self.header_rows
     }
+}
+
+/// Appends a Parquet value as the text a CSV would hold for it; `Err` names a kind of value that has no such text.
+fn push_field(out: &mut String, field: &parquet::record::Field) -> Result<(), &'static str> {
+    use parquet::record::Field;
+    use std::fmt::Write;
+    // Writing into a String cannot fail.
+    let _ = match field {
+        Field::Null => Ok(()),
+        Field::Bool(b) => write!(out, "{}", u8::from(*b)),
+        Field::Byte(v) => write!(out, "{v}"),
+        Field::Short(v) => write!(out, "{v}"),
+        Field::Int(v) => write!(out, "{v}"),
+        Field::Long(v) => write!(out, "{v}"),
+        Field::UByte(v) => write!(out, "{v}"),
+        Field::UShort(v) => write!(out, "{v}"),
+        Field::UInt(v) => write!(out, "{v}"),
+        Field::ULong(v) => write!(out, "{v}"),
+        Field::Float16(v) => finite(out, f64::from(f32::from(*v))),
+        Field::Float(v) => finite(out, f64::from(*v)),
+        Field::Double(v) => finite(out, *v),
+        Field::Str(s) => {
+            out.push_str(s);
+            Ok(())
+        }
+        Field::Date(_) => return Err("date"),
+        Field::TimeMillis(_) | Field::TimeMicros(_) => return Err("time"),
+        Field::TimestampMillis(_) | Field::TimestampMicros(_) => return Err("timestamp"),
+        Field::Decimal(_) => return Err("decimal"),
+        Field::Bytes(_) => return Err("binary"),
+        Field::Group(_) => return Err("struct"),
+        Field::ListInternal(_) => return Err("list"),
+        Field::MapInternal(_) => return Err("map"),
+    };
+    Ok(())
+}
+
+/// A float as its shortest round-trip text; NaN (pandas' missing value) as an empty cell.
+fn finite(out: &mut String, value: f64) -> std::fmt::Result {
+    use std::fmt::Write;
+    if value.is_nan() {
+        return Ok(());
+    }
+    write!(out, "{value}")
 }
 
 #[cfg(test)]
