@@ -53,12 +53,31 @@ impl ModelConfig {
 
     /// Reads `<model_dir>/config.yaml` if it exists; no file means all defaults. Blocking.
     pub fn read(model_dir: &Path) -> Result<Self> {
+        Self::read_with_monitoring(model_dir).map(|(config, _)| config)
+    }
+
+    /// [`ModelConfig::read`], plus the file's optional `monitoring:` block (the manifest's
+    /// [`crate::manifest::Monitoring`]), which turns on drift monitoring in a model directory.
+    pub fn read_with_monitoring(model_dir: &Path) -> Result<(Self, Option<crate::manifest::Monitoring>)> {
         let path = model_dir.join(CONFIG_FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Self::from_yaml(&text, &path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(Error::ModelConfig { path, message: e.to_string() }),
-        }
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Self::default(), None)),
+            Err(e) => return Err(Error::ModelConfig { path, message: e.to_string() }),
+        };
+        let bad = |message: String| Error::ModelConfig { path: path.clone(), message };
+        let mut value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let monitoring = match value.as_mapping_mut().and_then(|m| m.remove("monitoring")) {
+            None => None,
+            Some(block) => Some(serde_yaml::from_value(block).map_err(|e| bad(format!("monitoring: {e}")))?),
+        };
+        // An empty file (or one holding only `monitoring:`) is the defaults.
+        let config = match &value {
+            serde_yaml::Value::Null => Self::default(),
+            serde_yaml::Value::Mapping(m) if m.is_empty() => Self::default(),
+            other => Self::from_yaml(&serde_yaml::to_string(other).map_err(|e| bad(e.to_string()))?, &path)?,
+        };
+        Ok((config, monitoring))
     }
 }
 

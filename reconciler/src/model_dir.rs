@@ -31,14 +31,40 @@ pub fn scan(dir: &Path) -> Result<DesiredState> {
         if versions.is_empty() {
             return Err(Error::NoVersions { model: name, path });
         }
-        let config = ModelConfig::read(&path)?;
-        models.push(DesiredModel { name, versions, config, ..DesiredModel::default() });
+        let (config, monitoring) = ModelConfig::read_with_monitoring(&path)?;
+        // Monitoring is opt-in (a `monitoring:` block in config.yaml), and then needs the reference data beside it.
+        let reference_data = match &monitoring {
+            None => None,
+            Some(_) => Some(reference_file(&path)?),
+        };
+        models.push(DesiredModel { name, versions, config, reference_data, monitoring });
     }
     if models.is_empty() {
         return Err(Error::Empty { dir: dir.to_path_buf() });
     }
     models.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(DesiredState { models, revision: None })
+}
+
+/// The files a model folder's reference data may be in, in the order they are looked for.
+pub const REFERENCE_FILES: [&str; 2] = ["reference.csv", "reference.parquet"];
+
+/// The model folder's reference data, hashed (the hash is its identity: the profile is rebuilt when it changes).
+fn reference_file(model_dir: &Path) -> Result<crate::CachedFile> {
+    use sha2::{Digest, Sha256};
+    let Some(path) = REFERENCE_FILES.iter().map(|f| model_dir.join(f)).find(|p| p.is_file()) else {
+        return Err(Error::ModelConfig {
+            path: model_dir.join(crate::model_config::CONFIG_FILE),
+            message: format!("monitoring needs the reference data beside it: {}", REFERENCE_FILES.join(" or ")),
+        });
+    };
+    let mut hasher = Sha256::new();
+    let mut file =
+        fs::File::open(&path).map_err(|e| Error::ModelConfig { path: path.clone(), message: e.to_string() })?;
+    std::io::copy(&mut file, &mut hasher)
+        .map_err(|e| Error::ModelConfig { path: path.clone(), message: e.to_string() })?;
+    let sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(crate::CachedFile { path, sha256 })
 }
 
 /// Whether `name` can be a model name: non-empty ASCII letters, digits, `_`, `-` and `.` (safe in a URL path).

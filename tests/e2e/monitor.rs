@@ -253,3 +253,36 @@ async fn a_version_that_stops_being_served_leaves_the_metrics() {
     assert_eq!(server.get("/api/v1/monitor/breast_cancer").await.body["versions"], json!([]));
     server.stop().await;
 }
+
+/// A model directory opts in with a `monitoring:` block in the model's config.yaml; the reference data is the
+/// folder's reference.csv. Without it no profile is built (a folder's reference.csv alone does not monitor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_directory_is_monitored_when_its_config_asks() {
+    let dir = crate::support::model_repo(&[
+        ("breast_cancer", "max_batch_size: 64\nmonitoring:\n  window_size: 150\n  min_samples: 100\n"),
+        ("digits", ""),
+    ]);
+    std::fs::copy(models_dir().join("breast_cancer/reference.csv"), dir.path().join("breast_cancer/reference.csv"))
+        .unwrap();
+    std::fs::copy(models_dir().join("digits/reference.csv"), dir.path().join("digits/reference.csv")).unwrap();
+    let server = TestServer::start_in(dir.path(), |_| {}).await;
+    predict(&server, &reference_rows()[..150]).await;
+    let view = report_after(&server, 150).await;
+    let report = &view["versions"][0];
+    assert_eq!(report["window_rows"], 150);
+    assert_eq!(report["data_sha256"], crate::support::sha256_of(&models_dir().join("breast_cancer/reference.csv")));
+    assert_eq!(report["dataset_drift"]["number_of_columns"], 30);
+    let digits = server.get("/api/v1/monitor/digits").await;
+    digits.assert_error(StatusCode::FORBIDDEN, &["a monitoring block in its config.yaml"]);
+
+    // A monitoring block without reference data beside it is refused at start, naming the file it wants.
+    let bad = crate::support::model_repo(&[("breast_cancer", "monitoring:\n  window_size: 10\n")]);
+    let mut config = gateway::ServeConfig::new("127.0.0.1:0".parse().unwrap(), bad.path().to_path_buf());
+    config.monitor_interval = Duration::from_millis(200);
+    let error = gateway::start(config).await.err().expect("refused").to_string();
+    assert!(
+        error.contains("monitoring needs the reference data beside it: reference.csv or reference.parquet"),
+        "{error}"
+    );
+    server.stop().await;
+}

@@ -86,7 +86,8 @@ pub(super) fn monitor(state: &AppState, model: &str) -> Result<HttpResponse, Api
     let (Some(monitor), true) = (&state.monitor, table.is_monitored(model)) else {
         return Err(ApiError::Disabled {
             what: "monitoring of this model",
-            how: "declare spec.reference_data in its manifest",
+            how: "declare spec.reference_data in its manifest (in a model directory: a monitoring block in its \
+                  config.yaml and reference.csv beside it)",
         });
     };
     #[derive(Serialize)]
