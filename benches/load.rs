@@ -132,7 +132,18 @@ struct VaneProcess {
 impl VaneProcess {
     fn start(binary: &Path, extra: &[&str]) -> Result<Self> {
         let mut child = Command::new(binary)
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--poll-interval", "0", "--model-dir"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--poll-interval",
+                "0",
+                "--model-dir",
+            ])
             .arg(root().join("models"))
             .args(extra)
             .env("RUST_LOG", "warn,gateway=info")

@@ -19,7 +19,7 @@ LUA
 
 run() { # $1: extra flag; prints requests/s
   # Port 0: the demo prints its address once it is ready (after its first sync), which is the readiness signal.
-  target/release/vane demo --no-traffic --listen 127.0.0.1:0 $1 >"$scratch/out" 2>"$scratch/err" &
+  target/release/vane demo --no-traffic --listen 127.0.0.1:0 --grpc-listen off $1 >"$scratch/out" 2>"$scratch/err" &
   local pid=$! port=""
   for _ in $(seq 1 300); do # bounded at 30 s
     port=$(grep -oE 'on http://127\.0\.0\.1:[0-9]+' "$scratch/out" | head -1 | sed 's/.*://') || true

@@ -69,7 +69,18 @@ fn measure(vane: &Path, webhook: bool, poll: &str, model: &str, features: usize)
     };
     publish(&mut manifest, 1)?;
     let mut child = Command::new(vane)
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--poll-interval", poll, "--repo"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--poll-interval",
+            poll,
+            "--repo",
+        ])
         .arg(&bare)
         .arg("--data-dir")
         .arg(dir.path().join("data"))

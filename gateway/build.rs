@@ -21,6 +21,7 @@ const MEMBER: &str = "onnxruntime/capi/libonnxruntime.so.1.31.1";
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    compile_protos();
     println!("cargo:rerun-if-env-changed=ORT_DYLIB_PATH");
     println!("cargo:rerun-if-env-changed=VANE_PYTHON");
 
@@ -85,4 +86,17 @@ fn run(command: &mut Command) -> Result<(), String> {
     } else {
         Err(format!("{command:?} failed ({}):\n{}", output.status, String::from_utf8_lossy(&output.stderr)))
     }
+}
+
+/// Generates the gRPC service from `proto/grpc_service.proto`: protox parses it (no system `protoc`), and
+/// tonic-prost-build writes the messages and the server and client code into OUT_DIR.
+fn compile_protos() {
+    println!("cargo:rerun-if-changed=proto/grpc_service.proto");
+    let descriptors = protox::compile(["proto/grpc_service.proto"], ["proto"])
+        .unwrap_or_else(|e| panic!("proto/grpc_service.proto: {e}"));
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(descriptors)
+        .unwrap_or_else(|e| panic!("generating the gRPC code: {e}"));
 }

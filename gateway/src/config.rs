@@ -14,6 +14,8 @@ use crate::stack::Limits;
 pub struct ServeConfig {
     /// Where to listen for HTTP; port 0 picks a free one.
     pub listen: SocketAddr,
+    /// Where to serve the V2 protocol over gRPC, if at all; port 0 picks a free one.
+    pub grpc_listen: Option<SocketAddr>,
     /// The Triton-style model repository to serve.
     pub model_dir: PathBuf,
     /// The edge's bounds.
@@ -43,6 +45,9 @@ pub const DEFAULT_MONITOR_INTERVAL: Duration = Duration::from_secs(5);
 /// The default listen address: loopback, so a first run exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
+/// The default gRPC listen address: Triton's port after the HTTP one, loopback as well.
+pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:8081";
+
 /// The default shutdown grace: long enough for any in-flight inference here, short enough for Kubernetes' default
 /// 30 s termination grace period.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -58,6 +63,7 @@ impl ServeConfig {
     pub fn new(listen: SocketAddr, model_dir: PathBuf) -> Self {
         Self {
             listen,
+            grpc_listen: None,
             model_dir,
             limits: Limits::default(),
             models: ModelSettings::default(),

@@ -13,6 +13,7 @@ pub mod config;
 pub mod demo;
 pub mod errors;
 pub mod gitops;
+pub mod grpc;
 pub mod infer;
 pub mod metrics;
 pub mod observe;
@@ -72,6 +73,8 @@ pub enum StartError {
 /// A running gateway: its address, its registry, and the handle to stop it.
 pub struct Server {
     addr: SocketAddr,
+    grpc_addr: Option<SocketAddr>,
+    grpc: Option<JoinHandle<()>>,
     registry: Arc<Registry>,
     loader: ModelLoader,
     /// Cancelled to begin shutdown (by a signal handler or [`Server::stop`]).
@@ -151,8 +154,21 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
     state.controller = controller.clone();
     state.webhook_secret = config.gitops.as_ref().and_then(|g| g.webhook_secret.clone());
     state.admin_token = config.gitops.as_ref().and_then(|g| g.admin_token.clone());
-    let service = stack::build(Arc::new(state), &config.limits);
+    if config.gitops.is_none() {
+        state.model_dir = Some(routes::ModelDirControl { dir: config.model_dir.clone(), loader: loader.clone() });
+    }
+    let state = Arc::new(state);
+    let service = stack::build(Arc::clone(&state), &config.limits);
     let stop_accepting = CancellationToken::new();
+    let (grpc_addr, grpc) = match config.grpc_listen {
+        None => (None, None),
+        Some(listen) => {
+            let listener = grpc::bind(listen).await.map_err(|source| StartError::Bind { addr: listen, source })?;
+            let bound = listener.local_addr().map_err(|source| StartError::Bind { addr: listen, source })?;
+            let task = grpc::serve(listener, Arc::clone(&state), stop_accepting.clone(), config.shutdown_grace);
+            (Some(bound), Some(tokio::spawn(task)))
+        }
+    };
     let (accepting_tx, accepting) = watch::channel(true);
     let serving =
         tokio::spawn(server::serve(listener, service, stop_accepting.clone(), accepting_tx, config.shutdown_grace));
@@ -170,9 +186,11 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
         tokio::spawn(watch)
     });
     let background = poller.into_iter().chain(controller_task).collect();
-    tracing::info!(%addr, models = ?registry.snapshot().names().collect::<Vec<_>>(), "vane is serving");
+    tracing::info!(%addr, grpc = ?grpc_addr, models = ?registry.snapshot().names().collect::<Vec<_>>(), "vane is serving");
     Ok(Server {
         addr,
+        grpc_addr,
+        grpc,
         registry,
         loader,
         shutdown,
@@ -193,6 +211,11 @@ impl Server {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The gRPC server's bound address, when it serves gRPC.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_addr
     }
 
     /// The served model set.
@@ -235,12 +258,18 @@ impl Server {
     /// requests finish within the grace period, the poller stops, the models are dropped and their worker threads
     /// are waited for. Returns whether every worker thread exited within the grace period.
     pub async fn run_until_stopped(self) -> bool {
-        let Self { registry, loader, shutdown, stop_accepting, serving, background, grace, .. } = self;
+        let Self { registry, loader, shutdown, stop_accepting, serving, grpc, background, grace, .. } = self;
         shutdown.cancelled().await;
         registry.set_not_ready();
         stop_accepting.cancel();
         if let Err(error) = serving.await {
             tracing::error!(%error, "the accept loop failed");
+        }
+        if let Some(Err(error)) = match grpc {
+            Some(task) => Some(task.await),
+            None => None,
+        } {
+            tracing::error!(%error, "the gRPC server failed");
         }
         for task in background {
             // A sync may be inside a Git operation or a load; it gets the grace period, then is stopped.

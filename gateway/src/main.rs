@@ -189,6 +189,9 @@ struct RunArgs {
     /// Address to listen on for HTTP.
     #[arg(long, env = "VANE_LISTEN", default_value = config::DEFAULT_LISTEN)]
     listen: SocketAddr,
+    /// Address to serve the V2 protocol over gRPC on (`off`: no gRPC).
+    #[arg(long, env = "VANE_GRPC_LISTEN", default_value = config::DEFAULT_GRPC_LISTEN, value_parser = parse_grpc_listen)]
+    grpc_listen: GrpcListen,
     /// Largest request body accepted, in bytes (larger gets 413).
     #[arg(long, env = "VANE_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
     max_body_bytes: usize,
@@ -276,9 +279,21 @@ impl ServeArgs {
 /// push within seconds, and a webhook makes it immediate.
 const DEFAULT_GIT_POLL_INTERVAL: Duration = Duration::from_secs(15);
 
+/// `--grpc-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct GrpcListen(Option<SocketAddr>);
+
+fn parse_grpc_listen(text: &str) -> Result<GrpcListen, String> {
+    if text == "off" {
+        return Ok(GrpcListen(None));
+    }
+    text.parse().map(|a| GrpcListen(Some(a))).map_err(|e| format!("{e} (an address like 127.0.0.1:8081, or off)"))
+}
+
 impl RunArgs {
     fn config(&self, model_dir: PathBuf) -> ServeConfig {
         let mut config = ServeConfig::new(self.listen, model_dir);
+        config.grpc_listen = self.grpc_listen.0;
         config.limits = Limits {
             max_body_bytes: self.max_body_bytes,
             request_timeout: self.request_timeout,

@@ -44,6 +44,12 @@ pub struct Registry {
     ready: AtomicBool,
     /// Counts stores, so a caller can wait for the next one instead of polling.
     generation: watch::Sender<u64>,
+    /// Serialises writers: the directory poller, the reconciler and manual repository calls each build a whole table
+    /// from the current one, so two at once would lose one's change.
+    writer: tokio::sync::Mutex<()>,
+    /// Models unloaded through the repository API (model-directory mode): left out of every desired state until
+    /// loaded again, so the poller does not bring them back.
+    unloaded: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 // === impl ModelTable ===
@@ -164,7 +170,33 @@ impl Registry {
             table: ArcSwap::from_pointee(ModelTable::default()),
             ready: AtomicBool::new(false),
             generation: watch::Sender::new(0),
+            writer: tokio::sync::Mutex::new(()),
+            unloaded: std::sync::Mutex::default(),
         }
+    }
+
+    /// Marks `model` as unloaded by hand (left out of desired states) or, with `false`, as wanted again.
+    pub fn set_unloaded(&self, model: &str, unloaded: bool) {
+        if let Ok(mut set) = self.unloaded.lock() {
+            if unloaded {
+                set.insert(model.to_owned());
+            } else {
+                set.remove(model);
+            }
+        }
+    }
+
+    /// Whether `model` was unloaded by hand.
+    pub fn is_unloaded(&self, model: &str) -> bool {
+        self.unloaded.lock().is_ok_and(|set| set.contains(model))
+    }
+
+    /// `desired` without the models unloaded by hand.
+    pub fn without_unloaded(&self, mut desired: DesiredState) -> DesiredState {
+        if let Ok(set) = self.unloaded.lock() {
+            desired.models.retain(|m| !set.contains(&m.name));
+        }
+        desired
     }
 
     /// A receiver that sees the number of tables stored so far, and each new one.
@@ -177,8 +209,9 @@ impl Registry {
     /// the versions they hold; replaced versions drain and stop when their last request completes. If any model fails
     /// to load, nothing changes and the error is returned. Returns whether the served set changed.
     ///
-    /// There is one writer: callers (the model-directory poller, later the reconciler) must not apply concurrently.
+    /// Writers are serialised: a second `apply` waits for the first to store (or fail) and builds on its result.
     pub async fn apply(&self, loader: &ModelLoader, desired: DesiredState) -> Result<bool, LoadError> {
+        let _writer = self.writer.lock().await;
         let current = self.snapshot();
         let loader = loader.clone();
         let built =

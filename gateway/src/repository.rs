@@ -52,7 +52,7 @@ pub async fn poll_model_dir(
             tokio::task::spawn_blocking(move || reconciler::model_dir::scan(&dir)).await
         };
         let desired = match scanned {
-            Ok(Ok(desired)) => desired,
+            Ok(Ok(desired)) => registry.without_unloaded(desired),
             Ok(Err(error)) => {
                 record_failure(&status, &mut last_tried, None, error.to_string());
                 continue;

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use http::Request;
 use hyper::body::Incoming;
-use tokio::sync::Semaphore;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::load_shed::error::Overloaded;
 use tower::timeout::error::Elapsed;
@@ -61,7 +60,8 @@ impl Default for Limits {
 /// Builds the stack around the router.
 pub fn build(state: Arc<AppState>, limits: &Limits) -> HttpService {
     let timeout = limits.request_timeout;
-    let semaphore = Arc::new(Semaphore::new(limits.max_concurrent_requests.get()));
+    // Shared with the gRPC server: one limit on requests in flight, whichever door they came in by.
+    let semaphore = Arc::clone(&state.concurrency);
     let service = ServiceBuilder::new()
         .map_result(move |result: Result<HttpResponse, BoxError>| Ok::<_, BoxError>(rescue(result, timeout)))
         .timeout(timeout)

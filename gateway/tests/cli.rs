@@ -36,7 +36,7 @@ fn assert_one_line_failure(output: &Output, needles: &[&str]) {
 }
 
 fn serve_args(model_dir: &Path) -> Vec<String> {
-    ["serve", "--listen", "127.0.0.1:0", "--model-dir"]
+    ["serve", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--model-dir"]
         .iter()
         .map(|s| (*s).to_owned())
         .chain([model_dir.display().to_string()])

@@ -6,6 +6,7 @@ mod dashboard;
 mod drift_compare;
 mod errors;
 mod gitops;
+mod grpc;
 mod hotpath;
 mod live_drift_cases;
 mod monitor;

@@ -2,6 +2,7 @@
 
 mod admin;
 mod json;
+mod repository;
 mod v2;
 
 use std::sync::Arc;
@@ -19,6 +20,8 @@ use crate::registry::Registry;
 use crate::stack::Limits;
 
 pub use json::{decode_request, encode_response, BinaryOutputs, InferRequest, InferResponse};
+pub use repository::{repository_index, repository_load, repository_unload, IndexEntry, ModelDirControl};
+pub(crate) use v2::{run_inference, EXTENSIONS, PLATFORM};
 
 /// The response type of every route.
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -43,6 +46,10 @@ pub struct AppState {
     pub monitor: Option<monitor::live::Monitor>,
     /// The monitor's gauges (quality is set when labels arrive).
     pub monitor_metrics: crate::metrics::monitor_series::MonitorMetrics,
+    /// Requests in flight across REST and gRPC; beyond its permits, 503 (UNAVAILABLE) at once.
+    pub concurrency: Arc<tokio::sync::Semaphore>,
+    /// Model-directory mode: what loading and unloading by hand need.
+    pub model_dir: Option<ModelDirControl>,
 }
 
 impl AppState {
@@ -58,6 +65,8 @@ impl AppState {
             metrics: Arc::default(),
             monitor: None,
             monitor_metrics: crate::metrics::monitor_series::MonitorMetrics::default(),
+            concurrency: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_requests.get())),
+            model_dir: None,
         }
     }
 }
@@ -94,6 +103,9 @@ where
         ["v2", "models", model, "stats"] => Route::ModelStats(model, None),
         ["v2", "models", model, "versions", version, "stats"] => Route::ModelStats(model, Some(version)),
         ["v2", "models", model, "infer"] => Route::Infer(model, None),
+        ["v2", "repository", "index"] => Route::RepositoryIndex,
+        ["v2", "repository", "models", model, "load"] => Route::RepositoryLoad(model),
+        ["v2", "repository", "models", model, "unload"] => Route::RepositoryUnload(model),
         ["api", "v1", "status"] => Route::Status,
         ["metrics"] => Route::Metrics,
         ["api", "v1", "monitor", model] => Route::Monitor(model),
@@ -106,8 +118,17 @@ where
         ["v2", "models", model, "versions", version, "infer"] => Route::Infer(model, Some(version)),
         _ => return Err(ApiError::RouteNotFound { path: path.to_owned() }),
     };
-    let wanted = if matches!(route, Route::Infer(..) | Route::Webhook | Route::Sync | Route::Rollback | Route::Feedback)
-    {
+    let wanted = if matches!(
+        route,
+        Route::Infer(..)
+            | Route::Webhook
+            | Route::Sync
+            | Route::Rollback
+            | Route::Feedback
+            | Route::RepositoryIndex
+            | Route::RepositoryLoad(_)
+            | Route::RepositoryUnload(_)
+    ) {
         Method::POST
     } else {
         Method::GET
@@ -150,6 +171,24 @@ where
             let body = read_body(request.into_body(), state.max_body_bytes).await?;
             admin::rollback(state, &headers, &body).await
         }
+        Route::RepositoryIndex => {
+            // Triton's client sends an empty body; `{}` and `{"ready": true}` are accepted too.
+            let body = read_body(request.into_body(), state.max_body_bytes).await?;
+            let asked: repository::IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
+                repository::IndexRequest::default()
+            } else {
+                serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson { message: e.to_string() })?
+            };
+            Ok(json_response(StatusCode::OK, &repository_index(state, asked.ready)))
+        }
+        Route::RepositoryLoad(model) => {
+            let model = model.to_owned();
+            repository_load(state, &model).await.map(|()| empty_ok())
+        }
+        Route::RepositoryUnload(model) => {
+            let model = model.to_owned();
+            repository_unload(state, &model).await.map(|()| empty_ok())
+        }
         Route::Infer(model, version) => {
             let (model, version) = (model.to_owned(), version.map(str::to_owned));
             let header_length = binary_header_length(request.headers())?;
@@ -167,6 +206,9 @@ enum Route<'a> {
     ModelReady(&'a str, Option<&'a str>),
     ModelStats(&'a str, Option<&'a str>),
     Infer(&'a str, Option<&'a str>),
+    RepositoryIndex,
+    RepositoryLoad(&'a str),
+    RepositoryUnload(&'a str),
     Status,
     Monitor(&'a str),
     Alerts,
@@ -205,6 +247,11 @@ fn binary_header_length(headers: &http::HeaderMap) -> Result<Option<usize>, ApiE
     value.to_str().ok().and_then(|v| v.trim().parse().ok()).map(Some).ok_or_else(|| ApiError::InvalidBinary {
         message: format!("Inference-Header-Content-Length must be a byte count, got {value:?}"),
     })
+}
+
+/// A 200 with an empty body (Triton's answer to load and unload).
+fn empty_ok() -> HttpResponse {
+    Response::new(Full::new(Bytes::new()))
 }
 
 /// A JSON response.

@@ -9,14 +9,14 @@ use serde::Serialize;
 use http::header::CONTENT_TYPE;
 use http::HeaderValue;
 
-use super::json::{decode_request, encode_response, InferResponse};
+use super::json::{decode_request, encode_response, InferRequest, InferResponse};
 use super::{json_response, AppState, HttpResponse};
 use crate::errors::ApiError;
-use crate::infer::{LoadedModel, TensorSpec};
-use crate::registry::Registry;
+use crate::infer::{Incoming, LoadedModel, Tensor, TensorSpec};
+use crate::registry::{Registry, Resolved};
 
 /// The platform name for ONNX models, as Triton reports it.
-const PLATFORM: &str = "onnxruntime_onnx";
+pub(crate) const PLATFORM: &str = "onnxruntime_onnx";
 
 #[derive(Serialize)]
 struct ServerMetadata {
@@ -27,7 +27,7 @@ struct ServerMetadata {
 }
 
 /// The protocol extensions Vane implements, as Triton names them.
-const EXTENSIONS: &[&str] = &["binary_tensor_data"];
+pub(crate) const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_repository"];
 
 pub(super) fn server_metadata() -> HttpResponse {
     json_response(
@@ -114,21 +114,11 @@ pub(super) async fn infer(
 ) -> Result<HttpResponse, ApiError> {
     // One load of the model set; the guard is gone before the await below, the Arc keeps the version alive.
     let resolved = state.registry.resolve_served(model, version)?;
-    let (loaded, revision) = (resolved.loaded, resolved.revision);
-    let incoming = loaded.incoming();
-    let signature = loaded.signature();
-    let request = decode_request(body, header_length, Some(signature))?;
-    // The client's own `timeout` (Triton's parameter, in microseconds) can only shorten the server's.
-    let client_deadline = request.timeout.is_some_and(|t| t < state.request_timeout);
-    let budget = request.timeout.map_or(state.request_timeout, |t| t.min(state.request_timeout));
-    let inputs = signature.check_inputs(request.inputs)?;
-    let selected: Arc<[usize]> = signature.select_outputs(request.outputs.iter().map(String::as_str))?.into();
-    // Only a valid request is sampled; a sampled one copies its inputs for the monitor, the rest pay one counter.
-    let observed = match (&state.monitor, &resolved.monitored) {
-        (Some(_), Some(monitored)) => monitored.sample(&inputs),
-        _ => None,
-    };
-    let outputs = loaded.infer(incoming, inputs, selected, arrived + budget, client_deadline).await?;
+    // Counted as on its way to the batcher from before decoding, so a batch being formed can wait for it.
+    let incoming = resolved.loaded.incoming();
+    let request = decode_request(body, header_length, Some(resolved.loaded.signature()))?;
+    let (request, outputs) = run_inference(state, &resolved, incoming, request, arrived).await?;
+    let loaded = &resolved.loaded;
     let mut response = InferResponse {
         model_name: loaded.name(),
         model_version: loaded.version().to_string(),
@@ -145,7 +135,33 @@ pub(super) async fn infer(
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"))
         }
     };
-    add_provenance(reply.headers_mut(), &loaded, revision.as_deref());
+    add_provenance(reply.headers_mut(), loaded, resolved.revision.as_deref());
+    Ok(reply)
+}
+
+/// The protocol-neutral part of an inference, shared by REST and gRPC: checks the decoded request against the
+/// model, samples it for the monitor, runs it through the version's batcher and offers the observation (never
+/// awaited). Returns the request (its inputs taken) and the selected outputs.
+pub(crate) async fn run_inference(
+    state: &AppState,
+    resolved: &Resolved,
+    incoming: Incoming<'_>,
+    mut request: InferRequest,
+    arrived: Instant,
+) -> Result<(InferRequest, Vec<Tensor>), ApiError> {
+    let loaded = &resolved.loaded;
+    let signature = loaded.signature();
+    // The client's own `timeout` (Triton's parameter, in microseconds) can only shorten the server's.
+    let client_deadline = request.timeout.is_some_and(|t| t < state.request_timeout);
+    let budget = request.timeout.map_or(state.request_timeout, |t| t.min(state.request_timeout));
+    let inputs = signature.check_inputs(std::mem::take(&mut request.inputs))?;
+    let selected: Arc<[usize]> = signature.select_outputs(request.outputs.iter().map(String::as_str))?.into();
+    // Only a valid request is sampled; a sampled one copies its inputs for the monitor, the rest pay one counter.
+    let observed = match (&state.monitor, &resolved.monitored) {
+        (Some(_), Some(monitored)) => monitored.sample(&inputs),
+        _ => None,
+    };
+    let outputs = loaded.infer(incoming, inputs, selected, arrived + budget, client_deadline).await?;
     if let (Some(monitor), Some(monitored), Some(cells)) = (&state.monitor, &resolved.monitored, observed) {
         let predictions = monitored.predictions(&outputs, request.id.is_some());
         monitor.offer(monitor::live::Observation {
@@ -156,7 +172,7 @@ pub(super) async fn infer(
             predictions,
         });
     }
-    Ok(reply)
+    Ok((request, outputs))
 }
 
 /// What served the prediction, when it came from Git: the commit, the model's sha256 and the reference data's.

@@ -1,0 +1,388 @@
+//! The V2 protocol over gRPC: `inference.GRPCInferenceService` (tonic), on its own port. It is a second front door
+//! to the same house: the same registry (one `ArcSwap` load per request), the same batcher and bounded queues, the
+//! same global in-flight limit as REST, the same monitor, and the same errors, mapped to gRPC status codes by
+//! [`status`]. Tensors arrive typed (`contents`) or raw (`raw_input_contents`, the binary extension's layout);
+//! answers always go back raw (`raw_output_contents`), as Triton's do, which every V2 gRPC client reads.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::errors::ApiError;
+use crate::infer::{DataType, Tensor, TensorData};
+use crate::routes::{run_inference, AppState, BinaryOutputs, InferRequest};
+
+/// The code generated from `proto/grpc_service.proto`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("inference");
+}
+
+use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use proto::model_infer_request::InferInputTensor;
+use proto::model_infer_response::InferOutputTensor;
+use proto::{infer_parameter::ParameterChoice, InferTensorContents, ModelInferRequest, ModelInferResponse};
+
+/// Requests of one `ModelStreamInfer` stream that may be in flight at once; the stream is not read further until one
+/// finishes, so a fast sender is slowed down (HTTP/2 flow control) rather than buffered without bound.
+const STREAM_IN_FLIGHT: usize = 64;
+
+/// The service: the routes' shared state.
+pub struct Grpc {
+    state: Arc<AppState>,
+}
+
+/// Serves gRPC on `listener` until `shutdown`, then lets calls in flight finish for up to `grace`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let max_message = state.max_body_bytes;
+    let timeout = state.request_timeout;
+    let service = GrpcInferenceServiceServer::new(Grpc { state })
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(usize::MAX);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let signal = shutdown.clone();
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .timeout(timeout)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, async move { signal.cancelled().await });
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => {
+            if let Err(error) = result {
+                tracing::error!(%error, "the gRPC server failed");
+            }
+            return;
+        }
+        () = shutdown.cancelled() => {}
+    }
+    if tokio::time::timeout(grace, server).await.is_err() {
+        tracing::warn!(grace_ms = grace.as_millis(), "gRPC grace period over; closing the remaining streams");
+    }
+}
+
+/// Binds the gRPC listener.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+/// The gRPC status of an error: the HTTP status REST would answer, in gRPC's terms, with the same message.
+pub fn status(error: &ApiError) -> Status {
+    use http::StatusCode as S;
+    let message = error.to_string();
+    match error.status() {
+        S::BAD_REQUEST => Status::invalid_argument(message),
+        S::NOT_FOUND => Status::not_found(message),
+        S::PAYLOAD_TOO_LARGE => Status::resource_exhausted(message),
+        S::SERVICE_UNAVAILABLE => Status::unavailable(message),
+        S::GATEWAY_TIMEOUT => Status::deadline_exceeded(message),
+        S::FORBIDDEN => Status::permission_denied(message),
+        S::UNAUTHORIZED => Status::unauthenticated(message),
+        S::CONFLICT => Status::failed_precondition(message),
+        S::METHOD_NOT_ALLOWED => Status::unimplemented(message),
+        _ => Status::internal(message),
+    }
+}
+
+impl Grpc {
+    /// One inference, from the wire message to the wire message.
+    async fn infer(&self, request: ModelInferRequest) -> Result<ModelInferResponse, ApiError> {
+        let arrived = Instant::now();
+        // The same global in-flight limit as REST: beyond it, refuse at once rather than queue.
+        let _permit = self.state.concurrency.clone().try_acquire_owned().map_err(|_| ApiError::Overloaded)?;
+        let version = (!request.model_version.is_empty()).then_some(request.model_version.as_str());
+        let resolved = self.state.registry.resolve_served(&request.model_name, version)?;
+        let incoming = resolved.loaded.incoming();
+        let decoded = decode(request, resolved.loaded.signature())?;
+        let (decoded, outputs) = run_inference(&self.state, &resolved, incoming, decoded, arrived).await?;
+        let loaded = &resolved.loaded;
+        let mut raw_output_contents = Vec::with_capacity(outputs.len());
+        let mut tensors = Vec::with_capacity(outputs.len());
+        for output in outputs {
+            let mut raw = Vec::with_capacity(output.data.raw_len());
+            output.data.write_raw(&mut raw);
+            raw_output_contents.push(raw);
+            tensors.push(InferOutputTensor {
+                datatype: output.data.datatype().as_str().to_owned(),
+                shape: output.shape.iter().map(|&d| i64::try_from(d).unwrap_or(i64::MAX)).collect(),
+                name: output.name,
+                parameters: HashMap::new(),
+                contents: None,
+            });
+        }
+        Ok(ModelInferResponse {
+            model_name: loaded.name().to_owned(),
+            model_version: loaded.version().to_string(),
+            id: decoded.id.unwrap_or_default(),
+            parameters: HashMap::new(),
+            outputs: tensors,
+            raw_output_contents,
+        })
+    }
+}
+
+/// A `ModelInferRequest` as the protocol-neutral request, checked as REST checks JSON: a datatype that differs from
+/// the model's is refused before the data, and the data must fill the shape exactly.
+fn decode(request: ModelInferRequest, signature: &crate::infer::Signature) -> Result<InferRequest, ApiError> {
+    let ModelInferRequest { id, parameters, inputs, outputs, raw_input_contents, .. } = request;
+    if !raw_input_contents.is_empty() && raw_input_contents.len() != inputs.len() {
+        return Err(ApiError::InvalidBinary {
+            message: format!(
+                "{} raw_input_contents for {} inputs; send one per input, in order, or none",
+                raw_input_contents.len(),
+                inputs.len()
+            ),
+        });
+    }
+    let mut raw = raw_input_contents.into_iter();
+    let tensors =
+        inputs.into_iter().map(|input| decode_input(input, raw.next(), signature)).collect::<Result<Vec<_>, _>>()?;
+    let timeout = match parameters.get("timeout").and_then(|p| p.parameter_choice.as_ref()) {
+        None => None,
+        Some(ParameterChoice::Int64Param(us)) if *us >= 0 => Some(Duration::from_micros(us.unsigned_abs())),
+        Some(ParameterChoice::Uint64Param(us)) => Some(Duration::from_micros(*us)),
+        Some(_) => {
+            return Err(ApiError::InvalidParameter {
+                name: "timeout",
+                message: "must be a whole number of microseconds",
+            })
+        }
+    };
+    Ok(InferRequest {
+        id: (!id.is_empty()).then_some(id),
+        inputs: tensors,
+        outputs: outputs.into_iter().map(|o| o.name).collect(),
+        timeout,
+        binary: BinaryOutputs::default(),
+    })
+}
+
+fn decode_input(
+    input: InferInputTensor,
+    raw: Option<Vec<u8>>,
+    signature: &crate::infer::Signature,
+) -> Result<Tensor, ApiError> {
+    let InferInputTensor { name, datatype, shape, contents, .. } = input;
+    let invalid = |message: String| ApiError::InvalidData { input: name.clone(), message };
+    let Some(dtype) = DataType::parse(&datatype) else {
+        let known: Vec<&str> = DataType::ALL.iter().map(|t| t.as_str()).collect();
+        return Err(invalid(format!("unknown datatype '{datatype}'; V2 datatypes are {}", known.join(", "))));
+    };
+    if let Some(spec) = signature.inputs.iter().find(|s| s.name == name).filter(|s| s.datatype != dtype) {
+        return Err(ApiError::DatatypeMismatch { input: name, expected: spec.datatype, got: datatype });
+    }
+    let shape: Vec<usize> = shape
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| invalid(format!("shape {shape:?} has a negative dimension"))))
+        .collect::<Result<_, _>>()?;
+    let expected = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| invalid(format!("shape {shape:?} is too large")))?;
+    let data = match (raw, contents) {
+        (Some(_), Some(contents)) if contents != InferTensorContents::default() => {
+            return Err(invalid("has both contents and raw_input_contents; send one".to_owned()));
+        }
+        (Some(bytes), _) => TensorData::from_raw(dtype, &bytes, expected).map_err(&invalid)?,
+        (None, Some(contents)) => typed(dtype, contents).map_err(&invalid)?,
+        (None, None) => return Err(invalid("has no contents and no raw_input_contents".to_owned())),
+    };
+    if data.len() != expected {
+        return Err(ApiError::ElementCount { input: name, shape, expected, got: data.len() });
+    }
+    Ok(Tensor { name, shape, data })
+}
+
+/// Typed contents as tensor data: the field the protocol assigns to the datatype, with values checked to fit.
+fn typed(datatype: DataType, c: InferTensorContents) -> Result<TensorData, String> {
+    fn narrow<T: TryFrom<W>, W: Copy + std::fmt::Display>(values: Vec<W>, name: &str) -> Result<Vec<T>, String> {
+        values.into_iter().map(|v| T::try_from(v).map_err(|_| format!("{v} does not fit {name}"))).collect()
+    }
+    Ok(match datatype {
+        DataType::Bool => TensorData::Bool(c.bool_contents),
+        DataType::Int8 => TensorData::Int8(narrow(c.int_contents, "INT8")?),
+        DataType::Int16 => TensorData::Int16(narrow(c.int_contents, "INT16")?),
+        DataType::Int32 => TensorData::Int32(c.int_contents),
+        DataType::Int64 => TensorData::Int64(c.int64_contents),
+        DataType::Uint8 => TensorData::Uint8(narrow(c.uint_contents, "UINT8")?),
+        DataType::Uint16 => TensorData::Uint16(narrow(c.uint_contents, "UINT16")?),
+        DataType::Uint32 => TensorData::Uint32(c.uint_contents),
+        DataType::Uint64 => TensorData::Uint64(c.uint64_contents),
+        DataType::Fp32 => TensorData::Fp32(c.fp32_contents),
+        DataType::Fp64 => TensorData::Fp64(c.fp64_contents),
+        DataType::Bytes => TensorData::Bytes(
+            c.bytes_contents
+                .into_iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    String::from_utf8(b).map_err(|_| format!("BYTES element {i} is not UTF-8; ONNX strings are UTF-8"))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        DataType::Fp16 => return Err("FP16 has no typed contents; send it in raw_input_contents".to_owned()),
+    })
+}
+
+type InferStream = Pin<Box<dyn Stream<Item = Result<proto::ModelStreamInferResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Grpc {
+    async fn server_live(
+        &self,
+        _: Request<proto::ServerLiveRequest>,
+    ) -> Result<Response<proto::ServerLiveResponse>, Status> {
+        Ok(Response::new(proto::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<proto::ServerReadyRequest>,
+    ) -> Result<Response<proto::ServerReadyResponse>, Status> {
+        Ok(Response::new(proto::ServerReadyResponse { ready: self.state.registry.is_ready() }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<proto::ModelReadyRequest>,
+    ) -> Result<Response<proto::ModelReadyResponse>, Status> {
+        let request = request.into_inner();
+        let version = (!request.version.is_empty()).then_some(request.version.as_str());
+        // Triton answers `ready: false` for a model it does not serve, rather than an error.
+        let ready = self.state.registry.resolve(&request.name, version).is_ok();
+        Ok(Response::new(proto::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<proto::ServerMetadataRequest>,
+    ) -> Result<Response<proto::ServerMetadataResponse>, Status> {
+        Ok(Response::new(proto::ServerMetadataResponse {
+            name: "vane".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            extensions: crate::routes::EXTENSIONS.iter().map(|&e| e.to_owned()).collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<proto::ModelMetadataRequest>,
+    ) -> Result<Response<proto::ModelMetadataResponse>, Status> {
+        use proto::model_metadata_response::TensorMetadata;
+        let request = request.into_inner();
+        let version = (!request.version.is_empty()).then_some(request.version.as_str());
+        let table = self.state.registry.snapshot();
+        let loaded = table.get(&request.name, version).map_err(|e| status(&e))?;
+        let signature = loaded.signature();
+        let tensors = |specs: &[crate::infer::TensorSpec]| {
+            specs
+                .iter()
+                .map(|s| TensorMetadata {
+                    name: s.name.clone(),
+                    datatype: s.datatype.as_str().to_owned(),
+                    shape: s.shape.clone(),
+                })
+                .collect()
+        };
+        Ok(Response::new(proto::ModelMetadataResponse {
+            name: loaded.name().to_owned(),
+            versions: table.versions(&request.name).iter().map(u64::to_string).collect(),
+            platform: crate::routes::PLATFORM.to_owned(),
+            inputs: tensors(&signature.inputs),
+            outputs: tensors(&signature.outputs),
+        }))
+    }
+
+    async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
+        self.infer(request.into_inner()).await.map(Response::new).map_err(|e| status(&e))
+    }
+
+    type ModelStreamInferStream = InferStream;
+
+    /// Each request of the stream is answered on it, in completion order (clients match answers by `id`), up to
+    /// [`STREAM_IN_FLIGHT`] at once. An error is an answer with `error_message`, as Triton sends it; the stream
+    /// goes on.
+    async fn model_stream_infer(
+        &self,
+        request: Request<Streaming<ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let mut requests = request.into_inner();
+        let (answers, stream) = mpsc::channel(STREAM_IN_FLIGHT);
+        let service = Grpc { state: Arc::clone(&self.state) };
+        tokio::spawn(async move {
+            let service = Arc::new(service);
+            let slots = Arc::new(tokio::sync::Semaphore::new(STREAM_IN_FLIGHT));
+            while let Some(next) = requests.next().await {
+                let request = match next {
+                    Ok(request) => request,
+                    Err(error) => {
+                        let _ = answers.send(Err(error)).await;
+                        break;
+                    }
+                };
+                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { break };
+                let (service, answers) = (Arc::clone(&service), answers.clone());
+                tokio::spawn(async move {
+                    let id = request.id.clone();
+                    let answer = match service.infer(request).await {
+                        Ok(response) => proto::ModelStreamInferResponse {
+                            error_message: String::new(),
+                            infer_response: Some(response),
+                        },
+                        Err(error) => proto::ModelStreamInferResponse {
+                            error_message: error.to_string(),
+                            infer_response: Some(ModelInferResponse { id, ..ModelInferResponse::default() }),
+                        },
+                    };
+                    // The client may have gone; then nobody needs the answer.
+                    let _ = answers.send(Ok(answer)).await;
+                    drop(slot);
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<proto::RepositoryIndexRequest>,
+    ) -> Result<Response<proto::RepositoryIndexResponse>, Status> {
+        use proto::repository_index_response::ModelIndex;
+        let ready_only = request.into_inner().ready;
+        let models = crate::routes::repository_index(&self.state, ready_only)
+            .into_iter()
+            .map(|e| ModelIndex { name: e.name, version: e.version, state: e.state.to_owned(), reason: e.reason })
+            .collect();
+        Ok(Response::new(proto::RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<proto::RepositoryModelLoadRequest>,
+    ) -> Result<Response<proto::RepositoryModelLoadResponse>, Status> {
+        let name = request.into_inner().model_name;
+        crate::routes::repository_load(&self.state, &name).await.map_err(|e| status(&e))?;
+        Ok(Response::new(proto::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<proto::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<proto::RepositoryModelUnloadResponse>, Status> {
+        let name = request.into_inner().model_name;
+        crate::routes::repository_unload(&self.state, &name).await.map_err(|e| status(&e))?;
+        Ok(Response::new(proto::RepositoryModelUnloadResponse {}))
+    }
+}

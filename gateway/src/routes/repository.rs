@@ -1,0 +1,153 @@
+//! The model repository extension (`/v2/repository/...`, and the same calls over gRPC): what is served, and loading
+//! or unloading a model by hand.
+//!
+//! In model-directory mode these act as Triton's explicit model control over the directory: `load` rescans it and
+//! loads (or reloads) the model from its folder; `unload` stops serving the model and keeps the directory poller
+//! from bringing it back until it is loaded again. In GitOps mode Git is the only source of truth, so both are
+//! refused with 409 naming the repository: a manual change would be silently undone by the next sync (Argo CD's
+//! self-heal), or would make the served set differ from what the repository says until then. There is deliberately
+//! no override flag; to change what is served, change the manifest and push (a rollback is `POST /api/v1/rollback`).
+
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use crate::errors::ApiError;
+
+/// One row of the repository index.
+#[derive(Debug, Clone, Serialize)]
+pub struct IndexEntry {
+    /// The model.
+    pub name: String,
+    /// The version.
+    pub version: String,
+    /// `READY`, or `UNAVAILABLE` for a model unloaded by hand.
+    pub state: &'static str,
+    /// Why it is not ready, if it is not.
+    pub reason: String,
+}
+
+/// Every served model version (READY) and, in model-directory mode, every model unloaded by hand (UNAVAILABLE);
+/// with `ready_only`, only the ready ones.
+pub fn repository_index(state: &AppState, ready_only: bool) -> Vec<IndexEntry> {
+    let table = state.registry.snapshot();
+    let mut entries: Vec<IndexEntry> = table
+        .names()
+        .flat_map(|name| {
+            table.versions(name).into_iter().map(move |v| IndexEntry {
+                name: name.to_owned(),
+                version: v.to_string(),
+                state: "READY",
+                reason: String::new(),
+            })
+        })
+        .collect();
+    if !ready_only {
+        if let Some(control) = &state.model_dir {
+            for name in unloaded_folders(control, state) {
+                entries.push(IndexEntry {
+                    name,
+                    version: String::new(),
+                    state: "UNAVAILABLE",
+                    reason: "unloaded".to_owned(),
+                });
+            }
+        }
+    }
+    entries
+}
+
+/// The folders of the model directory whose models were unloaded by hand.
+fn unloaded_folders(control: &ModelDirControl, state: &AppState) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(&control.dir) else { return Vec::new() };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|name| state.registry.is_unloaded(name))
+        .collect();
+    names.sort();
+    names
+}
+
+/// What model-directory mode needs to load by hand.
+#[derive(Clone)]
+pub struct ModelDirControl {
+    /// The model directory.
+    pub dir: std::path::PathBuf,
+    /// The loader the poller uses.
+    pub loader: crate::infer::ModelLoader,
+}
+
+fn refuse_in_gitops(state: &AppState, verb: &str, model: &str) -> Result<(), ApiError> {
+    match &state.controller {
+        Some(controller) => {
+            let repo = controller.status().borrow().repo.clone();
+            Err(ApiError::Conflict {
+                reason: format!(
+                    "cannot {verb} model '{model}' by hand: this server serves what Git says ({repo}); change the \
+                     model's manifest there and push (or POST /api/v1/rollback)"
+                ),
+            })
+        }
+        None => Ok(()),
+    }
+}
+
+/// Loads or reloads `model` from its folder.
+pub async fn repository_load(state: &AppState, model: &str) -> Result<(), ApiError> {
+    refuse_in_gitops(state, "load", model)?;
+    let control = state
+        .model_dir
+        .as_ref()
+        .ok_or(ApiError::Disabled { what: "loading models by hand", how: "serve a model directory (--model-dir)" })?;
+    let dir = control.dir.clone();
+    let scanned = tokio::task::spawn_blocking(move || reconciler::model_dir::scan(&dir))
+        .await
+        .map_err(|e| ApiError::Conflict { reason: format!("scanning the model directory failed: {e}") })?
+        .map_err(|e| ApiError::Conflict { reason: e.to_string() })?;
+    if !scanned.models.iter().any(|m| m.name == model) {
+        return Err(ApiError::ModelNotFound {
+            model: model.to_owned(),
+            available: scanned.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "),
+        });
+    }
+    state.registry.set_unloaded(model, false);
+    let desired = state.registry.without_unloaded(scanned);
+    if let Err(error) = state.registry.apply(&control.loader, desired).await {
+        return Err(ApiError::Conflict { reason: format!("model '{model}' could not be loaded: {error}") });
+    }
+    Ok(())
+}
+
+/// Stops serving `model` until it is loaded again. Requests in flight finish on the version they hold.
+pub async fn repository_unload(state: &AppState, model: &str) -> Result<(), ApiError> {
+    refuse_in_gitops(state, "unload", model)?;
+    let control = state
+        .model_dir
+        .as_ref()
+        .ok_or(ApiError::Disabled { what: "unloading models by hand", how: "serve a model directory (--model-dir)" })?;
+    state.registry.snapshot().get(model, None)?;
+    state.registry.set_unloaded(model, true);
+    let dir = control.dir.clone();
+    let scanned = tokio::task::spawn_blocking(move || reconciler::model_dir::scan(&dir))
+        .await
+        .map_err(|e| ApiError::Conflict { reason: format!("scanning the model directory failed: {e}") })?;
+    let result = match scanned {
+        Ok(desired) => state
+            .registry
+            .apply(&control.loader, state.registry.without_unloaded(desired))
+            .await
+            .map_err(|e| e.to_string()),
+        Err(error) => Err(error.to_string()),
+    };
+    result.map(|_| ()).map_err(|reason| {
+        state.registry.set_unloaded(model, false);
+        ApiError::Conflict { reason: format!("model '{model}' could not be unloaded: {reason}") }
+    })
+}
+
+/// `POST /v2/repository/index` body: optional, `{"ready": true}` lists only ready models.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct IndexRequest {
+    #[serde(default)]
+    pub(super) ready: bool,
+}
