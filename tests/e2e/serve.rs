@@ -22,7 +22,12 @@ async fn server_metadata_names_vane_and_lists_extensions() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.body["name"], "vane");
     assert_eq!(reply.body["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(reply.body["extensions"], serde_json::json!(["binary_tensor_data", "model_repository"]), "{}", reply.body);
+    assert_eq!(
+        reply.body["extensions"],
+        serde_json::json!(["binary_tensor_data", "model_repository"]),
+        "{}",
+        reply.body
+    );
     assert_eq!(reply.headers["content-type"], "application/json");
     server.stop().await;
 }
