@@ -11,6 +11,11 @@
 //!
 //! For `dense` at concurrency 64 it adds Vane with batching off, and raw ONNX Runtime at the mean batch size Vane's
 //! batcher formed. Then the ratios Vane/limit. `VANE_BENCH_SECONDS` sets each run's length (default 5).
+//!
+//! Beside each JSON run, the same row through the other protocols: REST with the binary tensor extension (wrk with a
+//! prepared body), and gRPC ModelInfer with raw tensors from a tonic client in this process (one task per
+//! concurrent call, multiplexed as HTTP/2 streams over one connection per 16 of them, latencies in an
+//! hdrhistogram), with the ratios binary/JSON, gRPC/JSON and gRPC p99 / binary p99.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use common::{build_vane, http, is_bench_run, root, serving_addr};
+use common::{build_vane, http, is_bench_run, root, serving_addrs};
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -53,6 +58,9 @@ fn main() -> Result<()> {
         let body = json!({"inputs": [{"name": "input", "shape": [1, features], "datatype": "FP32", "data": row}]});
         let body_file = work.path().join(format!("{model}.json"));
         std::fs::write(&body_file, serde_json::to_vec(&body)?)?;
+        let (binary, header) = binary_body(&row)?;
+        let binary_file = work.path().join(format!("{model}.bin"));
+        std::fs::write(&binary_file, binary)?;
         let path = format!("/v2/models/{model}/infer");
 
         let server = VaneProcess::start(&vane, &[])?;
@@ -60,8 +68,8 @@ fn main() -> Result<()> {
         let ort_rate = raw_ort_rate(model, &row, 1, Duration::from_secs(seconds.min(3)))?;
         let bare = runtime.block_on(bare_hyper(Bytes::from(response)))?;
         for concurrency in CONCURRENCY {
-            let vane_run = wrk(server.addr, &path, &body_file, concurrency, seconds)?;
-            let hyper_run = wrk(bare, &path, &body_file, concurrency, seconds)?;
+            let vane_run = wrk(server.addr, &path, &body_file, None, concurrency, seconds)?;
+            let hyper_run = wrk(bare, &path, &body_file, None, concurrency, seconds)?;
             lines.push(format!(
                 "{model:<14} c={concurrency:<3} vane {}   hyper {}   vane/hyper {:.2}   vane/ort {:.2}",
                 vane_run.summary(),
@@ -69,14 +77,25 @@ fn main() -> Result<()> {
                 vane_run.rate / hyper_run.rate,
                 vane_run.rate / ort_rate
             ));
+            let binary_run = wrk(server.addr, &path, &binary_file, Some(header), concurrency, seconds)?;
+            let grpc = server.grpc.context("gRPC is served")?;
+            let grpc_run = runtime.block_on(grpc_load(grpc, model, &row, concurrency, seconds))?;
+            lines.push(format!(
+                "{model:<14} c={concurrency:<3} binary {}   grpc {}   binary/json {:.2}   grpc/json {:.2}   grpc p99/binary p99 {:.2}",
+                binary_run.summary(),
+                grpc_run.summary(),
+                binary_run.rate / vane_run.rate,
+                grpc_run.rate / vane_run.rate,
+                grpc_run.p99_us as f64 / binary_run.p99_us.max(1) as f64
+            ));
         }
         lines.push(format!("{model:<14} ort batch 1, one session per core: {ort_rate:.0} rows/s"));
         if model == "dense" {
             let unbatched_server = VaneProcess::start(&vane, &["--max-batch-size", "0"])?;
-            let off = wrk(unbatched_server.addr, &path, &body_file, 64, seconds)?;
+            let off = wrk(unbatched_server.addr, &path, &body_file, None, 64, seconds)?;
             drop(unbatched_server);
             let before = server.stats(model)?;
-            let on = wrk(server.addr, &path, &body_file, 64, seconds)?;
+            let on = wrk(server.addr, &path, &body_file, None, 64, seconds)?;
             let after = server.stats(model)?;
             // The mean rows per model run during this run alone.
             let mean_batch = ((after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64).max(1.0);
@@ -127,6 +146,7 @@ fn reference_row(model: &str) -> Result<Vec<f64>> {
 struct VaneProcess {
     child: Child,
     addr: SocketAddr,
+    grpc: Option<SocketAddr>,
 }
 
 impl VaneProcess {
@@ -150,8 +170,8 @@ impl VaneProcess {
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()?;
-        let addr = serving_addr(&mut child)?.parse()?;
-        Ok(Self { child, addr })
+        let (addr, grpc) = serving_addrs(&mut child)?;
+        Ok(Self { child, addr: addr.parse()?, grpc: grpc.map(|g| g.parse()).transpose()? })
     }
 
     fn post(&self, path: &str, body: &Value) -> Result<Vec<u8>> {
@@ -273,6 +293,11 @@ impl Run {
 const WRK_SCRIPT: &str = r#"
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+local header = os.getenv("VANE_BENCH_HEADER")
+if header then
+  wrk.headers["Content-Type"] = "application/octet-stream"
+  wrk.headers["Inference-Header-Content-Length"] = header
+end
 local f = assert(io.open(os.getenv("VANE_BENCH_BODY"), "rb"))
 wrk.body = f:read("*a")
 f:close()
@@ -284,11 +309,23 @@ done = function(summary, latency, requests)
 end
 "#;
 
-fn wrk(addr: SocketAddr, path: &str, body: &Path, concurrency: usize, seconds: u64) -> Result<Run> {
+/// A wrk run posting the file `body`; with `header`, as the binary extension with that JSON header length.
+fn wrk(
+    addr: SocketAddr,
+    path: &str,
+    body: &Path,
+    header: Option<usize>,
+    concurrency: usize,
+    seconds: u64,
+) -> Result<Run> {
     let script = body.with_extension("lua");
     std::fs::write(&script, WRK_SCRIPT)?;
     let threads = concurrency.min(2);
-    let output = Command::new("wrk")
+    let mut command = Command::new("wrk");
+    if let Some(header) = header {
+        command.env("VANE_BENCH_HEADER", header.to_string());
+    }
+    let output = command
         .args([
             "-t",
             &threads.to_string(),
@@ -312,4 +349,74 @@ fn wrk(addr: SocketAddr, path: &str, body: &Path, concurrency: usize, seconds: u
     let n: Vec<u64> = line.split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0)).collect();
     let [requests, duration_us, errors, p50_us, p99_us, p999_us] = n[..] else { bail!("bad wrk line {line}") };
     Ok(Run { rate: requests as f64 / (duration_us as f64 / 1e6), errors, p50_us, p99_us, p999_us })
+}
+
+/// A batch-1 request for the binary extension: the JSON header (outputs asked binary too) and the row as f32 bytes.
+fn binary_body(row: &[f64]) -> Result<(Vec<u8>, usize)> {
+    let header = json!({
+        "inputs": [{"name": "input", "shape": [1, row.len()], "datatype": "FP32",
+                    "parameters": {"binary_data_size": row.len() * 4}}],
+        "parameters": {"binary_data_output": true}
+    });
+    let mut body = serde_json::to_vec(&header)?;
+    let length = body.len();
+    body.extend(row.iter().flat_map(|&v| (v as f32).to_le_bytes()));
+    Ok((body, length))
+}
+
+/// gRPC ModelInfer with raw tensors at `concurrency` calls in flight for `seconds`: one task per call in flight,
+/// over one HTTP/2 connection per 16 tasks; every latency goes into one histogram.
+async fn grpc_load(addr: SocketAddr, model: &str, row: &[f64], concurrency: usize, seconds: u64) -> Result<Run> {
+    use gateway::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use gateway::grpc::proto::model_infer_request::InferInputTensor;
+    use gateway::grpc::proto::ModelInferRequest;
+    let request = ModelInferRequest {
+        model_name: model.to_owned(),
+        inputs: vec![InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, row.len() as i64],
+            ..InferInputTensor::default()
+        }],
+        raw_input_contents: vec![row.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect()],
+        ..ModelInferRequest::default()
+    };
+    let mut channels = Vec::new();
+    for _ in 0..concurrency.div_ceil(16) {
+        let endpoint = tonic::transport::Channel::from_shared(format!("http://{addr}"))?;
+        channels.push(endpoint.tcp_nodelay(true).connect().await?);
+    }
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for i in 0..concurrency {
+        let mut client = GrpcInferenceServiceClient::new(channels[i / 16].clone());
+        let request = request.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = hdrhistogram::Histogram::<u64>::new(3)?;
+            let mut errors = 0u64;
+            while Instant::now() < until {
+                let started = Instant::now();
+                match client.model_infer(request.clone()).await {
+                    Ok(_) => histogram.record(started.elapsed().as_micros() as u64)?,
+                    Err(_) => errors += 1,
+                }
+            }
+            anyhow::Ok((histogram, errors))
+        }));
+    }
+    let started = Instant::now();
+    let mut histogram = hdrhistogram::Histogram::<u64>::new(3)?;
+    let mut errors = 0;
+    for task in tasks {
+        let (h, e) = task.await??;
+        histogram.add(&h)?;
+        errors += e;
+    }
+    Ok(Run {
+        rate: histogram.len() as f64 / started.elapsed().as_secs_f64(),
+        errors,
+        p50_us: histogram.value_at_quantile(0.5),
+        p99_us: histogram.value_at_quantile(0.99),
+        p999_us: histogram.value_at_quantile(0.999),
+    })
 }

@@ -34,7 +34,13 @@ pub(crate) fn build_vane() -> Result<PathBuf> {
 
 /// Reads a `vane --log-format json` child's log until it says it is serving; returns the address, and keeps
 /// draining the log on a thread so the child never blocks on a full pipe.
+#[allow(dead_code)] // each bench binary uses one of the two
 pub(crate) fn serving_addr(child: &mut Child) -> Result<String> {
+    serving_addrs(child).map(|(http, _)| http)
+}
+
+/// [`serving_addr`], with the gRPC address (`None` when gRPC is off).
+pub(crate) fn serving_addrs(child: &mut Child) -> Result<(String, Option<String>)> {
     let mut stderr = BufReader::new(child.stderr.take().context("stderr is piped")?);
     loop {
         let mut line = String::new();
@@ -44,8 +50,9 @@ pub(crate) fn serving_addr(child: &mut Child) -> Result<String> {
         let event: Value = serde_json::from_str(&line)?;
         if event["fields"]["message"] == "vane is serving" {
             let addr = event["fields"]["addr"].as_str().context("addr")?.to_owned();
+            let grpc = event["fields"]["grpc"].as_str().filter(|g| *g != "off").map(str::to_owned);
             std::thread::spawn(move || for _ in stderr.lines() {});
-            return Ok(addr);
+            return Ok((addr, grpc));
         }
     }
 }

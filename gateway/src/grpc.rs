@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::errors::ApiError;
 use crate::infer::{DataType, Tensor, TensorData};
+use crate::metrics::request_series::Protocol;
 use crate::routes::{run_inference, AppState, BinaryOutputs, InferRequest};
 
 /// The code generated from `proto/grpc_service.proto`.
@@ -101,10 +102,24 @@ impl Grpc {
     /// One inference, from the wire message to the wire message.
     async fn infer(&self, request: ModelInferRequest) -> Result<ModelInferResponse, ApiError> {
         let arrived = Instant::now();
+        let mut served = None;
+        let result = self.infer_counted(request, arrived, &mut served).await;
+        let series = served.as_ref().map_or(self.state.request_metrics.unresolved(), |m| m.series());
+        series.observe(Protocol::Grpc, result.as_ref().map(|_| ()), arrived.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn infer_counted(
+        &self,
+        request: ModelInferRequest,
+        arrived: Instant,
+        served: &mut Option<Arc<crate::infer::LoadedModel>>,
+    ) -> Result<ModelInferResponse, ApiError> {
         // The same global in-flight limit as REST: beyond it, refuse at once rather than queue.
         let _permit = self.state.concurrency.clone().try_acquire_owned().map_err(|_| ApiError::Overloaded)?;
         let version = (!request.model_version.is_empty()).then_some(request.model_version.as_str());
         let resolved = self.state.registry.resolve_served(&request.model_name, version)?;
+        *served = Some(Arc::clone(&resolved.loaded));
         let incoming = resolved.loaded.incoming();
         let decoded = decode(request, resolved.loaded.signature())?;
         let (decoded, outputs) = run_inference(&self.state, &resolved, incoming, decoded, arrived).await?;

@@ -97,7 +97,8 @@ pub struct Server {
 /// the server turns ready when the first sync has applied a commit.
 pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
     tokio::task::spawn_blocking(runtime::environment).await??;
-    let loader = ModelLoader::new(config.models, WorkerGroup::new());
+    let request_metrics = metrics::request_series::RequestMetrics::default();
+    let loader = ModelLoader::new(config.models, WorkerGroup::new()).with_metrics(request_metrics.clone());
     let registry = Arc::new(Registry::new());
     let shutdown = CancellationToken::new();
     // Model-directory mode loads before serving; GitOps mode serves at once (not ready) and its first sync loads.
@@ -122,6 +123,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
         TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let mut metrics = metrics::Metrics::new();
+    request_metrics.register(metrics.registry_mut());
     if let Some(controller) = &controller {
         controller.metrics().register(metrics.registry_mut());
     }
@@ -139,7 +141,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
         match event {
             monitor::live::Event::Report(report) => recorder.record(report),
             monitor::live::Event::Retired { model, version } => recorder.retire(model, version),
-            monitor::live::Event::Alerts(_) => {}
+            monitor::live::Event::Alerts(alerts) => recorder.record_alerts(alerts),
         }
         evaluations_tx.send_modify(|n| *n += 1);
     })
@@ -148,6 +150,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
     metrics::monitor_series::MonitorMetrics::register_delivery(metrics.registry_mut(), monitor.notify_counters());
     let mut state = AppState::new(Arc::clone(&registry), &config.limits);
     state.metrics = Arc::new(metrics);
+    state.request_metrics = request_metrics;
     // Off: no prediction is observed (the thread still answers the API with empty reports).
     state.monitor = config.monitoring.then_some(monitor);
     state.monitor_metrics = monitor_metrics;
@@ -186,7 +189,8 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
         tokio::spawn(watch)
     });
     let background = poller.into_iter().chain(controller_task).collect();
-    tracing::info!(%addr, grpc = ?grpc_addr, models = ?registry.snapshot().names().collect::<Vec<_>>(), "vane is serving");
+    let grpc_text = grpc_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    tracing::info!(%addr, grpc = %grpc_text, models = ?registry.snapshot().names().collect::<Vec<_>>(), "vane is serving");
     Ok(Server {
         addr,
         grpc_addr,

@@ -80,6 +80,13 @@ pub mod monitor_series {
         pub statistic: &'static str,
     }
 
+    /// A model.
+    #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+    pub struct ModelLabels {
+        /// The model.
+        pub model: String,
+    }
+
     /// A statistic of a model version's predictions.
     #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
     pub struct PredictionLabels {
@@ -100,6 +107,7 @@ pub mod monitor_series {
         window_rows: Family<VersionLabels, Gauge>,
         quality: Family<QualityLabels, Gauge<f64, AtomicU64>>,
         prediction: Family<PredictionLabels, Gauge<f64, AtomicU64>>,
+        alerts_firing: Family<ModelLabels, Gauge>,
         /// The features each version's series were set for, so a retired version's series can all be removed.
         features: Arc<Mutex<FeaturesByVersion>>,
     }
@@ -168,6 +176,11 @@ pub mod monitor_series {
                 self.prediction.clone(),
             );
             registry.register(
+                "vane_drift_alerts_firing",
+                "Drift and quality alerts of a model firing in Vane's monitor (delivered by Vane itself to Alertmanager)",
+                self.alerts_firing.clone(),
+            );
+            registry.register(
                 "vane_model_quality",
                 "A quality metric of a model version over its last joined labels (POST /api/v1/feedback)",
                 self.quality.clone(),
@@ -226,6 +239,14 @@ pub mod monitor_series {
                 set("rmse", r.rmse);
                 set("r2", r.r2);
                 set("mean_error", r.mean_error);
+            }
+        }
+
+        /// Sets the firing-alert counts from every alert the monitor tracks.
+        pub fn record_alerts(&self, alerts: &[monitor::alerts::Alert]) {
+            self.alerts_firing.clear();
+            for alert in alerts.iter().filter(|a| a.state == monitor::alerts::State::Firing) {
+                self.alerts_firing.get_or_create(&ModelLabels { model: alert.model.clone() }).inc();
             }
         }
 
@@ -289,6 +310,321 @@ pub mod monitor_series {
             if let Ok(mut features) = self.features.lock() {
                 features.insert((model, version), report.columns.keys().cloned().collect());
             }
+        }
+    }
+}
+
+/// The request path's series: requests by outcome, their durations, time queued, inference time and batch sizes per
+/// model version, queue depth and capacity, loaded models, and an info series per version. Labels are bounded: model
+/// and version only ever take the names of versions that were loaded (a request for an unknown model counts under
+/// `model=""`), protocol and outcome take a handful of values. A version's handles are created when it is loaded, so
+/// the request path only increments atomics (no label lookup, no allocation).
+pub mod request_series {
+    use std::sync::atomic::AtomicU64;
+
+    use prometheus_client::encoding::EncodeLabelSet;
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    use prometheus_client::metrics::histogram::Histogram;
+    use prometheus_client::registry::Registry;
+
+    use crate::errors::ApiError;
+
+    /// Where a request came in.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Protocol {
+        /// REST (HTTP/1.1 or HTTP/2).
+        Http = 0,
+        /// gRPC.
+        Grpc = 1,
+    }
+
+    const PROTOCOLS: [&str; 2] = ["http", "grpc"];
+    /// success; rejected (queue full or over the in-flight limit: 503 / UNAVAILABLE); timeout (deadline passed);
+    /// client_error (any other 4xx); error (inference failed: 500).
+    const OUTCOMES: [&str; 5] = ["success", "rejected", "timeout", "client_error", "error"];
+
+    /// Request durations, in seconds: a small model answers in 50-100 µs here, the dense one in a few ms, a queued
+    /// request under load in tens of ms; the top buckets reach the 30 s default timeout. Fine at the bottom, where
+    /// the p50 of small models lives, so `histogram_quantile` interpolates within a factor of 2.5 there.
+    pub const DURATION_BUCKETS: [f64; 16] =
+        [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0];
+    /// Rows per model run: powers of two up to 1024, past the default max_batch_size (128).
+    pub const BATCH_BUCKETS: [f64; 11] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
+    fn duration_histogram() -> Histogram {
+        Histogram::new(DURATION_BUCKETS)
+    }
+
+    fn batch_histogram() -> Histogram {
+        Histogram::new(BATCH_BUCKETS)
+    }
+
+    #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct RequestLabels {
+        model: String,
+        version: String,
+        protocol: &'static str,
+        outcome: &'static str,
+    }
+
+    #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct ProtocolLabels {
+        model: String,
+        version: String,
+        protocol: &'static str,
+    }
+
+    #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct VersionLabels {
+        model: String,
+        version: String,
+    }
+
+    #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct InfoLabels {
+        model: String,
+        version: String,
+        commit: String,
+        digest: String,
+    }
+
+    /// Every family, registered once.
+    #[derive(Debug, Clone)]
+    pub struct RequestMetrics {
+        requests: Family<RequestLabels, Counter>,
+        duration: Family<ProtocolLabels, Histogram, fn() -> Histogram>,
+        queue: Family<VersionLabels, Histogram, fn() -> Histogram>,
+        inference: Family<VersionLabels, Histogram, fn() -> Histogram>,
+        batch: Family<VersionLabels, Histogram, fn() -> Histogram>,
+        depth: Family<VersionLabels, Gauge>,
+        capacity: Family<VersionLabels, Gauge>,
+        loaded: Gauge,
+        info: Family<InfoLabels, Gauge<f64, AtomicU64>>,
+        unresolved: VersionSeries,
+        /// The (model, version) pairs with series, so those of versions no longer served can be removed.
+        versions: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<(String, String)>>>,
+    }
+
+    /// One model version's handles.
+    #[derive(Debug, Clone)]
+    pub struct VersionSeries {
+        requests: [[Counter; 5]; 2],
+        duration: [Histogram; 2],
+        /// Time from queueing to the start of the run it joined, per request.
+        pub queue: Histogram,
+        /// Time of one model run (a whole batch).
+        pub inference: Histogram,
+        /// Rows in one model run.
+        pub batch: Histogram,
+    }
+
+    impl Default for RequestMetrics {
+        fn default() -> Self {
+            let mut metrics = Self {
+                requests: Family::default(),
+                duration: Family::new_with_constructor(duration_histogram),
+                queue: Family::new_with_constructor(duration_histogram),
+                inference: Family::new_with_constructor(duration_histogram),
+                batch: Family::new_with_constructor(batch_histogram),
+                depth: Family::default(),
+                capacity: Family::default(),
+                loaded: Gauge::default(),
+                info: Family::default(),
+                unresolved: VersionSeries::detached(),
+                versions: std::sync::Arc::default(),
+            };
+            // Requests that resolved to no version are counted and timed under model=""; they never queue or run,
+            // so their queue, inference and batch histograms stay out of the registry.
+            let registered = metrics.for_version("", "");
+            metrics.unresolved = VersionSeries {
+                requests: registered.requests,
+                duration: registered.duration,
+                ..VersionSeries::detached()
+            };
+            metrics.queue.remove(&VersionLabels { model: String::new(), version: String::new() });
+            metrics.inference.remove(&VersionLabels { model: String::new(), version: String::new() });
+            metrics.batch.remove(&VersionLabels { model: String::new(), version: String::new() });
+            metrics
+        }
+    }
+
+    impl RequestMetrics {
+        /// Registers every family.
+        pub fn register(&self, registry: &mut Registry) {
+            registry.register(
+                "vane_requests",
+                "Inference requests by model version, protocol and outcome (success, rejected, timeout, \
+                 client_error, error); model=\"\" for requests that named no served model or were refused before \
+                 routing (load shed, edge timeout)",
+                self.requests.clone(),
+            );
+            registry.register(
+                "vane_request_duration_seconds",
+                "Inference request duration from arrival to answer, by model version and protocol",
+                self.duration.clone(),
+            );
+            registry.register(
+                "vane_queue_duration_seconds",
+                "Time a request waited in its model version's queue before its run started",
+                self.queue.clone(),
+            );
+            registry.register(
+                "vane_inference_duration_seconds",
+                "Time of one model run (one batch) in ONNX Runtime",
+                self.inference.clone(),
+            );
+            registry.register(
+                "vane_batch_rows",
+                "Rows in one model run (the batch the batcher formed)",
+                self.batch.clone(),
+            );
+            registry.register("vane_queue_depth", "Requests waiting in a model version's queue", self.depth.clone());
+            registry.register(
+                "vane_queue_capacity",
+                "Requests a model version's queue holds before refusing with 503",
+                self.capacity.clone(),
+            );
+            registry.register("vane_models_loaded", "Model versions being served", self.loaded.clone());
+            registry.register(
+                "vane_model_info",
+                "1 per served model version, with the commit it was deployed from and the model file's digest \
+                 (sha256:<hex> from Git; size and mtime in a model directory)",
+                self.info.clone(),
+            );
+        }
+
+        /// The handles of `model` version `version`.
+        pub fn for_version(&self, model: &str, version: &str) -> VersionSeries {
+            if !model.is_empty() {
+                if let Ok(mut versions) = self.versions.lock() {
+                    versions.insert((model.to_owned(), version.to_owned()));
+                }
+            }
+            let labels = VersionLabels { model: model.to_owned(), version: version.to_owned() };
+            let request = |protocol: &'static str, outcome: &'static str| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        model: model.to_owned(),
+                        version: version.to_owned(),
+                        protocol,
+                        outcome,
+                    })
+                    .clone()
+            };
+            let duration = |protocol: &'static str| {
+                self.duration
+                    .get_or_create(&ProtocolLabels { model: model.to_owned(), version: version.to_owned(), protocol })
+                    .clone()
+            };
+            VersionSeries {
+                requests: PROTOCOLS.map(|p| OUTCOMES.map(|o| request(p, o))),
+                duration: PROTOCOLS.map(duration),
+                queue: self.queue.get_or_create(&labels).clone(),
+                inference: self.inference.get_or_create(&labels).clone(),
+                batch: self.batch.get_or_create(&labels).clone(),
+            }
+        }
+
+        /// The handles for requests that resolved to no served version.
+        pub fn unresolved(&self) -> &VersionSeries {
+            &self.unresolved
+        }
+
+        /// Refreshes the gauges read from the served set, just before a scrape: queue depth and capacity per version,
+        /// the number of versions, and one info series per version (series of versions no longer served go).
+        pub fn refresh(&self, registry: &crate::registry::Registry) {
+            let table = registry.snapshot();
+            self.depth.clear();
+            self.capacity.clear();
+            self.info.clear();
+            let mut loaded = 0;
+            for name in table.names() {
+                for version in table.versions(name) {
+                    let Ok(model) = table.get(name, Some(&version.to_string())) else { continue };
+                    loaded += 1;
+                    let labels = VersionLabels { model: name.to_owned(), version: version.to_string() };
+                    let stats = model.stats().snapshot();
+                    self.depth.get_or_create(&labels).set(i64::try_from(stats.queued).unwrap_or(i64::MAX));
+                    self.capacity.get_or_create(&labels).set(i64::try_from(model.queue_capacity()).unwrap_or(i64::MAX));
+                    let info = InfoLabels {
+                        model: name.to_owned(),
+                        version: version.to_string(),
+                        commit: table.revision().map(ToString::to_string).unwrap_or_default(),
+                        digest: model.fingerprint().to_owned(),
+                    };
+                    self.info.get_or_create(&info).set(1.0);
+                }
+            }
+            self.loaded.set(loaded);
+            // Versions no longer served leave every series (a bounded label set; the counts since their last scrape
+            // are not reported, which rate() over the remaining series does not miss).
+            let gone: Vec<(String, String)> = match self.versions.lock() {
+                Ok(mut versions) => {
+                    let gone = versions
+                        .iter()
+                        .filter(|(m, v)| v.parse().map_or(true, |v: u64| !table.versions(m).contains(&v)))
+                        .cloned()
+                        .collect::<Vec<_>>();
+                    for key in &gone {
+                        versions.remove(key);
+                    }
+                    gone
+                }
+                Err(_) => Vec::new(),
+            };
+            for (model, version) in gone {
+                self.remove(&model, &version);
+            }
+        }
+
+        fn remove(&self, model: &str, version: &str) {
+            let labels = VersionLabels { model: model.to_owned(), version: version.to_owned() };
+            for family in [&self.queue, &self.inference, &self.batch] {
+                family.remove(&labels);
+            }
+            for protocol in PROTOCOLS {
+                self.duration.remove(&ProtocolLabels {
+                    model: model.to_owned(),
+                    version: version.to_owned(),
+                    protocol,
+                });
+                for outcome in OUTCOMES {
+                    self.requests.remove(&RequestLabels {
+                        model: model.to_owned(),
+                        version: version.to_owned(),
+                        protocol,
+                        outcome,
+                    });
+                }
+            }
+        }
+    }
+
+    impl VersionSeries {
+        /// Handles not registered anywhere (before the registry's own exist).
+        fn detached() -> Self {
+            Self {
+                requests: Default::default(),
+                duration: [duration_histogram(), duration_histogram()],
+                queue: duration_histogram(),
+                inference: duration_histogram(),
+                batch: batch_histogram(),
+            }
+        }
+
+        /// Counts one request and its duration.
+        pub fn observe(&self, protocol: Protocol, result: Result<(), &ApiError>, seconds: f64) {
+            let outcome = match result {
+                Ok(()) => 0,
+                Err(ApiError::QueueFull { .. } | ApiError::Overloaded | ApiError::NotReady) => 1,
+                Err(ApiError::Timeout { .. } | ApiError::DeadlineExceeded { .. }) => 2,
+                Err(error) if error.status().is_client_error() => 3,
+                Err(_) => 4,
+            };
+            self.requests[protocol as usize][outcome].inc();
+            self.duration[protocol as usize].observe(seconds);
         }
     }
 }

@@ -22,6 +22,7 @@ use tower::util::BoxCloneService;
 use tower::{BoxError, ServiceBuilder};
 
 use crate::errors::ApiError;
+use crate::metrics::request_series::{Protocol, RequestMetrics};
 use crate::routes::{self, error_response, AppState, HttpResponse};
 
 /// The edge's bounds.
@@ -62,8 +63,9 @@ pub fn build(state: Arc<AppState>, limits: &Limits) -> HttpService {
     let timeout = limits.request_timeout;
     // Shared with the gRPC server: one limit on requests in flight, whichever door they came in by.
     let semaphore = Arc::clone(&state.concurrency);
+    let metrics = state.request_metrics.clone();
     let service = ServiceBuilder::new()
-        .map_result(move |result: Result<HttpResponse, BoxError>| Ok::<_, BoxError>(rescue(result, timeout)))
+        .map_result(move |result: Result<HttpResponse, BoxError>| Ok::<_, BoxError>(rescue(result, timeout, &metrics)))
         .timeout(timeout)
         .load_shed()
         .layer(GlobalConcurrencyLimitLayer::with_semaphore(semaphore))
@@ -74,15 +76,20 @@ pub fn build(state: Arc<AppState>, limits: &Limits) -> HttpService {
     BoxCloneService::new(service)
 }
 
-fn rescue(result: Result<HttpResponse, BoxError>, timeout: Duration) -> HttpResponse {
-    match result {
-        Ok(response) => response,
-        Err(error) if error.is::<Elapsed>() => error_response(&ApiError::Timeout { limit_ms: timeout.as_millis() }),
-        Err(error) if error.is::<Overloaded>() => error_response(&ApiError::Overloaded),
+fn rescue(result: Result<HttpResponse, BoxError>, timeout: Duration, metrics: &RequestMetrics) -> HttpResponse {
+    let error = match result {
+        Ok(response) => return response,
+        Err(error) if error.is::<Elapsed>() => ApiError::Timeout { limit_ms: timeout.as_millis() },
+        Err(error) if error.is::<Overloaded>() => ApiError::Overloaded,
         Err(error) => {
             // The router is infallible, so only a layer's own unknown error can land here.
             tracing::error!(%error, "request failed in the tower stack");
-            error_response(&ApiError::Overloaded)
+            ApiError::Overloaded
         }
-    }
+    };
+    // Refused before routing, or dropped mid-flight by the edge's timeout: no model is known, so it is counted under
+    // model="" (the router's own count never ran for a request dropped here).
+    let seconds = if matches!(error, ApiError::Timeout { .. }) { timeout.as_secs_f64() } else { 0.0 };
+    metrics.unresolved().observe(Protocol::Http, Err(&error), seconds);
+    error_response(&error)
 }

@@ -313,7 +313,7 @@ pub struct PredictionDrift {
 pub enum Event<'a> {
     /// A model version's window was evaluated.
     Report(&'a LiveReport),
-    /// These alerts changed state.
+    /// Some alert changed state (or a version's alerts went with it): every alert now tracked.
     Alerts(&'a [Alert]),
     /// A model version is no longer served; its window and alerts are gone.
     Retired {
@@ -596,10 +596,11 @@ fn run(
         let served = |model: &str, version: u64| windows.get(model).is_some_and(|v| v.contains_key(&version));
         engine.retain_versions(served);
         shared.feedback.retain(served);
+        let all = engine.alerts();
         if let Ok(mut alerts) = shared.alerts.write() {
-            *alerts = engine.alerts();
+            alerts.clone_from(&all);
         }
-        let changed = changed_alerts.clone();
+        let changed = !changed_alerts.is_empty();
         shared.notifier.notify(changed_alerts);
         if let Ok(mut published) = shared.reports.write() {
             published.retain(|model, versions| {
@@ -613,8 +614,8 @@ fn run(
         for report in &fresh {
             on_event(Event::Report(report));
         }
-        if !changed.is_empty() {
-            on_event(Event::Alerts(&changed));
+        if changed || !retired.is_empty() {
+            on_event(Event::Alerts(&all));
         }
         for (model, version) in &retired {
             on_event(Event::Retired { model, version: *version });

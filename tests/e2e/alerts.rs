@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,17 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::monitor::{firing_at_once_deployment, predict, reference_rows, report_after, shifted};
-use crate::support::{ensure_debian_package, TestServer};
-
-/// A child process killed when dropped.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::support::{ensure_debian_package, KillOnDrop, TestServer};
 
 /// An HTTP server on loopback that answers 200 and hands every (path, JSON body) to the test.
 async fn receiver() -> (SocketAddr, mpsc::UnboundedReceiver<(String, Value)>) {

@@ -11,7 +11,7 @@ use reconciler::controller::{ControllerConfig, SyncStatus};
 use reconciler::source::GitSpec;
 use serde_json::json;
 
-use crate::support::{breast_cancer_row, models_dir, sha256_of, GitRemote, TestServer};
+use crate::support::{breast_cancer_row, models_dir, sha256_of, GitRemote, KillOnDrop, TestServer};
 
 const SECRET: &str = "s3cret";
 const TOKEN: &str = "t0ken";
@@ -115,6 +115,12 @@ async fn the_first_sync_serves_the_manifest_with_provenance_and_status() {
     assert!(text.contains("vane_sync_total{outcome=\"applied\"} 1\n"), "{text}");
     assert!(text.contains("vane_sync_duration_seconds_count{outcome=\"applied\"} 1\n"), "{text}");
     assert!(text.contains("vane_sync_head_refused 0\n"), "{text}");
+    // The info series names the commit and the digest the manifest pinned.
+    let info = format!(
+        "vane_model_info{{model=\"breast_cancer\",version=\"2\",commit=\"{commit}\",digest=\"sha256:{}\"}} 1",
+        sha256_of(&models_dir().join("breast_cancer/2/model.onnx"))
+    );
+    assert!(text.contains(&info), "{info} in {text}");
     let applied_at = status["sync"]["last_applied"]["at_unix_ms"].as_u64().unwrap() as f64 / 1000.0;
     let gauge = text
         .lines()
@@ -307,15 +313,6 @@ async fn a_repository_served_by_git_daemon_is_followed() {
 }
 
 /// Stops a child process when the test ends, whether it passes or panics.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A version with a golden set serves only if its warm-up reproduces the set's outputs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_golden_set_must_be_reproduced_before_a_version_serves() {

@@ -10,6 +10,7 @@ mod grpc;
 mod hotpath;
 mod live_drift_cases;
 mod monitor;
+mod operations;
 mod repository_api;
 mod serve;
 mod shutdown;

@@ -307,6 +307,9 @@ pub(crate) fn sha256_of(path: &std::path::Path) -> String {
 
 /// `binary`, installing Debian's `package` when it is missing (CI and the dev machines run as root).
 pub(crate) fn ensure_debian_package(binary: &str, package: &str) -> std::path::PathBuf {
+    // One apt-get at a time: tests run in parallel and dpkg has one lock.
+    static APT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _apt = APT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let path = std::path::PathBuf::from(binary);
     if !path.exists() {
         eprintln!("installing {package} from Debian for the tests");
@@ -320,4 +323,14 @@ pub(crate) fn ensure_debian_package(binary: &str, package: &str) -> std::path::P
         }
     }
     path
+}
+
+/// A child process killed (and reaped) when dropped.
+pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -18,6 +18,7 @@ use reconciler::{DesiredModel, DesiredVersion, GoldenSet, ModelConfig};
 use tokio::sync::oneshot;
 
 use crate::errors::{ApiError, InferError, LoadError};
+use crate::metrics::request_series::{RequestMetrics, VersionSeries};
 
 pub use signature::{Signature, TensorSpec};
 pub use stats::{ModelStats, StatsSnapshot};
@@ -55,6 +56,8 @@ pub struct LoadedModel {
     policy: BatchPolicy,
     stats: Arc<ModelStats>,
     pool: WorkerPool,
+    queue_capacity: usize,
+    series: VersionSeries,
 }
 
 /// Counts a request as on its way to a model version's queue (the batcher waits for such requests) until it is
@@ -68,6 +71,7 @@ pub struct Incoming<'a> {
 pub struct ModelLoader {
     defaults: ModelSettings,
     group: WorkerGroup,
+    metrics: RequestMetrics,
 }
 
 // === impl ModelSettings ===
@@ -114,7 +118,13 @@ impl ModelSettings {
 impl ModelLoader {
     /// A loader with server-wide `defaults`, whose workers are tracked by `group`.
     pub fn new(defaults: ModelSettings, group: WorkerGroup) -> Self {
-        Self { defaults, group }
+        Self { defaults, group, metrics: RequestMetrics::default() }
+    }
+
+    /// This loader, giving each version it loads its handles in `metrics`.
+    pub fn with_metrics(mut self, metrics: RequestMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The worker threads this loader's models run.
@@ -154,9 +164,18 @@ impl ModelLoader {
         }
         let stats = Arc::new(ModelStats::default());
         let label = format!("{name}-{}", desired.version);
-        let pool =
-            WorkerPool::start(&label, sessions, settings.queue_capacity.get(), policy, Arc::clone(&stats), &self.group)
-                .map_err(|source| LoadError::SpawnWorker { path: path.into(), source })?;
+        let series = self.metrics.for_version(name, &desired.version.to_string());
+        let queue_capacity = settings.queue_capacity.get();
+        let pool = WorkerPool::start(
+            &label,
+            sessions,
+            queue_capacity,
+            policy,
+            Arc::clone(&stats),
+            series.clone(),
+            &self.group,
+        )
+        .map_err(|source| LoadError::SpawnWorker { path: path.into(), source })?;
         Ok(LoadedModel {
             name: name.to_owned(),
             version: desired.version,
@@ -169,6 +188,8 @@ impl ModelLoader {
             policy,
             stats,
             pool,
+            queue_capacity,
+            series,
         })
     }
 }
@@ -318,6 +339,16 @@ impl LoadedModel {
     /// How this version batches (off when the model cannot).
     pub fn batch_policy(&self) -> BatchPolicy {
         self.policy
+    }
+
+    /// Its Prometheus handles (requests, durations, queue, inference, batch sizes).
+    pub fn series(&self) -> &VersionSeries {
+        &self.series
+    }
+
+    /// Requests this version's queue holds before refusing.
+    pub fn queue_capacity(&self) -> usize {
+        self.queue_capacity
     }
 
     /// The live counters of its queue and workers.

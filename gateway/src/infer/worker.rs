@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 use crate::errors::InferError;
 use crate::infer::stats::ModelStats;
 use crate::infer::{batch, onnx, Tensor};
+use crate::metrics::request_series::VersionSeries;
 
 /// One inference to run.
 pub(super) struct Job {
@@ -104,12 +105,20 @@ impl WorkerPool {
         queue_capacity: usize,
         policy: BatchPolicy,
         stats: Arc<ModelStats>,
+        series: VersionSeries,
         group: &WorkerGroup,
     ) -> std::io::Result<Self> {
         // Bounded: when full, `try_submit` fails and the request gets 503 + Retry-After (see `ApiError::QueueFull`).
         let (jobs, queue) = crossbeam_channel::bounded(queue_capacity);
         for (index, session) in sessions.into_iter().enumerate() {
-            let worker = Worker { session, queue: queue.clone(), policy, stats: Arc::clone(&stats), carry: None };
+            let worker = Worker {
+                session,
+                queue: queue.clone(),
+                policy,
+                stats: Arc::clone(&stats),
+                series: series.clone(),
+                carry: None,
+            };
             let alive = group.alive.clone();
             let live = Arc::clone(&group.live);
             live.fetch_add(1, Ordering::SeqCst);
@@ -152,6 +161,7 @@ struct Worker {
     queue: Receiver<Job>,
     policy: BatchPolicy,
     stats: Arc<ModelStats>,
+    series: VersionSeries,
     /// A job taken off the queue that did not fit the last batch; it starts the next one.
     carry: Option<Job>,
 }
@@ -227,13 +237,15 @@ impl Worker {
                 let _ = job.reply.send(Err(InferError::DeadlineExceeded));
                 continue;
             }
+            self.series.queue.observe(now.saturating_duration_since(job.enqueued).as_secs_f64());
             live.push(job);
         }
         if live.is_empty() {
             return;
         }
-        let (jobs, rows) = (live.len(), live.iter().map(|j| j.rows).sum());
+        let (jobs, rows) = (live.len(), live.iter().map(|j| j.rows).sum::<usize>());
         self.stats.started(jobs, rows);
+        self.series.batch.observe(rows as f64);
         if jobs == 1 {
             let job = live.remove(0);
             let result = guarded(|| onnx::run(&mut self.session, job.inputs, &job.outputs));
@@ -242,6 +254,7 @@ impl Worker {
         } else {
             self.run_merged(live, rows);
         }
+        self.series.inference.observe(now.elapsed().as_secs_f64());
         self.stats.finished(jobs);
     }
 

@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use serde::Serialize;
 
 use crate::errors::ApiError;
+use crate::metrics::request_series::{Protocol, RequestMetrics};
 use crate::registry::Registry;
 use crate::stack::Limits;
 
@@ -50,6 +51,8 @@ pub struct AppState {
     pub concurrency: Arc<tokio::sync::Semaphore>,
     /// Model-directory mode: what loading and unloading by hand need.
     pub model_dir: Option<ModelDirControl>,
+    /// The request path's series (requests, durations, queues); the loader gives each version its handles.
+    pub request_metrics: RequestMetrics,
 }
 
 impl AppState {
@@ -67,6 +70,7 @@ impl AppState {
             monitor_metrics: crate::metrics::monitor_series::MonitorMetrics::default(),
             concurrency: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_requests.get())),
             model_dir: None,
+            request_metrics: RequestMetrics::default(),
         }
     }
 }
@@ -154,6 +158,7 @@ where
             admin::feedback(state, &body)
         }
         Route::Metrics => {
+            state.request_metrics.refresh(registry);
             let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())));
             response
                 .headers_mut()
@@ -191,9 +196,16 @@ where
         }
         Route::Infer(model, version) => {
             let (model, version) = (model.to_owned(), version.map(str::to_owned));
-            let header_length = binary_header_length(request.headers())?;
-            let body = read_body(request.into_body(), state.max_body_bytes).await?;
-            v2::infer(state, &model, version.as_deref(), &body, header_length, arrived).await
+            let mut served = None;
+            let result = async {
+                let header_length = binary_header_length(request.headers())?;
+                let body = read_body(request.into_body(), state.max_body_bytes).await?;
+                v2::infer(state, &model, version.as_deref(), &body, header_length, arrived, &mut served).await
+            }
+            .await;
+            let series = served.as_ref().map_or(state.request_metrics.unresolved(), |m| m.series());
+            series.observe(Protocol::Http, result.as_ref().map(|_| ()), arrived.elapsed().as_secs_f64());
+            result
         }
     }
 }

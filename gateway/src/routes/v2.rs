@@ -111,9 +111,11 @@ pub(super) async fn infer(
     body: &[u8],
     header_length: Option<usize>,
     arrived: Instant,
+    served: &mut Option<Arc<LoadedModel>>,
 ) -> Result<HttpResponse, ApiError> {
     // One load of the model set; the guard is gone before the await below, the Arc keeps the version alive.
     let resolved = state.registry.resolve_served(model, version)?;
+    *served = Some(Arc::clone(&resolved.loaded));
     // Counted as on its way to the batcher from before decoding, so a batch being formed can wait for it.
     let incoming = resolved.loaded.incoming();
     let request = decode_request(body, header_length, Some(resolved.loaded.signature()))?;
