@@ -102,10 +102,14 @@ impl Grpc {
     /// One inference, from the wire message to the wire message.
     async fn infer(&self, request: ModelInferRequest) -> Result<ModelInferResponse, ApiError> {
         let arrived = Instant::now();
+        let request_id = request.id.clone();
         let mut served = None;
         let result = self.infer_counted(request, arrived, &mut served).await;
         let series = served.as_ref().map_or(self.state.request_metrics.unresolved(), |m| m.series());
         series.observe(Protocol::Grpc, result.as_ref().map(|_| ()), arrived.elapsed().as_secs_f64());
+        if let Err(error) = &result {
+            crate::routes::log_edge_error(error, "grpc", "ModelInfer", &request_id);
+        }
         result
     }
 

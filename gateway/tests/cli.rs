@@ -96,6 +96,8 @@ fn a_served_process_answers_and_exits_cleanly_on_sigterm() {
         .arg(env!("CARGO_BIN_EXE_vane"))
         .args(serve_args(&models_dir()))
         .args(["--log-format", "json"])
+        // The edge's lines for refused requests are at debug; this turns them on for the routes only.
+        .env("RUST_LOG", "info,gateway::routes=debug")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -117,6 +119,20 @@ fn a_served_process_answers_and_exits_cleanly_on_sigterm() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with(r#"{"ready":true}"#), "{answer}");
 
+    // A refused request: the caller's id comes back and is on the log line; without one, an id is made.
+    let exchange = |head: &str| {
+        let mut stream = TcpStream::connect(&addr).unwrap();
+        stream.write_all(head.as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let answer = exchange("POST /v2/models/nope/infer HTTP/1.1\r\nhost: x\r\nx-request-id: test-7\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}");
+    assert!(answer.starts_with("HTTP/1.1 404") && answer.contains("x-request-id: test-7\r\n"), "{answer}");
+    let answer =
+        exchange("POST /v2/models/nope/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}");
+    assert!(answer.contains("x-request-id: vane-"), "{answer}");
+
     // `timeout` forwards SIGTERM to vane.
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
@@ -125,6 +141,16 @@ fn a_served_process_answers_and_exits_cleanly_on_sigterm() {
     stderr.read_to_string(&mut rest).unwrap();
     assert!(status.success(), "exit {status:?}; log: {rest}");
     assert!(rest.contains("all inference workers stopped"), "{rest}");
+    let refused: Vec<serde_json::Value> = rest
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["fields"]["message"] == "request refused")
+        .collect();
+    assert_eq!(refused.len(), 2, "one line per refused request: {rest}");
+    assert_eq!(refused[0]["level"], "DEBUG");
+    assert_eq!(refused[0]["fields"]["request_id"], "test-7");
+    assert_eq!(refused[0]["fields"]["status"], 404);
+    assert!(refused[1]["fields"]["request_id"].as_str().unwrap().starts_with("vane-"), "{}", refused[1]);
 }
 
 /// `configs/serve.env` documents every setting: each key must be one `vane serve` reads, with the default it states.

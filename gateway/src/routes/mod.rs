@@ -81,9 +81,51 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // The caller's `x-request-id` is echoed; on an error, one is made when the caller sent none, so the log line
+    // and the answer carry the same id. The success path pays only the header lookup.
+    let given = request.headers().get(REQUEST_ID).cloned();
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     match dispatch(&state, request).await {
-        Ok(response) => response,
-        Err(error) => error_response(&error),
+        Ok(mut response) => {
+            if let Some(id) = given {
+                response.headers_mut().insert(REQUEST_ID, id);
+            }
+            response
+        }
+        Err(error) => {
+            let id = given.unwrap_or_else(new_request_id);
+            log_edge_error(&error, method.as_str(), &path, id.to_str().unwrap_or_default());
+            let mut response = error_response(&error);
+            response.headers_mut().insert(REQUEST_ID, id);
+            response
+        }
+    }
+}
+
+/// The header that carries a request's id, as most proxies and tracing setups name it.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// A process-unique id: the process start (seconds, hex) and a counter.
+fn new_request_id() -> HeaderValue {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static STARTED: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let started = *STARTED
+        .get_or_init(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::from_str(&format!("vane-{started:x}-{n}")).unwrap_or_else(|_| HeaderValue::from_static("vane"))
+}
+
+/// One log line per failed request, with its id. Client errors and refusals under load (503) at debug: they are the
+/// caller's or the load's, counted in `vane_requests_total`, and a noisy client or an overload must not flood the
+/// log; timeouts (504) at warn; server failures (500) at error.
+pub(crate) fn log_edge_error(error: &ApiError, method: &str, path: &str, request_id: &str) {
+    let status = error.status().as_u16();
+    match status {
+        400..=499 | 503 => tracing::debug!(status, method, path, request_id, %error, "request refused"),
+        504 => tracing::warn!(status, method, path, request_id, %error, "request not served in time"),
+        _ => tracing::error!(status, method, path, request_id, %error, "request failed"),
     }
 }
 
@@ -279,9 +321,6 @@ pub fn json_response(status: StatusCode, value: &impl Serialize) -> HttpResponse
 /// The protocol's error body, `{"error": "..."}`, with the error's status and, where a retry can help, `Retry-After`.
 pub fn error_response(error: &ApiError) -> HttpResponse {
     let status = error.status();
-    if status.is_client_error() {
-        tracing::debug!(%status, %error, "request refused");
-    }
     #[derive(Serialize)]
     struct ErrorBody {
         error: String,
