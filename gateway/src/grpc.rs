@@ -53,10 +53,18 @@ pub async fn serve(
     let service = GrpcInferenceServiceServer::new(Grpc { state })
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(usize::MAX);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // tonic's own `tcp_nodelay` applies only to listeners it binds; on ours, each connection gets it here. Without
+    // it, small answers waited for the client's delayed ACK: 40 ms at p99 in the load bench.
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|stream| {
+        if let Ok(stream) = &stream {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "could not set TCP_NODELAY");
+            }
+        }
+        stream
+    });
     let signal = shutdown.clone();
     let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .timeout(timeout)
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, async move { signal.cancelled().await });

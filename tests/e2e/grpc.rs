@@ -11,7 +11,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::serve::assert_same_outputs;
-use crate::support::{expected_outputs, TestServer};
+use crate::support::{expected_outputs, from_raw, TestServer};
 
 async fn start() -> (TestServer, GrpcInferenceServiceClient<Channel>) {
     let server = TestServer::start_with(|c| c.grpc_listen = Some("127.0.0.1:0".parse().unwrap())).await;
@@ -51,23 +51,7 @@ fn outputs_json(response: &ModelInferResponse) -> Value {
         .iter()
         .zip(&response.raw_output_contents)
         .map(|(o, raw)| {
-            let data: Vec<Value> = match o.datatype.as_str() {
-                "FP32" => raw.chunks_exact(4).map(|c| json!(f32::from_le_bytes(c.try_into().unwrap()))).collect(),
-                "FP64" => raw.chunks_exact(8).map(|c| json!(f64::from_le_bytes(c.try_into().unwrap()))).collect(),
-                "INT32" => raw.chunks_exact(4).map(|c| json!(i32::from_le_bytes(c.try_into().unwrap()))).collect(),
-                "INT64" => raw.chunks_exact(8).map(|c| json!(i64::from_le_bytes(c.try_into().unwrap()))).collect(),
-                "BOOL" => raw.iter().map(|&b| json!(b == 1)).collect(),
-                "BYTES" => {
-                    let (mut out, mut rest) = (Vec::new(), raw.as_slice());
-                    while !rest.is_empty() {
-                        let n = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
-                        out.push(json!(std::str::from_utf8(&rest[4..4 + n]).unwrap()));
-                        rest = &rest[4 + n..];
-                    }
-                    out
-                }
-                other => panic!("unexpected output datatype {other}"),
-            };
+            let data = from_raw(&o.datatype, raw);
             json!({"name": o.name, "datatype": o.datatype, "shape": o.shape, "data": data})
         })
         .collect();

@@ -9,7 +9,7 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// The repository's `models/` directory.
 pub(crate) fn models_dir() -> PathBuf {
@@ -332,5 +332,47 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A JSON `data` array as the protocol's raw layout for `datatype`.
+pub(crate) fn to_raw(datatype: &str, data: &[Value]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for v in data {
+        match datatype {
+            "FP32" => out.extend((v.as_f64().unwrap() as f32).to_le_bytes()),
+            "FP64" => out.extend(v.as_f64().unwrap().to_le_bytes()),
+            "INT32" => out.extend((v.as_i64().unwrap() as i32).to_le_bytes()),
+            "INT64" => out.extend(v.as_i64().unwrap().to_le_bytes()),
+            "BOOL" => out.push(u8::from(v.as_bool().unwrap())),
+            "BYTES" => {
+                let s = v.as_str().unwrap();
+                out.extend((s.len() as u32).to_le_bytes());
+                out.extend(s.as_bytes());
+            }
+            other => panic!("no raw form in this test for {other}"),
+        }
+    }
+    out
+}
+
+/// Raw bytes of `datatype` back to JSON values.
+pub(crate) fn from_raw(datatype: &str, raw: &[u8]) -> Vec<Value> {
+    match datatype {
+        "FP32" => raw.chunks_exact(4).map(|c| json!(f32::from_le_bytes(c.try_into().unwrap()))).collect(),
+        "FP64" => raw.chunks_exact(8).map(|c| json!(f64::from_le_bytes(c.try_into().unwrap()))).collect(),
+        "INT32" => raw.chunks_exact(4).map(|c| json!(i32::from_le_bytes(c.try_into().unwrap()))).collect(),
+        "INT64" => raw.chunks_exact(8).map(|c| json!(i64::from_le_bytes(c.try_into().unwrap()))).collect(),
+        "BOOL" => raw.iter().map(|&b| json!(b == 1)).collect(),
+        "BYTES" => {
+            let (mut out, mut rest) = (Vec::new(), raw);
+            while !rest.is_empty() {
+                let n = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+                out.push(json!(std::str::from_utf8(&rest[4..4 + n]).unwrap()));
+                rest = &rest[4 + n..];
+            }
+            out
+        }
+        other => panic!("no raw form in this test for {other}"),
     }
 }

@@ -77,33 +77,36 @@ pub struct ModelDirControl {
     pub loader: crate::infer::ModelLoader,
 }
 
-fn refuse_in_gitops(state: &AppState, verb: &str, model: &str) -> Result<(), ApiError> {
-    match &state.controller {
-        Some(controller) => {
-            let repo = controller.status().borrow().repo.clone();
-            Err(ApiError::Conflict {
-                reason: format!(
-                    "cannot {verb} model '{model}' by hand: this server serves what Git says ({repo}); change the \
-                     model's manifest there and push (or POST /api/v1/rollback)"
-                ),
-            })
-        }
-        None => Ok(()),
+/// The model directory to act on; refused in GitOps mode, naming the repository.
+fn model_dir<'a>(state: &'a AppState, verb: &str, model: &str) -> Result<&'a ModelDirControl, ApiError> {
+    if let Some(controller) = &state.controller {
+        let repo = controller.status().borrow().repo.clone();
+        return Err(ApiError::Conflict {
+            reason: format!(
+                "cannot {verb} model '{model}' by hand: this server serves what Git says ({repo}); change the model's \
+                 manifest there and push (or POST /api/v1/rollback)"
+            ),
+        });
+    }
+    state.model_dir.as_ref().ok_or(ApiError::Disabled {
+        what: "loading and unloading models by hand",
+        how: "serve a model directory (--model-dir)",
+    })
+}
+
+/// The model directory as it is now, off the async threads.
+async fn scan(control: &ModelDirControl) -> Result<reconciler::DesiredState, String> {
+    let dir = control.dir.clone();
+    match tokio::task::spawn_blocking(move || reconciler::model_dir::scan(&dir)).await {
+        Ok(scanned) => scanned.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("scanning the model directory failed: {e}")),
     }
 }
 
 /// Loads or reloads `model` from its folder.
 pub async fn repository_load(state: &AppState, model: &str) -> Result<(), ApiError> {
-    refuse_in_gitops(state, "load", model)?;
-    let control = state
-        .model_dir
-        .as_ref()
-        .ok_or(ApiError::Disabled { what: "loading models by hand", how: "serve a model directory (--model-dir)" })?;
-    let dir = control.dir.clone();
-    let scanned = tokio::task::spawn_blocking(move || reconciler::model_dir::scan(&dir))
-        .await
-        .map_err(|e| ApiError::Conflict { reason: format!("scanning the model directory failed: {e}") })?
-        .map_err(|e| ApiError::Conflict { reason: e.to_string() })?;
+    let control = model_dir(state, "load", model)?;
+    let scanned = scan(control).await.map_err(|reason| ApiError::Conflict { reason })?;
     if !scanned.models.iter().any(|m| m.name == model) {
         return Err(ApiError::ModelNotFound {
             model: model.to_owned(),
@@ -120,26 +123,18 @@ pub async fn repository_load(state: &AppState, model: &str) -> Result<(), ApiErr
 
 /// Stops serving `model` until it is loaded again. Requests in flight finish on the version they hold.
 pub async fn repository_unload(state: &AppState, model: &str) -> Result<(), ApiError> {
-    refuse_in_gitops(state, "unload", model)?;
-    let control = state
-        .model_dir
-        .as_ref()
-        .ok_or(ApiError::Disabled { what: "unloading models by hand", how: "serve a model directory (--model-dir)" })?;
+    let control = model_dir(state, "unload", model)?;
     state.registry.snapshot().get(model, None)?;
     state.registry.set_unloaded(model, true);
-    let dir = control.dir.clone();
-    let scanned = tokio::task::spawn_blocking(move || reconciler::model_dir::scan(&dir))
-        .await
-        .map_err(|e| ApiError::Conflict { reason: format!("scanning the model directory failed: {e}") })?;
-    let result = match scanned {
+    let applied = match scan(control).await {
         Ok(desired) => state
             .registry
             .apply(&control.loader, state.registry.without_unloaded(desired))
             .await
             .map_err(|e| e.to_string()),
-        Err(error) => Err(error.to_string()),
+        Err(error) => Err(error),
     };
-    result.map(|_| ()).map_err(|reason| {
+    applied.map(|_| ()).map_err(|reason| {
         state.registry.set_unloaded(model, false);
         ApiError::Conflict { reason: format!("model '{model}' could not be unloaded: {reason}") }
     })
