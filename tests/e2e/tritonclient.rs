@@ -33,7 +33,12 @@ fn python_with_requirements() -> PathBuf {
         );
     };
     let _ = std::fs::remove_dir_all(&venv);
-    run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+    // Debian splits venv's ensurepip into python3-venv; install it when the first attempt says it is missing.
+    if !Command::new("python3").args(["-m", "venv"]).arg(&venv).output().is_ok_and(|o| o.status.success()) {
+        let _ = std::fs::remove_dir_all(&venv);
+        crate::support::ensure_debian_package("/nonexistent/python3-venv-marker", "python3-venv");
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+    }
     run(Command::new(&python)
         .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
         .arg(&requirements));
