@@ -88,6 +88,7 @@ pub struct Server {
     sync: watch::Receiver<WatchStatus>,
     controller: Option<reconciler::controller::ControllerHandle>,
     evaluations: watch::Receiver<u64>,
+    scrapes: watch::Receiver<u64>,
     grace: Duration,
 }
 
@@ -160,6 +161,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
     if config.gitops.is_none() {
         state.model_dir = Some(routes::ModelDirControl { dir: config.model_dir.clone(), loader: loader.clone() });
     }
+    let scrapes = state.scrapes.subscribe();
     let state = Arc::new(state);
     let service = stack::build(Arc::clone(&state), &config.limits);
     let stop_accepting = CancellationToken::new();
@@ -205,6 +207,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
         sync,
         controller,
         evaluations,
+        scrapes,
         grace: config.shutdown_grace,
     })
 }
@@ -241,6 +244,11 @@ impl Server {
     /// waits on it instead of polling).
     pub fn monitor_evaluations(&self) -> watch::Receiver<u64> {
         self.evaluations.clone()
+    }
+
+    /// Counts the `/metrics` answers so far, and each new one (a test waits for a scraper's next visit).
+    pub fn metrics_scrapes(&self) -> watch::Receiver<u64> {
+        self.scrapes.clone()
     }
 
     /// The reconcile loop's handle, in GitOps mode.

@@ -53,6 +53,8 @@ pub struct AppState {
     pub model_dir: Option<ModelDirControl>,
     /// The request path's series (requests, durations, queues); the loader gives each version its handles.
     pub request_metrics: RequestMetrics,
+    /// Counts `GET /metrics` answers, so a caller can wait for the next scrape instead of polling.
+    pub scrapes: tokio::sync::watch::Sender<u64>,
 }
 
 impl AppState {
@@ -71,6 +73,7 @@ impl AppState {
             concurrency: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_requests.get())),
             model_dir: None,
             request_metrics: RequestMetrics::default(),
+            scrapes: tokio::sync::watch::Sender::new(0),
         }
     }
 }
@@ -205,6 +208,7 @@ where
             response
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static(crate::metrics::Metrics::CONTENT_TYPE));
+            state.scrapes.send_modify(|n| *n += 1);
             Ok(response)
         }
         Route::Sync => admin::sync(state, request.headers()),
