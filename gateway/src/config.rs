@@ -34,6 +34,8 @@ pub struct ServeConfig {
     pub external_url: Option<String>,
     /// Whether predictions are observed by the monitor (drift, quality, alerts).
     pub monitoring: bool,
+    /// Whether the request series (counts, durations, queue and batch histograms) are recorded.
+    pub request_metrics: bool,
     /// How often a monitoring window with new rows is evaluated.
     pub monitor_interval: Duration,
 }
@@ -73,6 +75,7 @@ impl ServeConfig {
             alerting: monitor::notify::NotifyConfig::default(),
             external_url: None,
             monitoring: true,
+            request_metrics: true,
             monitor_interval: DEFAULT_MONITOR_INTERVAL,
         }
     }

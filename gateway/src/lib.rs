@@ -98,7 +98,11 @@ pub struct Server {
 /// the server turns ready when the first sync has applied a commit.
 pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
     tokio::task::spawn_blocking(runtime::environment).await??;
-    let request_metrics = metrics::request_series::RequestMetrics::default();
+    let request_metrics = if config.request_metrics {
+        metrics::request_series::RequestMetrics::default()
+    } else {
+        metrics::request_series::RequestMetrics::disabled()
+    };
     let loader = ModelLoader::new(config.models, WorkerGroup::new()).with_metrics(request_metrics.clone());
     let registry = Arc::new(Registry::new());
     let shutdown = CancellationToken::new();

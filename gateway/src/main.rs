@@ -235,6 +235,9 @@ struct RunArgs {
     /// Observe no predictions: no drift, quality or alerts (for measuring the monitor's cost).
     #[arg(long, env = "VANE_NO_MONITORING")]
     no_monitoring: bool,
+    /// Record no request series (counts, durations, queue and batch histograms; for measuring their cost).
+    #[arg(long, env = "VANE_NO_REQUEST_METRICS")]
+    no_request_metrics: bool,
     /// How often a monitoring window with new predictions is evaluated.
     #[arg(long, env = "VANE_MONITOR_INTERVAL", value_parser = humantime::parse_duration, default_value = "5s")]
     monitor_interval: Duration,
@@ -314,6 +317,7 @@ impl RunArgs {
         };
         config.external_url = self.external_url.clone();
         config.monitoring = !self.no_monitoring;
+        config.request_metrics = !self.no_request_metrics;
         config.monitor_interval = self.monitor_interval;
         config.poll_interval = Some(self.poll_interval.unwrap_or(config::DEFAULT_POLL_INTERVAL));
         config

@@ -405,6 +405,7 @@ pub mod request_series {
         unresolved: VersionSeries,
         /// The (model, version) pairs with series, so those of versions no longer served can be removed.
         versions: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<(String, String)>>>,
+        enabled: bool,
     }
 
     /// One model version's handles.
@@ -413,28 +414,18 @@ pub mod request_series {
         requests: [[Counter; 5]; 2],
         duration: [Histogram; 2],
         /// Time from queueing to the start of the run it joined, per request.
-        pub queue: Histogram,
+        queue: Histogram,
         /// Time of one model run (a whole batch).
-        pub inference: Histogram,
+        inference: Histogram,
         /// Rows in one model run.
-        pub batch: Histogram,
+        batch: Histogram,
+        /// False when request series are off (`--no-request-metrics`): every observation returns at once.
+        enabled: bool,
     }
 
     impl Default for RequestMetrics {
         fn default() -> Self {
-            let mut metrics = Self {
-                requests: Family::default(),
-                duration: Family::new_with_constructor(duration_histogram),
-                queue: Family::new_with_constructor(duration_histogram),
-                inference: Family::new_with_constructor(duration_histogram),
-                batch: Family::new_with_constructor(batch_histogram),
-                depth: Family::default(),
-                capacity: Family::default(),
-                loaded: Gauge::default(),
-                info: Family::default(),
-                unresolved: VersionSeries::detached(),
-                versions: std::sync::Arc::default(),
-            };
+            let mut metrics = Self { enabled: true, ..Self::disabled() };
             // Requests that resolved to no version are counted and timed under model=""; they never queue or run,
             // so their queue, inference and batch histograms stay out of the registry.
             let registered = metrics.for_version("", "");
@@ -443,9 +434,10 @@ pub mod request_series {
                 duration: registered.duration,
                 ..VersionSeries::detached()
             };
-            metrics.queue.remove(&VersionLabels { model: String::new(), version: String::new() });
-            metrics.inference.remove(&VersionLabels { model: String::new(), version: String::new() });
-            metrics.batch.remove(&VersionLabels { model: String::new(), version: String::new() });
+            let nobody = VersionLabels { model: String::new(), version: String::new() };
+            metrics.queue.remove(&nobody);
+            metrics.inference.remove(&nobody);
+            metrics.batch.remove(&nobody);
             metrics
         }
     }
@@ -495,8 +487,29 @@ pub mod request_series {
             );
         }
 
+        /// Series that record nothing (`--no-request-metrics`); the scrape-time gauges still work.
+        pub fn disabled() -> Self {
+            Self {
+                requests: Family::default(),
+                duration: Family::new_with_constructor(duration_histogram),
+                queue: Family::new_with_constructor(duration_histogram),
+                inference: Family::new_with_constructor(duration_histogram),
+                batch: Family::new_with_constructor(batch_histogram),
+                depth: Family::default(),
+                capacity: Family::default(),
+                loaded: Gauge::default(),
+                info: Family::default(),
+                unresolved: VersionSeries { enabled: false, ..VersionSeries::detached() },
+                versions: std::sync::Arc::default(),
+                enabled: false,
+            }
+        }
+
         /// The handles of `model` version `version`.
         pub fn for_version(&self, model: &str, version: &str) -> VersionSeries {
+            if !self.enabled {
+                return VersionSeries { enabled: false, ..VersionSeries::detached() };
+            }
             if !model.is_empty() {
                 if let Ok(mut versions) = self.versions.lock() {
                     versions.insert((model.to_owned(), version.to_owned()));
@@ -524,6 +537,7 @@ pub mod request_series {
                 queue: self.queue.get_or_create(&labels).clone(),
                 inference: self.inference.get_or_create(&labels).clone(),
                 batch: self.batch.get_or_create(&labels).clone(),
+                enabled: true,
             }
         }
 
@@ -611,11 +625,30 @@ pub mod request_series {
                 queue: duration_histogram(),
                 inference: duration_histogram(),
                 batch: batch_histogram(),
+                enabled: true,
+            }
+        }
+
+        /// A request's time in the queue.
+        pub fn observe_queued(&self, seconds: f64) {
+            if self.enabled {
+                self.queue.observe(seconds);
+            }
+        }
+
+        /// One model run: its rows and its time.
+        pub fn observe_run(&self, rows: usize, seconds: f64) {
+            if self.enabled {
+                self.batch.observe(rows as f64);
+                self.inference.observe(seconds);
             }
         }
 
         /// Counts one request and its duration.
         pub fn observe(&self, protocol: Protocol, result: Result<(), &ApiError>, seconds: f64) {
+            if !self.enabled {
+                return;
+            }
             let outcome = match result {
                 Ok(()) => 0,
                 Err(ApiError::QueueFull { .. } | ApiError::Overloaded | ApiError::NotReady) => 1,

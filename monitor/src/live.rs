@@ -535,7 +535,7 @@ fn run(
     loop {
         // The thread polls its queue instead of blocking on it: a parked receiver makes every send a futex wake
         // and a context switch, which at tens of thousands of predictions a second cost the request path about
-        // 10% of its throughput (benches/monitor_overhead.sh). A send into a queue nobody waits on is a few atomics.
+        // 10% of its throughput (benches/overhead.sh). A send into a queue nobody waits on is a few atomics.
         std::thread::sleep(DRAIN_EVERY.min(next.saturating_duration_since(Instant::now())));
         // Everything offered before an evaluation starts is in it.
         loop {

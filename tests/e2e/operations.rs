@@ -283,3 +283,14 @@ async fn the_kubernetes_manifests_parse_and_their_probes_and_settings_are_real()
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_request_metrics_off_nothing_is_recorded_but_the_served_set_is_still_read() {
+    let server = TestServer::start_with(|c| c.request_metrics = false).await;
+    assert_eq!(server.post_json("/v2/models/breast_cancer/infer", &breast_cancer_row()).await.status, StatusCode::OK);
+    let text = metrics_text(&server).await;
+    assert!(!text.contains("vane_requests_total{"), "no request series: {text}");
+    assert!(!text.contains("vane_queue_duration_seconds_count{"), "no queue series: {text}");
+    assert!(text.contains(r#"vane_queue_depth{model="breast_cancer",version="2"} 0"#), "{text}");
+    server.stop().await;
+}

@@ -237,7 +237,7 @@ impl Worker {
                 let _ = job.reply.send(Err(InferError::DeadlineExceeded));
                 continue;
             }
-            self.series.queue.observe(now.saturating_duration_since(job.enqueued).as_secs_f64());
+            self.series.observe_queued(now.saturating_duration_since(job.enqueued).as_secs_f64());
             live.push(job);
         }
         if live.is_empty() {
@@ -245,7 +245,6 @@ impl Worker {
         }
         let (jobs, rows) = (live.len(), live.iter().map(|j| j.rows).sum::<usize>());
         self.stats.started(jobs, rows);
-        self.series.batch.observe(rows as f64);
         if jobs == 1 {
             let job = live.remove(0);
             let result = guarded(|| onnx::run(&mut self.session, job.inputs, &job.outputs));
@@ -254,7 +253,7 @@ impl Worker {
         } else {
             self.run_merged(live, rows);
         }
-        self.series.inference.observe(now.elapsed().as_secs_f64());
+        self.series.observe_run(rows, now.elapsed().as_secs_f64());
         self.stats.finished(jobs);
     }
 
