@@ -186,9 +186,9 @@ impl Registry {
         }
     }
 
-    /// Whether `model` was unloaded by hand.
-    pub fn is_unloaded(&self, model: &str) -> bool {
-        self.unloaded.lock().is_ok_and(|set| set.contains(model))
+    /// The models unloaded by hand, in name order.
+    pub fn unloaded(&self) -> Vec<String> {
+        self.unloaded.lock().map(|set| set.iter().cloned().collect()).unwrap_or_default()
     }
 
     /// `desired` without the models unloaded by hand.

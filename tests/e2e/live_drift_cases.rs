@@ -237,6 +237,10 @@ async fn every_public_case_matches_through_the_live_path() {
     assert_eq!(prediction["breaches"][0]["value"], expected_psi(&deployments));
     let metrics = server.get("/metrics").await.body;
     let gauge = format!(r#"vane_prediction_drift{{model="{PREDICTION}",version="1",statistic="psi"}}"#);
-    assert!(metrics.as_str().unwrap().contains(&gauge), "{gauge} is exported");
+    let text = metrics.as_str().unwrap();
+    assert!(text.contains(&gauge), "{gauge} is exported");
+    // The firing count the shipped Prometheus rule VaneDriftAlertsFiring reads.
+    let firing = format!("vane_drift_alerts_firing{{model=\"{PREDICTION}\"}} 2");
+    assert!(text.contains(&firing), "{firing} in {text}");
     server.stop().await;
 }

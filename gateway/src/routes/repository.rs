@@ -42,30 +42,15 @@ pub fn repository_index(state: &AppState, ready_only: bool) -> Vec<IndexEntry> {
         })
         .collect();
     if !ready_only {
-        if let Some(control) = &state.model_dir {
-            for name in unloaded_folders(control, state) {
-                entries.push(IndexEntry {
-                    name,
-                    version: String::new(),
-                    state: "UNAVAILABLE",
-                    reason: "unloaded".to_owned(),
-                });
-            }
-        }
+        // Kept by the registry, so listing them reads no directory on the async thread.
+        entries.extend(state.registry.unloaded().into_iter().map(|name| IndexEntry {
+            name,
+            version: String::new(),
+            state: "UNAVAILABLE",
+            reason: "unloaded".to_owned(),
+        }));
     }
     entries
-}
-
-/// The folders of the model directory whose models were unloaded by hand.
-fn unloaded_folders(control: &ModelDirControl, state: &AppState) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(&control.dir) else { return Vec::new() };
-    let mut names: Vec<String> = entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-        .filter(|name| state.registry.is_unloaded(name))
-        .collect();
-    names.sort();
-    names
 }
 
 /// What model-directory mode needs to load by hand.
