@@ -1,17 +1,33 @@
 #!/usr/bin/env bash
 # Prediction throughput with a feature on vs off: `bash benches/overhead.sh --no-monitoring` (the monitor: every
-# prediction observed into a 200-row window, evaluated every 5 s) or `--no-request-metrics` (the request series).
+# prediction observed into a 200-row window, evaluated every 5 s), `--no-request-metrics` (the request series), or
+# `--trace-sample-rate=R` (OpenTelemetry traces sampled at R, exported over OTLP to a counting sink,
+# examples/otlp_sink.rs, vs no tracing; with OFF_FLAGS=--no-request-metrics, vs neither metrics nor tracing).
 # `vane demo --no-traffic` (breast_cancer from Git with its reference data) under wrk on loopback, batch-1 JSON
 # requests at 64 connections. Runs alternate on/off five times each so drift in the machine's speed hits both; the
 # median of each side is reported, and their ratio. SECONDS_PER_RUN (default 10) sets each run.
 set -euo pipefail
-off_flag=${1:?usage: benches/overhead.sh --no-monitoring|--no-request-metrics}
+mode=${1:?usage: benches/overhead.sh --no-monitoring|--no-request-metrics|--trace-sample-rate=R}
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 cargo build --release -q -p gateway --bin vane
 seconds=${SECONDS_PER_RUN:-10}
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"; kill $(jobs -p) 2>/dev/null || true' EXIT
+case "$mode" in
+  --trace-sample-rate=*)
+    cargo build --release -q --example otlp_sink
+    target/release/examples/otlp_sink >"$scratch/sink" &
+    sink_pid=$!
+    for _ in $(seq 1 100); do grep -q listening "$scratch/sink" && break; sleep 0.1; done # bounded at 10 s
+    endpoint=$(sed -n 's/^listening on //p' "$scratch/sink")
+    [ -n "$endpoint" ] || { echo "the OTLP sink did not start" >&2; exit 1; }
+    on_flags="--otlp-endpoint $endpoint --trace-sample-rate ${mode#*=}"
+    # OFF_FLAGS=--no-request-metrics compares metrics and tracing on with both off.
+    off_flags="${OFF_FLAGS:-}"
+    ;;
+  *) on_flags=""; off_flags="$mode" ;;
+esac
 row=$(sed -n 2p models/breast_cancer/reference.csv)
 cat > "$scratch/post.lua" <<LUA
 wrk.method = "POST"
@@ -19,7 +35,7 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"inputs":[{"name":"input","shape":[1,30],"datatype":"FP32","data":[$row]}]}'
 LUA
 
-run() { # $1: extra flag; prints requests/s
+run() { # $1: extra flags; $2: "show" prints what the server counted; prints requests/s
   # Port 0: the demo prints its address once it is ready (after its first sync), which is the readiness signal.
   target/release/vane demo --no-traffic --listen 127.0.0.1:0 --grpc-listen off $1 >"$scratch/out" 2>"$scratch/err" &
   local pid=$! port=""
@@ -31,20 +47,21 @@ run() { # $1: extra flag; prints requests/s
   [ -n "$port" ] || { echo "vane demo did not start: $(cat "$scratch/err")" >&2; exit 1; }
   wrk -t2 -c64 -d"${seconds}s" -s "$scratch/post.lua" "http://127.0.0.1:$port/v2/models/breast_cancer/infer" \
     | awk '/Requests\/sec/ {print $2}'
-  if [ -z "$1" ]; then # with everything on, show that the monitor and the series saw the traffic
+  if [ "${2:-}" = show ]; then # with the feature on, show that the monitor, the series and the tracer saw it
     curl -s "http://127.0.0.1:$port/metrics" \
-      | grep -E '^vane_monitor_observations(_dropped)?_total|^vane_requests_total.*breast_cancer.*http.*success' >&2
+      | grep -E '^vane_monitor_observations(_dropped)?_total|^vane_requests_total.*breast_cancer.*http.*success|^vane_trace_spans' >&2
   fi
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
 on=(); off=()
 for _ in 1 2 3 4 5; do
-  on+=("$(run "")")
-  off+=("$(run "$off_flag")")
+  on+=("$(run "$on_flags" show)")
+  off+=("$(run "$off_flags")")
 done
 median() { printf '%s\n' "$@" | sort -n | sed -n 3p; }
 m_on=$(median "${on[@]}"); m_off=$(median "${off[@]}")
-echo "on:              ${on[*]} req/s (median $m_on)"
-echo "$off_flag: ${off[*]} req/s (median $m_off)"
+echo "on ${on_flags:-(everything on)}: ${on[*]} req/s (median $m_on)"
+echo "off ${off_flags:-(no tracing)}: ${off[*]} req/s (median $m_off)"
+if [ -n "${sink_pid:-}" ]; then kill "$sink_pid"; wait "$sink_pid" 2>/dev/null || true; tail -1 "$scratch/sink"; fi
 python3 -c "print(f'on/off = {$m_on / $m_off:.3f}')"

@@ -38,6 +38,8 @@ pub struct ServeConfig {
     pub request_metrics: bool,
     /// How often a monitoring window with new rows is evaluated.
     pub monitor_interval: Duration,
+    /// OpenTelemetry traces of inference requests (off without an endpoint).
+    pub tracing: crate::traces::TraceConfig,
 }
 
 /// Every 5 s: alerts hold for minutes and the dashboard refreshes every 10 s, and evaluating all features each
@@ -77,6 +79,11 @@ impl ServeConfig {
             monitoring: true,
             request_metrics: true,
             monitor_interval: DEFAULT_MONITOR_INTERVAL,
+            tracing: crate::traces::TraceConfig {
+                endpoint: None,
+                sample_rate: crate::traces::DEFAULT_SAMPLE_RATE,
+                queue_capacity: crate::traces::DEFAULT_QUEUE_CAPACITY,
+            },
         }
     }
 }

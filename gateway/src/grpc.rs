@@ -10,16 +10,22 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use opentelemetry::KeyValue;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::errors::ApiError;
 use crate::infer::{DataType, Tensor, TensorData};
 use crate::metrics::request_series::Protocol;
 use crate::routes::{run_inference, AppState, BinaryOutputs, InferRequest};
+use crate::traces::{MetadataExtractor, Outcome, RequestTrace};
+
+/// The server span's name, OpenTelemetry's `{package.service}/{method}` for gRPC.
+const INFER_SPAN: &str = "inference.GRPCInferenceService/ModelInfer";
 
 /// The code generated from `proto/grpc_service.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -127,15 +133,35 @@ pub fn status(error: &ApiError) -> Status {
 
 impl Grpc {
     /// One inference, from the wire message to the wire message.
-    async fn infer(&self, request: ModelInferRequest) -> Result<ModelInferResponse, ApiError> {
+    /// `metadata` is the call's (for a stream, the stream's): a `traceparent` there is the request span's parent.
+    async fn infer(&self, request: ModelInferRequest, metadata: &MetadataMap) -> Result<ModelInferResponse, ApiError> {
         let arrived = Instant::now();
         let request_id = request.id.clone();
+        let trace = self.state.tracing.start_request(
+            &MetadataExtractor(metadata),
+            INFER_SPAN,
+            || {
+                vec![
+                    KeyValue::new("rpc.system", "grpc"),
+                    KeyValue::new("rpc.service", "inference.GRPCInferenceService"),
+                    KeyValue::new("rpc.method", "ModelInfer"),
+                ]
+            },
+            arrived,
+        );
         let mut served = None;
-        let result = self.infer_counted(request, arrived, &mut served).await;
+        let result = self.infer_counted(request, arrived, &mut served, &trace).await;
         let series = served.as_ref().map_or(self.state.request_metrics.unresolved(), |m| m.series());
         series.observe(Protocol::Grpc, result.as_ref().map(|_| ()), arrived.elapsed().as_secs_f64());
+        let ids = trace.ids();
+        trace.finish(Outcome {
+            status: result.as_ref().map_or_else(|e| e.status().as_u16(), |_| 200),
+            grpc_code: Some(result.as_ref().map_or_else(|e| status(e).code() as i32, |_| 0)),
+            model: served.as_ref().map(|m| (m.name(), m.version())),
+            error: result.as_ref().err().map(ToString::to_string),
+        });
         if let Err(error) = &result {
-            crate::routes::log_edge_error(error, "grpc", "ModelInfer", &request_id);
+            crate::routes::log_edge_error(error, "grpc", "ModelInfer", &request_id, ids);
         }
         result
     }
@@ -145,6 +171,7 @@ impl Grpc {
         request: ModelInferRequest,
         arrived: Instant,
         served: &mut Option<Arc<crate::infer::LoadedModel>>,
+        trace: &RequestTrace,
     ) -> Result<ModelInferResponse, ApiError> {
         // The same global in-flight limit as REST: beyond it, refuse at once rather than queue.
         let _permit = self.state.concurrency.clone().try_acquire_owned().map_err(|_| ApiError::Overloaded)?;
@@ -153,7 +180,7 @@ impl Grpc {
         *served = Some(Arc::clone(&resolved.loaded));
         let incoming = resolved.loaded.incoming();
         let decoded = decode(request, resolved.loaded.signature())?;
-        let (decoded, outputs) = run_inference(&self.state, &resolved, incoming, decoded, arrived).await?;
+        let (decoded, outputs) = run_inference(&self.state, &resolved, incoming, decoded, arrived, trace).await?;
         let loaded = &resolved.loaded;
         let mut raw_output_contents = Vec::with_capacity(outputs.len());
         let mut tensors = Vec::with_capacity(outputs.len());
@@ -352,7 +379,8 @@ impl GrpcInferenceService for Grpc {
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
-        self.infer(request.into_inner()).await.map(Response::new).map_err(|e| status(&e))
+        let (metadata, _, request) = request.into_parts();
+        self.infer(request, &metadata).await.map(Response::new).map_err(|e| status(&e))
     }
 
     type ModelStreamInferStream = InferStream;
@@ -364,7 +392,8 @@ impl GrpcInferenceService for Grpc {
         &self,
         request: Request<Streaming<ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
-        let mut requests = request.into_inner();
+        let (metadata, _, mut requests) = request.into_parts();
+        let metadata = Arc::new(metadata);
         let (answers, stream) = mpsc::channel(STREAM_IN_FLIGHT);
         let service = Grpc { state: Arc::clone(&self.state) };
         tokio::spawn(async move {
@@ -379,10 +408,10 @@ impl GrpcInferenceService for Grpc {
                     }
                 };
                 let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { break };
-                let (service, answers) = (Arc::clone(&service), answers.clone());
+                let (service, answers, metadata) = (Arc::clone(&service), answers.clone(), Arc::clone(&metadata));
                 tokio::spawn(async move {
                     let id = request.id.clone();
-                    let answer = match service.infer(request).await {
+                    let answer = match service.infer(request, &metadata).await {
                         Ok(response) => proto::ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(response),

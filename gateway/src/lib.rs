@@ -24,6 +24,7 @@ pub mod runtime;
 pub mod server;
 pub mod stack;
 pub mod telemetry;
+pub mod traces;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,6 +66,9 @@ pub enum StartError {
     /// The monitor's thread could not be started.
     #[error("cannot start the monitor thread: {0}")]
     Monitor(#[source] std::io::Error),
+    /// The trace exporter could not be set up.
+    #[error("cannot export traces: {0}")]
+    Tracing(#[from] traces::TraceError),
     /// A blocking start-up task panicked.
     #[error("start-up task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -90,6 +94,7 @@ pub struct Server {
     evaluations: watch::Receiver<u64>,
     scrapes: watch::Receiver<u64>,
     grace: Duration,
+    tracing: traces::Tracing,
 }
 
 /// Loads ONNX Runtime and every model in `config.model_dir`, binds the listener and starts serving (and, with a
@@ -98,6 +103,7 @@ pub struct Server {
 /// the server turns ready when the first sync has applied a commit.
 pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
     tokio::task::spawn_blocking(runtime::environment).await??;
+    let tracing = traces::Tracing::start(&config.tracing)?;
     let request_metrics = if config.request_metrics {
         metrics::request_series::RequestMetrics::default()
     } else {
@@ -129,6 +135,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let mut metrics = metrics::Metrics::new();
     request_metrics.register(metrics.registry_mut());
+    tracing.register(metrics.registry_mut());
     if let Some(controller) = &controller {
         controller.metrics().register(metrics.registry_mut());
     }
@@ -156,6 +163,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
     let mut state = AppState::new(Arc::clone(&registry), &config.limits);
     state.metrics = Arc::new(metrics);
     state.request_metrics = request_metrics;
+    state.tracing = tracing.clone();
     // Off: no prediction is observed (the thread still answers the API with empty reports).
     state.monitor = config.monitoring.then_some(monitor);
     state.monitor_metrics = monitor_metrics;
@@ -213,6 +221,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
         evaluations,
         scrapes,
         grace: config.shutdown_grace,
+        tracing,
     })
 }
 
@@ -274,7 +283,7 @@ impl Server {
     /// requests finish within the grace period, the poller stops, the models are dropped and their worker threads
     /// are waited for. Returns whether every worker thread exited within the grace period.
     pub async fn run_until_stopped(self) -> bool {
-        let Self { registry, loader, shutdown, stop_accepting, serving, grpc, background, grace, .. } = self;
+        let Self { registry, loader, shutdown, stop_accepting, serving, grpc, background, grace, tracing, .. } = self;
         shutdown.cancelled().await;
         registry.set_not_ready();
         stop_accepting.cancel();
@@ -305,6 +314,10 @@ impl Server {
             tracing::info!("all inference workers stopped");
         } else {
             tracing::warn!("some inference workers were still busy when the grace period ended");
+        }
+        // The last requests' spans go out before the process ends (blocks up to a few seconds: off the runtime).
+        if tracing.enabled() {
+            let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
         }
         joined
     }

@@ -241,6 +241,17 @@ struct RunArgs {
     /// How often a monitoring window with new predictions is evaluated.
     #[arg(long, env = "VANE_MONITOR_INTERVAL", value_parser = humantime::parse_duration, default_value = "5s")]
     monitor_interval: Duration,
+    /// Export traces of inference requests over OTLP/gRPC to this collector, e.g. http://otel-collector:4317
+    /// [default: off]. The standard OpenTelemetry variable, so a platform's injected setting just works.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Share of requests traced (0 to 1) when the caller sent no traceparent; a caller's traceparent decides for its
+    /// own requests.
+    #[arg(long, env = "VANE_TRACE_SAMPLE_RATE", default_value_t = gateway::traces::DEFAULT_SAMPLE_RATE)]
+    trace_sample_rate: f64,
+    /// Finished spans that may wait for export; more are dropped and counted (vane_trace_spans_dropped_total).
+    #[arg(long, env = "VANE_TRACE_QUEUE_CAPACITY", default_value_t = gateway::traces::DEFAULT_QUEUE_CAPACITY)]
+    trace_queue_capacity: usize,
 }
 
 impl ServeArgs {
@@ -319,6 +330,11 @@ impl RunArgs {
         config.monitoring = !self.no_monitoring;
         config.request_metrics = !self.no_request_metrics;
         config.monitor_interval = self.monitor_interval;
+        config.tracing = gateway::traces::TraceConfig {
+            endpoint: self.otlp_endpoint.clone().filter(|e| !e.is_empty()),
+            sample_rate: self.trace_sample_rate,
+            queue_capacity: self.trace_queue_capacity,
+        };
         config.poll_interval = Some(self.poll_interval.unwrap_or(config::DEFAULT_POLL_INTERVAL));
         config
     }

@@ -127,7 +127,8 @@ fn a_served_process_answers_and_exits_cleanly_on_sigterm() {
         stream.read_to_string(&mut answer).unwrap();
         answer
     };
-    let answer = exchange("POST /v2/models/nope/infer HTTP/1.1\r\nhost: x\r\nx-request-id: test-7\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}");
+    // It carries the caller's W3C trace context: its trace id goes on the log line even with trace export off.
+    let answer = exchange("POST /v2/models/nope/infer HTTP/1.1\r\nhost: x\r\nx-request-id: test-7\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}");
     assert!(answer.starts_with("HTTP/1.1 404") && answer.contains("x-request-id: test-7\r\n"), "{answer}");
     let answer =
         exchange("POST /v2/models/nope/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}");
@@ -150,6 +151,9 @@ fn a_served_process_answers_and_exits_cleanly_on_sigterm() {
     assert_eq!(refused[0]["level"], "DEBUG");
     assert_eq!(refused[0]["fields"]["request_id"], "test-7");
     assert_eq!(refused[0]["fields"]["status"], 404);
+    assert_eq!(refused[0]["fields"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(refused[0]["fields"]["span_id"], "00f067aa0ba902b7");
+    assert!(refused[1]["fields"].get("trace_id").is_none(), "no trace, no trace id: {}", refused[1]);
     assert!(refused[1]["fields"]["request_id"].as_str().unwrap().starts_with("vane-"), "{}", refused[1]);
 }
 

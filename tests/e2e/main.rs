@@ -16,4 +16,5 @@ mod serve;
 mod shutdown;
 mod support;
 mod swap;
+mod traces;
 mod tritonclient;

@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 
 use crate::errors::{ApiError, InferError, LoadError};
 use crate::metrics::request_series::{RequestMetrics, VersionSeries};
+use crate::traces::RequestTrace;
 
 pub use signature::{Signature, TensorSpec};
 pub use stats::{ModelStats, StatsSnapshot};
@@ -372,6 +373,7 @@ impl LoadedModel {
         outputs: Arc<[usize]>,
         deadline: Instant,
         client_deadline: bool,
+        trace: &RequestTrace,
     ) -> Result<Vec<Tensor>, ApiError> {
         let rows = batch::rows(&inputs);
         if self.policy.enabled() && rows > self.policy.max_rows {
@@ -385,7 +387,9 @@ impl LoadedModel {
         }
         let batchable = self.policy.enabled() && batch::same_rows(&inputs);
         let (reply, answer) = oneshot::channel();
-        let job = Job { inputs, rows, batchable, outputs, enqueued: Instant::now(), deadline, reply };
+        let enqueued = Instant::now();
+        let job =
+            Job { inputs, rows, batchable, outputs, enqueued, deadline, trace: trace.sampled(), dequeued: None, reply };
         let submitted = self.pool.try_submit(job);
         drop(incoming);
         match submitted {
@@ -400,18 +404,26 @@ impl LoadedModel {
         let answer = if client_deadline {
             match tokio::time::timeout_at(deadline.into(), answer).await {
                 Ok(answer) => answer,
-                Err(_) => Ok(Err(InferError::DeadlineExceeded)),
+                Err(_) => Ok((Err(InferError::DeadlineExceeded), None)),
             }
         } else {
             answer.await
         };
-        match answer {
-            Ok(Ok(outputs)) => Ok(outputs),
-            Ok(Err(InferError::DeadlineExceeded)) => {
+        let result = match answer {
+            Ok((result, job_trace)) => {
+                if let Some(job_trace) = job_trace {
+                    trace.record_batch(enqueued, &job_trace);
+                }
+                result
+            }
+            Err(_) => Err(InferError::WorkerGone),
+        };
+        match result {
+            Ok(outputs) => Ok(outputs),
+            Err(InferError::DeadlineExceeded) => {
                 Err(ApiError::DeadlineExceeded { model: self.name.clone(), version: self.version })
             }
-            Ok(Err(error)) => Err(self.failed(&error)),
-            Err(_) => Err(self.failed(&InferError::WorkerGone)),
+            Err(error) => Err(self.failed(&error)),
         }
     }
 

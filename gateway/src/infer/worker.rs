@@ -24,6 +24,7 @@ use crate::errors::InferError;
 use crate::infer::stats::ModelStats;
 use crate::infer::{batch, onnx, Tensor};
 use crate::metrics::request_series::VersionSeries;
+use crate::traces::{BatchTrace, JobTrace};
 
 /// One inference to run.
 pub(super) struct Job {
@@ -39,9 +40,16 @@ pub(super) struct Job {
     pub(super) enqueued: Instant,
     /// After this the job is answered `DeadlineExceeded` without running.
     pub(super) deadline: Instant,
+    /// The request's server span, when it is traced.
+    pub(super) trace: Option<opentelemetry::trace::SpanContext>,
+    /// When a worker took a traced job off the queue (untraced jobs do not read the clock for it).
+    pub(super) dequeued: Option<Instant>,
     /// Where the result goes.
-    pub(super) reply: oneshot::Sender<Result<Vec<Tensor>, InferError>>,
+    pub(super) reply: oneshot::Sender<Answer>,
 }
+
+/// A job's result, and for a traced job what its batch looked like.
+pub(super) type Answer = (Result<Vec<Tensor>, InferError>, Option<JobTrace>);
 
 /// How a model version's workers batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,8 +182,9 @@ impl Worker {
             let first = match self.carry.take() {
                 Some(job) => job,
                 None => match self.queue.recv() {
-                    Ok(job) => {
+                    Ok(mut job) => {
                         self.stats.dequeued(1);
+                        job.took();
                         job
                     }
                     Err(_) => return,
@@ -195,7 +204,7 @@ impl Worker {
         let mut rows = first.rows;
         let mut batch = vec![first];
         while rows < self.policy.max_rows {
-            let next = match self.queue.try_recv() {
+            let mut next = match self.queue.try_recv() {
                 Ok(job) => job,
                 Err(TryRecvError::Disconnected) => break,
                 Err(TryRecvError::Empty) => {
@@ -212,6 +221,7 @@ impl Worker {
                 }
             };
             self.stats.dequeued(1);
+            next.took();
             if !next.batchable
                 || rows + next.rows > self.policy.max_rows
                 || !batch::compatible(&batch[0].inputs, &next.inputs)
@@ -234,7 +244,7 @@ impl Worker {
                 continue;
             }
             if job.deadline <= now {
-                let _ = job.reply.send(Err(InferError::DeadlineExceeded));
+                let _ = job.reply.send((Err(InferError::DeadlineExceeded), None));
                 continue;
             }
             self.series.observe_queued(now.saturating_duration_since(job.enqueued).as_secs_f64());
@@ -245,50 +255,87 @@ impl Worker {
         }
         let (jobs, rows) = (live.len(), live.iter().map(|j| j.rows).sum::<usize>());
         self.stats.started(jobs, rows);
+        // Empty (no allocation) unless a request in the batch is traced.
+        let members = BatchTrace::members(live.iter().filter_map(|j| j.trace.as_ref()));
         if jobs == 1 {
             let job = live.remove(0);
+            let started = Instant::now();
             let result = guarded(|| onnx::run(&mut self.session, job.inputs, &job.outputs));
+            let ended = Instant::now();
+            let batch = (!members.is_empty())
+                .then(|| Arc::new(BatchTrace { run: (started, ended), finished: ended, requests: 1, rows, members }));
             // A closed receiver means the caller gave up meanwhile; nothing else to do.
-            let _ = job.reply.send(result);
+            let _ = job.reply.send((result, trace_of(job.dequeued, batch.as_ref())));
         } else {
-            self.run_merged(live, rows);
+            self.run_merged(live, rows, members);
         }
         self.series.observe_run(rows, now.elapsed().as_secs_f64());
         self.stats.finished(jobs);
     }
 
     /// Runs several jobs as one batch and answers each with its own rows.
-    fn run_merged(&mut self, jobs: Vec<Job>, total_rows: usize) {
-        let mut parts = Vec::with_capacity(jobs.len());
-        let mut inputs = Vec::with_capacity(jobs.len());
+    fn run_merged(&mut self, jobs: Vec<Job>, total_rows: usize, members: Vec<opentelemetry::trace::SpanContext>) {
+        let requests = jobs.len();
+        let mut parts = Vec::with_capacity(requests);
+        let mut inputs = Vec::with_capacity(requests);
         for job in jobs {
-            parts.push((job.rows, job.outputs, job.reply));
+            parts.push((job.rows, job.outputs, job.reply, job.dequeued));
             inputs.push(job.inputs);
         }
         let all: Vec<usize> = (0..self.session.outputs().len()).collect();
         let merged = batch::concat(inputs);
-        match guarded(|| onnx::run(&mut self.session, merged, &all)) {
+        let started = Instant::now();
+        let result = guarded(|| onnx::run(&mut self.session, merged, &all));
+        let ended = Instant::now();
+        let answers: Vec<_> = match result {
             Ok(outputs) => {
                 let mut offset = 0;
-                for (rows, wanted, reply) in parts {
-                    let range = offset..offset + rows;
-                    offset += rows;
-                    let mine = wanted
-                        .iter()
-                        .map(|&i| batch::slice_rows(&outputs[i], range.clone(), total_rows))
-                        .collect::<Option<Vec<_>>>()
-                        .ok_or(InferError::BatchSplit);
-                    let _ = reply.send(mine);
-                }
+                parts
+                    .into_iter()
+                    .map(|(rows, wanted, reply, dequeued)| {
+                        let range = offset..offset + rows;
+                        offset += rows;
+                        let mine = wanted
+                            .iter()
+                            .map(|&i| batch::slice_rows(&outputs[i], range.clone(), total_rows))
+                            .collect::<Option<Vec<_>>>()
+                            .ok_or(InferError::BatchSplit);
+                        (reply, dequeued, mine)
+                    })
+                    .collect()
             }
             Err(error) => {
                 let message = error.to_string();
-                for (_, _, reply) in parts {
-                    let _ = reply.send(Err(InferError::Batch(message.clone())));
-                }
+                parts
+                    .into_iter()
+                    .map(|(_, _, reply, dequeued)| (reply, dequeued, Err(InferError::Batch(message.clone()))))
+                    .collect()
             }
+        };
+        let batch = (!members.is_empty()).then(|| {
+            let finished = Instant::now();
+            Arc::new(BatchTrace { run: (started, ended), finished, requests, rows: total_rows, members })
+        });
+        for (reply, dequeued, answer) in answers {
+            let _ = reply.send((answer, trace_of(dequeued, batch.as_ref())));
         }
     }
+}
+
+// === impl Job ===
+
+impl Job {
+    /// Marks a traced job as taken off the queue now.
+    fn took(&mut self) {
+        if self.trace.is_some() {
+            self.dequeued = Some(Instant::now());
+        }
+    }
+}
+
+/// A traced job's share of its batch's trace.
+fn trace_of(dequeued: Option<Instant>, batch: Option<&Arc<BatchTrace>>) -> Option<JobTrace> {
+    Some(JobTrace { dequeued: dequeued?, batch: Arc::clone(batch?) })
 }
 
 /// Runs `f`, turning a panic into an error so the worker survives it.

@@ -19,6 +19,8 @@ use crate::errors::ApiError;
 use crate::metrics::request_series::{Protocol, RequestMetrics};
 use crate::registry::Registry;
 use crate::stack::Limits;
+use crate::traces::{HeaderExtractor, Outcome};
+use opentelemetry::KeyValue;
 
 pub use json::{decode_request, encode_response, BinaryOutputs, InferRequest, InferResponse};
 pub use repository::{repository_index, repository_load, repository_unload, IndexEntry, ModelDirControl};
@@ -55,6 +57,8 @@ pub struct AppState {
     pub request_metrics: RequestMetrics,
     /// Counts `GET /metrics` answers, so a caller can wait for the next scrape instead of polling.
     pub scrapes: tokio::sync::watch::Sender<u64>,
+    /// Traces of inference requests (off without an OTLP endpoint).
+    pub tracing: crate::traces::Tracing,
 }
 
 impl AppState {
@@ -74,6 +78,7 @@ impl AppState {
             model_dir: None,
             request_metrics: RequestMetrics::default(),
             scrapes: tokio::sync::watch::Sender::new(0),
+            tracing: crate::traces::Tracing::disabled(),
         }
     }
 }
@@ -88,7 +93,8 @@ where
     // and the answer carry the same id. The success path pays only the header lookup.
     let given = request.headers().get(REQUEST_ID).cloned();
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
-    match dispatch(&state, request).await {
+    let mut trace_ids = None;
+    match dispatch(&state, request, &mut trace_ids).await {
         Ok(mut response) => {
             if let Some(id) = given {
                 response.headers_mut().insert(REQUEST_ID, id);
@@ -97,13 +103,19 @@ where
         }
         Err(error) => {
             let id = given.unwrap_or_else(new_request_id);
-            log_edge_error(&error, method.as_str(), &path, id.to_str().unwrap_or_default());
+            log_edge_error(&error, method.as_str(), &path, id.to_str().unwrap_or_default(), trace_ids);
             let mut response = error_response(&error);
             response.headers_mut().insert(REQUEST_ID, id);
             response
         }
     }
 }
+
+/// The inference routes as OpenTelemetry's HTTP conventions name server spans: method and route template.
+const INFER_SPAN: &str = "POST /v2/models/{model_name}/infer";
+const INFER_VERSION_SPAN: &str = "POST /v2/models/{model_name}/versions/{model_version}/infer";
+const INFER_ROUTE: &str = "/v2/models/{model_name}/infer";
+const INFER_VERSION_ROUTE: &str = "/v2/models/{model_name}/versions/{model_version}/infer";
 
 /// The header that carries a request's id, as most proxies and tracing setups name it.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -120,19 +132,36 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_str(&format!("vane-{started:x}-{n}")).unwrap_or_else(|_| HeaderValue::from_static("vane"))
 }
 
-/// One log line per failed request, with its id. Client errors and refusals under load (503) at debug: they are the
-/// caller's or the load's, counted in `vane_requests_total`, and a noisy client or an overload must not flood the
-/// log; timeouts (504) at warn; server failures (500) at error.
-pub(crate) fn log_edge_error(error: &ApiError, method: &str, path: &str, request_id: &str) {
+/// One log line per failed request, with its id, and its trace's ids when it has a trace (sampled here, or sent by
+/// the caller), so the line and the trace find each other. Client errors and refusals under load (503) at debug:
+/// they are the caller's or the load's, counted in `vane_requests_total`, and a noisy client or an overload must not
+/// flood the log; timeouts (504) at warn; server failures (500) at error.
+pub(crate) fn log_edge_error(
+    error: &ApiError,
+    method: &str,
+    path: &str,
+    request_id: &str,
+    trace: Option<crate::traces::TraceIds>,
+) {
     let status = error.status().as_u16();
+    let trace_id = trace.map(|t| tracing::field::display(t.trace_id));
+    let span_id = trace.map(|t| tracing::field::display(t.span_id));
     match status {
-        400..=499 | 503 => tracing::debug!(status, method, path, request_id, %error, "request refused"),
-        504 => tracing::warn!(status, method, path, request_id, %error, "request not served in time"),
-        _ => tracing::error!(status, method, path, request_id, %error, "request failed"),
+        400..=499 | 503 => {
+            tracing::debug!(status, method, path, request_id, trace_id, span_id, %error, "request refused");
+        }
+        504 => {
+            tracing::warn!(status, method, path, request_id, trace_id, span_id, %error, "request not served in time")
+        }
+        _ => tracing::error!(status, method, path, request_id, trace_id, span_id, %error, "request failed"),
     }
 }
 
-async fn dispatch<B>(state: &AppState, request: Request<B>) -> Result<HttpResponse, ApiError>
+async fn dispatch<B>(
+    state: &AppState,
+    request: Request<B>,
+    trace_ids: &mut Option<crate::traces::TraceIds>,
+) -> Result<HttpResponse, ApiError>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -241,16 +270,35 @@ where
             repository_unload(state, &model).await.map(|()| empty_ok())
         }
         Route::Infer(model, version) => {
+            let trace = state.tracing.start_request(
+                &HeaderExtractor(request.headers()),
+                if version.is_some() { INFER_VERSION_SPAN } else { INFER_SPAN },
+                || {
+                    vec![
+                        KeyValue::new("http.request.method", "POST"),
+                        KeyValue::new("http.route", if version.is_some() { INFER_VERSION_ROUTE } else { INFER_ROUTE }),
+                        KeyValue::new("url.path", path.to_owned()),
+                    ]
+                },
+                arrived,
+            );
             let (model, version) = (model.to_owned(), version.map(str::to_owned));
             let mut served = None;
             let result = async {
                 let header_length = binary_header_length(request.headers())?;
                 let body = read_body(request.into_body(), state.max_body_bytes).await?;
-                v2::infer(state, &model, version.as_deref(), &body, header_length, arrived, &mut served).await
+                v2::infer(state, &model, version.as_deref(), (&body, header_length), arrived, &mut served, &trace).await
             }
             .await;
             let series = served.as_ref().map_or(state.request_metrics.unresolved(), |m| m.series());
             series.observe(Protocol::Http, result.as_ref().map(|_| ()), arrived.elapsed().as_secs_f64());
+            *trace_ids = trace.ids();
+            trace.finish(Outcome {
+                status: result.as_ref().map_or_else(|e| e.status().as_u16(), |r| r.status().as_u16()),
+                grpc_code: None,
+                model: served.as_ref().map(|m| (m.name(), m.version())),
+                error: result.as_ref().err().map(ToString::to_string),
+            });
             result
         }
     }

@@ -14,6 +14,7 @@ use super::{json_response, AppState, HttpResponse};
 use crate::errors::ApiError;
 use crate::infer::{Incoming, LoadedModel, Tensor, TensorSpec};
 use crate::registry::{Registry, Resolved};
+use crate::traces::RequestTrace;
 
 /// The platform name for ONNX models, as Triton reports it.
 pub(crate) const PLATFORM: &str = "onnxruntime_onnx";
@@ -104,14 +105,15 @@ pub(super) fn model_ready(registry: &Registry, model: &str, version: Option<&str
     Ok(json_response(StatusCode::OK, &ModelReady { name: model, ready: true }))
 }
 
+/// `body` is the request body and, for the binary extension, the length of its JSON header.
 pub(super) async fn infer(
     state: &AppState,
     model: &str,
     version: Option<&str>,
-    body: &[u8],
-    header_length: Option<usize>,
+    (body, header_length): (&[u8], Option<usize>),
     arrived: Instant,
     served: &mut Option<Arc<LoadedModel>>,
+    trace: &RequestTrace,
 ) -> Result<HttpResponse, ApiError> {
     // One load of the model set; the guard is gone before the await below, the Arc keeps the version alive.
     let resolved = state.registry.resolve_served(model, version)?;
@@ -119,7 +121,7 @@ pub(super) async fn infer(
     // Counted as on its way to the batcher from before decoding, so a batch being formed can wait for it.
     let incoming = resolved.loaded.incoming();
     let request = decode_request(body, header_length, Some(resolved.loaded.signature()))?;
-    let (request, outputs) = run_inference(state, &resolved, incoming, request, arrived).await?;
+    let (request, outputs) = run_inference(state, &resolved, incoming, request, arrived, trace).await?;
     let loaded = &resolved.loaded;
     let mut response = InferResponse {
         model_name: loaded.name(),
@@ -150,6 +152,7 @@ pub(crate) async fn run_inference(
     incoming: Incoming<'_>,
     mut request: InferRequest,
     arrived: Instant,
+    trace: &RequestTrace,
 ) -> Result<(InferRequest, Vec<Tensor>), ApiError> {
     let loaded = &resolved.loaded;
     let signature = loaded.signature();
@@ -163,7 +166,7 @@ pub(crate) async fn run_inference(
         (Some(_), Some(monitored)) => monitored.sample(&inputs),
         _ => None,
     };
-    let outputs = loaded.infer(incoming, inputs, selected, arrived + budget, client_deadline).await?;
+    let outputs = loaded.infer(incoming, inputs, selected, arrived + budget, client_deadline, trace).await?;
     if let (Some(monitor), Some(monitored), Some(cells)) = (&state.monitor, &resolved.monitored, observed) {
         let predictions = monitored.predictions(&outputs, request.id.is_some());
         monitor.offer(monitor::live::Observation {
