@@ -1,5 +1,6 @@
 //! The request path's own work, without ONNX Runtime or sockets: decoding a V2 JSON body into checked tensors,
-//! concatenating requests into a batch and splitting the outputs back, and encoding the response.
+//! concatenating requests into a batch and splitting the outputs back, encoding the response, and the telemetry
+//! each request pays (its request series; its server span at a 1% sample rate).
 //!
 //! Run: `cargo bench --bench hot_path`.
 
@@ -95,5 +96,39 @@ fn encode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode, batching, encode);
+/// What one batch-of-one request pays for telemetry: the request series (a counter and a duration histogram on the
+/// request path, the queue, inference and batch-rows histograms in the worker) and, with tracing on at 1%, opening and
+/// finishing its server span (99 of 100 are an unsampled decision; the sampled one is exported to a collector that is
+/// not there, which costs the exporter thread, not the request).
+fn telemetry(c: &mut Criterion) {
+    use gateway::metrics::request_series::{Protocol, RequestMetrics};
+    use gateway::traces::{HeaderExtractor, Outcome, TraceConfig, Tracing};
+    let mut group = c.benchmark_group("telemetry_per_request");
+    let series = RequestMetrics::default().for_version("breast_cancer", "2");
+    group.bench_function("request_series", |b| {
+        b.iter(|| {
+            series.observe_queued(std::hint::black_box(0.000_2));
+            series.observe_run(1, std::hint::black_box(0.000_05));
+            series.observe(Protocol::Http, Ok(()), std::hint::black_box(0.000_4));
+        });
+    });
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let config = TraceConfig { endpoint: Some("http://127.0.0.1:9".into()), sample_rate: 0.01, queue_capacity: 2048 };
+    let tracing = runtime.block_on(async { Tracing::start(&config) }).unwrap();
+    let headers = http::HeaderMap::new();
+    group.bench_function("server_span_at_1_percent", |b| {
+        b.iter(|| {
+            let trace = tracing.start_request(
+                &HeaderExtractor(&headers),
+                "POST /v2/models/{model_name}/infer",
+                Vec::new,
+                std::time::Instant::now(),
+            );
+            trace.finish(Outcome { status: 200, grpc_code: None, model: Some(("breast_cancer", 2)), error: None });
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode, batching, encode, telemetry);
 criterion_main!(benches);

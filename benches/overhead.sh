@@ -35,6 +35,8 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"inputs":[{"name":"input","shape":[1,30],"datatype":"FP32","data":[$row]}]}'
 LUA
 
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
 run() { # $1: extra flags; $2: "show" prints what the server counted; prints requests/s
   # Port 0: the demo prints its address once it is ready (after its first sync), which is the readiness signal.
   target/release/vane demo --no-traffic --listen 127.0.0.1:0 --grpc-listen off $1 >"$scratch/out" 2>"$scratch/err" &
@@ -45,8 +47,13 @@ run() { # $1: extra flags; $2: "show" prints what the server counted; prints req
     sleep 0.1
   done
   [ -n "$port" ] || { echo "vane demo did not start: $(cat "$scratch/err")" >&2; exit 1; }
+  local before; before=$(cpu_ticks "$pid")
   wrk -t2 -c64 -d"${seconds}s" -s "$scratch/post.lua" "http://127.0.0.1:$port/v2/models/breast_cancer/infer" \
-    | awk '/Requests\/sec/ {print $2}'
+    >"$scratch/wrk"
+  local ticks=$(( $(cpu_ticks "$pid") - before ))
+  # requests/s, and the server's CPU time per request in microseconds (user + system, from /proc)
+  awk -v ticks="$ticks" -v hz="$(getconf CLK_TCK)" \
+    '/requests in/ {n = $1} /Requests\/sec/ {rps = $2} END {printf "%s %.1f\n", rps, ticks / hz * 1e6 / n}' "$scratch/wrk"
   if [ "${2:-}" = show ]; then # with the feature on, show that the monitor, the series and the tracer saw it
     curl -s "http://127.0.0.1:$port/metrics" \
       | grep -E '^vane_monitor_observations(_dropped)?_total|^vane_requests_total.*breast_cancer.*http.*success|^vane_trace_spans' >&2
@@ -59,9 +66,12 @@ for _ in 1 2 3 4 5; do
   on+=("$(run "$on_flags" show)")
   off+=("$(run "$off_flags")")
 done
+# Each run printed "requests/s cpu_us_per_request"; medians of each column per side.
 median() { printf '%s\n' "$@" | sort -n | sed -n 3p; }
-m_on=$(median "${on[@]}"); m_off=$(median "${off[@]}")
-echo "on ${on_flags:-(everything on)}: ${on[*]} req/s (median $m_on)"
-echo "off ${off_flags:-(no tracing)}: ${off[*]} req/s (median $m_off)"
+column() { local k=$1; shift; for x in "$@"; do echo "$x" | cut -d' ' -f"$k"; done; }
+m_on=$(median $(column 1 "${on[@]}")); m_off=$(median $(column 1 "${off[@]}"))
+c_on=$(median $(column 2 "${on[@]}")); c_off=$(median $(column 2 "${off[@]}"))
+echo "on ${on_flags:-(everything on)}: $(column 1 "${on[@]}" | tr '\n' ' ')req/s (median $m_on); CPU $(column 2 "${on[@]}" | tr '\n' ' ')us/request (median $c_on)"
+echo "off ${off_flags:-(no tracing)}: $(column 1 "${off[@]}" | tr '\n' ' ')req/s (median $m_off); CPU $(column 2 "${off[@]}" | tr '\n' ' ')us/request (median $c_off)"
 if [ -n "${sink_pid:-}" ]; then kill "$sink_pid"; wait "$sink_pid" 2>/dev/null || true; tail -1 "$scratch/sink"; fi
-python3 -c "print(f'on/off = {$m_on / $m_off:.3f}')"
+python3 -c "print(f'throughput on/off = {$m_on / $m_off:.3f}; server CPU per request on/off = {$c_on / $c_off:.3f}')"

@@ -155,13 +155,13 @@ impl Tracing {
     /// Starts the exporter when `config` has an endpoint. Must run inside the tokio runtime (the gRPC channel lives
     /// there); the export itself runs on the SDK's own thread.
     pub fn start(config: &TraceConfig) -> Result<Self, TraceError> {
-        let Some(endpoint) = &config.endpoint else { return Ok(Self::disabled()) };
         if !(0.0..=1.0).contains(&config.sample_rate) {
             return Err(TraceError(format!(
                 "the trace sample rate must be between 0 and 1, got {}",
                 config.sample_rate
             )));
         }
+        let Some(endpoint) = &config.endpoint else { return Ok(Self::disabled()) };
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint.clone())

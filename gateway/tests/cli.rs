@@ -78,6 +78,12 @@ fn a_missing_model_directory_is_one_line() {
 }
 
 #[test]
+fn a_trace_sample_rate_outside_0_to_1_is_one_line() {
+    let output = run_serve(&models_dir(), &[("VANE_TRACE_SAMPLE_RATE", "5")]);
+    assert_one_line_failure(&output, &["the trace sample rate must be between 0 and 1, got 5"]);
+}
+
+#[test]
 fn a_corrupt_model_file_is_one_line_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let version = dir.path().join("broken/1");
