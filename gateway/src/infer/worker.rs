@@ -257,37 +257,40 @@ impl Worker {
         self.stats.started(jobs, rows);
         // Empty (no allocation) unless a request in the batch is traced.
         let members = BatchTrace::members(live.iter().filter_map(|j| j.trace.as_ref()));
-        if jobs == 1 {
+        let started = Instant::now();
+        let (answers, ended) = if jobs == 1 {
             let job = live.remove(0);
-            let started = Instant::now();
             let result = guarded(|| onnx::run(&mut self.session, job.inputs, &job.outputs));
-            let ended = Instant::now();
-            let batch = (!members.is_empty())
-                .then(|| Arc::new(BatchTrace { run: (started, ended), finished: ended, requests: 1, rows, members }));
-            // A closed receiver means the caller gave up meanwhile; nothing else to do.
-            let _ = job.reply.send((result, trace_of(job.dequeued, batch.as_ref())));
+            (vec![(job.reply, job.dequeued, result)], Instant::now())
         } else {
-            self.run_merged(live, rows, members);
-        }
-        self.series.observe_run(rows, now.elapsed().as_secs_f64());
+            self.run_merged(live, rows)
+        };
+        // Counted before anyone is answered: a caller that has its answer finds its run in /metrics and the stats.
+        let finished = Instant::now();
+        self.series.observe_run(rows, finished.saturating_duration_since(now).as_secs_f64());
         self.stats.finished(jobs);
+        let batch = (!members.is_empty())
+            .then(|| Arc::new(BatchTrace { run: (started, ended), finished, requests: jobs, rows, members }));
+        for (reply, dequeued, answer) in answers {
+            // A closed receiver means the caller gave up meanwhile; nothing else to do.
+            let _ = reply.send((answer, trace_of(dequeued, batch.as_ref())));
+        }
     }
 
-    /// Runs several jobs as one batch and answers each with its own rows.
-    fn run_merged(&mut self, jobs: Vec<Job>, total_rows: usize, members: Vec<opentelemetry::trace::SpanContext>) {
-        let requests = jobs.len();
-        let mut parts = Vec::with_capacity(requests);
-        let mut inputs = Vec::with_capacity(requests);
+    /// Runs several jobs as one batch and splits each one's rows out of the outputs; returns the answers and when
+    /// the run ended.
+    fn run_merged(&mut self, jobs: Vec<Job>, total_rows: usize) -> (Vec<Reply>, Instant) {
+        let mut parts = Vec::with_capacity(jobs.len());
+        let mut inputs = Vec::with_capacity(jobs.len());
         for job in jobs {
             parts.push((job.rows, job.outputs, job.reply, job.dequeued));
             inputs.push(job.inputs);
         }
         let all: Vec<usize> = (0..self.session.outputs().len()).collect();
         let merged = batch::concat(inputs);
-        let started = Instant::now();
         let result = guarded(|| onnx::run(&mut self.session, merged, &all));
         let ended = Instant::now();
-        let answers: Vec<_> = match result {
+        let answers = match result {
             Ok(outputs) => {
                 let mut offset = 0;
                 parts
@@ -312,15 +315,12 @@ impl Worker {
                     .collect()
             }
         };
-        let batch = (!members.is_empty()).then(|| {
-            let finished = Instant::now();
-            Arc::new(BatchTrace { run: (started, ended), finished, requests, rows: total_rows, members })
-        });
-        for (reply, dequeued, answer) in answers {
-            let _ = reply.send((answer, trace_of(dequeued, batch.as_ref())));
-        }
+        (answers, ended)
     }
 }
+
+/// Where a job's answer goes, when a traced job left the queue, and the answer.
+type Reply = (oneshot::Sender<Answer>, Option<Instant>, Result<Vec<Tensor>, InferError>);
 
 // === impl Job ===
 
