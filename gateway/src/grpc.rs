@@ -158,7 +158,7 @@ impl Grpc {
             status: result.as_ref().map_or_else(|e| e.status().as_u16(), |_| 200),
             grpc_code: Some(result.as_ref().map_or_else(|e| status(e).code() as i32, |_| 0)),
             model: served.as_ref().map(|m| (m.name(), m.version())),
-            error: result.as_ref().err().map(ToString::to_string),
+            error: result.as_ref().err().map(|e| e as &dyn std::fmt::Display),
         });
         if let Err(error) = &result {
             crate::routes::log_edge_error(error, "grpc", "ModelInfer", &request_id, ids);

@@ -140,8 +140,8 @@ pub struct Outcome<'a> {
     pub grpc_code: Option<i32>,
     /// The model and version that served it, when it got that far.
     pub model: Option<(&'a str, u64)>,
-    /// The error shown to the caller, for failures.
-    pub error: Option<String>,
+    /// The error shown to the caller, for failures (formatted only for a sampled request).
+    pub error: Option<&'a dyn fmt::Display>,
 }
 
 // === impl Tracing ===
@@ -346,10 +346,10 @@ impl RequestTrace {
             attributes.push(KeyValue::new("vane.model", model.to_owned()));
             attributes.push(KeyValue::new("vane.model.version", version as i64));
         }
-        if let Some(error) = &outcome.error {
+        if let Some(error) = outcome.error {
             attributes.push(KeyValue::new("error.type", outcome.status.to_string()));
             if outcome.status >= 500 {
-                span.set_status(Status::error(error.clone()));
+                span.set_status(Status::error(error.to_string()));
             }
         }
         span.set_attributes(attributes);

@@ -258,23 +258,34 @@ impl Worker {
         // Empty (no allocation) unless a request in the batch is traced.
         let members = BatchTrace::members(live.iter().filter_map(|j| j.trace.as_ref()));
         let started = Instant::now();
-        let (answers, ended) = if jobs == 1 {
+        if jobs == 1 {
             let job = live.remove(0);
             let result = guarded(|| onnx::run(&mut self.session, job.inputs, &job.outputs));
-            (vec![(job.reply, job.dequeued, result)], Instant::now())
-        } else {
-            self.run_merged(live, rows)
-        };
-        // Counted before anyone is answered: a caller that has its answer finds its run in /metrics and the stats.
-        let finished = Instant::now();
-        self.series.observe_run(rows, finished.saturating_duration_since(now).as_secs_f64());
-        self.stats.finished(jobs);
-        let batch = (!members.is_empty())
-            .then(|| Arc::new(BatchTrace { run: (started, ended), finished, requests: jobs, rows, members }));
-        for (reply, dequeued, answer) in answers {
+            let batch = self.ran(now, (started, Instant::now()), (jobs, rows), members);
             // A closed receiver means the caller gave up meanwhile; nothing else to do.
-            let _ = reply.send((answer, trace_of(dequeued, batch.as_ref())));
+            let _ = job.reply.send((result, trace_of(job.dequeued, batch.as_ref())));
+        } else {
+            let (answers, ended) = self.run_merged(live, rows);
+            let batch = self.ran(now, (started, ended), (jobs, rows), members);
+            for (reply, dequeued, answer) in answers {
+                let _ = reply.send((answer, trace_of(dequeued, batch.as_ref())));
+            }
         }
+    }
+
+    /// Records a finished run (begun at `began`, ONNX Runtime's part in `run`) before anyone is answered, so a caller
+    /// that has its answer finds its run in /metrics and the stats; returns the batch's trace if a member is traced.
+    fn ran(
+        &self,
+        began: Instant,
+        run: (Instant, Instant),
+        (requests, rows): (usize, usize),
+        members: Vec<opentelemetry::trace::SpanContext>,
+    ) -> Option<Arc<BatchTrace>> {
+        let finished = Instant::now();
+        self.series.observe_run(rows, finished.saturating_duration_since(began).as_secs_f64());
+        self.stats.finished(requests);
+        (!members.is_empty()).then(|| Arc::new(BatchTrace { run, finished, requests, rows, members }))
     }
 
     /// Runs several jobs as one batch and splits each one's rows out of the outputs; returns the answers and when

@@ -297,7 +297,7 @@ where
                 status: result.as_ref().map_or_else(|e| e.status().as_u16(), |r| r.status().as_u16()),
                 grpc_code: None,
                 model: served.as_ref().map(|m| (m.name(), m.version())),
-                error: result.as_ref().err().map(ToString::to_string),
+                error: result.as_ref().err().map(|e| e as &dyn std::fmt::Display),
             });
             result
         }
