@@ -61,7 +61,12 @@ const QUALITY_FLOORS: [&str; 6] = ["accuracy", "precision", "recall", "f1", "roc
 /// Quality metrics that alert when they rise above the threshold.
 const QUALITY_CEILINGS: [&str; 2] = ["mae", "rmse"];
 
-/// The hysteresis band: a condition clears only once the value is this share back inside the threshold.
+/// The hysteresis band, as a share: a condition clears only once the value is back inside the threshold by 10% of
+/// the smaller of the threshold's magnitude and its distance to the statistic's best value (0 for distances, shares
+/// and errors; 1 for p-values, quality scores and r2). Measured from the best value, the band can never push the
+/// clearing point out of the statistic's range: a floor of 0.95 accuracy clears at 0.955 (a band of 10% of the
+/// threshold would have needed 1.045, so it could never resolve), a threshold of 0 clears at 0, and a negative r2
+/// floor clears above it, not below.
 const HYSTERESIS: f64 = 0.1;
 
 impl Rule {
@@ -89,7 +94,35 @@ impl Rule {
                 QUALITY_CEILINGS.join(", ")
             ));
         };
+        let (low, high) = match (direction, statistic) {
+            (Direction::Below, "r2") => (f64::NEG_INFINITY, 1.0),
+            (_, "psi" | "wasserstein_normed" | "prediction_psi" | "prediction_wasserstein_normed" | "mae" | "rmse") => {
+                (0.0, f64::INFINITY)
+            }
+            _ => (0.0, 1.0),
+        };
+        if !(low..=high).contains(&threshold) {
+            let range = match (low.is_finite(), high.is_finite()) {
+                (true, true) => format!("from {low} to {high}"),
+                (true, false) => format!("{low} or more"),
+                _ => format!("at most {high}"),
+            };
+            return Err(format!("threshold {statistic:?} is {threshold}; it must be {range}"));
+        }
         Ok(Self { statistic: statistic.to_owned(), threshold, direction, target })
+    }
+
+    /// The statistic's best value: no drift, no error, a perfect score.
+    fn best(&self) -> f64 {
+        match self.direction {
+            Direction::Above => 0.0,
+            Direction::Below => 1.0,
+        }
+    }
+
+    /// How far inside the threshold a value must come back to clear (see [`HYSTERESIS`]).
+    fn band(&self) -> f64 {
+        HYSTERESIS * self.threshold.abs().min((self.best() - self.threshold).abs())
     }
 
     /// The rules of a manifest's thresholds; none given means Evidently's verdict on the dataset (share ≥ 0.5).
@@ -100,17 +133,19 @@ impl Rule {
         thresholds.iter().map(|(name, value)| Self::new(name, *value)).collect()
     }
 
+    /// Past the threshold. The best value never is, so a threshold at it (`missing_share: 0`) means "any at all".
     fn breached(&self, value: f64) -> bool {
         match self.direction {
-            Direction::Above => value >= self.threshold,
+            Direction::Above => value >= self.threshold && value > self.best(),
             Direction::Below => value < self.threshold,
         }
     }
 
+    /// Back inside the threshold by the band. The best value always is, so every alert can resolve.
     fn clear(&self, value: f64) -> bool {
         match self.direction {
-            Direction::Above => value < self.threshold * (1.0 - HYSTERESIS),
-            Direction::Below => value >= self.threshold * (1.0 + HYSTERESIS),
+            Direction::Above => value < self.threshold - self.band() || value <= self.best(),
+            Direction::Below => value >= self.threshold + self.band() || value >= self.best(),
         }
     }
 
@@ -556,6 +591,66 @@ mod tests {
         assert!(Rule::new("prediction_kl", 0.1).is_err());
     }
 
+    /// Every rule, at every threshold in its documented range, can both fire (unless the threshold is the best value
+    /// of a floor: nothing is below a perfect score) and resolve; no value is past the threshold and clear at once;
+    /// and the clearing point lies inside the statistic's range, on the good side of the threshold.
+    #[test]
+    fn every_threshold_in_range_can_fire_and_resolve() {
+        let names = FEATURE_STATISTICS
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain(FEATURE_STATISTICS.iter().map(|s| format!("prediction_{s}")))
+            .chain(QUALITY_FLOORS.iter().chain(&QUALITY_CEILINGS).map(|s| (*s).to_owned()))
+            .chain(["dataset_drift_share".to_owned()]);
+        let mut checked = 0;
+        for name in names {
+            let (low, high) = match name.as_str() {
+                "r2" => (-10.0, 1.0),
+                n if n.ends_with("psi") || n.ends_with("wasserstein_normed") || n == "mae" || n == "rmse" => {
+                    (0.0, 50.0)
+                }
+                _ => (0.0, 1.0),
+            };
+            for step in 0..=1000 {
+                let threshold = low + (high - low) * f64::from(step) / 1000.0;
+                let rule = Rule::new(&name, threshold).unwrap_or_else(|e| panic!("{name} {threshold}: {e}"));
+                let best = rule.best();
+                assert!(rule.clear(best), "{name} at {threshold}: the best value {best} must clear");
+                assert!(!rule.breached(best), "{name} at {threshold}: the best value must not breach");
+                let worst = match rule.direction {
+                    Direction::Above => high.max(threshold) + 1.0,
+                    Direction::Below => low - 1.0,
+                };
+                if !(rule.direction == Direction::Below && threshold >= best) {
+                    assert!(rule.breached(worst), "{name} at {threshold}: {worst} must breach");
+                }
+                // Dense sweep of values: never both, and the band sits on the good side of the threshold.
+                for v in 0..=400 {
+                    let value = (low - 1.0) + (high - low + 2.0) * f64::from(v) / 400.0;
+                    assert!(
+                        !(rule.breached(value) && rule.clear(value)),
+                        "{name} at {threshold}: {value} is both past the threshold and clear"
+                    );
+                }
+                let band = rule.band();
+                assert!(band >= 0.0 && band <= (best - threshold).abs() + f64::EPSILON, "{name} {threshold}: {band}");
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 21 * 1001);
+        // The cases that could never resolve with a band proportional to the threshold.
+        assert!(Rule::new("accuracy", 0.95).unwrap().clear(0.96));
+        assert!(Rule::new("missing_share", 0.0).unwrap().clear(0.0));
+        assert!(Rule::new("missing_share", 0.0).unwrap().breached(0.001));
+        let r2 = Rule::new("r2", -0.5).unwrap();
+        assert!(r2.breached(-0.52) && !r2.clear(-0.52) && !r2.clear(-0.47) && r2.clear(-0.44));
+        // Outside the range is refused by name.
+        assert_eq!(Rule::new("accuracy", 1.5).unwrap_err(), "threshold \"accuracy\" is 1.5; it must be from 0 to 1");
+        assert_eq!(Rule::new("psi", -0.1).unwrap_err(), "threshold \"psi\" is -0.1; it must be 0 or more");
+        assert_eq!(Rule::new("r2", 2.0).unwrap_err(), "threshold \"r2\" is 2; it must be at most 1");
+        assert!(Rule::new("psi", f64::NAN).is_err());
+    }
+
     fn quality(accuracy: f64, pairs: usize) -> QualityReport {
         let confusion = crate::stats::quality::Confusion { tp: 1, fp: 0, tn: 1, fn_: 0 };
         QualityReport {
@@ -610,9 +705,10 @@ mod tests {
         // No labels any more: nothing to judge, so the alert keeps firing rather than resolving on silence.
         assert!(engine.evaluate(&drifting, None, &rules, hold, at(200)).is_empty());
         assert_eq!(engine.alerts()[0].state, State::Firing);
-        // Clearing needs the 10% band above 0.8 (0.88): 0.85 is under the threshold's band, so it keeps firing.
-        assert!(engine.evaluate(&drifting, Some(&quality(0.85, 300)), &rules, hold, at(300)).is_empty());
-        assert!(engine.evaluate(&drifting, Some(&quality(0.85, 300)), &rules, hold, at(400)).is_empty());
+        // Clearing needs the band above 0.8: 10% of its distance to a perfect 1 (0.82). 0.81 is past the threshold but
+        // inside the band, so it keeps firing.
+        assert!(engine.evaluate(&drifting, Some(&quality(0.81, 300)), &rules, hold, at(300)).is_empty());
+        assert!(engine.evaluate(&drifting, Some(&quality(0.81, 300)), &rules, hold, at(400)).is_empty());
         engine.evaluate(&drifting, Some(&quality(0.9, 300)), &rules, hold, at(410));
         let resolved = engine.evaluate(&drifting, Some(&quality(0.9, 300)), &rules, hold, at(470));
         assert_eq!(resolved[0].state, State::Resolved);
