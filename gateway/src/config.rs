@@ -40,6 +40,10 @@ pub struct ServeConfig {
     pub monitor_interval: Duration,
     /// OpenTelemetry traces of inference requests (off without an endpoint).
     pub tracing: crate::traces::TraceConfig,
+    /// The admin calls' bearer token (`VANE_ADMIN_TOKEN`): repository load/unload, sync, rollback.
+    pub admin_token: Option<crate::auth::Secret>,
+    /// The feedback call's bearer token (`VANE_FEEDBACK_TOKEN`); the admin token is accepted there too.
+    pub feedback_token: Option<crate::auth::Secret>,
 }
 
 /// Every 5 s: alerts hold for minutes and the dashboard refreshes every 10 s, and evaluating all features each
@@ -84,6 +88,8 @@ impl ServeConfig {
                 sample_rate: crate::traces::DEFAULT_SAMPLE_RATE,
                 queue_capacity: crate::traces::DEFAULT_QUEUE_CAPACITY,
             },
+            admin_token: None,
+            feedback_token: None,
         }
     }
 }

@@ -113,6 +113,14 @@ pub enum ApiError {
         /// What was wrong.
         message: &'static str,
     },
+    /// A repository load or unload parameter that Vane does not implement.
+    #[error("repository parameter '{name}' {message}")]
+    InvalidRepositoryParameter {
+        /// The parameter.
+        name: String,
+        /// Why it is refused.
+        message: &'static str,
+    },
     /// The request asks for an output the model does not have.
     #[error("unknown output '{output}': the model's outputs are {expected}")]
     UnknownOutput {
@@ -162,6 +170,56 @@ pub enum ApiError {
     /// The body could not be read from the connection.
     #[error("could not read the request body")]
     BodyRead,
+    /// The body did not arrive within the body-read timeout.
+    #[error("the request body did not arrive within {limit_ms} ms")]
+    BodyTimeout {
+        /// The limit.
+        limit_ms: u128,
+    },
+    /// The requests in flight already hold the server's memory budget (`--max-inflight-bytes`).
+    #[error(
+        "server is at its in-flight memory budget ({limit_bytes} bytes held by requests in progress); retry shortly"
+    )]
+    MemoryBudget {
+        /// The budget.
+        limit_bytes: usize,
+    },
+    /// The request's tensors would take more memory than the decoder allows for its size.
+    #[error("the request's tensors would need more than {limit_bytes} bytes of memory ({factor}x its {body_bytes}-byte body plus {slack} bytes); BYTES cost 24 bytes per element besides their text: send fewer, longer strings or split the request")]
+    DecodeTooLarge {
+        /// The body's size.
+        body_bytes: usize,
+        /// The limit that was reached.
+        limit_bytes: usize,
+        /// The multiple of the body allowed.
+        factor: usize,
+        /// The fixed allowance.
+        slack: usize,
+    },
+    /// The request has more inputs than the model.
+    #[error("the request has more than {limit} inputs; {what}")]
+    TooManyInputs {
+        /// The most accepted.
+        limit: usize,
+        /// The model's inputs, or the server's limit.
+        what: String,
+    },
+    /// The request's `id` is longer than the limit.
+    #[error("the request id is {got} bytes long; at most {limit} are accepted")]
+    RequestIdTooLong {
+        /// The id's length.
+        got: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A state-changing call on a server with no token for it, reached over a non-loopback address.
+    #[error("{what} needs a token and none is configured: set {variable} (send it as Authorization: Bearer <token>); without one these calls are taken only on a loopback listener")]
+    TokenNotConfigured {
+        /// The call.
+        what: &'static str,
+        /// The variables that configure a token for it.
+        variable: &'static str,
+    },
     /// The model version's queue is full: the request is refused at once rather than waiting.
     #[error("model '{model}' version {version} is at capacity (queue full); retry shortly")]
     QueueFull {
@@ -368,7 +426,13 @@ impl ApiError {
             | Self::UnknownOutput { .. }
             | Self::TooManyRows { .. }
             | Self::InvalidParameter { .. }
+            | Self::DecodeTooLarge { .. }
+            | Self::InvalidRepositoryParameter { .. }
+            | Self::TooManyInputs { .. }
+            | Self::RequestIdTooLong { .. }
             | Self::BodyRead => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::TokenNotConfigured { .. } => StatusCode::FORBIDDEN,
             Self::ModelNotFound { .. } | Self::VersionNotFound { .. } | Self::RouteNotFound { .. } => {
                 StatusCode::NOT_FOUND
             }
@@ -377,7 +441,9 @@ impl ApiError {
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::QueueFull { .. } | Self::Overloaded | Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::QueueFull { .. } | Self::Overloaded | Self::NotReady | Self::MemoryBudget { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Timeout { .. } | Self::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Inference { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -386,7 +452,7 @@ impl ApiError {
     /// Seconds a client should wait before retrying, for the errors where a retry can succeed.
     pub fn retry_after_seconds(&self) -> Option<u32> {
         match self {
-            Self::QueueFull { .. } | Self::Overloaded | Self::NotReady => Some(1),
+            Self::QueueFull { .. } | Self::Overloaded | Self::NotReady | Self::MemoryBudget { .. } => Some(1),
             _ => None,
         }
     }

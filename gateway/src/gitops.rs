@@ -15,9 +15,7 @@ pub struct GitOpsConfig {
     /// The loop's settings.
     pub controller: ControllerConfig,
     /// The shared secret push webhooks are signed with; `None` disables the webhook.
-    pub webhook_secret: Option<String>,
-    /// The bearer token of the admin calls (sync, rollback); `None` disables them.
-    pub admin_token: Option<String>,
+    pub webhook_secret: Option<crate::auth::Secret>,
 }
 
 /// Starts the reconcile loop. Its `apply` is [`Registry::apply`]: load, check, warm, swap, or refuse whole.

@@ -56,6 +56,7 @@ pub async fn serve(
 ) {
     let max_message = state.max_body_bytes;
     let timeout = state.request_timeout;
+    let limits = state.limits;
     let service = GrpcInferenceServiceServer::new(Grpc { state })
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(usize::MAX);
@@ -63,10 +64,13 @@ pub async fn serve(
     // without it small answers waited for the client's delayed ACK, 40 ms at p99 in the load bench), and an accept
     // error (EMFILE under a connection flood) backs off and goes on, as the REST listener does, where tonic would
     // stop serving.
-    let (accepted, incoming) = mpsc::channel::<std::io::Result<tokio::net::TcpStream>>(16);
+    // At most `max_connections` open at once: each stream carries its slot and gives it back when tonic drops it.
+    let (accepted, incoming) = mpsc::channel::<std::io::Result<Slotted>>(16);
     let accepting = shutdown.clone();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.get()));
     tokio::spawn(async move {
         loop {
+            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { return };
             let next = tokio::select! {
                 () = accepting.cancelled() => return,
                 next = listener.accept() => next,
@@ -76,7 +80,7 @@ pub async fn serve(
                     if let Err(error) = stream.set_nodelay(true) {
                         tracing::debug!(%error, "could not set TCP_NODELAY");
                     }
-                    if accepted.send(Ok(stream)).await.is_err() {
+                    if accepted.send(Ok(Slotted { stream, _slot: slot })).await.is_err() {
                         return;
                     }
                 }
@@ -91,6 +95,14 @@ pub async fn serve(
     let signal = shutdown.clone();
     let server = tonic::transport::Server::builder()
         .timeout(timeout)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_header_list_size(crate::server::MAX_HEADER_BYTES as u32)
+        .http2_keepalive_interval(Some(limits.header_read_timeout))
+        .http2_keepalive_timeout(Some(limits.header_read_timeout))
+        // A stream (ModelStreamInfer) or connection lives at most this long, then is asked to reconnect: no client
+        // holds a connection's resources forever, and load rebalances across replicas.
+        .max_connection_age(MAX_CONNECTION_AGE)
+        .max_connection_age_grace(limits.request_timeout)
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, async move { signal.cancelled().await });
     tokio::pin!(server);
@@ -105,6 +117,62 @@ pub async fn serve(
     }
     if tokio::time::timeout(grace, server).await.is_err() {
         tracing::warn!(grace_ms = grace.as_millis(), "gRPC grace period over; closing the remaining streams");
+    }
+}
+
+/// How long a gRPC connection is served before it is asked (GOAWAY) to reconnect; calls in flight get the request
+/// timeout to finish.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(30 * 60);
+
+/// An accepted connection with its slot under `max_connections`, given back when tonic drops the connection.
+struct Slotted {
+    stream: tokio::net::TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for Slotted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Slotted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+impl tonic::transport::server::Connected for Slotted {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
     }
 }
 
@@ -132,6 +200,12 @@ pub fn status(error: &ApiError) -> Status {
 }
 
 impl Grpc {
+    /// An admin call's token, from the `authorization` metadata (`Bearer <token>`), as REST reads the header.
+    fn authorize(&self, metadata: &MetadataMap) -> Result<(), Status> {
+        let given = metadata.get("authorization").and_then(|v| v.to_str().ok());
+        self.state.tokens.check(crate::auth::Gate::Admin, crate::auth::bearer(given)).map_err(|e| status(&e))
+    }
+
     /// One inference, from the wire message to the wire message.
     /// `metadata` is the call's (for a stream, the stream's): a `traceparent` there is the request span's parent.
     async fn infer(&self, request: ModelInferRequest, metadata: &MetadataMap) -> Result<ModelInferResponse, ApiError> {
@@ -173,6 +247,12 @@ impl Grpc {
         served: &mut Option<Arc<crate::infer::LoadedModel>>,
         trace: &RequestTrace,
     ) -> Result<ModelInferResponse, ApiError> {
+        // The same memory budget as REST: the message as tonic decoded it, and up to DECODE_FACTOR times it for its
+        // tensors, given back to what they hold once converted.
+        let mut charge = self.state.budget.charge();
+        let wire = prost::Message::encoded_len(&request);
+        charge
+            .add(wire.saturating_mul(1 + crate::budget::DECODE_FACTOR).saturating_add(crate::budget::DECODE_SLACK))?;
         // The same global in-flight limit as REST: beyond it, refuse at once rather than queue.
         let _permit = self.state.concurrency.clone().try_acquire_owned().map_err(|_| ApiError::Overloaded)?;
         let version = (!request.model_version.is_empty()).then_some(request.model_version.as_str());
@@ -180,6 +260,7 @@ impl Grpc {
         *served = Some(Arc::clone(&resolved.loaded));
         let incoming = resolved.loaded.incoming();
         let decoded = decode(request, resolved.loaded.signature())?;
+        charge.shrink_to(decoded.heap_bytes());
         let (decoded, outputs) = run_inference(&self.state, &resolved, incoming, decoded, arrived, trace).await?;
         let loaded = &resolved.loaded;
         let mut raw_output_contents = Vec::with_capacity(outputs.len());
@@ -447,8 +528,17 @@ impl GrpcInferenceService for Grpc {
         &self,
         request: Request<proto::RepositoryModelLoadRequest>,
     ) -> Result<Response<proto::RepositoryModelLoadResponse>, Status> {
-        let name = request.into_inner().model_name;
-        crate::routes::repository_load(&self.state, &name).await.map_err(|e| status(&e))?;
+        self.authorize(request.metadata())?;
+        let request = request.into_inner();
+        crate::routes::check_repository_parameter_names(request.parameters.keys().map(String::as_str), &[], |name| {
+            if name == "config" || name.starts_with("file:") {
+                "is not supported: Vane loads models from the model directory only"
+            } else {
+                "is not a load parameter Vane knows"
+            }
+        })
+        .map_err(|e| status(&e))?;
+        crate::routes::repository_load(&self.state, &request.model_name).await.map_err(|e| status(&e))?;
         Ok(Response::new(proto::RepositoryModelLoadResponse {}))
     }
 
@@ -456,8 +546,15 @@ impl GrpcInferenceService for Grpc {
         &self,
         request: Request<proto::RepositoryModelUnloadRequest>,
     ) -> Result<Response<proto::RepositoryModelUnloadResponse>, Status> {
-        let name = request.into_inner().model_name;
-        crate::routes::repository_unload(&self.state, &name).await.map_err(|e| status(&e))?;
+        self.authorize(request.metadata())?;
+        let request = request.into_inner();
+        crate::routes::check_repository_parameter_names(
+            request.parameters.keys().map(String::as_str),
+            &["unload_dependents"],
+            |_| "is not an unload parameter Vane knows",
+        )
+        .map_err(|e| status(&e))?;
+        crate::routes::repository_unload(&self.state, &request.model_name).await.map_err(|e| status(&e))?;
         Ok(Response::new(proto::RepositoryModelUnloadResponse {}))
     }
 }

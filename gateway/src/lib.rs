@@ -9,6 +9,8 @@
 //! Threads: tokio's workers run hyper and the routes and never run inference; each model version has its own named
 //! OS threads (`infer-<model>-<version>-<n>`); loading models runs on tokio's blocking pool.
 
+pub mod auth;
+pub mod budget;
 pub mod config;
 pub mod demo;
 pub mod errors;
@@ -169,7 +171,10 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
     state.monitor_metrics = monitor_metrics;
     state.controller = controller.clone();
     state.webhook_secret = config.gitops.as_ref().and_then(|g| g.webhook_secret.clone());
-    state.admin_token = config.gitops.as_ref().and_then(|g| g.admin_token.clone());
+    // Calls with no token configured are taken only when no listener is reachable from other hosts.
+    let loopback = config.listen.ip().is_loopback() && config.grpc_listen.is_none_or(|a| a.ip().is_loopback());
+    state.tokens =
+        auth::Tokens { admin: config.admin_token.clone(), feedback: config.feedback_token.clone(), loopback };
     if config.gitops.is_none() {
         state.model_dir = Some(routes::ModelDirControl { dir: config.model_dir.clone(), loader: loader.clone() });
     }
@@ -187,8 +192,14 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
         }
     };
     let (accepting_tx, accepting) = watch::channel(true);
-    let serving =
-        tokio::spawn(server::serve(listener, service, stop_accepting.clone(), accepting_tx, config.shutdown_grace));
+    let serving = tokio::spawn(server::serve(
+        listener,
+        service,
+        stop_accepting.clone(),
+        accepting_tx,
+        config.shutdown_grace,
+        config.limits,
+    ));
     let (sync_tx, sync) = watch::channel(WatchStatus::default());
     let poller = desired.zip(config.poll_interval.filter(|i| !i.is_zero())).map(|(desired, interval)| {
         let watch = repository::poll_model_dir(

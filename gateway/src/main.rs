@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use gateway::auth::Secret;
 use gateway::gitops::GitOpsConfig;
 use gateway::infer::ModelSettings;
 use gateway::stack::Limits;
@@ -54,9 +55,8 @@ struct ServeArgs {
     run: RunArgs,
 }
 
-/// GitOps mode. The webhook secret, the admin token and the https token come from VANE_WEBHOOK_SECRET,
-/// VANE_ADMIN_TOKEN and VANE_GIT_TOKEN (never from the command line, where `ps` would show them); unset disables the
-/// webhook or the admin calls.
+/// GitOps mode. The webhook secret and the https token come from VANE_WEBHOOK_SECRET and VANE_GIT_TOKEN (never
+/// from the command line, where `ps` would show them); an unset secret disables the webhook.
 #[derive(Args)]
 struct GitArgs {
     /// A Git repository of deployment manifests to serve: a path, or a file://, git://, https:// or ssh:// URL
@@ -201,6 +201,24 @@ struct RunArgs {
     /// Requests handled at once across all connections; more get 503 at once.
     #[arg(long, env = "VANE_MAX_CONCURRENT_REQUESTS", default_value_t = Limits::default().max_concurrent_requests)]
     max_concurrent_requests: NonZeroUsize,
+    /// Bytes that requests in progress may hold at once, REST and gRPC together: bodies as they arrive and their
+    /// decoded tensors (up to 8x a body). A request that does not fit gets 503 with Retry-After before more of its
+    /// body is kept. The default is half the 2 GiB memory limit of the shipped Kubernetes manifests.
+    #[arg(long, env = "VANE_MAX_INFLIGHT_BYTES", default_value_t = Limits::default().max_inflight_bytes)]
+    max_inflight_bytes: usize,
+    /// Longest a request body may take to arrive (408 after), e.g. 10s.
+    #[arg(long, env = "VANE_BODY_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    body_timeout: Duration,
+    /// Longest a client may take to send its request headers, and the longest an HTTP/1 connection may sit idle
+    /// between requests, before the connection is closed; also the HTTP/2 keep-alive ping interval and timeout.
+    #[arg(long, env = "VANE_HEADER_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    header_timeout: Duration,
+    /// Connections open at once, per listener (REST, gRPC); past it, new ones wait in the kernel's backlog.
+    #[arg(long, env = "VANE_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
+    max_connections: NonZeroUsize,
+    /// HTTP/2 streams (gRPC calls) one connection may have open at once.
+    #[arg(long, env = "VANE_MAX_CONCURRENT_STREAMS", default_value_t = Limits::default().max_concurrent_streams)]
+    max_concurrent_streams: u32,
     /// Worker threads (each with its own ONNX Runtime session) per model version [default: half the cores, 1 to 4].
     #[arg(long, env = "VANE_WORKERS_PER_MODEL")]
     workers_per_model: Option<NonZeroUsize>,
@@ -282,8 +300,7 @@ impl ServeArgs {
                 max_backoff: Duration::from_secs(300),
                 ca_file: git.ca_file.clone(),
             },
-            webhook_secret: std::env::var("VANE_WEBHOOK_SECRET").ok().filter(|s| !s.is_empty()),
-            admin_token: std::env::var("VANE_ADMIN_TOKEN").ok().filter(|s| !s.is_empty()),
+            webhook_secret: Secret::from_env("VANE_WEBHOOK_SECRET"),
         });
         config
     }
@@ -312,7 +329,15 @@ impl RunArgs {
             max_body_bytes: self.max_body_bytes,
             request_timeout: self.request_timeout,
             max_concurrent_requests: self.max_concurrent_requests,
+            max_inflight_bytes: self.max_inflight_bytes,
+            body_timeout: self.body_timeout,
+            header_read_timeout: self.header_timeout,
+            max_connections: self.max_connections,
+            max_concurrent_streams: self.max_concurrent_streams,
         };
+        // Credentials only from the environment: a command line is visible to every local user in `ps`.
+        config.admin_token = Secret::from_env("VANE_ADMIN_TOKEN");
+        config.feedback_token = Secret::from_env("VANE_FEEDBACK_TOKEN");
         config.models = ModelSettings {
             workers: self.workers_per_model.unwrap_or(ModelSettings::default().workers),
             queue_capacity: self.queue_capacity,
@@ -416,7 +441,6 @@ async fn run_demo(demo_args: &DemoArgs) -> MainResult {
                     ca_file: None,
                 },
                 webhook_secret: None,
-                admin_token: None,
             });
             config
         }

@@ -651,7 +651,12 @@ pub mod request_series {
             }
             let outcome = match result {
                 Ok(()) => 0,
-                Err(ApiError::QueueFull { .. } | ApiError::Overloaded | ApiError::NotReady) => 1,
+                Err(
+                    ApiError::QueueFull { .. }
+                    | ApiError::Overloaded
+                    | ApiError::NotReady
+                    | ApiError::MemoryBudget { .. },
+                ) => 1,
                 Err(ApiError::Timeout { .. } | ApiError::DeadlineExceeded { .. }) => 2,
                 Err(error) if error.status().is_client_error() => 3,
                 Err(_) => 4,

@@ -209,8 +209,25 @@ fn cells(data: &TensorData) -> Vec<Cell> {
         TensorData::Int64(v) => v.iter().map(|&x| number(x as f64)).collect(),
         TensorData::Fp32(v) => v.iter().map(|&x| number(f64::from(x))).collect(),
         TensorData::Fp64(v) => v.iter().map(|&x| number(x)).collect(),
-        TensorData::Bytes(v) => {
-            v.iter().map(|s| if s.is_empty() { Cell::Missing } else { Cell::Text(s.clone()) }).collect()
-        }
+        TensorData::Bytes(v) => v
+            .iter()
+            .map(|s| if s.is_empty() { Cell::Missing } else { Cell::Text(truncated(s, MAX_CELL_BYTES).to_owned()) })
+            .collect(),
     }
+}
+
+/// The most bytes of a BYTES element the monitor keeps: categories are short, and the monitor's window holds
+/// `window_size` rows of every column, so a client's long strings must not become the monitor's memory. Longer
+/// values are cut at a character boundary (they still count as their prefix's category).
+pub const MAX_CELL_BYTES: usize = 256;
+
+fn truncated(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }

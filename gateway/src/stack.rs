@@ -1,12 +1,15 @@
-//! The one tower stack every HTTP request passes through, built in one place.
+//! The one tower stack every HTTP request passes through, built in one place, and the edge's bounds.
 //!
 //! Outermost first:
 //! 1. rescue: turns the errors of the layers below into protocol responses, so every call hyper makes succeeds;
 //! 2. timeout: bounds the whole request, body read and queueing included, so no client waits forever;
-//! 3. load shed: when the limit below has no free slot, answer 503 at once instead of queueing in hyper;
-//! 4. global concurrency limit: one semaphore shared by every connection (tower's plain `ConcurrencyLimitLayer`
-//!    would limit each connection separately);
-//! 5. the router, whose capped body read enforces the body size limit (413) before any decoding.
+//! 3. the router. It answers probes (`/v2/health/*`, `/metrics`, `/api/v1/status`) at once; every other request
+//!    reads its body under the size cap (413), the body-read timeout (408) and the memory budget (503), and only
+//!    then takes one of the in-flight permits shared with gRPC, or is shed with 503 at once. Load shedding sits after
+//!    the body on purpose: a permit taken at the headers would let slow senders hold every slot while sending
+//!    nothing (a shed before the body would also shed probes, and restart a pod that is merely busy).
+//!
+//! The connection-level bounds (header-read timeout, connection cap, HTTP/2 limits) are applied in [`crate::server`].
 
 use std::convert::Infallible;
 use std::num::NonZeroUsize;
@@ -15,7 +18,6 @@ use std::time::Duration;
 
 use http::Request;
 use hyper::body::Incoming;
-use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::load_shed::error::Overloaded;
 use tower::timeout::error::Elapsed;
 use tower::util::BoxCloneService;
@@ -34,6 +36,17 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Requests handled at once across all connections; beyond it, 503 at once.
     pub max_concurrent_requests: NonZeroUsize,
+    /// Bytes that requests in progress may hold at once (bodies and decoded tensors); beyond it, 503 at once.
+    pub max_inflight_bytes: usize,
+    /// The longest a request body may take to arrive (408 after).
+    pub body_timeout: Duration,
+    /// The longest a client may take to send a request's headers, and the longest an HTTP/1 connection may sit idle
+    /// between requests; the connection is closed after it.
+    pub header_read_timeout: Duration,
+    /// Connections open at once (REST and gRPC each); past it, new connections wait in the kernel's backlog.
+    pub max_connections: NonZeroUsize,
+    /// HTTP/2 streams a connection may have open at once.
+    pub max_concurrent_streams: u32,
 }
 
 /// The service each connection runs. Its calls always succeed (errors are already responses); the error type is
@@ -54,6 +67,16 @@ impl Default for Limits {
             // About 256 in-flight requests per core is far past where throughput stops growing on small models; more
             // would only add queueing delay.
             max_concurrent_requests: NonZeroUsize::new(512).unwrap_or(NonZeroUsize::MIN),
+            max_inflight_bytes: crate::budget::DEFAULT_MAX_INFLIGHT_BYTES,
+            // A 16 MiB body needs 1.6 MB/s; clients on a datacenter network send one in milliseconds.
+            body_timeout: Duration::from_secs(10),
+            // hyper's own default is 30 s; Envoy-style edges use 10-60 s. Headers are a few hundred bytes.
+            header_read_timeout: Duration::from_secs(10),
+            // Far above what one replica serves well (the in-flight limit is 512), far below the process's file
+            // limit in the shipped manifests; each idle connection costs a few kilobytes.
+            max_connections: NonZeroUsize::new(4096).unwrap_or(NonZeroUsize::MIN),
+            // Above the in-flight limit per connection would only queue; gRPC clients open 100 by default.
+            max_concurrent_streams: 128,
         }
     }
 }
@@ -61,14 +84,10 @@ impl Default for Limits {
 /// Builds the stack around the router.
 pub fn build(state: Arc<AppState>, limits: &Limits) -> HttpService {
     let timeout = limits.request_timeout;
-    // Shared with the gRPC server: one limit on requests in flight, whichever door they came in by.
-    let semaphore = Arc::clone(&state.concurrency);
     let metrics = state.request_metrics.clone();
     let service = ServiceBuilder::new()
         .map_result(move |result: Result<HttpResponse, BoxError>| Ok::<_, BoxError>(rescue(result, timeout, &metrics)))
         .timeout(timeout)
-        .load_shed()
-        .layer(GlobalConcurrencyLimitLayer::with_semaphore(semaphore))
         .service_fn(move |request: Request<Incoming>| {
             let state = Arc::clone(&state);
             async move { Ok::<_, Infallible>(routes::route(state, request).await) }

@@ -3,11 +3,12 @@
 //! joined pairs of the last `window` feed the quality metrics of `stats::quality` (the same as `vane drift`'s).
 //! Label coverage and label delay (feedback time − prediction time) are reported beside them.
 //!
-//! Memory: at most `capacity` waiting predictions per model version (id + value + time, about 64 bytes plus the id)
-//! and `window` joined pairs (32 bytes each).
+//! Memory: at most `capacity` waiting predictions per model version (id + value + time, about 64 bytes plus the id,
+//! kept once: the map and the eviction order share it) and `window` joined pairs (32 bytes each). The gateway caps a
+//! request id at 256 bytes, so a version's store is bounded in bytes by `capacity` x about 340.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -56,8 +57,8 @@ struct Joined {
 #[derive(Debug)]
 struct VersionStore {
     settings: FeedbackSettings,
-    waiting: HashMap<String, Waiting>,
-    order: VecDeque<String>,
+    waiting: HashMap<Arc<str>, Waiting>,
+    order: VecDeque<Arc<str>>,
     joined: VecDeque<Joined>,
     predictions: u64,
     labelled: u64,
@@ -132,8 +133,8 @@ impl FeedbackStore {
             expired: 0,
         });
         for (row, &value) in values.iter().enumerate() {
-            let key = if values.len() == 1 { id.to_owned() } else { format!("{id}#{row}") };
-            if store.waiting.insert(key.clone(), Waiting { value, at }).is_none() {
+            let key: Arc<str> = if values.len() == 1 { id.into() } else { format!("{id}#{row}").into() };
+            if store.waiting.insert(Arc::clone(&key), Waiting { value, at }).is_none() {
                 store.order.push_back(key);
                 store.predictions += 1;
             }
@@ -153,7 +154,7 @@ impl FeedbackStore {
             let found = versions
                 .iter_mut()
                 .filter(|((name, _), _)| name == model)
-                .find_map(|(_, store)| store.waiting.remove(id).map(|w| (store, w)));
+                .find_map(|(_, store)| store.waiting.remove(id.as_str()).map(|w| (store, w)));
             match found {
                 Some((store, waiting)) => {
                     if store.joined.len() == store.settings.window.max(1) {
@@ -195,7 +196,7 @@ impl VersionStore {
     fn evict(&mut self, now: SystemTime) {
         let ttl = self.settings.ttl;
         while let Some(id) = self.order.front() {
-            let stale = match self.waiting.get(id) {
+            let stale = match self.waiting.get(&**id) {
                 // Already joined: its place in the order is spent.
                 None => true,
                 Some(w) => {

@@ -13,6 +13,8 @@ use serde_json::json;
 
 use crate::support::{breast_cancer_row, models_dir, sha256_of, GitRemote, KillOnDrop, TestServer};
 
+use gateway::auth::Secret;
+
 const SECRET: &str = "s3cret";
 const TOKEN: &str = "t0ken";
 
@@ -21,8 +23,26 @@ pub(crate) async fn serve(url: String, data: &tempfile::TempDir) -> TestServer {
 }
 
 async fn serve_polling(url: String, data: &tempfile::TempDir, poll_interval: Duration) -> TestServer {
+    serve_with(url, data, poll_interval, None).await
+}
+
+/// GitOps mode with the admin token set (admin calls then need it, feedback too).
+async fn serve_with_admin_token(url: String, data: &tempfile::TempDir) -> TestServer {
+    serve_with(url, data, Duration::from_secs(3600), Secret::new(TOKEN)).await
+}
+
+async fn serve_with(
+    url: String,
+    data: &tempfile::TempDir,
+    poll_interval: Duration,
+    admin_token: Option<Secret>,
+) -> TestServer {
     let config = gitops_config(url, data, poll_interval);
-    let server = TestServer::start_with(move |c| c.gitops = Some(config)).await;
+    let server = TestServer::start_with(move |c| {
+        c.gitops = Some(config);
+        c.admin_token = admin_token;
+    })
+    .await;
     server.until(|s| s.syncs >= 1).await;
     server
 }
@@ -39,8 +59,7 @@ pub(crate) fn gitops_config(url: String, data: &tempfile::TempDir, poll_interval
             max_backoff: Duration::from_secs(3600),
             ca_file: None,
         },
-        webhook_secret: Some(SECRET.into()),
-        admin_token: Some(TOKEN.into()),
+        webhook_secret: Secret::new(SECRET),
     }
 }
 
@@ -227,7 +246,7 @@ async fn pushes_swap_the_model_under_load_with_no_failed_request_and_admin_calls
     let remote = GitRemote::with_breast_cancer();
     let first = remote.git(&["rev-parse", "HEAD"]);
     let data = tempfile::tempdir().unwrap();
-    let server = Arc::new(serve(remote.bare.path().display().to_string(), &data).await);
+    let server = Arc::new(serve_with_admin_token(remote.bare.path().display().to_string(), &data).await);
     let done = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..4)
         .map(|_| {
@@ -266,7 +285,7 @@ async fn pushes_swap_the_model_under_load_with_no_failed_request_and_admin_calls
             .unwrap();
         server.raw(request)
     };
-    rollback("nope").await.assert_error(StatusCode::UNAUTHORIZED, &["admin token missing or wrong"]);
+    rollback("nope").await.assert_error(StatusCode::UNAUTHORIZED, &["wrong token"]);
     let reply = rollback(TOKEN).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
     let reply = server.post_json("/v2/models/breast_cancer/infer", &breast_cancer_row()).await;

@@ -151,7 +151,7 @@ async fn a_full_queue_answers_503_at_once_and_the_server_recovers() {
     }
 }
 
-/// Past the global concurrency limit, requests are shed with 503 instead of waiting.
+/// Past the global concurrency limit, requests are shed with 503 instead of waiting; probes are never shed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_concurrency_limit_requests_are_shed_with_503() {
     let repo = one_slow_worker(8);
@@ -160,9 +160,12 @@ async fn past_the_concurrency_limit_requests_are_shed_with_503() {
     })
     .await;
     let slow = occupy_dense_worker(&server).await;
-    let reply = server.get("/v2/health/live").await;
+    let reply = server.get("/v2/models/dense").await;
     reply.assert_error(StatusCode::SERVICE_UNAVAILABLE, &["server is at capacity"]);
     assert_eq!(reply.headers["retry-after"], "1");
+    for probe in ["/v2/health/live", "/v2/health/ready", "/metrics", "/api/v1/status"] {
+        assert_eq!(server.get(probe).await.status, StatusCode::OK, "{probe} is never shed");
+    }
     assert_eq!(slow.await.unwrap().status, StatusCode::OK);
-    assert_eq!(server.get("/v2/health/live").await.status, StatusCode::OK);
+    assert_eq!(server.get("/v2/models/dense").await.status, StatusCode::OK);
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests: a real gateway on a real loopback socket, real ONNX Runtime, the committed models.
 
 mod alerts;
+mod auth;
 mod binary;
 mod dashboard;
 mod drift_compare;

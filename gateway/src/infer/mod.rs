@@ -21,10 +21,10 @@ use crate::errors::{ApiError, InferError, LoadError};
 use crate::metrics::request_series::{RequestMetrics, VersionSeries};
 use crate::traces::RequestTrace;
 
-pub use signature::{Signature, TensorSpec};
+pub use signature::{names as describe_tensors, Signature, TensorSpec};
 pub use stats::{ModelStats, StatsSnapshot};
 pub(crate) use tensor::with_vec;
-pub use tensor::{DataType, Tensor, TensorData};
+pub use tensor::{string_heap_bytes, DataType, Tensor, TensorData};
 pub use worker::{BatchPolicy, WorkerGroup};
 use worker::{Job, SubmitError, WorkerPool};
 

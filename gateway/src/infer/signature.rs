@@ -138,7 +138,8 @@ impl Signature {
     }
 }
 
-fn names(specs: &[TensorSpec]) -> String {
+/// The tensors with their datatypes and shapes, for messages: `'a' (FP32 [-1, 2]), ...`.
+pub fn names(specs: &[TensorSpec]) -> String {
     let quoted: Vec<String> = specs.iter().map(|s| format!("'{}' ({} {:?})", s.name, s.datatype, s.shape)).collect();
     quoted.join(", ")
 }

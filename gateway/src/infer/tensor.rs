@@ -62,6 +62,20 @@ pub enum TensorData {
     Bytes(Vec<String>),
 }
 
+/// What a string's text takes on the heap: nothing when empty, else its capacity rounded up to the allocator's
+/// smallest granule (8 bytes).
+pub fn string_heap_bytes(s: &String) -> usize {
+    if s.capacity() == 0 {
+        0
+    } else {
+        s.capacity().next_multiple_of(8)
+    }
+}
+
+fn vec_bytes<T>(v: &Vec<T>) -> usize {
+    v.capacity() * std::mem::size_of::<T>()
+}
+
 /// A named tensor with its full (batched) shape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {
@@ -273,7 +287,8 @@ impl TensorData {
             DataType::Fp64 => Self::Fp64(fixed(raw, expected, f64::from_le_bytes)?),
             DataType::Fp16 => return Err("FP16 tensors are not supported by this server".to_owned()),
             DataType::Bytes => {
-                let mut strings = Vec::with_capacity(expected.min(1 << 16));
+                // Each element takes at least its 4-byte length, so the bytes bound the count whatever the shape says.
+                let mut strings = Vec::with_capacity(expected.min(raw.len() / 4));
                 let mut rest = raw;
                 while !rest.is_empty() {
                     let i = strings.len();
@@ -326,6 +341,16 @@ impl TensorData {
                 out.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_le_bytes());
                 out.extend_from_slice(s.as_bytes());
             }),
+        }
+    }
+
+    /// The memory the elements take: the vector's capacity, and each string's text as the allocator rounds it.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Self::Bytes(v) => {
+                v.capacity() * std::mem::size_of::<String>() + v.iter().map(string_heap_bytes).sum::<usize>()
+            }
+            other => with_vec!(other, v => vec_bytes(v)),
         }
     }
 

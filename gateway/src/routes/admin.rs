@@ -210,7 +210,7 @@ pub(super) fn webhook(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Re
             how: "serve from --repo with VANE_WEBHOOK_SECRET set",
         });
     };
-    if !signature_ok(secret.as_bytes(), headers, body) {
+    if !signature_ok(secret.expose().as_bytes(), headers, body) {
         return Err(ApiError::Unauthorized { what: "webhook signature missing or wrong" });
     }
     // GitHub, Gitea and GitLab all send `ref` and `after` (the new head) in their push payloads.
@@ -249,19 +249,13 @@ pub(super) async fn rollback(state: &AppState, headers: &HeaderMap, body: &Bytes
     Ok(accepted(true, "rolled back; holding until the branch head changes"))
 }
 
+/// The reconcile loop, for a caller with the admin token (or any caller on a loopback-only server with no token).
 fn admin<'a>(
     state: &'a AppState,
     headers: &HeaderMap,
 ) -> Result<&'a reconciler::controller::ControllerHandle, ApiError> {
-    let (Some(controller), Some(token)) = (&state.controller, &state.admin_token) else {
-        return Err(ApiError::Disabled { what: "admin calls", how: "serve from --repo with VANE_ADMIN_TOKEN set" });
-    };
-    let given =
-        headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(controller),
-        _ => Err(ApiError::Unauthorized { what: "admin token missing or wrong (Authorization: Bearer <token>)" }),
-    }
+    state.tokens.check_headers(crate::auth::Gate::Admin, headers)?;
+    state.controller.as_ref().ok_or(ApiError::Disabled { what: "sync and rollback", how: "serve from --repo" })
 }
 
 fn accepted(triggered: bool, message: &'static str) -> HttpResponse {
@@ -291,9 +285,7 @@ fn signature_ok(secret: &[u8], headers: &HeaderMap, body: &[u8]) -> bool {
     mac.verify_slice(&signature).is_ok()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+use crate::auth::constant_time_eq;
 
 #[cfg(test)]
 mod tests {

@@ -13,6 +13,7 @@ use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
+use crate::budget::{DECODE_FACTOR, DECODE_SLACK};
 use crate::errors::ApiError;
 use crate::infer::{with_vec, DataType, Signature, Tensor, TensorData};
 
@@ -41,6 +42,14 @@ pub struct BinaryOutputs {
     pub overrides: Vec<(String, bool)>,
 }
 
+impl InferRequest {
+    /// The memory the decoded request holds: its tensors and its id.
+    pub fn heap_bytes(&self) -> usize {
+        self.inputs.iter().map(|t| t.data.heap_bytes() + t.name.len() + t.shape.len() * 8).sum::<usize>()
+            + self.id.as_ref().map_or(0, String::len)
+    }
+}
+
 impl BinaryOutputs {
     /// Whether output `name` is sent raw.
     pub fn wants(&self, name: &str) -> bool {
@@ -48,17 +57,189 @@ impl BinaryOutputs {
     }
 }
 
-#[derive(Deserialize)]
+/// The first pass over the JSON: the top level, with the inputs' data parsed as it goes where it can be.
 struct RawRequest<'a> {
-    #[serde(default)]
-    id: Option<String>,
-    /// Any flat map is accepted; `timeout` is read.
-    #[serde(default)]
+    id: Option<std::borrow::Cow<'a, str>>,
+    /// Any flat map is accepted; `timeout` and `binary_data_output` are read.
     parameters: Option<serde_json::Map<String, serde_json::Value>>,
-    #[serde(borrow)]
     inputs: Vec<RawInput<'a>>,
-    #[serde(default)]
     outputs: Option<Vec<RawOutput>>,
+}
+
+/// The longest request `id` accepted. Ids are echoed, logged and kept with each row for the label join, so they are
+/// bounded; a UUID is 36 bytes and a W3C trace id 32.
+pub const MAX_REQUEST_ID_BYTES: usize = 256;
+
+/// The most inputs a request may name when no model signature is known (the signature's count applies otherwise).
+pub const MAX_INPUTS: usize = 1024;
+
+/// What the decoder checks while it parses, shared by every input of one request: the model's signature (an input's
+/// name and datatype are checked before its data is read), the input count, and the bytes the decoded tensors may
+/// still take. A check that fails records its error and stops the parse at once; the caller reports that error, not
+/// the parser's.
+struct Context<'s> {
+    signature: Option<&'s Signature>,
+    /// Bytes the decoded tensors may still take.
+    remaining: std::cell::Cell<usize>,
+    limit: usize,
+    body_bytes: usize,
+    stopped: std::cell::RefCell<Option<ApiError>>,
+}
+
+impl<'s> Context<'s> {
+    fn new(signature: Option<&'s Signature>, body_bytes: usize) -> Self {
+        let limit = body_bytes.saturating_mul(DECODE_FACTOR).saturating_add(DECODE_SLACK);
+        Self {
+            signature,
+            remaining: std::cell::Cell::new(limit),
+            limit,
+            body_bytes,
+            stopped: std::cell::RefCell::new(None),
+        }
+    }
+
+    /// Records `error` (the first one wins) and returns the parser error that unwinds the parse.
+    fn stop<E: de::Error>(&self, error: ApiError) -> E {
+        self.stopped.borrow_mut().get_or_insert(error);
+        E::custom("stopped by a check")
+    }
+
+    /// Takes `bytes` from what the tensors may still use; false (and the error recorded) when they do not fit.
+    fn spend(&self, bytes: usize) -> bool {
+        match self.remaining.get().checked_sub(bytes) {
+            Some(left) => {
+                self.remaining.set(left);
+                true
+            }
+            None => {
+                self.remaining.set(0);
+                self.stopped.borrow_mut().get_or_insert(self.too_large());
+                false
+            }
+        }
+    }
+
+    fn too_large(&self) -> ApiError {
+        ApiError::DecodeTooLarge {
+            body_bytes: self.body_bytes,
+            limit_bytes: self.limit,
+            factor: DECODE_FACTOR,
+            slack: DECODE_SLACK,
+        }
+    }
+
+    /// The most inputs the request may have.
+    fn max_inputs(&self) -> usize {
+        self.signature.map_or(MAX_INPUTS, |s| s.inputs.len())
+    }
+
+    /// The error of a failed parse: a check's, else the parser's.
+    fn error(&self, parse: &serde_json::Error, json: &[u8]) -> ApiError {
+        self.stopped.borrow_mut().take().unwrap_or_else(|| invalid_json(parse, json))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum RequestField {
+    Id,
+    Parameters,
+    Inputs,
+    Outputs,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de> DeserializeSeed<'de> for &Context<'_> {
+    type Value = RawRequest<'de>;
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<RawRequest<'de>, D::Error> {
+        deserializer.deserialize_map(RequestVisitor(self, std::marker::PhantomData))
+    }
+}
+
+struct RequestVisitor<'c, 's, 'a>(&'c Context<'s>, std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for RequestVisitor<'_, '_, 'a> {
+    type Value = RawRequest<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an inference request object with inputs")
+    }
+
+    fn visit_map<M: de::MapAccess<'de>>(self, mut map: M) -> Result<RawRequest<'a>, M::Error> {
+        let ctx = self.0;
+        let (mut id, mut parameters, mut inputs, mut outputs) = (None, None, None, None);
+        while let Some(field) = map.next_key::<RequestField>()? {
+            match field {
+                RequestField::Id => {
+                    let value: Option<std::borrow::Cow<'a, str>> = map.next_value()?;
+                    if let Some(long) = value.as_ref().filter(|v| v.len() > MAX_REQUEST_ID_BYTES) {
+                        return Err(
+                            ctx.stop(ApiError::RequestIdTooLong { got: long.len(), limit: MAX_REQUEST_ID_BYTES })
+                        );
+                    }
+                    id = value;
+                }
+                RequestField::Parameters => parameters = map.next_value()?,
+                RequestField::Inputs => inputs = Some(map.next_value_seed(InputsSeed(ctx))?),
+                RequestField::Outputs => outputs = map.next_value()?,
+                RequestField::Other => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        let inputs = inputs.ok_or_else(|| de::Error::missing_field("inputs"))?;
+        Ok(RawRequest { id, parameters, inputs, outputs })
+    }
+}
+
+/// The `inputs` array, stopped at the model's input count.
+struct InputsSeed<'c, 's>(&'c Context<'s>);
+
+impl<'de> DeserializeSeed<'de> for InputsSeed<'_, '_> {
+    type Value = Vec<RawInput<'de>>;
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for InputsSeed<'_, '_> {
+    type Value = Vec<RawInput<'de>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of inputs")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let ctx = self.0;
+        let limit = ctx.max_inputs();
+        let mut inputs = Vec::with_capacity(limit.min(16));
+        while let Some(input) = seq.next_element_seed(InputSeed(ctx))? {
+            if inputs.len() == limit {
+                let what = match ctx.signature {
+                    Some(signature) => format!("the model takes {}", input_names(signature)),
+                    None => "that is the server's limit".to_owned(),
+                };
+                return Err(ctx.stop(ApiError::TooManyInputs { limit, what }));
+            }
+            inputs.push(input);
+        }
+        Ok(inputs)
+    }
+}
+
+/// The model's inputs, for messages (as the signature check names them).
+fn input_names(signature: &Signature) -> String {
+    crate::infer::describe_tensors(&signature.inputs)
+}
+
+struct InputSeed<'c, 's>(&'c Context<'s>);
+
+impl<'de> DeserializeSeed<'de> for InputSeed<'_, '_> {
+    type Value = RawInput<'de>;
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(InputVisitor(self.0, std::marker::PhantomData))
+    }
 }
 
 struct RawInput<'a> {
@@ -99,18 +280,9 @@ enum InputField {
     Other,
 }
 
-/// The most elements reserved up front from a declared shape; a lying shape cannot make the server allocate more.
-const MAX_RESERVED_ELEMENTS: usize = 1 << 16;
+struct InputVisitor<'c, 's, 'a>(&'c Context<'s>, std::marker::PhantomData<&'a ()>);
 
-impl<'de: 'a, 'a> Deserialize<'de> for RawInput<'a> {
-    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(InputVisitor(std::marker::PhantomData))
-    }
-}
-
-struct InputVisitor<'a>(std::marker::PhantomData<&'a ()>);
-
-impl<'de: 'a, 'a> Visitor<'de> for InputVisitor<'a> {
+impl<'de: 'a, 'a> Visitor<'de> for InputVisitor<'_, '_, 'a> {
     type Value = RawInput<'a>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -118,6 +290,7 @@ impl<'de: 'a, 'a> Visitor<'de> for InputVisitor<'a> {
     }
 
     fn visit_map<M: de::MapAccess<'de>>(self, mut map: M) -> Result<RawInput<'a>, M::Error> {
+        let ctx = self.0;
         let (mut name, mut shape, mut datatype): (Option<String>, Option<Vec<u64>>, Option<String>) =
             (None, None, None);
         let mut data = DataSlot::Absent;
@@ -129,11 +302,14 @@ impl<'de: 'a, 'a> Visitor<'de> for InputVisitor<'a> {
                 InputField::Datatype => datatype = Some(map.next_value()?),
                 InputField::Data => {
                     let declared = datatype.as_deref().and_then(DataType::parse);
-                    let reserve = shape.as_deref().and_then(element_count).unwrap_or(0).min(MAX_RESERVED_ELEMENTS);
-                    data = match declared.and_then(|t| TensorData::with_capacity(t, reserve)) {
+                    // With the name and datatype known, both are checked against the model before the data is read.
+                    if let (Some(name), Some(datatype), Some(signature)) = (&name, declared, ctx.signature) {
+                        check_declared(signature, name, datatype).map_err(|error| ctx.stop::<M::Error>(error))?;
+                    }
+                    data = match declared.and_then(|t| reserve(ctx, t, shape.as_deref())) {
                         Some(mut elements) => {
                             let mut problem = None;
-                            with_vec!(&mut elements, v => map.next_value_seed(Flatten { into: v, problem: &mut problem }))?;
+                            with_vec!(&mut elements, v => map.next_value_seed(Flatten { into: v, problem: &mut problem, ctx }))?;
                             DataSlot::Parsed(problem.map_or(Ok(elements), Err))
                         }
                         None => DataSlot::Raw(map.next_value()?),
@@ -155,6 +331,31 @@ impl<'de: 'a, 'a> Visitor<'de> for InputVisitor<'a> {
             binary_size,
         })
     }
+}
+
+/// An input's name and datatype against the model's signature.
+fn check_declared(signature: &Signature, name: &str, datatype: DataType) -> Result<(), ApiError> {
+    match signature.inputs.iter().find(|spec| spec.name == name) {
+        None => Err(ApiError::UnknownInput { input: name.to_owned(), expected: input_names(signature) }),
+        Some(spec) if spec.datatype != datatype => Err(ApiError::DatatypeMismatch {
+            input: name.to_owned(),
+            expected: spec.datatype,
+            got: datatype.as_str().to_owned(),
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
+/// An empty vector for an input's elements with room for what its shape declares, as far as the request's decode
+/// budget covers it (a lying shape cannot make the server reserve more than the body could hold); `None` for a type
+/// without a JSON form.
+fn reserve(ctx: &Context<'_>, datatype: DataType, shape: Option<&[u64]>) -> Option<TensorData> {
+    let size = datatype.size().unwrap_or(std::mem::size_of::<String>()).max(1);
+    let declared = shape.and_then(element_count).unwrap_or(0);
+    let elements = declared.min(ctx.remaining.get() / size);
+    let data = TensorData::with_capacity(datatype, elements)?;
+    ctx.spend(elements * size);
+    Some(data)
 }
 
 fn element_count(shape: &[u64]) -> Option<usize> {
@@ -189,9 +390,11 @@ pub fn decode_request(
         }
         Some(n) => (&body[..n], Some(&body[n..])),
     };
-    let raw: RawRequest<'_> = serde_json::from_slice(json).map_err(|e| invalid_json(&e, json))?;
+    let ctx = Context::new(signature, body.len());
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let raw = (&ctx).deserialize(&mut de).and_then(|raw| de.end().map(|()| raw)).map_err(|e| ctx.error(&e, json))?;
     let inputs =
-        raw.inputs.into_iter().map(|input| decode_input(input, signature, &mut binary)).collect::<Result<_, _>>()?;
+        raw.inputs.into_iter().map(|input| decode_input(input, &ctx, &mut binary)).collect::<Result<_, _>>()?;
     if let Some(rest) = binary.filter(|rest| !rest.is_empty()) {
         return Err(ApiError::InvalidBinary {
             message: format!(
@@ -232,7 +435,7 @@ pub fn decode_request(
             message: "must be a whole number of microseconds",
         })?)),
     };
-    Ok(InferRequest { id: raw.id, inputs, outputs, timeout, binary: binary_outputs })
+    Ok(InferRequest { id: raw.id.map(std::borrow::Cow::into_owned), inputs, outputs, timeout, binary: binary_outputs })
 }
 
 /// Triton's raw binary request: no JSON, the body is the bytes of the model's only input, as one row (or as many
@@ -315,19 +518,14 @@ fn has_non_finite_token(error: &serde_json::Error, body: &[u8]) -> bool {
     [b"NaN".as_slice(), b"Infinity", b"-Infinity"].iter().any(|token| rest.starts_with(token))
 }
 
-fn decode_input(
-    raw: RawInput<'_>,
-    signature: Option<&Signature>,
-    binary: &mut Option<&[u8]>,
-) -> Result<Tensor, ApiError> {
+fn decode_input(raw: RawInput<'_>, ctx: &Context<'_>, binary: &mut Option<&[u8]>) -> Result<Tensor, ApiError> {
     let invalid = |message: String| ApiError::InvalidData { input: raw.name.clone(), message };
     let datatype = DataType::parse(&raw.datatype).ok_or_else(|| {
         let known: Vec<&str> = DataType::ALL.iter().map(|t| t.as_str()).collect();
         invalid(format!("unknown datatype '{}'; V2 datatypes are {}", raw.datatype, known.join(", ")))
     })?;
-    let declared = signature.and_then(|s| s.inputs.iter().find(|spec| spec.name == raw.name));
-    if let Some(spec) = declared.filter(|spec| spec.datatype != datatype) {
-        return Err(ApiError::DatatypeMismatch { input: raw.name, expected: spec.datatype, got: raw.datatype });
+    if let Some(signature) = ctx.signature {
+        check_declared(signature, &raw.name, datatype)?;
     }
     let shape: Vec<usize> = raw.shape.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
     let expected = element_count(&raw.shape).ok_or_else(|| invalid(format!("shape {shape:?} is too large")))?;
@@ -348,16 +546,25 @@ fn decode_input(
             }
             let (bytes, tail) = rest.split_at(size);
             *rest = tail;
-            TensorData::from_raw(datatype, bytes, expected).map_err(&invalid)?
+            let data = TensorData::from_raw(datatype, bytes, expected).map_err(&invalid)?;
+            // Raw elements cost at most 6x their bytes (an empty BYTES element: 4 bytes, 24 in memory), so this
+            // allocation was already bounded; it still counts against the request's decode budget.
+            if !ctx.spend(data.heap_bytes()) {
+                return Err(ctx.too_large());
+            }
+            data
         }
         (_, Some(_)) => return Err(invalid("has both 'data' and binary_data_size; send one".to_owned())),
         (DataSlot::Parsed(parsed), None) => parsed.map_err(&invalid)?,
         (DataSlot::Raw(data), None) => {
-            let mut elements =
-                TensorData::with_capacity(datatype, expected.min(MAX_RESERVED_ELEMENTS)).ok_or_else(|| {
-                    invalid(format!("{datatype} has no JSON form; send it with the binary tensor extension"))
-                })?;
-            parse_elements(data, &mut elements).map_err(|e| invalid(e.to_string()))?.map_err(&invalid)?;
+            let mut elements = reserve(ctx, datatype, Some(&raw.shape)).ok_or_else(|| {
+                invalid(format!("{datatype} has no JSON form; send it with the binary tensor extension"))
+            })?;
+            let parsed = parse_elements(data, &mut elements, ctx);
+            if let Some(error) = ctx.stopped.borrow_mut().take() {
+                return Err(error);
+            }
+            parsed.map_err(|e| invalid(e.to_string()))?.map_err(&invalid)?;
             elements
         }
     };
@@ -369,29 +576,50 @@ fn decode_input(
 }
 
 /// Parses raw `data` into `into`; the outer error is malformed JSON, the inner one the first bad element.
-fn parse_elements(data: &RawValue, into: &mut TensorData) -> Result<Result<(), String>, serde_json::Error> {
+fn parse_elements(
+    data: &RawValue,
+    into: &mut TensorData,
+    ctx: &Context<'_>,
+) -> Result<Result<(), String>, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_str(data.get());
     let mut problem = None;
-    with_vec!(into, v => Flatten { into: v, problem: &mut problem }.deserialize(&mut de))?;
+    with_vec!(into, v => Flatten { into: v, problem: &mut problem, ctx }.deserialize(&mut de))?;
     Ok(problem.map_or(Ok(()), Err))
 }
 
 /// Appends the elements of a (possibly nested) JSON array to a vector, checking each against the datatype. A bad
 /// element is not appended; the first one's message is kept in `problem`, and the rest of the array is still read
-/// so the JSON around it parses normally.
-struct Flatten<'v, T> {
+/// so the JSON around it parses normally. Every byte the vector grows by, and a string's text, is taken from the
+/// request's decode budget; past it the parse stops.
+struct Flatten<'v, 'c, 's, T> {
     into: &'v mut Vec<T>,
     problem: &'v mut Option<String>,
+    ctx: &'c Context<'s>,
 }
 
-impl<T> Flatten<'_, T> {
-    fn push(&mut self, element: Result<T, String>) {
+impl<T: Element> Flatten<'_, '_, '_, T> {
+    fn push<E: de::Error>(&mut self, element: Result<T, String>) -> Result<(), E> {
         match element {
-            Ok(value) => self.into.push(value),
+            Ok(value) => {
+                if self.into.len() == self.into.capacity() {
+                    // Grow by what is there (at least 16), as far as the budget covers, and pay for it up front.
+                    let size = std::mem::size_of::<T>().max(1);
+                    let extra = self.into.len().max(16).min(self.ctx.remaining.get() / size);
+                    if extra == 0 || !self.ctx.spend(extra * size) {
+                        return Err(self.ctx.stop(self.ctx.too_large()));
+                    }
+                    self.into.reserve_exact(extra);
+                }
+                if !self.ctx.spend(value.heap_bytes()) {
+                    return Err(self.ctx.stop(self.ctx.too_large()));
+                }
+                self.into.push(value);
+            }
             Err(message) => {
                 self.problem.get_or_insert(message);
             }
         }
+        Ok(())
     }
 }
 
@@ -413,6 +641,10 @@ trait Element: Sized {
     fn from_str(_: &str) -> Result<Self, String> {
         Err(format!("expected {}, found a string", Self::expected()))
     }
+    /// What the element holds on the heap besides its slot in the vector.
+    fn heap_bytes(&self) -> usize {
+        0
+    }
     fn expected() -> String {
         match Self::DATATYPE {
             DataType::Bool => "true or false (BOOL)".to_owned(),
@@ -433,6 +665,9 @@ impl Element for String {
     const DATATYPE: DataType = DataType::Bytes;
     fn from_str(v: &str) -> Result<Self, String> {
         Ok(v.to_owned())
+    }
+    fn heap_bytes(&self) -> usize {
+        crate::infer::string_heap_bytes(self)
     }
 }
 
@@ -476,14 +711,14 @@ macro_rules! float_element {
 }
 float_element!(f32 => Fp32, f64 => Fp64);
 
-impl<'de, T: Element> DeserializeSeed<'de> for Flatten<'_, T> {
+impl<'de, T: Element> DeserializeSeed<'de> for Flatten<'_, '_, '_, T> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
         deserializer.deserialize_any(self)
     }
 }
 
-impl<'de, T: Element> Visitor<'de> for Flatten<'_, T> {
+impl<'de, T: Element> Visitor<'de> for Flatten<'_, '_, '_, T> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -491,44 +726,38 @@ impl<'de, T: Element> Visitor<'de> for Flatten<'_, T> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Flatten { into: &mut *self.into, problem: &mut *self.problem })?.is_some() {}
+        let ctx = self.ctx;
+        while seq.next_element_seed(Flatten { into: &mut *self.into, problem: &mut *self.problem, ctx })?.is_some() {}
         Ok(())
     }
 
     fn visit_bool<E: de::Error>(mut self, v: bool) -> Result<(), E> {
-        self.push(T::from_bool(v));
-        Ok(())
+        self.push(T::from_bool(v))
     }
 
     fn visit_i64<E: de::Error>(mut self, v: i64) -> Result<(), E> {
-        self.push(T::from_i64(v));
-        Ok(())
+        self.push(T::from_i64(v))
     }
 
     fn visit_u64<E: de::Error>(mut self, v: u64) -> Result<(), E> {
-        self.push(T::from_u64(v));
-        Ok(())
+        self.push(T::from_u64(v))
     }
 
     fn visit_f64<E: de::Error>(mut self, v: f64) -> Result<(), E> {
-        self.push(T::from_f64(v));
-        Ok(())
+        self.push(T::from_f64(v))
     }
 
     fn visit_str<E: de::Error>(mut self, v: &str) -> Result<(), E> {
-        self.push(T::from_str(v));
-        Ok(())
+        self.push(T::from_str(v))
     }
 
     fn visit_unit<E: de::Error>(mut self) -> Result<(), E> {
-        self.push(Err(format!("expected {}, found null", T::expected())));
-        Ok(())
+        self.push(Err(format!("expected {}, found null", T::expected())))
     }
 
     fn visit_map<A: de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
         while map.next_entry::<de::IgnoredAny, de::IgnoredAny>()?.is_some() {}
-        self.push(Err(format!("expected {}, found an object", T::expected())));
-        Ok(())
+        self.push(Err(format!("expected {}, found an object", T::expected())))
     }
 }
 

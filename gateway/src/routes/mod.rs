@@ -12,9 +12,11 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use serde::Serialize;
 
+use crate::auth::Gate;
+use crate::budget::{Charge, MemoryBudget};
 use crate::errors::ApiError;
 use crate::metrics::request_series::{Protocol, RequestMetrics};
 use crate::registry::Registry;
@@ -22,8 +24,13 @@ use crate::stack::Limits;
 use crate::traces::{HeaderExtractor, Outcome};
 use opentelemetry::KeyValue;
 
-pub use json::{decode_request, encode_response, BinaryOutputs, InferRequest, InferResponse};
-pub use repository::{repository_index, repository_load, repository_unload, IndexEntry, ModelDirControl};
+pub use json::{
+    decode_request, encode_response, BinaryOutputs, InferRequest, InferResponse, MAX_INPUTS, MAX_REQUEST_ID_BYTES,
+};
+pub use repository::{
+    check_parameter_names as check_repository_parameter_names, repository_index, repository_load, repository_unload,
+    IndexEntry, ModelDirControl,
+};
 pub(crate) use v2::{run_inference, EXTENSIONS, PLATFORM};
 
 /// The response type of every route.
@@ -40,9 +47,15 @@ pub struct AppState {
     /// The reconcile loop, in GitOps mode.
     pub controller: Option<reconciler::controller::ControllerHandle>,
     /// The push webhook's shared secret.
-    pub webhook_secret: Option<String>,
-    /// The admin calls' bearer token.
-    pub admin_token: Option<String>,
+    pub webhook_secret: Option<crate::auth::Secret>,
+    /// Who may change state (admin calls, feedback).
+    pub tokens: crate::auth::Tokens,
+    /// The in-flight memory budget every request's body and tensors are charged to.
+    pub budget: MemoryBudget,
+    /// The longest a request body may take to arrive.
+    pub body_timeout: Duration,
+    /// The edge's bounds, as configured.
+    pub limits: Limits,
     /// What `GET /metrics` renders.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The live monitor, fed with sampled predictions.
@@ -70,7 +83,10 @@ impl AppState {
             request_timeout: limits.request_timeout,
             controller: None,
             webhook_secret: None,
-            admin_token: None,
+            tokens: crate::auth::Tokens { loopback: true, ..crate::auth::Tokens::default() },
+            budget: MemoryBudget::new(limits.max_inflight_bytes),
+            body_timeout: limits.body_timeout,
+            limits: *limits,
             metrics: Arc::default(),
             monitor: None,
             monitor_metrics: crate::metrics::monitor_series::MonitorMetrics::default(),
@@ -167,9 +183,10 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let arrived = Instant::now();
-    let path = request.uri().path();
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let method = request.method().clone();
+    let method = &parts.method;
     let route = match segments.as_slice() {
         ["v2"] => Route::ServerMetadata,
         ["v2", "health", "live"] => Route::Live,
@@ -211,26 +228,17 @@ where
     } else {
         Method::GET
     };
-    if method != wanted {
+    if *method != wanted {
         let allowed = if wanted == Method::POST { "POST" } else { "GET" };
         return Err(ApiError::MethodNotAllowed { method: method.to_string(), allowed });
     }
     let registry = &state.registry;
+    // Probes and the status page are answered at once: never shed, never counted as inference, never waiting for a
+    // permit, so a saturated server still answers its liveness probe and its scrape.
     match route {
-        Route::ServerMetadata => Ok(v2::server_metadata()),
-        Route::Live => Ok(v2::live()),
-        Route::Ready => Ok(v2::ready(registry)),
-        Route::ModelMetadata(model, version) => v2::model_metadata(registry, model, version),
-        Route::ModelReady(model, version) => v2::model_ready(registry, model, version),
-        Route::ModelStats(model, version) => v2::model_stats(registry, model, version),
-        Route::Status => Ok(admin::status(state)),
-        Route::Monitor(model) => admin::monitor(state, model),
-        Route::Alerts => Ok(admin::alerts(state)),
-        Route::Dashboard => Ok(admin::dashboard(state)),
-        Route::Feedback => {
-            let body = read_body(request.into_body(), state.max_body_bytes).await?;
-            admin::feedback(state, &body)
-        }
+        Route::Live => return Ok(v2::live()),
+        Route::Ready => return Ok(v2::ready(registry)),
+        Route::Status => return Ok(admin::status(state)),
         Route::Metrics => {
             state.request_metrics.refresh(registry);
             let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())));
@@ -238,22 +246,43 @@ where
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static(crate::metrics::Metrics::CONTENT_TYPE));
             state.scrapes.send_modify(|n| *n += 1);
-            Ok(response)
+            return Ok(response);
         }
-        Route::Sync => admin::sync(state, request.headers()),
-        Route::Webhook => {
-            let headers = request.headers().clone();
-            let body = read_body(request.into_body(), state.max_body_bytes).await?;
-            admin::webhook(state, &headers, &body)
+        _ => {}
+    }
+    // Everything else holds a charge on the memory budget (its body and tensors) and, once its body has arrived, one
+    // of the in-flight permits shared with gRPC: a slow sender holds neither a permit nor memory it has not sent.
+    // (Inference reads its body and takes its permit in its own arm, so every outcome is counted under its model.)
+    let mut charge = state.budget.charge();
+    let (mut incoming, mut body) = (Some(body), Bytes::new());
+    let _permit = match route {
+        Route::Infer(..) => None,
+        _ => {
+            if let Some(incoming) = incoming.take().filter(|_| route.has_body()) {
+                body = read_body(incoming, state.max_body_bytes, &mut charge, state.body_timeout).await?;
+            }
+            Some(Arc::clone(&state.concurrency).try_acquire_owned().map_err(|_| ApiError::Overloaded)?)
         }
-        Route::Rollback => {
-            let headers = request.headers().clone();
-            let body = read_body(request.into_body(), state.max_body_bytes).await?;
-            admin::rollback(state, &headers, &body).await
+    };
+    let headers = &parts.headers;
+    match route {
+        Route::ServerMetadata => Ok(v2::server_metadata()),
+        Route::Live | Route::Ready | Route::Status | Route::Metrics => unreachable!("answered above"),
+        Route::ModelMetadata(model, version) => v2::model_metadata(registry, model, version),
+        Route::ModelReady(model, version) => v2::model_ready(registry, model, version),
+        Route::ModelStats(model, version) => v2::model_stats(registry, model, version),
+        Route::Monitor(model) => admin::monitor(state, model),
+        Route::Alerts => Ok(admin::alerts(state)),
+        Route::Dashboard => Ok(admin::dashboard(state)),
+        Route::Feedback => {
+            state.tokens.check_headers(Gate::Feedback, headers)?;
+            admin::feedback(state, &body)
         }
+        Route::Sync => admin::sync(state, headers),
+        Route::Webhook => admin::webhook(state, headers, &body),
+        Route::Rollback => admin::rollback(state, headers, &body).await,
         Route::RepositoryIndex => {
             // Triton's client sends an empty body; `{}` and `{"ready": true}` are accepted too.
-            let body = read_body(request.into_body(), state.max_body_bytes).await?;
             let asked: repository::IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
                 repository::IndexRequest::default()
             } else {
@@ -262,16 +291,20 @@ where
             Ok(json_response(StatusCode::OK, &repository_index(state, asked.ready)))
         }
         Route::RepositoryLoad(model) => {
+            state.tokens.check_headers(Gate::Admin, headers)?;
+            repository::check_load_body(&body)?;
             let model = model.to_owned();
             repository_load(state, &model).await.map(|()| empty_ok())
         }
         Route::RepositoryUnload(model) => {
+            state.tokens.check_headers(Gate::Admin, headers)?;
+            repository::check_unload_body(&body)?;
             let model = model.to_owned();
             repository_unload(state, &model).await.map(|()| empty_ok())
         }
         Route::Infer(model, version) => {
             let trace = state.tracing.start_request(
-                &HeaderExtractor(request.headers()),
+                &HeaderExtractor(headers),
                 if version.is_some() { INFER_VERSION_SPAN } else { INFER_SPAN },
                 || {
                     vec![
@@ -285,9 +318,11 @@ where
             let (model, version) = (model.to_owned(), version.map(str::to_owned));
             let mut served = None;
             let result = async {
-                let header_length = binary_header_length(request.headers())?;
-                let body = read_body(request.into_body(), state.max_body_bytes).await?;
-                v2::infer(state, &model, version.as_deref(), (&body, header_length), arrived, &mut served, &trace).await
+                let header_length = binary_header_length(headers)?;
+                let incoming = incoming.take().ok_or(ApiError::BodyRead)?;
+                let body = read_body(incoming, state.max_body_bytes, &mut charge, state.body_timeout).await?;
+                let input = v2::Body { bytes: &body, header_length, charge: &mut charge };
+                v2::infer(state, &model, version.as_deref(), input, arrived, &mut served, &trace).await
             }
             .await;
             let series = served.as_ref().map_or(state.request_metrics.unresolved(), |m| m.series());
@@ -326,9 +361,26 @@ enum Route<'a> {
     Rollback,
 }
 
-/// The one place a request body is read: refused early by `Content-Length`, and capped while streaming for
-/// bodies that do not declare one.
-async fn read_body<B>(body: B, limit_bytes: usize) -> Result<Bytes, ApiError>
+impl Route<'_> {
+    /// Whether the route reads a request body (the others' bodies are dropped unread).
+    fn has_body(&self) -> bool {
+        matches!(
+            self,
+            Route::Infer(..)
+                | Route::Feedback
+                | Route::Webhook
+                | Route::Rollback
+                | Route::RepositoryIndex
+                | Route::RepositoryLoad(_)
+                | Route::RepositoryUnload(_)
+        )
+    }
+}
+
+/// The one place a request body is read: refused early by `Content-Length` (413), charged to the memory budget chunk
+/// by chunk as it arrives (503 once the budget cannot take the next chunk, before it is kept), capped while streaming
+/// for bodies that do not declare a length, and bounded in time (408 when it has not all arrived within `timeout`).
+async fn read_body<B>(body: B, limit_bytes: usize, charge: &mut Charge, timeout: Duration) -> Result<Bytes, ApiError>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -336,13 +388,34 @@ where
     if body.size_hint().lower() > limit_bytes as u64 {
         return Err(ApiError::PayloadTooLarge { limit_bytes });
     }
-    match Limited::new(body, limit_bytes).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::PayloadTooLarge { limit_bytes })
+    let read = async {
+        let mut body = std::pin::pin!(body);
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut total = 0usize;
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(|_| ApiError::BodyRead)?.into_data() else { continue };
+            total += data.len();
+            if total > limit_bytes {
+                return Err(ApiError::PayloadTooLarge { limit_bytes });
+            }
+            charge.add(data.len())?;
+            chunks.push(data);
         }
-        Err(_) => Err(ApiError::BodyRead),
-    }
+        Ok(match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.pop().unwrap_or_default(),
+            _ => {
+                // The joined copy is charged while both exist, then the chunks' share is given back.
+                charge.add(total)?;
+                let mut joined = Vec::with_capacity(total);
+                chunks.iter().for_each(|c| joined.extend_from_slice(c));
+                drop(chunks);
+                charge.shrink_to(charge.held() - total);
+                Bytes::from(joined)
+            }
+        })
+    };
+    tokio::time::timeout(timeout, read).await.unwrap_or(Err(ApiError::BodyTimeout { limit_ms: timeout.as_millis() }))
 }
 
 /// The binary tensor extension's header, the length of the JSON part of the body.

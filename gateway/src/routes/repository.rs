@@ -131,3 +131,69 @@ pub(super) struct IndexRequest {
     #[serde(default)]
     pub(super) ready: bool,
 }
+
+/// A load request's body, as Triton's clients send it: empty, `{}`, or `{"parameters": {...}}`. Triton's `config`
+/// (a configuration override) and `file:<path>` (model files uploaded in the request) are not implemented and are
+/// refused by name, rather than ignored: the client would believe its override or its files were served.
+pub(super) fn check_load_body(body: &[u8]) -> Result<(), ApiError> {
+    check_parameters(body, &[], |name| match name {
+        "config" => "overriding a model's configuration at load is not supported; edit config.yaml in its folder",
+        n if n.starts_with("file:") => {
+            "uploading model files at load is not supported; put them in the model directory and load by name"
+        }
+        _ => "is not a load parameter Vane knows",
+    })
+}
+
+/// An unload request's body: empty, `{}`, or `{"parameters": {"unload_dependents": bool}}` (accepted: Vane serves
+/// no ensembles, so a model has no dependents).
+pub(super) fn check_unload_body(body: &[u8]) -> Result<(), ApiError> {
+    check_parameters(body, &["unload_dependents"], |_| "is not an unload parameter Vane knows")
+}
+
+/// Accepts the parameters in `known`; any other is a 400 naming it with `why`.
+pub fn check_parameter_names<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    known: &[&str],
+    why: impl Fn(&str) -> &'static str,
+) -> Result<(), ApiError> {
+    match names.into_iter().find(|name| !known.contains(name)) {
+        None => Ok(()),
+        Some(name) => Err(ApiError::InvalidRepositoryParameter { name: name.to_owned(), message: why(name) }),
+    }
+}
+
+fn check_parameters(body: &[u8], known: &[&str], why: impl Fn(&str) -> &'static str) -> Result<(), ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Request {
+        #[serde(default)]
+        parameters: serde_json::Map<String, serde_json::Value>,
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let request: Request =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson { message: e.to_string() })?;
+    check_parameter_names(request.parameters.keys().map(String::as_str), known, why)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_and_unload_bodies_are_read_not_ignored() {
+        for ok in ["", " ", "{}", r#"{"parameters":{}}"#] {
+            assert!(check_load_body(ok.as_bytes()).is_ok(), "{ok}");
+        }
+        assert!(check_unload_body(br#"{"parameters":{"unload_dependents":true}}"#).is_ok());
+        let config = check_load_body(br#"{"parameters":{"config":"{}"}}"#).unwrap_err();
+        assert_eq!(config.status(), http::StatusCode::BAD_REQUEST);
+        assert!(config.to_string().contains("'config'") && config.to_string().contains("config.yaml"), "{config}");
+        let file = check_load_body(br#"{"parameters":{"file:1/model.onnx":"AAAA"}}"#).unwrap_err().to_string();
+        assert!(file.contains("file:1/model.onnx") && file.contains("not supported"), "{file}");
+        assert!(check_load_body(br#"{"other":1}"#).unwrap_err().to_string().starts_with("invalid JSON body"));
+        assert!(check_unload_body(br#"{"parameters":{"force":true}}"#).is_err());
+    }
+}

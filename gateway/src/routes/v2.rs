@@ -11,6 +11,7 @@ use http::HeaderValue;
 
 use super::json::{decode_request, encode_response, InferRequest, InferResponse};
 use super::{json_response, AppState, HttpResponse};
+use crate::budget::{Charge, DECODE_FACTOR, DECODE_SLACK};
 use crate::errors::ApiError;
 use crate::infer::{Incoming, LoadedModel, Tensor, TensorSpec};
 use crate::registry::{Registry, Resolved};
@@ -105,12 +106,21 @@ pub(super) fn model_ready(registry: &Registry, model: &str, version: Option<&str
     Ok(json_response(StatusCode::OK, &ModelReady { name: model, ready: true }))
 }
 
-/// `body` is the request body and, for the binary extension, the length of its JSON header.
+/// An inference request's body as it arrived, and its charge on the memory budget.
+pub(super) struct Body<'a> {
+    /// The bytes.
+    pub(super) bytes: &'a [u8],
+    /// The binary extension's JSON header length.
+    pub(super) header_length: Option<usize>,
+    /// What the request holds of the budget (its body so far).
+    pub(super) charge: &'a mut Charge,
+}
+
 pub(super) async fn infer(
     state: &AppState,
     model: &str,
     version: Option<&str>,
-    (body, header_length): (&[u8], Option<usize>),
+    body: Body<'_>,
     arrived: Instant,
     served: &mut Option<Arc<LoadedModel>>,
     trace: &RequestTrace,
@@ -118,9 +128,16 @@ pub(super) async fn infer(
     // One load of the model set; the guard is gone before the await below, the Arc keeps the version alive.
     let resolved = state.registry.resolve_served(model, version)?;
     *served = Some(Arc::clone(&resolved.loaded));
+    // The in-flight permit shared with gRPC, taken once the body has arrived: beyond it, 503 at once.
+    let _permit = Arc::clone(&state.concurrency).try_acquire_owned().map_err(|_| ApiError::Overloaded)?;
     // Counted as on its way to the batcher from before decoding, so a batch being formed can wait for it.
     let incoming = resolved.loaded.incoming();
-    let request = decode_request(body, header_length, Some(resolved.loaded.signature()))?;
+    // Decoding may take up to DECODE_FACTOR times the body: charged before, and what the tensors did not use is given
+    // back after.
+    let Body { bytes, header_length, charge } = body;
+    charge.add(bytes.len().saturating_mul(DECODE_FACTOR).saturating_add(DECODE_SLACK))?;
+    let request = decode_request(bytes, header_length, Some(resolved.loaded.signature()))?;
+    charge.shrink_to(bytes.len() + request.heap_bytes());
     let (request, outputs) = run_inference(state, &resolved, incoming, request, arrived, trace).await?;
     let loaded = &resolved.loaded;
     let mut response = InferResponse {
