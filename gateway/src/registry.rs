@@ -40,8 +40,11 @@ pub struct Resolved {
 /// The handle the request path and the loader share.
 pub struct Registry {
     table: ArcSwap<ModelTable>,
-    /// False until the first table is stored, and again once shutdown begins.
+    /// False until the first table is stored.
     ready: AtomicBool,
+    /// True once shutdown has begun, for good: a load that finishes while draining stores its table (requests in
+    /// flight may still use it) but never makes the server ready again.
+    draining: AtomicBool,
     /// Counts stores, so a caller can wait for the next one instead of polling.
     generation: watch::Sender<u64>,
     /// Serialises writers: the directory poller, the reconciler and manual repository calls each build a whole table
@@ -169,6 +172,7 @@ impl Registry {
         Self {
             table: ArcSwap::from_pointee(ModelTable::default()),
             ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             generation: watch::Sender::new(0),
             writer: tokio::sync::Mutex::new(()),
             unloaded: std::sync::Mutex::default(),
@@ -266,12 +270,13 @@ impl Registry {
 
     /// Whether the server should receive traffic: a table is loaded and shutdown has not begun.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.table.load().is_empty()
+        self.ready.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire) && !self.table.load().is_empty()
     }
 
-    /// Marks the registry not ready (shutdown has begun); requests in flight still complete.
+    /// Marks the registry not ready for good (shutdown has begun); requests in flight still complete, and a later
+    /// swap does not make it ready again.
     pub fn set_not_ready(&self) {
-        self.ready.store(false, Ordering::Release);
+        self.draining.store(true, Ordering::Release);
     }
 }
 
