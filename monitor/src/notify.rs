@@ -13,8 +13,8 @@ use serde_json::json;
 
 use crate::alerts::{Alert, State};
 
-/// Where alerts go.
-#[derive(Debug, Clone, Default)]
+/// Where alerts go. Its `Debug` shows the hosts only: webhook URLs are secrets.
+#[derive(Clone, Default)]
 pub struct NotifyConfig {
     /// Alertmanager base URLs (`http://alertmanager:9093`); every one gets every alert, as Prometheus does.
     pub alertmanagers: Vec<String>,
@@ -22,6 +22,17 @@ pub struct NotifyConfig {
     pub webhooks: Vec<String>,
     /// How often firing alerts are re-sent to Alertmanager.
     pub resend_every: Duration,
+}
+
+impl std::fmt::Debug for NotifyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hosts = |urls: &[String]| urls.iter().map(|u| destination(u).to_owned()).collect::<Vec<_>>();
+        f.debug_struct("NotifyConfig")
+            .field("alertmanagers", &hosts(&self.alertmanagers))
+            .field("webhooks", &hosts(&self.webhooks))
+            .field("resend_every", &self.resend_every)
+            .finish()
+    }
 }
 
 /// Delivery counters (Prometheus counters, registered by the gateway).
@@ -120,6 +131,14 @@ fn postable(alert: &Alert, resend_every: Duration) -> PostableAlert {
     }
 }
 
+/// Where a delivery goes, as logs may show it: the host only. A chat webhook's path is its secret (Slack's
+/// `/services/T.../B.../<secret>`), and a URL may carry credentials.
+fn destination(url: &str) -> &str {
+    let after = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = after.split(['/', '?', '#']).next().unwrap_or_default();
+    authority.rsplit('@').next().unwrap_or_default()
+}
+
 fn post(agent: &ureq::Agent, url: &str, body: &serde_json::Value, counters: &NotifyCounters) {
     for attempt in 0..3 {
         match agent.post(url).send_json(body) {
@@ -127,8 +146,10 @@ fn post(agent: &ureq::Agent, url: &str, body: &serde_json::Value, counters: &Not
                 counters.sent.inc();
                 return;
             }
-            Ok(response) => tracing::warn!(url, status = %response.status(), attempt, "alert delivery refused"),
-            Err(error) => tracing::warn!(url, %error, attempt, "alert delivery failed"),
+            Ok(response) => {
+                tracing::warn!(to = destination(url), status = %response.status(), attempt, "alert delivery refused")
+            }
+            Err(error) => tracing::warn!(to = destination(url), %error, attempt, "alert delivery failed"),
         }
         std::thread::sleep(Duration::from_millis(200 * (attempt + 1)));
     }
@@ -194,5 +215,21 @@ fn deliver(receiver: &crossbeam_channel::Receiver<Vec<Alert>>, config: &NotifyCo
         for url in &config.webhooks {
             post(&agent, url, &webhook, counters);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::destination;
+
+    #[test]
+    fn delivery_logs_name_the_host_only() {
+        assert_eq!(destination("https://hooks.slack.com/services/T0/B0/s3cret"), "hooks.slack.com");
+        assert_eq!(destination("http://user:pw@alertmanager:9093/api/v2/alerts"), "alertmanager:9093");
+        let config = super::NotifyConfig {
+            webhooks: vec!["https://hooks.slack.com/services/T0/B0/s3cret".into()],
+            ..super::NotifyConfig::default()
+        };
+        assert!(!format!("{config:?}").contains("s3cret"));
     }
 }

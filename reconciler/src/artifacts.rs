@@ -158,12 +158,14 @@ impl ArtifactCache {
                 Ok(0) => break Ok(()),
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => break Err(ArtifactError::Uri { uri: what.to_owned(), problem: format!("download: {e}") }),
+                Err(e) => {
+                    break Err(ArtifactError::Uri { uri: crate::redact::url(what), problem: format!("download: {e}") })
+                }
             };
             total += n as u64;
             if total > max_bytes {
                 break Err(ArtifactError::Uri {
-                    uri: what.to_owned(),
+                    uri: crate::redact::url(what),
                     problem: format!("is over the {max_bytes}-byte limit"),
                 });
             }
@@ -177,7 +179,7 @@ impl ArtifactCache {
             if actual == expected {
                 Ok(())
             } else {
-                Err(ArtifactError::Digest { what: what.to_owned(), expected: expected.to_owned(), actual })
+                Err(ArtifactError::Digest { what: crate::redact::url(what), expected: expected.to_owned(), actual })
             }
         });
         if let Err(error) = checked.and_then(|()| file.sync_all().map_err(io)) {
@@ -191,7 +193,7 @@ impl ArtifactCache {
 
     /// Downloads an https artifact into the cache.
     fn download(&self, uri: &str, expected: &str) -> Result<PathBuf, ArtifactError> {
-        let problem = |problem: String| ArtifactError::Uri { uri: uri.to_owned(), problem };
+        let problem = |problem: String| ArtifactError::Uri { uri: crate::redact::url(uri), problem };
         let roots = match &self.ca_file {
             None => ureq::tls::RootCerts::WebPki,
             Some(file) => {
@@ -281,7 +283,7 @@ fn verify(what: &str, bytes: &[u8], expected: &str) -> Result<(), ArtifactError>
     if actual == expected {
         Ok(())
     } else {
-        Err(ArtifactError::Digest { what: what.to_owned(), expected: expected.to_owned(), actual })
+        Err(ArtifactError::Digest { what: crate::redact::url(what), expected: expected.to_owned(), actual })
     }
 }
 
@@ -331,7 +333,7 @@ fn read_dvc(source: &GitSource, commit: Oid, pointer: &RepoPath, config: &DvcCon
 }
 
 fn read_uri(uri: &str) -> Result<Vec<u8>, ArtifactError> {
-    let problem = |problem: String| ArtifactError::Uri { uri: uri.to_owned(), problem };
+    let problem = |problem: String| ArtifactError::Uri { uri: crate::redact::url(uri), problem };
     match uri.strip_prefix("file://") {
         Some(path) => {
             let metadata = fs::metadata(path).map_err(|e| problem(e.to_string()))?;

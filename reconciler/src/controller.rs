@@ -194,8 +194,11 @@ pub fn channels(config: &ControllerConfig) -> (ControllerHandle, ControllerInput
     let (trigger_tx, trigger_rx) = mpsc::channel(1);
     // A few rollbacks may wait; more get "busy" from try_send.
     let (rollback_tx, rollback_rx) = mpsc::channel(4);
-    let status =
-        SyncStatus { repo: config.spec.url.clone(), branch: config.spec.branch.clone(), ..SyncStatus::default() };
+    let status = SyncStatus {
+        repo: crate::redact::url(&config.spec.url),
+        branch: config.spec.branch.clone(),
+        ..SyncStatus::default()
+    };
     let (status_tx, status_rx) = watch::channel(status);
     let metrics = SyncMetrics::default();
     (

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod model_config;
 pub mod model_dir;
 pub mod plan;
+pub mod redact;
 pub mod source;
 mod state;
 

@@ -225,7 +225,10 @@ impl GitSource {
             .map_err(self.network_error("connect"))?;
         let wanted = self.refname();
         let head = connection.list().map_err(git("ls-remote"))?.iter().find(|h| h.name() == wanted).map(|h| h.oid());
-        head.ok_or_else(|| GitError::NoBranch { branch: self.spec.branch.clone(), url: self.spec.url.clone() })
+        head.ok_or_else(|| GitError::NoBranch {
+            branch: self.spec.branch.clone(),
+            url: crate::redact::url(&self.spec.url),
+        })
     }
 
     /// The commit last fetched, if any.
@@ -244,8 +247,10 @@ impl GitSource {
             return Err(GitError::Cancelled);
         }
         fetched.map_err(self.network_error("fetch"))?;
-        self.local_head()
-            .ok_or_else(|| GitError::NoBranch { branch: self.spec.branch.clone(), url: self.spec.url.clone() })
+        self.local_head().ok_or_else(|| GitError::NoBranch {
+            branch: self.spec.branch.clone(),
+            url: crate::redact::url(&self.spec.url),
+        })
     }
 
     /// Whether `descendant` has `ancestor` in its history (or is it): false means history was rewritten.
