@@ -44,6 +44,8 @@ pub struct ServeConfig {
     pub admin_token: Option<crate::auth::Secret>,
     /// The feedback call's bearer token (`VANE_FEEDBACK_TOKEN`); the admin token is accepted there too.
     pub feedback_token: Option<crate::auth::Secret>,
+    /// TLS on both listeners; `None`: plain TCP (TLS terminates in front of Vane).
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// Every 5 s: alerts hold for minutes and the dashboard refreshes every 10 s, and evaluating all features each
@@ -90,6 +92,7 @@ impl ServeConfig {
             },
             admin_token: None,
             feedback_token: None,
+            tls: None,
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod runtime;
 pub mod server;
 pub mod stack;
 pub mod telemetry;
+pub mod tls;
 pub mod traces;
 
 use std::net::SocketAddr;
@@ -71,6 +72,9 @@ pub enum StartError {
     /// The trace exporter could not be set up.
     #[error("cannot export traces: {0}")]
     Tracing(#[from] traces::TraceError),
+    /// The TLS certificate, key or client CA could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// A blocking start-up task panicked.
     #[error("start-up task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -182,12 +186,20 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
     let state = Arc::new(state);
     let service = stack::build(Arc::clone(&state), &config.limits);
     let stop_accepting = CancellationToken::new();
+    let tls = match config.tls.clone() {
+        None => None,
+        Some(tls) => {
+            let stop = shutdown.child_token();
+            Some(tokio::task::spawn_blocking(move || tls::Tls::start(&tls, stop)).await??)
+        }
+    };
     let (grpc_addr, grpc) = match config.grpc_listen {
         None => (None, None),
         Some(listen) => {
             let listener = grpc::bind(listen).await.map_err(|source| StartError::Bind { addr: listen, source })?;
             let bound = listener.local_addr().map_err(|source| StartError::Bind { addr: listen, source })?;
-            let task = grpc::serve(listener, Arc::clone(&state), stop_accepting.clone(), config.shutdown_grace);
+            let task =
+                grpc::serve(listener, Arc::clone(&state), stop_accepting.clone(), config.shutdown_grace, tls.clone());
             (Some(bound), Some(tokio::spawn(task)))
         }
     };
@@ -199,6 +211,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
         accepting_tx,
         config.shutdown_grace,
         config.limits,
+        tls,
     ));
     let (sync_tx, sync) = watch::channel(WatchStatus::default());
     let poller = desired.zip(config.poll_interval.filter(|i| !i.is_zero())).map(|(desired, interval)| {

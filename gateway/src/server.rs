@@ -16,6 +16,7 @@ use tower::ServiceExt;
 use crate::errors::ApiError;
 use crate::routes::error_response;
 use crate::stack::{HttpService, Limits};
+use crate::tls::{MaybeTls, Tls};
 
 /// The connection builder with the edge's bounds: hyper's timer (without it hyper silently disables its header-read
 /// timeout), the header-read timeout (which also closes HTTP/1 connections idle between requests), a cap on header
@@ -52,6 +53,7 @@ pub async fn serve(
     accepting: watch::Sender<bool>,
     grace: Duration,
     limits: Limits,
+    tls: Option<Tls>,
 ) {
     let builder = connection_builder(&limits);
     let graceful = GracefulShutdown::new();
@@ -91,10 +93,20 @@ pub async fn serve(
                 Ok::<_, Infallible>(call.await.unwrap_or_else(|_| error_response(&ApiError::Overloaded)))
             }
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), handler);
-        let connection = graceful.watch(connection.into_owned());
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
+        let handshake = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            // The TLS handshake in the connection's own task, bounded by the header timeout: a silent client costs
+            // only its slot, and never stalls the accept loop.
+            let stream = match MaybeTls::accept(stream, tls.as_ref().map(Tls::rest), handshake).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::debug!(%error, %peer, "TLS handshake failed");
+                    return;
+                }
+            };
+            let connection = builder.serve_connection(TokioIo::new(stream), handler);
+            if let Err(error) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%error, %peer, "connection ended with an error");
             }
             drop(slot);

@@ -15,16 +15,26 @@ fn models_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
 }
 
+/// The tests here measure one process's memory and latency: they run one at a time, so a sibling's load does not
+/// stall the process under test (on two cores a stalled thread holds freed memory in its allocator's queue longer).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A `vane serve --model-dir models` process, killed when dropped.
 struct Vane {
     child: Child,
     addr: SocketAddr,
+    grpc: SocketAddr,
 }
 
 impl Vane {
     fn start(extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_vane"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--log-format", "json", "--model-dir"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--log-format", "json"])
+            .arg("--model-dir")
             .arg(models_dir())
             .args(extra)
             .env("RUST_LOG", "info")
@@ -34,17 +44,18 @@ impl Vane {
             .expect("vane starts");
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         // The readiness signal: the line the server logs once every model is loaded and the socket accepts.
-        let addr = loop {
+        let (addr, grpc) = loop {
             let mut line = String::new();
             assert!(stderr.read_line(&mut line).unwrap() > 0, "vane exited before serving");
             let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
             if event["fields"]["message"] == "vane is serving" {
-                break event["fields"]["addr"].as_str().unwrap().parse().unwrap();
+                let field = |name: &str| event["fields"][name].as_str().unwrap().parse().unwrap();
+                break (field("addr"), field("grpc"));
             }
         };
         // Keep draining the log so the process never blocks on a full pipe.
         std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Self { child, addr }
+        Self { child, addr, grpc }
     }
 
     /// (VmRSS, VmHWM) in bytes.
@@ -101,6 +112,7 @@ const BUDGET: u64 = 256 * 1024 * 1024;
 /// while resident memory stays under the budget plus the idle footprint.
 #[test]
 fn hostile_requests_cost_one_error_each_and_memory_stays_under_the_budget() {
+    let _alone = one_at_a_time();
     let mut vane = Vane::start(&["--max-inflight-bytes", &BUDGET.to_string()]);
     let addr = vane.addr;
     let row = r#"{"inputs":[{"name":"input","shape":[1,30],"datatype":"FP32","data":[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]}]}"#;
@@ -185,7 +197,11 @@ fn hostile_requests_cost_one_error_each_and_memory_stays_under_the_budget() {
         assert!(answer.contains(needle), "{name}: {answer}");
         assert!(took < Duration::from_secs(10), "{name}: answered after {took:?}");
         assert!(vane.alive(), "{name} ended the process");
-        eprintln!("{name}: {status} in {took:?}: {}", answer.chars().take(160).collect::<String>());
+        let so_far = peak.load(Ordering::Relaxed) >> 20;
+        eprintln!(
+            "{name}: {status} in {took:?} (peak so far {so_far} MiB): {}",
+            answer.chars().take(120).collect::<String>()
+        );
     }
     // Many maximum-size bodies at once: each is charged 9x its size before decoding, so the budget admits one or two
     // and sheds the rest with 503 before keeping their bodies.
@@ -222,6 +238,7 @@ fn hostile_requests_cost_one_error_each_and_memory_stays_under_the_budget() {
 /// the slow connections are closed at the header timeout.
 #[test]
 fn slow_clients_are_cut_off_at_the_header_timeout_while_health_answers() {
+    let _alone = one_at_a_time();
     let vane = Vane::start(&["--header-timeout", "2s"]);
     let addr = vane.addr;
     let slow = 300;
@@ -285,6 +302,7 @@ fn slow_clients_are_cut_off_at_the_header_timeout_while_health_answers() {
 /// probes are not counted as inference.
 #[test]
 fn probes_answer_while_inference_is_shed() {
+    let _alone = one_at_a_time();
     let vane = Vane::start(&["--max-concurrent-requests", "2", "--workers-per-model", "1", "--max-batch-size", "0"]);
     let addr = vane.addr;
     let rows = 64;
@@ -342,4 +360,92 @@ fn probes_answer_while_inference_is_shed() {
     // Shed inference is counted under its model; nothing lands under model="" (where shed probes used to).
     assert!(dense >= shed_total as f64, "{metrics}");
     assert_eq!(unresolved, 0.0, "{metrics}");
+}
+
+/// Peak resident memory of `pid` while `work` runs, sampled every 5 ms, and the kernel's own high-water mark.
+fn peak_while<T>(pid: u32, work: impl FnOnce() -> T) -> (T, u64) {
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling) = (Arc::clone(&peak), Arc::clone(&sampling));
+        std::thread::spawn(move || {
+            while sampling.load(Ordering::Relaxed) {
+                if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                    if let Some(kb) = status.lines().find_map(|l| l.strip_prefix("VmRSS:")) {
+                        let bytes = kb.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap_or(0) * 1024;
+                        peak.fetch_max(bytes, Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let result = work();
+    sampling.store(false, Ordering::Relaxed);
+    sampler.join().unwrap();
+    (result, peak.load(Ordering::Relaxed))
+}
+
+/// Over gRPC: a message past the size limit is RESOURCE_EXHAUSTED with REST's message, before it is buffered, and
+/// 32 concurrent near-maximum messages are admitted only as the memory budget allows (UNAVAILABLE for the rest),
+/// with resident memory under the budget plus the idle footprint.
+#[test]
+fn grpc_messages_meet_the_size_limit_and_the_memory_budget() {
+    let _alone = one_at_a_time();
+    use gateway::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use gateway::grpc::proto::model_infer_request::InferInputTensor;
+    use gateway::grpc::proto::ModelInferRequest;
+
+    let vane = Vane::start(&["--max-inflight-bytes", &BUDGET.to_string()]);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let url = format!("http://{}", vane.grpc);
+    let request = |rows: usize| ModelInferRequest {
+        model_name: "breast_cancer".into(),
+        inputs: vec![InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![rows as i64, 30],
+            ..InferInputTensor::default()
+        }],
+        raw_input_contents: vec![vec![0u8; rows * 30 * 4]],
+        ..ModelInferRequest::default()
+    };
+    let (idle, _) = vane.memory();
+    let ((oversize, statuses), peak) = peak_while(vane.child.id(), || {
+        runtime.block_on(async {
+            let channel = tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect().await.unwrap();
+            let mut client = GrpcInferenceServiceClient::new(channel.clone()).max_decoding_message_size(1 << 20);
+            let ok = client.model_infer(request(1)).await.expect("a valid call").into_inner();
+            assert_eq!(ok.model_name, "breast_cancer");
+            // 17 MiB: over the 16 MiB limit.
+            let oversize = client.model_infer(request(17 * 1024 * 1024 / 120 + 1)).await.unwrap_err();
+            let calls: Vec<_> = (0..32)
+                .map(|_| {
+                    let mut client = GrpcInferenceServiceClient::new(channel.clone());
+                    tokio::spawn(async move {
+                        match client.model_infer(request(15 * 1024 * 1024 / 120)).await {
+                            Ok(_) => tonic::Code::Ok,
+                            Err(status) => status.code(),
+                        }
+                    })
+                })
+                .collect();
+            let mut statuses = Vec::new();
+            for call in calls {
+                statuses.push(call.await.unwrap());
+            }
+            (oversize, statuses)
+        })
+    });
+    assert_eq!(oversize.code(), tonic::Code::ResourceExhausted, "{oversize:?}");
+    assert!(oversize.message().contains("request body is larger than the 16777216-byte limit"), "{oversize:?}");
+    eprintln!("32 near-maximum gRPC messages at once: {statuses:?}; idle {} MiB, peak {} MiB", idle >> 20, peak >> 20);
+    assert!(
+        statuses.iter().all(|c| [tonic::Code::InvalidArgument, tonic::Code::Unavailable].contains(c)),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&tonic::Code::Unavailable), "the budget should shed some: {statuses:?}");
+    let (_, hwm) = vane.memory();
+    assert!(peak.max(hwm) < idle + BUDGET, "peak {} over idle {idle} + budget {BUDGET}", peak.max(hwm));
+    assert_eq!(exchange(vane.addr, "GET", "/v2/health/live", b"").0, 200);
 }

@@ -17,5 +17,6 @@ mod serve;
 mod shutdown;
 mod support;
 mod swap;
+mod tls;
 mod traces;
 mod tritonclient;

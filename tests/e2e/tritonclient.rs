@@ -14,7 +14,7 @@ fn root() -> PathBuf {
 
 /// The venv's python, creating the venv and installing the requirements if this requirements file has not been
 /// installed there yet. Blocking.
-fn python_with_requirements() -> PathBuf {
+pub(crate) fn python_with_requirements() -> PathBuf {
     let requirements = root().join("tests/python/requirements.txt");
     let wanted = std::fs::read_to_string(&requirements).unwrap();
     let venv = root().join("target/python-tritonclient");

@@ -388,31 +388,42 @@ where
     if body.size_hint().lower() > limit_bytes as u64 {
         return Err(ApiError::PayloadTooLarge { limit_bytes });
     }
+    let declared = body.size_hint().exact().and_then(|n| usize::try_from(n).ok());
     let read = async {
         let mut body = std::pin::pin!(body);
-        let mut chunks: Vec<Bytes> = Vec::new();
-        let mut total = 0usize;
+        // A body in one frame is kept as hyper read it (no copy). A longer one is copied as it arrives into one
+        // buffer that grows by doubling up to the declared length, charged by its capacity, so the budget holds
+        // exactly what is allocated (hyper's frames are given back as soon as they are copied).
+        let mut first: Option<Bytes> = None;
+        let mut joined: Vec<u8> = Vec::new();
         while let Some(frame) = body.frame().await {
             let Ok(data) = frame.map_err(|_| ApiError::BodyRead)?.into_data() else { continue };
-            total += data.len();
+            let total = joined.len() + first.as_ref().map_or(0, Bytes::len) + data.len();
             if total > limit_bytes {
                 return Err(ApiError::PayloadTooLarge { limit_bytes });
             }
-            charge.add(data.len())?;
-            chunks.push(data);
-        }
-        Ok(match chunks.len() {
-            0 => Bytes::new(),
-            1 => chunks.pop().unwrap_or_default(),
-            _ => {
-                // The joined copy is charged while both exist, then the chunks' share is given back.
-                charge.add(total)?;
-                let mut joined = Vec::with_capacity(total);
-                chunks.iter().for_each(|c| joined.extend_from_slice(c));
-                drop(chunks);
-                charge.shrink_to(charge.held() - total);
-                Bytes::from(joined)
+            if first.is_none() && joined.is_empty() {
+                charge.add(data.len())?;
+                first = Some(data);
+                continue;
             }
+            if total > joined.capacity() {
+                let doubled = (joined.capacity() * 2).max(64 * 1024);
+                let wanted = declared.map_or(doubled, |d| doubled.min(d)).clamp(total, limit_bytes);
+                let (old, held) = (joined.capacity(), charge.held());
+                charge.add(wanted)?;
+                joined.reserve_exact(wanted - joined.len());
+                if let Some(first) = first.take() {
+                    joined.extend_from_slice(&first);
+                    charge.shrink_to(charge.held() - first.len());
+                }
+                charge.shrink_to(held + wanted - old);
+            }
+            joined.extend_from_slice(&data);
+        }
+        Ok(match first {
+            Some(only) => only,
+            None => Bytes::from(joined),
         })
     };
     tokio::time::timeout(timeout, read).await.unwrap_or(Err(ApiError::BodyTimeout { limit_ms: timeout.as_millis() }))
