@@ -391,42 +391,105 @@ where
     let declared = body.size_hint().exact().and_then(|n| usize::try_from(n).ok());
     let read = async {
         let mut body = std::pin::pin!(body);
-        // A body in one frame is kept as hyper read it (no copy). A longer one is copied as it arrives into one
-        // buffer that grows by doubling up to the declared length, charged by its capacity, so the budget holds
-        // exactly what is allocated (hyper's frames are given back as soon as they are copied).
+        // A body in one frame is kept as hyper read it (no copy). A large declared body is copied as it arrives into
+        // an anonymous mapping of its length; a longer one of unknown length into one heap buffer that grows by
+        // doubling. Either is charged by what it holds in memory: the mapping's written pages, the buffer's capacity.
         let mut first: Option<Bytes> = None;
-        let mut joined: Vec<u8> = Vec::new();
+        let mut buffer = match declared {
+            Some(length) if length >= LARGE_BODY_BYTES => BodyBuffer::mapped(length)?,
+            _ => BodyBuffer::Heap(Vec::new()),
+        };
         while let Some(frame) = body.frame().await {
             let Ok(data) = frame.map_err(|_| ApiError::BodyRead)?.into_data() else { continue };
-            let total = joined.len() + first.as_ref().map_or(0, Bytes::len) + data.len();
+            let total = buffer.len() + first.as_ref().map_or(0, Bytes::len) + data.len();
             if total > limit_bytes {
                 return Err(ApiError::PayloadTooLarge { limit_bytes });
             }
-            if first.is_none() && joined.is_empty() {
+            if first.is_none() && buffer.len() == 0 {
                 charge.add(data.len())?;
                 first = Some(data);
                 continue;
             }
-            if total > joined.capacity() {
-                let doubled = (joined.capacity() * 2).max(64 * 1024);
-                let wanted = declared.map_or(doubled, |d| doubled.min(d)).clamp(total, limit_bytes);
-                let (old, held) = (joined.capacity(), charge.held());
-                charge.add(wanted)?;
-                joined.reserve_exact(wanted - joined.len());
-                if let Some(first) = first.take() {
-                    joined.extend_from_slice(&first);
-                    charge.shrink_to(charge.held() - first.len());
-                }
-                charge.shrink_to(held + wanted - old);
+            if let Some(first) = first.take() {
+                buffer.append(&first, declared, limit_bytes, charge)?;
+                charge.shrink_to(charge.held() - first.len());
             }
-            joined.extend_from_slice(&data);
+            buffer.append(&data, declared, limit_bytes, charge)?;
         }
         Ok(match first {
             Some(only) => only,
-            None => Bytes::from(joined),
+            None => buffer.into_bytes(),
         })
     };
     tokio::time::timeout(timeout, read).await.unwrap_or(Err(ApiError::BodyTimeout { limit_ms: timeout.as_millis() }))
+}
+
+/// Bodies declaring at least this many bytes are read into an anonymous mapping (see [`read_body`]).
+const LARGE_BODY_BYTES: usize = 1 << 20;
+
+/// Where a body of several frames is gathered.
+enum BodyBuffer {
+    /// A heap buffer grown by doubling (up to the declared length); charged by its capacity.
+    Heap(Vec<u8>),
+    /// An anonymous mapping of the declared length; charged by the pages written.
+    Mapped { map: memmap2::MmapMut, len: usize },
+}
+
+impl BodyBuffer {
+    fn mapped(length: usize) -> Result<Self, ApiError> {
+        // Mapping reserves address space only; a failure is the machine being out of it, a retryable refusal.
+        let map = memmap2::MmapMut::map_anon(length).map_err(|_| ApiError::Overloaded)?;
+        Ok(Self::Mapped { map, len: 0 })
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Heap(v) => v.len(),
+            Self::Mapped { len, .. } => *len,
+        }
+    }
+
+    /// Appends `data`, charging what it adds to memory first.
+    fn append(
+        &mut self,
+        data: &[u8],
+        declared: Option<usize>,
+        limit: usize,
+        charge: &mut Charge,
+    ) -> Result<(), ApiError> {
+        match self {
+            Self::Heap(buffer) => {
+                let total = buffer.len() + data.len();
+                if total > buffer.capacity() {
+                    let doubled = (buffer.capacity() * 2).max(64 * 1024);
+                    let wanted = declared.map_or(doubled, |d| doubled.min(d)).clamp(total, limit);
+                    let (old, held) = (buffer.capacity(), charge.held());
+                    charge.add(wanted)?;
+                    buffer.reserve_exact(wanted - buffer.len());
+                    // The old buffer is gone once reserve_exact has moved the bytes.
+                    charge.shrink_to(held + wanted - old);
+                }
+                buffer.extend_from_slice(data);
+            }
+            Self::Mapped { map, len } => {
+                let end = *len + data.len();
+                // A body longer than it declared is cut off by hyper; this only guards the slice.
+                let target = map.get_mut(*len..end).ok_or(ApiError::BodyRead)?;
+                const PAGE: usize = 4096;
+                charge.add(end.div_ceil(PAGE) * PAGE - len.div_ceil(PAGE) * PAGE)?;
+                target.copy_from_slice(data);
+                *len = end;
+            }
+        }
+        Ok(())
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Self::Heap(buffer) => Bytes::from(buffer),
+            Self::Mapped { map, len } => Bytes::from_owner(map).slice(..len),
+        }
+    }
 }
 
 /// The binary tensor extension's header, the length of the JSON part of the body.
