@@ -9,6 +9,7 @@
 set -euo pipefail
 base_rev=${1:-5120d33}
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 seconds=${SECONDS_PER_RUN:-10}
 scratch=$(mktemp -d)
@@ -26,25 +27,13 @@ else
   cp target/release/vane "$scratch/vane-head"
 fi
 
-row=$(sed -n 2p models/breast_cancer/reference.csv)
-cat > "$scratch/post.lua" <<LUA
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"inputs":[{"name":"input","shape":[1,30],"datatype":"FP32","data":[$row]}]}'
-LUA
-
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+write_post_lua "$scratch/post.lua"
 
 run() { # $1: the binary; prints "requests/s cpu_us_per_request"
   "$1" serve --model-dir models --listen 127.0.0.1:0 --grpc-listen off --log-format json \
     >/dev/null 2>"$scratch/err" &
-  local pid=$! addr=""
-  for _ in $(seq 1 300); do # bounded at 30 s: the log line "vane is serving" is the readiness signal
-    addr=$(grep 'vane is serving' "$scratch/err" | grep -o '"addr":"[^"]*"' | sed 's/"addr":"//; s/"$//') || true
-    [ -n "$addr" ] && break
-    sleep 0.1
-  done
-  [ -n "$addr" ] || { echo "vane did not start: $(cat "$scratch/err")" >&2; exit 1; }
+  local pid=$! addr
+  addr=$(serving_addr "$scratch/err")
   local before; before=$(cpu_ticks "$pid")
   wrk -t2 -c64 -d"${seconds}s" -s "$scratch/post.lua" "http://$addr/v2/models/breast_cancer/infer" >"$scratch/wrk"
   local ticks=$(( $(cpu_ticks "$pid") - before ))

@@ -9,6 +9,7 @@
 set -euo pipefail
 mode=${1:?usage: benches/overhead.sh --no-monitoring|--no-request-metrics|--trace-sample-rate=R}
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 cargo build --release -q -p gateway --bin vane
 seconds=${SECONDS_PER_RUN:-10}
@@ -28,14 +29,7 @@ case "$mode" in
     ;;
   *) on_flags=""; off_flags="$mode" ;;
 esac
-row=$(sed -n 2p models/breast_cancer/reference.csv)
-cat > "$scratch/post.lua" <<LUA
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"inputs":[{"name":"input","shape":[1,30],"datatype":"FP32","data":[$row]}]}'
-LUA
-
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+write_post_lua "$scratch/post.lua"
 
 run() { # $1: extra flags; $2: "show" prints what the server counted; prints requests/s
   # Port 0: the demo prints its address once it is ready (after its first sync), which is the readiness signal.

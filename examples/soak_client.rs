@@ -1,13 +1,19 @@
 //! The soak bench's load (`bash benches/soak.sh`): valid, invalid and slow clients at once against one `vane`, for a
-//! long time, at a fixed request rate (open loop, so a slow server cannot slow the load down; latency is measured
-//! from when each request was due, so queueing shows).
+//! long time, at a target request rate. Each valid connection sends on a fixed schedule and never runs ahead of it;
+//! when it falls behind (this client shares a small machine) it does not try to catch up, so the rate achieved is
+//! printed beside the latency, which is measured from each request's send to its answer.
 //!
-//! `soak_client ADDR PID RATE SECONDS`: RATE valid batch-1 JSON requests per second to breast_cancer over 32
-//! keep-alive connections; beside them, invalid requests at a twentieth of the rate (bad JSON, an unknown model, a
-//! wrong datatype, an oversized id, a body over the size limit) and 64 slow clients sending headers a byte every
-//! 300 ms, reconnecting when the server closes them. Every minute it prints the valid requests' p50/p99 latency,
-//! their errors, the invalid answers by status, the slow connections closed, and the server's resident memory (from
-//! `/proc/PID/status`). It exits 1 if any valid request failed.
+//! `soak_client ADDR capacity SECONDS` measures what this client gets in a closed loop (64 connections, as fast as
+//! the server answers) and prints `capacity N` (requests per second): the load generator shares the machine's cores
+//! with the server, so 80% of wrk's figure would be more than this client can send on time.
+//!
+//! `soak_client ADDR PID RATE SECONDS`: RATE valid batch-1 JSON requests per second to breast_cancer over 64
+//! keep-alive connections (as many as a model version's queue holds, so a burst of them is never refused); beside
+//! them, invalid requests at a hundredth of the rate (bad JSON, an unknown model, a wrong shape, a wrong datatype, an
+//! oversized id), a 17 MiB body (over the size limit) every 2 s, and 64 slow clients sending headers a byte every
+//! 300 ms, reconnecting when the server closes them. Every minute it prints the valid requests' rate, p50/p99
+//! latency and errors, the invalid answers by status, the slow connections closed, and the server's resident memory
+//! (from `/proc/PID/status`). It exits 1 if any valid request failed.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -20,7 +26,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-const VALID_CONNECTIONS: usize = 32;
+const VALID_CONNECTIONS: usize = 64;
 const SLOW_CLIENTS: usize = 64;
 
 fn rss_mib(pid: u32) -> u64 {
@@ -41,6 +47,15 @@ struct Minute {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let [_, addr, mode, seconds] = args.as_slice() {
+        if mode == "capacity" {
+            let addr: SocketAddr = addr.parse().expect("an address");
+            let seconds: u64 = seconds.parse().expect("seconds");
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            println!("capacity {:.0}", runtime.block_on(capacity(addr, seconds)));
+            return;
+        }
+    }
     let [_, addr, pid, rate, seconds] = args.as_slice() else {
         eprintln!("usage: soak_client ADDR PID RATE SECONDS");
         std::process::exit(2);
@@ -69,6 +84,43 @@ fn main() {
     println!("zero errors for the valid clients");
 }
 
+/// The valid request's body: row 0 of breast_cancer's reference data.
+fn valid_body() -> Bytes {
+    let row = std::fs::read_to_string("models/breast_cancer/reference.csv").expect("run from the repository root");
+    let row = row.lines().nth(1).expect("a data row").to_owned();
+    Bytes::from(format!(r#"{{"inputs":[{{"name":"input","shape":[1,30],"datatype":"FP32","data":[{row}]}}]}}"#))
+}
+
+/// Requests per second this client gets in a closed loop over `VALID_CONNECTIONS` connections.
+async fn capacity(addr: SocketAddr, seconds: u64) -> f64 {
+    let client: Client<_, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).pool_max_idle_per_host(VALID_CONNECTIONS).build_http();
+    let (body, end) = (valid_body(), Instant::now() + Duration::from_secs(seconds));
+    let uri: hyper::Uri = format!("http://{addr}/v2/models/breast_cancer/infer").parse().unwrap();
+    let tasks: Vec<_> = (0..VALID_CONNECTIONS)
+        .map(|_| {
+            let (client, body, uri) = (client.clone(), body.clone(), uri.clone());
+            tokio::spawn(async move {
+                let mut answered = 0u64;
+                while Instant::now() < end {
+                    let request = hyper::Request::post(uri.clone()).body(Full::new(body.clone())).unwrap();
+                    if let Ok(response) = client.request(request).await {
+                        if response.into_body().collect().await.is_ok() {
+                            answered += 1;
+                        }
+                    }
+                }
+                answered
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap_or(0);
+    }
+    total as f64 / seconds as f64
+}
+
 async fn load(
     addr: SocketAddr,
     pid: u32,
@@ -77,10 +129,7 @@ async fn load(
     minute: Arc<Mutex<Minute>>,
     slow_closed: Arc<AtomicU64>,
 ) -> u64 {
-    let row = std::fs::read_to_string("models/breast_cancer/reference.csv").expect("run from the repository root");
-    let row = row.lines().nth(1).expect("a data row").to_owned();
-    let valid =
-        Bytes::from(format!(r#"{{"inputs":[{{"name":"input","shape":[1,30],"datatype":"FP32","data":[{row}]}}]}}"#));
+    let valid = valid_body();
     let invalid: Vec<(&str, Bytes)> = vec![
         ("/v2/models/breast_cancer/infer", Bytes::from_static(b"{\"inputs\": [")),
         ("/v2/models/nope/infer", valid.clone()),
@@ -93,8 +142,8 @@ async fn load(
             Bytes::from(r#"{"inputs":[{"name":"input","shape":[1,30],"datatype":"FP64","data":[0]}]}"#),
         ),
         ("/v2/models/breast_cancer/infer", Bytes::from(format!(r#"{{"id":"{}","inputs":[]}}"#, "x".repeat(4096)))),
-        ("/v2/models/breast_cancer/infer", Bytes::from(vec![b' '; 17 * 1024 * 1024])),
     ];
+    let oversized = Bytes::from(vec![b' '; 17 * 1024 * 1024]);
     let client: Client<_, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).pool_max_idle_per_host(VALID_CONNECTIONS).build_http();
     let started = Instant::now();
@@ -112,6 +161,7 @@ async fn load(
             let mut due = started + period.mul_f64(task as f64 / VALID_CONNECTIONS as f64);
             while due < end {
                 tokio::time::sleep_until(due.into()).await;
+                let sent = Instant::now();
                 let request = hyper::Request::post(uri.clone())
                     .header("content-type", "application/json")
                     .body(Full::new(valid.clone()))
@@ -123,7 +173,7 @@ async fn load(
                     }
                     Err(_) => false,
                 };
-                let micros = u64::try_from(due.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
+                let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
                 let mut m = minute.lock().unwrap();
                 if ok {
                     m.valid_ok += 1;
@@ -135,20 +185,23 @@ async fn load(
                     failed_total.fetch_add(1, Ordering::Relaxed);
                 }
                 drop(m);
-                due += period;
+                // Behind schedule: the next request is due a period from now, not at once.
+                due = (due + period).max(Instant::now());
             }
         }));
     }
-    // Invalid requests at a twentieth of the rate, round robin over the kinds.
-    {
+    // Invalid requests at a hundredth of the rate, round robin over the kinds, and an oversized body every 2 s.
+    for (kinds, period) in [
+        (invalid, Duration::from_secs_f64(100.0 / rate)),
+        (vec![("/v2/models/breast_cancer/infer", oversized)], Duration::from_secs(2)),
+    ] {
         let (client, minute) = (client.clone(), Arc::clone(&minute));
         tasks.push(tokio::spawn(async move {
-            let period = Duration::from_secs_f64(20.0 / rate);
             let mut due = started;
             let mut n = 0usize;
             while due < end {
                 tokio::time::sleep_until(due.into()).await;
-                let (path, body) = &invalid[n % invalid.len()];
+                let (path, body) = &kinds[n % kinds.len()];
                 n += 1;
                 let request = hyper::Request::post(format!("http://{addr}{path}"))
                     .header("content-type", "application/json")
@@ -182,9 +235,10 @@ async fn load(
                     m.latencies.as_ref().map_or((0, 0), |h| (h.value_at_quantile(0.5), h.value_at_quantile(0.99)));
                 let rss = rss_mib(pid);
                 println!(
-                    "t={:>5}s valid ok {} failed {} p50 {:.2} ms p99 {:.2} ms | invalid {:?} | slow closed {} | server RSS {} MiB",
+                    "t={:>5}s valid ok {} ({:.0}/s) failed {} p50 {:.2} ms p99 {:.2} ms | invalid {:?} | slow closed {} | server RSS {} MiB",
                     started.elapsed().as_secs(),
                     m.valid_ok,
+                    m.valid_ok as f64 / 60.0,
                     m.valid_failed,
                     p50 as f64 / 1000.0,
                     p99 as f64 / 1000.0,

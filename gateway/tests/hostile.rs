@@ -173,22 +173,7 @@ fn hostile_requests_cost_one_error_each_and_memory_stays_under_the_budget() {
     let long_id = format!(r#"{{"id":"{}","inputs":[]}}"#, "i".repeat(15_000_000));
     cases.push(("huge id", "/v2/models/breast_cancer/infer", long_id.into_bytes(), &[400], "request id is 15000000"));
 
-    let peak = Arc::new(AtomicU64::new(0));
-    let sampling = Arc::new(AtomicBool::new(true));
-    let sampler = {
-        let (peak, sampling, pid) = (Arc::clone(&peak), Arc::clone(&sampling), vane.child.id());
-        std::thread::spawn(move || {
-            while sampling.load(Ordering::Relaxed) {
-                if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-                    if let Some(kb) = status.lines().find_map(|l| l.strip_prefix("VmRSS:")) {
-                        let bytes = kb.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap_or(0) * 1024;
-                        peak.fetch_max(bytes, Ordering::Relaxed);
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let sampler = PeakSampler::start(vane.child.id());
     for (name, path, body, statuses, needle) in &cases {
         let started = Instant::now();
         let (status, answer) = exchange(addr, "POST", path, body);
@@ -197,7 +182,7 @@ fn hostile_requests_cost_one_error_each_and_memory_stays_under_the_budget() {
         assert!(answer.contains(needle), "{name}: {answer}");
         assert!(took < Duration::from_secs(10), "{name}: answered after {took:?}");
         assert!(vane.alive(), "{name} ended the process");
-        let so_far = peak.load(Ordering::Relaxed) >> 20;
+        let so_far = sampler.peak() >> 20;
         eprintln!(
             "{name}: {status} in {took:?} (peak so far {so_far} MiB): {}",
             answer.chars().take(120).collect::<String>()
@@ -221,11 +206,9 @@ fn hostile_requests_cost_one_error_each_and_memory_stays_under_the_budget() {
     eprintln!("32 maximum-size bodies at once: {statuses:?}");
     assert!(statuses.iter().all(|s| [400, 503].contains(s)), "{statuses:?}");
     assert!(statuses.contains(&503), "the budget should shed some of 32 x 16 MiB: {statuses:?}");
-    sampling.store(false, Ordering::Relaxed);
-    sampler.join().unwrap();
-
+    let peak = sampler.stop();
     let (_, hwm) = vane.memory();
-    let peak = peak.load(Ordering::Relaxed).max(hwm);
+    let peak = peak.max(hwm);
     eprintln!("idle {} MiB, peak {} MiB, budget {} MiB", idle >> 20, peak >> 20, BUDGET >> 20);
     assert!(peak < idle + BUDGET, "peak resident {peak} over idle {idle} + budget {BUDGET}");
     // Still serving.
@@ -362,28 +345,45 @@ fn probes_answer_while_inference_is_shed() {
     assert_eq!(unresolved, 0.0, "{metrics}");
 }
 
-/// Peak resident memory of `pid` while `work` runs, sampled every 5 ms, and the kernel's own high-water mark.
-fn peak_while<T>(pid: u32, work: impl FnOnce() -> T) -> (T, u64) {
-    let peak = Arc::new(AtomicU64::new(0));
-    let sampling = Arc::new(AtomicBool::new(true));
-    let sampler = {
-        let (peak, sampling) = (Arc::clone(&peak), Arc::clone(&sampling));
-        std::thread::spawn(move || {
-            while sampling.load(Ordering::Relaxed) {
-                if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-                    if let Some(kb) = status.lines().find_map(|l| l.strip_prefix("VmRSS:")) {
-                        let bytes = kb.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap_or(0) * 1024;
-                        peak.fetch_max(bytes, Ordering::Relaxed);
+/// Samples a process's resident memory (`VmRSS`) every 5 ms until stopped, keeping the peak.
+struct PeakSampler {
+    peak: Arc<AtomicU64>,
+    sampling: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl PeakSampler {
+    fn start(pid: u32) -> Self {
+        let (peak, sampling) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(true)));
+        let thread = {
+            let (peak, sampling) = (Arc::clone(&peak), Arc::clone(&sampling));
+            std::thread::spawn(move || {
+                while sampling.load(Ordering::Relaxed) {
+                    if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                        if let Some(kb) = status.lines().find_map(|l| l.strip_prefix("VmRSS:")) {
+                            let bytes = kb.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap_or(0) * 1024;
+                            peak.fetch_max(bytes, Ordering::Relaxed);
+                        }
                     }
+                    std::thread::sleep(Duration::from_millis(5));
                 }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
-    let result = work();
-    sampling.store(false, Ordering::Relaxed);
-    sampler.join().unwrap();
-    (result, peak.load(Ordering::Relaxed))
+            })
+        };
+        Self { peak, sampling, thread }
+    }
+
+    /// The peak so far, in bytes.
+    fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// Stops sampling; returns the peak in bytes.
+    fn stop(self) -> u64 {
+        self.sampling.store(false, Ordering::Relaxed);
+        let peak = Arc::clone(&self.peak);
+        self.thread.join().unwrap();
+        peak.load(Ordering::Relaxed)
+    }
 }
 
 /// Over gRPC: a message past the size limit is RESOURCE_EXHAUSTED with REST's message, before it is buffered, and
@@ -411,7 +411,8 @@ fn grpc_messages_meet_the_size_limit_and_the_memory_budget() {
         ..ModelInferRequest::default()
     };
     let (idle, _) = vane.memory();
-    let ((oversize, statuses), peak) = peak_while(vane.child.id(), || {
+    let sampler = PeakSampler::start(vane.child.id());
+    let (oversize, statuses) = {
         runtime.block_on(async {
             let channel = tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect().await.unwrap();
             let mut client = GrpcInferenceServiceClient::new(channel.clone()).max_decoding_message_size(1 << 20);
@@ -436,7 +437,8 @@ fn grpc_messages_meet_the_size_limit_and_the_memory_budget() {
             }
             (oversize, statuses)
         })
-    });
+    };
+    let peak = sampler.stop();
     assert_eq!(oversize.code(), tonic::Code::ResourceExhausted, "{oversize:?}");
     assert!(oversize.message().contains("request body is larger than the 16777216-byte limit"), "{oversize:?}");
     eprintln!("32 near-maximum gRPC messages at once: {statuses:?}; idle {} MiB, peak {} MiB", idle >> 20, peak >> 20);

@@ -1,0 +1,26 @@
+# Helpers shared by the shell benches (sourced, not run).
+
+# Writes the wrk script of the benches' request: batch-1 JSON to breast_cancer, row 0 of its reference data.
+write_post_lua() { # $1: the file to write
+  local row; row=$(sed -n 2p models/breast_cancer/reference.csv)
+  cat > "$1" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"inputs":[{"name":"input","shape":[1,30],"datatype":"FP32","data":[$row]}]}'
+LUA
+}
+
+# A process's CPU time (user + system) in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# Waits (at most 30 s) for `vane serve --log-format json` to log "vane is serving" to $1 and prints its address.
+serving_addr() { # $1: the server's stderr file
+  local addr=""
+  for _ in $(seq 1 300); do
+    addr=$(grep 'vane is serving' "$1" | grep -o '"addr":"[^"]*"' | sed 's/"addr":"//; s/"$//') || true
+    [ -n "$addr" ] && break
+    sleep 0.1
+  done
+  [ -n "$addr" ] || { echo "vane did not start: $(cat "$1")" >&2; return 1; }
+  echo "$addr"
+}
