@@ -48,8 +48,6 @@ for _ in 1 2 3 4 5; do
   head_runs+=("$(run "$scratch/vane-head")")
   base_runs+=("$(run "$scratch/vane-base")")
 done
-median() { printf '%s\n' "$@" | sort -n | sed -n 3p; }
-column() { local k=$1; shift; for x in "$@"; do echo "$x" | cut -d' ' -f"$k"; done; }
 m_head=$(median $(column 1 "${head_runs[@]}")); m_base=$(median $(column 1 "${base_runs[@]}"))
 c_head=$(median $(column 2 "${head_runs[@]}")); c_base=$(median $(column 2 "${base_runs[@]}"))
 echo "head: $(column 1 "${head_runs[@]}" | tr '\n' ' ')req/s (median $m_head); CPU $(column 2 "${head_runs[@]}" | tr '\n' ' ')us/request (median $c_head)"

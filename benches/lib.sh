@@ -24,3 +24,9 @@ serving_addr() { # $1: the server's stderr file
   [ -n "$addr" ] || { echo "vane did not start: $(cat "$1")" >&2; return 1; }
   echo "$addr"
 }
+
+# The median of five numbers.
+median() { printf '%s\n' "$@" | sort -n | sed -n 3p; }
+
+# Field $1 (space-separated) of each further argument, one a line.
+column() { local k=$1; shift; for x in "$@"; do echo "$x" | cut -d' ' -f"$k"; done; }

@@ -61,8 +61,6 @@ for _ in 1 2 3 4 5; do
   off+=("$(run "$off_flags")")
 done
 # Each run printed "requests/s cpu_us_per_request"; medians of each column per side.
-median() { printf '%s\n' "$@" | sort -n | sed -n 3p; }
-column() { local k=$1; shift; for x in "$@"; do echo "$x" | cut -d' ' -f"$k"; done; }
 m_on=$(median $(column 1 "${on[@]}")); m_off=$(median $(column 1 "${off[@]}"))
 c_on=$(median $(column 2 "${on[@]}")); c_off=$(median $(column 2 "${off[@]}"))
 echo "on ${on_flags:-(everything on)}: $(column 1 "${on[@]}" | tr '\n' ' ')req/s (median $m_on); CPU $(column 2 "${on[@]}" | tr '\n' ' ')us/request (median $c_on)"
