@@ -196,13 +196,15 @@ pub enum ApiError {
         /// The fixed allowance.
         slack: usize,
     },
-    /// The request has more inputs than the model.
-    #[error("the request has more than {limit} inputs; {what}")]
-    TooManyInputs {
+    /// The request has more of something (inputs, outputs, dimensions) than is accepted.
+    #[error("the request has more than {limit} {what}; {detail}")]
+    TooMany {
+        /// What there are too many of.
+        what: &'static str,
         /// The most accepted.
         limit: usize,
-        /// The model's inputs, or the server's limit.
-        what: String,
+        /// Why the limit is what it is (the model's inputs, say).
+        detail: String,
     },
     /// The request's `id` is longer than the limit.
     #[error("the request id is {got} bytes long; at most {limit} are accepted")]
@@ -428,7 +430,7 @@ impl ApiError {
             | Self::InvalidParameter { .. }
             | Self::DecodeTooLarge { .. }
             | Self::InvalidRepositoryParameter { .. }
-            | Self::TooManyInputs { .. }
+            | Self::TooMany { .. }
             | Self::RequestIdTooLong { .. }
             | Self::BodyRead => StatusCode::BAD_REQUEST,
             Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,

@@ -60,10 +60,112 @@ impl BinaryOutputs {
 /// The first pass over the JSON: the top level, with the inputs' data parsed as it goes where it can be.
 struct RawRequest<'a> {
     id: Option<std::borrow::Cow<'a, str>>,
-    /// Any flat map is accepted; `timeout` and `binary_data_output` are read.
-    parameters: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Any map is accepted; `timeout` and `binary_data_output` are read, the rest skipped without being kept.
+    parameters: Option<RequestParameters>,
     inputs: Vec<RawInput<'a>>,
     outputs: Option<Vec<RawOutput>>,
+}
+
+/// The request parameters Vane reads.
+#[derive(Deserialize)]
+struct RequestParameters {
+    #[serde(default)]
+    timeout: Option<Scalar>,
+    #[serde(default)]
+    binary_data_output: Option<Scalar>,
+}
+
+/// A parameter's value as far as Vane reads one: a boolean, a whole number, or anything else (skipped, not kept, so
+/// a parameter cannot make the server build a large value tree).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Scalar {
+    Bool(bool),
+    Unsigned(u64),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ScalarVisitor;
+        impl<'de> Visitor<'de> for ScalarVisitor {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a parameter value")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Bool(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar::Unsigned(v))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+                while map.next_entry::<de::IgnoredAny, de::IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+        }
+        deserializer.deserialize_any(ScalarVisitor)
+    }
+}
+
+/// The most dimensions a shape may have (ONNX allows more; models served here have a handful).
+pub const MAX_DIMENSIONS: usize = 32;
+
+/// A JSON array read into a vector of at most `limit` elements; past it the parse stops with [`ApiError::TooMany`].
+struct BoundedSeq<'c, 's, T> {
+    ctx: &'c Context<'s>,
+    limit: usize,
+    what: &'static str,
+    detail: &'static str,
+    element: std::marker::PhantomData<T>,
+}
+
+impl<'c, 's, T> BoundedSeq<'c, 's, T> {
+    fn new(ctx: &'c Context<'s>, limit: usize, what: &'static str, detail: &'static str) -> Self {
+        Self { ctx, limit, what, detail, element: std::marker::PhantomData }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for BoundedSeq<'_, '_, T> {
+    type Value = Vec<T>;
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Vec<T>, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for BoundedSeq<'_, '_, T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "an array of {}", self.what)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let mut items = Vec::with_capacity(self.limit.min(8));
+        while let Some(item) = seq.next_element()? {
+            if items.len() == self.limit {
+                let (what, limit, detail) = (self.what, self.limit, self.detail.to_owned());
+                return Err(self.ctx.stop(ApiError::TooMany { what, limit, detail }));
+            }
+            items.push(item);
+        }
+        Ok(items)
+    }
 }
 
 /// The longest request `id` accepted. Ids are echoed, logged and kept with each row for the label join, so they are
@@ -182,7 +284,11 @@ impl<'de: 'a, 'a> Visitor<'de> for RequestVisitor<'_, '_, 'a> {
                 }
                 RequestField::Parameters => parameters = map.next_value()?,
                 RequestField::Inputs => inputs = Some(map.next_value_seed(InputsSeed(ctx))?),
-                RequestField::Outputs => outputs = map.next_value()?,
+                RequestField::Outputs => {
+                    let limit = ctx.signature.map_or(MAX_INPUTS, |s| s.outputs.len());
+                    let seq = BoundedSeq::new(ctx, limit, "outputs", "no model has that many; name each at most once");
+                    outputs = Some(map.next_value_seed(seq)?);
+                }
                 RequestField::Other => {
                     map.next_value::<de::IgnoredAny>()?;
                 }
@@ -216,11 +322,11 @@ impl<'de> Visitor<'de> for InputsSeed<'_, '_> {
         let mut inputs = Vec::with_capacity(limit.min(16));
         while let Some(input) = seq.next_element_seed(InputSeed(ctx))? {
             if inputs.len() == limit {
-                let what = match ctx.signature {
+                let detail = match ctx.signature {
                     Some(signature) => format!("the model takes {}", input_names(signature)),
                     None => "that is the server's limit".to_owned(),
                 };
-                return Err(ctx.stop(ApiError::TooManyInputs { limit, what }));
+                return Err(ctx.stop(ApiError::TooMany { what: "inputs", limit, detail }));
             }
             inputs.push(input);
         }
@@ -298,7 +404,11 @@ impl<'de: 'a, 'a> Visitor<'de> for InputVisitor<'_, '_, 'a> {
         while let Some(field) = map.next_key::<InputField>()? {
             match field {
                 InputField::Name => name = Some(map.next_value()?),
-                InputField::Shape => shape = Some(map.next_value()?),
+                InputField::Shape => {
+                    let seq =
+                        BoundedSeq::new(ctx, MAX_DIMENSIONS, "dimensions in a shape", "that is the server's limit");
+                    shape = Some(map.next_value_seed(seq)?);
+                }
                 InputField::Datatype => datatype = Some(map.next_value()?),
                 InputField::Data => {
                     let declared = datatype.as_deref().and_then(DataType::parse);
@@ -366,7 +476,16 @@ fn element_count(shape: &[u64]) -> Option<usize> {
 struct RawOutput {
     name: String,
     #[serde(default)]
-    parameters: Option<serde_json::Map<String, serde_json::Value>>,
+    parameters: Option<OutputParameterSet>,
+}
+
+/// The output parameters Vane reads (`classification` only to refuse it); others are skipped without being kept.
+#[derive(Deserialize)]
+struct OutputParameterSet {
+    #[serde(default)]
+    binary_data: Option<Scalar>,
+    #[serde(default)]
+    classification: Option<de::IgnoredAny>,
 }
 
 /// Decodes a request body. With the model's `signature`, an input whose datatype differs from the model's is refused
@@ -404,36 +523,38 @@ pub fn decode_request(
             ),
         });
     }
-    let flag = |parameters: Option<&serde_json::Map<String, serde_json::Value>>, name: &'static str| match parameters
-        .and_then(|p| p.get(name))
-    {
+    let flag = |value: Option<Scalar>, name: &'static str| match value {
         None => Ok(None),
-        Some(serde_json::Value::Bool(b)) => Ok(Some(*b)),
+        Some(Scalar::Bool(b)) => Ok(Some(b)),
         Some(_) => Err(ApiError::InvalidParameter { name, message: "must be true or false" }),
     };
     let mut binary_outputs = BinaryOutputs {
-        default: flag(raw.parameters.as_ref(), "binary_data_output")?.unwrap_or(false),
+        default: flag(raw.parameters.as_ref().and_then(|p| p.binary_data_output), "binary_data_output")?
+            .unwrap_or(false),
         overrides: Vec::new(),
     };
     let mut outputs = Vec::new();
     for output in raw.outputs.unwrap_or_default() {
-        if output.parameters.as_ref().is_some_and(|p| p.contains_key("classification")) {
+        if output.parameters.as_ref().is_some_and(|p| p.classification.is_some()) {
             return Err(ApiError::InvalidParameter {
                 name: "classification",
                 message: "the classification extension is not supported; ask for the scores and take the top k",
             });
         }
-        if let Some(b) = flag(output.parameters.as_ref(), "binary_data")? {
+        if let Some(b) = flag(output.parameters.as_ref().and_then(|p| p.binary_data), "binary_data")? {
             binary_outputs.overrides.push((output.name.clone(), b));
         }
         outputs.push(output.name);
     }
-    let timeout = match raw.parameters.as_ref().and_then(|p| p.get("timeout")) {
+    let timeout = match raw.parameters.as_ref().and_then(|p| p.timeout) {
         None => None,
-        Some(value) => Some(Duration::from_micros(value.as_u64().ok_or(ApiError::InvalidParameter {
-            name: "timeout",
-            message: "must be a whole number of microseconds",
-        })?)),
+        Some(Scalar::Unsigned(micros)) => Some(Duration::from_micros(micros)),
+        Some(_) => {
+            return Err(ApiError::InvalidParameter {
+                name: "timeout",
+                message: "must be a whole number of microseconds",
+            })
+        }
     };
     Ok(InferRequest { id: raw.id.map(std::borrow::Cow::into_owned), inputs, outputs, timeout, binary: binary_outputs })
 }

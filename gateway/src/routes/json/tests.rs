@@ -264,3 +264,35 @@ fn binary_outputs_follow_the_header_in_order_with_their_sizes() {
     expected.extend_from_slice(&[2, 0, 0, 0, 0xc3, 0xa9]);
     assert_eq!(&body[header..], expected.as_slice());
 }
+
+#[test]
+fn shapes_outputs_and_parameters_are_bounded_before_they_are_kept() {
+    use crate::infer::TensorSpec;
+    let spec = |name: &str| TensorSpec { name: name.into(), datatype: DataType::Fp32, shape: vec![-1] };
+    let signature = Signature { inputs: vec![spec("x")], outputs: vec![spec("y"), spec("z")] };
+    // A shape past 32 dimensions stops the parse where it stands.
+    let dims = vec!["1"; 33].join(",");
+    let body = format!(r#"{{"inputs":[{{"name":"x","shape":[{dims}],"datatype":"FP32","data":[1]}}]}}"#);
+    let err = decode_request(body.as_bytes(), None, Some(&signature)).unwrap_err();
+    assert_eq!(err.status(), http::StatusCode::BAD_REQUEST);
+    assert!(err.to_string().starts_with("the request has more than 32 dimensions in a shape"), "{err}");
+    // More outputs named than the model has.
+    let outputs = [r#"{"name":"y"}"#; 3].join(",");
+    let body =
+        format!(r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"FP32","data":[1]}}],"outputs":[{outputs}]}}"#);
+    let err = decode_request(body.as_bytes(), None, Some(&signature)).unwrap_err();
+    assert!(err.to_string().starts_with("the request has more than 2 outputs"), "{err}");
+    // Unknown parameters of any shape are skipped; the ones read are still checked.
+    let big = (0..1000).map(|i| format!(r#""p{i}":[{{"a":[1,2,3]}}]"#)).collect::<Vec<_>>().join(",");
+    let body = format!(
+        r#"{{"parameters":{{{big},"timeout":5000}},"inputs":[{{"name":"x","shape":[1],"datatype":"FP32","data":[1]}}],"outputs":[{{"name":"y","parameters":{{"other":{{"deep":[1]}},"binary_data":true}}}}]}}"#
+    );
+    let request = decode_request(body.as_bytes(), None, Some(&signature)).unwrap();
+    assert_eq!(request.timeout, Some(Duration::from_micros(5000)));
+    assert!(request.binary.wants("y"));
+    let body = br#"{"parameters":{"timeout":[1]},"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}"#;
+    assert_eq!(
+        decode_request(body, None, Some(&signature)).unwrap_err().to_string(),
+        "parameter 'timeout': must be a whole number of microseconds"
+    );
+}
