@@ -149,7 +149,8 @@ const MODEL_INFER_PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
 
 /// What a gRPC message's bytes cost before its handler runs, as a multiple of its size: tonic's receive buffer
 /// (which may grow to twice the message while it arrives) and the copy prost decodes into. Measured: charging the
-/// bytes once let 32 concurrent 15 MiB calls take 488 MiB over idle with a 256 MiB budget.
+/// bytes once let 32 concurrent 15 MiB calls take 488 MiB over idle with a 256 MiB budget
+/// (`cargo test -p gateway --test hostile grpc -- --nocapture`).
 const ARRIVAL_FACTOR: usize = 3;
 
 /// A unary call's charge on the memory budget, shared by its metered body (which adds each chunk as it arrives) and

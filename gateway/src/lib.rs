@@ -99,6 +99,7 @@ pub struct Server {
     controller: Option<reconciler::controller::ControllerHandle>,
     evaluations: watch::Receiver<u64>,
     scrapes: watch::Receiver<u64>,
+    tls_reloads: Option<watch::Receiver<u64>>,
     grace: Duration,
     tracing: traces::Tracing,
 }
@@ -203,6 +204,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
             (Some(bound), Some(tokio::spawn(task)))
         }
     };
+    let tls_reloads = tls.as_ref().map(tls::Tls::reloads);
     let (accepting_tx, accepting) = watch::channel(true);
     let serving = tokio::spawn(server::serve(
         listener,
@@ -244,6 +246,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
         controller,
         evaluations,
         scrapes,
+        tls_reloads,
         grace: config.shutdown_grace,
         tracing,
     })
@@ -286,6 +289,12 @@ impl Server {
     /// Counts the `/metrics` answers so far, and each new one (a test waits for a scraper's next visit).
     pub fn metrics_scrapes(&self) -> watch::Receiver<u64> {
         self.scrapes.clone()
+    }
+
+    /// Counts the TLS certificate reloads, and each new one (a test waits for a rotation instead of polling), when
+    /// serving TLS.
+    pub fn tls_reloads(&self) -> Option<watch::Receiver<u64>> {
+        self.tls_reloads.clone()
     }
 
     /// The reconcile loop's handle, in GitOps mode.

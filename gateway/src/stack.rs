@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use http::Request;
 use hyper::body::Incoming;
-use tower::load_shed::error::Overloaded;
 use tower::timeout::error::Elapsed;
 use tower::util::BoxCloneService;
 use tower::{BoxError, ServiceBuilder};
@@ -99,15 +98,14 @@ fn rescue(result: Result<HttpResponse, BoxError>, timeout: Duration, metrics: &R
     let error = match result {
         Ok(response) => return response,
         Err(error) if error.is::<Elapsed>() => ApiError::Timeout { limit_ms: timeout.as_millis() },
-        Err(error) if error.is::<Overloaded>() => ApiError::Overloaded,
         Err(error) => {
             // The router is infallible, so only a layer's own unknown error can land here.
             tracing::error!(%error, "request failed in the tower stack");
             ApiError::Overloaded
         }
     };
-    // Refused before routing, or dropped mid-flight by the edge's timeout: no model is known, so it is counted under
-    // model="" (the router's own count never ran for a request dropped here).
+    // Dropped mid-flight by the edge's timeout: no model is known here, so it is counted under model="" (the router's
+    // own count never ran for a request dropped here).
     let seconds = if matches!(error, ApiError::Timeout { .. }) { timeout.as_secs_f64() } else { 0.0 };
     metrics.unresolved().observe(Protocol::Http, Err(&error), seconds);
     error_response(&error)

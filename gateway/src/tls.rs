@@ -68,6 +68,7 @@ pub const DEFAULT_RELOAD_EVERY: Duration = Duration::from_secs(10);
 pub struct Tls {
     rest: TlsAcceptor,
     grpc: TlsAcceptor,
+    reloads: tokio::sync::watch::Receiver<u64>,
 }
 
 /// The certificate served now, swapped when the files change.
@@ -115,6 +116,8 @@ impl Tls {
     /// Loads the certificate (and client CA), and starts watching the files until `stop`. Blocking file reads:
     /// call from a blocking context or at start-up.
     pub fn start(config: &TlsConfig, stop: CancellationToken) -> Result<Self, TlsError> {
+        // Stamped before loading: a change while this loads is seen by the first check.
+        let seen = stamp(config);
         let reloading =
             Arc::new(Reloading { current: ArcSwap::from_pointee(load_key_pair(&config.cert, &config.key)?) });
         let builder = ServerConfig::builder_with_provider(provider())
@@ -153,8 +156,9 @@ impl Tls {
             config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
             TlsAcceptor::from(Arc::new(config))
         };
-        let tls = Self { rest: with_alpn(&[b"h2", b"http/1.1"]), grpc: with_alpn(&[b"h2"]) };
-        tokio::spawn(watch(config.clone(), reloading, stop));
+        let (reloaded, reloads) = tokio::sync::watch::channel(0);
+        let tls = Self { rest: with_alpn(&[b"h2", b"http/1.1"]), grpc: with_alpn(&[b"h2"]), reloads };
+        tokio::spawn(watch(config.clone(), seen, reloading, reloaded, stop));
         Ok(tls)
     }
 
@@ -163,15 +167,26 @@ impl Tls {
         &self.rest
     }
 
+    /// Counts the certificate reloads so far, and each new one (a caller can wait for a rotation to be served).
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloads.clone()
+    }
+
     /// The acceptor for the gRPC listener (HTTP/2 only).
     pub fn grpc(&self) -> &TlsAcceptor {
         &self.grpc
     }
 }
 
-/// Checks the files every `reload_every` and swaps in a changed pair once it loads.
-async fn watch(config: TlsConfig, reloading: Arc<Reloading>, stop: CancellationToken) {
-    let mut seen = stamp(&config);
+/// Checks the files every `reload_every` (off the async threads: `stat` and reads are blocking calls) and swaps in a
+/// changed pair once it loads; `seen` is the files' stamp when the served pair was loaded.
+async fn watch(
+    config: TlsConfig,
+    mut seen: Option<[(SystemTime, u64); 2]>,
+    reloading: Arc<Reloading>,
+    reloaded: tokio::sync::watch::Sender<u64>,
+    stop: CancellationToken,
+) {
     let mut interval = tokio::time::interval(config.reload_every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -179,15 +194,21 @@ async fn watch(config: TlsConfig, reloading: Arc<Reloading>, stop: CancellationT
             () = stop.cancelled() => return,
             _ = interval.tick() => {}
         }
-        let now = stamp(&config);
-        if now == seen || now.is_none() {
-            continue;
-        }
-        let (cert, key) = (config.cert.clone(), config.key.clone());
-        match tokio::task::spawn_blocking(move || load_key_pair(&cert, &key)).await {
-            Ok(Ok(pair)) => {
+        let files = config.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let now = stamp(&files);
+            if now == seen || now.is_none() {
+                return Ok(None);
+            }
+            load_key_pair(&files.cert, &files.key).map(|pair| Some((pair, now)))
+        })
+        .await;
+        match checked {
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some((pair, now)))) => {
                 reloading.current.store(Arc::new(pair));
                 seen = now;
+                reloaded.send_modify(|n| *n += 1);
                 tracing::info!(cert = %config.cert.display(), "TLS certificate reloaded");
             }
             // Possibly half-written (cert-manager writes the two files one after the other): tried again next tick.

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gateway::tls::TlsConfig;
 
@@ -132,17 +132,17 @@ async fn tritonclient_over_https_and_grpcs_and_a_rotated_certificate_is_served_w
     let before = pki.served_subject(server.addr());
     assert!(before.contains("CN = server"), "{before}");
     pki.issue("rotated", "serverAuth");
+    let mut reloads = server.server.tls_reloads().expect("serving TLS");
+    // The key first, then the certificate, as cert-manager writes them: in between, the pair does not match and the
+    // old one keeps serving; the reload is signalled once the new pair loads.
     std::fs::copy(pki.path("rotated.key"), pki.path("server.key")).unwrap();
     std::fs::copy(pki.path("rotated.pem"), pki.path("server.pem")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = pki.served_subject(server.addr());
-        if now.contains("CN = rotated") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the rotated certificate was never served: {now}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    tokio::time::timeout(Duration::from_secs(20), reloads.wait_for(|n| *n >= 1))
+        .await
+        .expect("the rotated certificate is loaded within 20 s")
+        .unwrap();
+    let now = pki.served_subject(server.addr());
+    assert!(now.contains("CN = rotated"), "{now}");
     assert!(pki.served_subject(server.server.grpc_addr().unwrap()).contains("CN = rotated"));
     // Clients still work against the new certificate, on the same process.
     tritonclient_over_tls(&server, &pki, None).await;

@@ -25,7 +25,8 @@ use crate::traces::{HeaderExtractor, Outcome};
 use opentelemetry::KeyValue;
 
 pub use json::{
-    decode_request, encode_response, BinaryOutputs, InferRequest, InferResponse, MAX_INPUTS, MAX_REQUEST_ID_BYTES,
+    decode_request, encode_response, BinaryOutputs, InferRequest, InferResponse, MAX_DIMENSIONS, MAX_INPUTS,
+    MAX_REQUEST_ID_BYTES,
 };
 pub use repository::{
     check_parameter_names as check_repository_parameter_names, repository_index, repository_load, repository_unload,
@@ -83,7 +84,8 @@ impl AppState {
             request_timeout: limits.request_timeout,
             controller: None,
             webhook_secret: None,
-            tokens: crate::auth::Tokens { loopback: true, ..crate::auth::Tokens::default() },
+            // No token and not known to be loopback-only: state-changing calls are refused until the caller says.
+            tokens: crate::auth::Tokens::default(),
             budget: MemoryBudget::new(limits.max_inflight_bytes),
             body_timeout: limits.body_timeout,
             limits: *limits,
@@ -213,21 +215,7 @@ where
         ["v2", "models", model, "versions", version, "infer"] => Route::Infer(model, Some(version)),
         _ => return Err(ApiError::RouteNotFound { path: path.to_owned() }),
     };
-    let wanted = if matches!(
-        route,
-        Route::Infer(..)
-            | Route::Webhook
-            | Route::Sync
-            | Route::Rollback
-            | Route::Feedback
-            | Route::RepositoryIndex
-            | Route::RepositoryLoad(_)
-            | Route::RepositoryUnload(_)
-    ) {
-        Method::POST
-    } else {
-        Method::GET
-    };
+    let wanted = if route.is_post() { Method::POST } else { Method::GET };
     if *method != wanted {
         let allowed = if wanted == Method::POST { "POST" } else { "GET" };
         return Err(ApiError::MethodNotAllowed { method: method.to_string(), allowed });
@@ -258,7 +246,7 @@ where
     let _permit = match route {
         Route::Infer(..) => None,
         _ => {
-            if let Some(incoming) = incoming.take().filter(|_| route.has_body()) {
+            if let Some(incoming) = incoming.take().filter(|_| route.is_post()) {
                 body = read_body(incoming, state.max_body_bytes, &mut charge, state.body_timeout).await?;
             }
             Some(Arc::clone(&state.concurrency).try_acquire_owned().map_err(|_| ApiError::Overloaded)?)
@@ -362,14 +350,15 @@ enum Route<'a> {
 }
 
 impl Route<'_> {
-    /// Whether the route reads a request body (the others' bodies are dropped unread).
-    fn has_body(&self) -> bool {
+    /// Whether the route takes POST, and so a body (read under the limits; a GET's body is dropped unread).
+    fn is_post(&self) -> bool {
         matches!(
             self,
             Route::Infer(..)
-                | Route::Feedback
                 | Route::Webhook
+                | Route::Sync
                 | Route::Rollback
+                | Route::Feedback
                 | Route::RepositoryIndex
                 | Route::RepositoryLoad(_)
                 | Route::RepositoryUnload(_)
