@@ -66,6 +66,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The GitOps data dir cannot be used (missing and not creatable, or writable by others).
+    #[error("{0}")]
+    DataDir(String),
     /// The monitor's thread could not be started.
     #[error("cannot start the monitor thread: {0}")]
     Monitor(#[source] std::io::Error),
@@ -129,6 +132,13 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
             Some(desired)
         }
     };
+    if let Some(gitops) = &config.gitops {
+        let dir = gitops.controller.data_dir.clone();
+        tokio::task::spawn_blocking(move || reconciler::durable::ensure_private_dir(&dir))
+            .await
+            .map_err(|e| StartError::DataDir(e.to_string()))?
+            .map_err(StartError::DataDir)?;
+    }
     let (controller, controller_task) = match &config.gitops {
         Some(gitops) => {
             let (handle, task) = gitops::spawn(gitops, Arc::clone(&registry), loader.clone(), shutdown.child_token());

@@ -69,7 +69,8 @@ struct GitArgs {
     /// The folder of manifests in the repository.
     #[arg(long = "path", env = "VANE_DEPLOY_PATH", default_value = "deploy")]
     deploy_path: String,
-    /// Where the bare clone and the artifact cache live [default: <temp dir>/vane-data].
+    /// Where the bare clone, the artifact cache and the reconciler's state live; created 0700, and refused if other
+    /// users can write to it [default: $STATE_DIRECTORY/vane, else $XDG_STATE_HOME/vane, else ~/.local/state/vane].
     #[arg(long, env = "VANE_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Directories laid out as a DVC cache or local DVC remote, where .dvc pointers are resolved (repeatable).
@@ -299,7 +300,8 @@ impl ServeArgs {
                     auth: git.auth(),
                     ..GitSpec::new(repo.clone(), git.branch.clone(), git.deploy_path.clone())
                 },
-                data_dir: git.data_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("vane-data")),
+                // No default in the shared temp dir: another local user could plant a model there.
+                data_dir: git.data_dir.clone().or_else(reconciler::durable::default_data_dir).unwrap_or_default(),
                 // Zero means webhooks only: a poll interval far longer than any process lives.
                 poll_interval: if poll_interval.is_zero() {
                     Duration::from_secs(u64::from(u32::MAX))

@@ -33,6 +33,8 @@ pub struct DvcConfig {
 pub struct ArtifactCache {
     dir: PathBuf,
     ca_file: Option<PathBuf>,
+    /// Only what is cached or in the local clone: a restore or rollback never goes to the network.
+    offline: bool,
 }
 
 /// The longest an https artifact download may take, whole.
@@ -101,13 +103,20 @@ struct DvcOut {
 impl ArtifactCache {
     /// The cache under `data_dir`.
     pub fn new(data_dir: &Path) -> Self {
-        Self { dir: data_dir.join("artifacts").join("sha256"), ca_file: None }
+        Self { dir: data_dir.join("artifacts").join("sha256"), ca_file: None, offline: false }
     }
 
     /// Trusts the CA certificates in `ca_file` (PEM), besides Mozilla's roots, for https artifacts.
     #[must_use]
     pub fn with_ca_file(mut self, ca_file: Option<PathBuf>) -> Self {
         self.ca_file = ca_file;
+        self
+    }
+
+    /// Resolves from the cache and the local clone only: an artifact that would have to be downloaded is an error.
+    #[must_use]
+    pub fn offline(mut self) -> Self {
+        self.offline = true;
         self
     }
 
@@ -260,6 +269,12 @@ impl ArtifactCache {
             ArtifactSource::Repo(path) => (path.to_string(), source.read(commit, path, MAX_ARTIFACT_BYTES)?),
             _ if self.contains(&artifact.sha256) => return Ok(self.path_of(&artifact.sha256)),
             ArtifactSource::Dvc(pointer) => (pointer.to_string(), read_dvc(source, commit, pointer, dvc)?),
+            ArtifactSource::Uri(uri) if self.offline => {
+                return Err(ArtifactError::Uri {
+                    uri: crate::redact::url(uri),
+                    problem: "is not in the artifact cache, and this load uses the local cache only".to_owned(),
+                })
+            }
             ArtifactSource::Uri(uri) if uri.starts_with("https://") => return self.download(uri, &artifact.sha256),
             ArtifactSource::Uri(uri) => (uri.clone(), read_uri(uri)?),
         };

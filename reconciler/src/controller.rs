@@ -18,11 +18,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use git2::Oid;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::artifacts::{ArtifactCache, DvcConfig};
+use crate::durable::{Attempt, Durable, DurableStore, Refusal, INTERRUPTED_LIMIT, REFUSED_KEPT};
 use crate::manifest;
 use crate::metrics::SyncMetrics;
 use crate::plan;
@@ -55,11 +56,13 @@ impl ControllerConfig {
 }
 
 /// What woke the loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     /// The start-up sync.
     Startup,
+    /// The start-up restore of the last applied commit from the local clone and cache (before the remote is read).
+    Restore,
     /// The poll timer or a retry.
     Poll,
     /// A verified push webhook.
@@ -71,7 +74,7 @@ pub enum Trigger {
 }
 
 /// The outcome of one sync.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// A new commit is serving.
@@ -100,7 +103,7 @@ impl Outcome {
 }
 
 /// A commit and when it was seen or applied.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitRecord {
     /// The commit id.
     pub commit: String,
@@ -109,7 +112,7 @@ pub struct CommitRecord {
 }
 
 /// One sync, as the status history shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncRecord {
     /// The commit tried, if the remote was read.
     pub commit: Option<String>,
@@ -125,8 +128,10 @@ pub struct SyncRecord {
     pub duration_ms: u64,
 }
 
-/// Everything the status endpoint reports about the loop.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// Everything the status endpoint reports about the loop. Kept in the data dir across restarts
+/// ([`crate::durable`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SyncStatus {
     /// The remote.
     pub repo: String,
@@ -140,6 +145,14 @@ pub struct SyncStatus {
     pub last_attempted: Option<SyncRecord>,
     /// The last error, cleared by the next successful sync.
     pub last_error: Option<String>,
+    /// Why the remote could not be read by the last sync that tried; cleared once it is read again. While set, the
+    /// last applied commit keeps serving and the status is Degraded.
+    pub remote_error: Option<String>,
+    /// Why the state kept in the data dir could not be used at start, if it could not (Vane then started from Git).
+    pub state_error: Option<String>,
+    /// Commits refused, newest first (at most [`REFUSED_KEPT`]): none is retried while it is the branch head, across
+    /// restarts too.
+    pub refused: VecDeque<Refusal>,
     /// True when an admin rollback pinned an older commit than the branch head.
     pub diverged_from_head: bool,
     /// The last syncs, newest first.
@@ -255,6 +268,21 @@ where
 {
     let ControllerInputs { mut triggers, mut rollbacks, reporter } = inputs;
     let mut state = LoopState::default();
+    let journal = Arc::new(Journal::new(&config));
+    let loaded = {
+        let journal = Arc::clone(&journal);
+        tokio::task::spawn_blocking(move || journal.store.load(&journal.source))
+            .await
+            .unwrap_or_else(|e| Err(format!("reading the state file failed: {e}")))
+    };
+    match loaded {
+        Ok(None) => {}
+        Ok(Some(durable)) => restore(&config, &reporter, &journal, &mut state, &mut apply, durable).await,
+        Err(error) => {
+            tracing::warn!(%error, "the state kept in the data dir cannot be used; starting from Git");
+            reporter.status.send_modify(|s| s.state_error = Some(format!("{error}; started from Git")));
+        }
+    }
     let mut backoff = Backoff::new(Duration::from_millis(500), config.max_backoff);
     let mut next = tokio::time::Instant::now();
     let mut trigger = Trigger::Startup;
@@ -269,6 +297,7 @@ where
                 () = shutdown.cancelled() => return,
                 Some((commit, reply)) = rollbacks.recv() => {
                     let result = rollback(&config, &reporter, &mut state, &mut apply, &commit).await;
+                    persist(&journal, &reporter, &state).await;
                     let _ = reply.send(result);
                     continue;
                 }
@@ -278,12 +307,17 @@ where
         }
         let supersede = CancellationToken::new();
         let in_flight = Arc::new(std::sync::Mutex::new(None));
-        let running = sync(&config, &reporter, &mut state, &mut apply, trigger, &supersede, &in_flight);
+        let running = sync(&config, &reporter, &journal, &mut state, &mut apply, trigger, &supersede, &in_flight);
         tokio::pin!(running);
         let outcome = loop {
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => {
+                    // Stopped on purpose: the sync in flight does not count as one the process died in.
+                    let journal = Arc::clone(&journal);
+                    let _ = tokio::task::spawn_blocking(move || journal.update(|d| d.in_progress = None)).await;
+                    return;
+                }
                 outcome = &mut running => break outcome,
                 Some(wake) = triggers.recv(), if pending.is_none() => {
                     let current = *in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -313,7 +347,8 @@ where
 #[derive(Default)]
 struct LoopState {
     applied: Option<Oid>,
-    refused: Option<Oid>,
+    /// Refused commits, newest first (the status's list, as ids).
+    refused: Vec<Oid>,
     /// The branch head when a rollback pinned an older commit; the pin holds until the head moves.
     pinned_at_head: Option<Oid>,
 }
@@ -328,9 +363,11 @@ enum Prepared {
 /// One sync. `supersede` cancels it before its swap: the Git work stops at its next progress callback, and the
 /// gateway's `apply` future is dropped (it swaps only at its very end, so dropping it leaves the served set as it was).
 /// `in_flight` is set to the branch head as soon as ls-remote has read it.
+#[allow(clippy::too_many_arguments)]
 async fn sync<A, F>(
     config: &ControllerConfig,
     reporter: &Reporter,
+    journal: &Arc<Journal>,
     state: &mut LoopState,
     apply: &mut A,
     trigger: Trigger,
@@ -347,9 +384,13 @@ where
         s.reconciling = true;
         s.reconciling_commit = None;
     });
-    let known = (state.applied, state.refused, state.pinned_at_head);
+    let known = Known { applied: state.applied, refused: state.refused.clone(), pinned_at_head: state.pinned_at_head };
     let seen = Arc::clone(in_flight);
-    let prepared = blocking(config, Some(supersede), move |source, config| prepare(source, config, known, &seen)).await;
+    let journal_for_prepare = Arc::clone(journal);
+    let prepared = blocking(config, Some(supersede), move |source, config| {
+        prepare(source, config, &known, &seen, &journal_for_prepare)
+    })
+    .await;
     if let Some(head) = *in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
         status.send_modify(|s| s.reconciling_commit = Some(head.to_string()));
     }
@@ -374,10 +415,13 @@ where
     match (outcome, commit) {
         (Outcome::Applied, Some(head)) => {
             state.applied = Some(head);
-            state.refused = None;
             state.pinned_at_head = None;
         }
-        (Outcome::Refused, Some(head)) => state.refused = Some(head),
+        (Outcome::Refused, Some(head)) => {
+            state.refused.retain(|&c| c != head);
+            state.refused.insert(0, head);
+            state.refused.truncate(REFUSED_KEPT);
+        }
         _ => {}
     }
     if let Some(head) = commit {
@@ -389,22 +433,39 @@ where
     if outcome != Outcome::Unchanged {
         tracing::info!(?trigger, ?outcome, commit = ?commit.map(|c| c.to_string()), "sync finished");
     }
+    persist(journal, reporter, state).await;
     outcome
+}
+
+/// What a sync compares the branch head with.
+struct Known {
+    applied: Option<Oid>,
+    refused: Vec<Oid>,
+    pinned_at_head: Option<Oid>,
 }
 
 /// The blocking half: ls-remote, and unless nothing changed, fetch, validate and resolve.
 fn prepare(
     source: &GitSource,
     config: &ControllerConfig,
-    known: (Option<Oid>, Option<Oid>, Option<Oid>),
+    known: &Known,
     in_flight: &std::sync::Mutex<Option<Oid>>,
+    journal: &Journal,
 ) -> Result<Prepared, String> {
-    let (applied, refused, pinned_at_head) = known;
     let head = source.remote_head().map_err(|e| e.to_string())?;
-    if Some(head) == applied || Some(head) == refused || Some(head) == pinned_at_head {
+    if Some(head) == known.applied || known.refused.contains(&head) || Some(head) == known.pinned_at_head {
         return Ok(Prepared::Unchanged(head));
     }
     *in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(head);
+    // Written before anything the commit names is fetched or loaded: if the process dies during this sync, the next
+    // start knows, and a commit that kills it twice is refused instead of retried forever.
+    journal.update(|d| {
+        let commit = head.to_string();
+        let attempts = d.in_progress.as_ref().filter(|a| a.commit == commit).map_or(0, |a| a.attempts) + 1;
+        tracing::info!(%commit, attempt = attempts, "a new branch head: fetching, validating and loading it");
+        d.in_progress = Some(Attempt { commit, attempts });
+    });
+    let applied = known.applied;
     let head = source.fetch().map_err(|e| e.to_string())?;
     Ok(match validate(source, config, head, applied) {
         Ok(desired) => Prepared::Ready(head, desired),
@@ -455,13 +516,7 @@ where
         return Err(format!("commit {commit} is not one of the applied commits kept for rollback"));
     }
     let oid = Oid::from_str(commit).map_err(|e| e.to_string())?;
-    // From the local clone and the artifact cache only: no ls-remote, no fetch.
-    let desired = blocking(config, None, move |source, config| {
-        let files = source.manifests(oid).map_err(|e| e.to_string())?;
-        let deployments = manifest::parse_commit(&files).map_err(|e| e.to_string())?;
-        plan::desired_state(&deployments, source, oid, &config.cache(), &config.dvc)
-    })
-    .await?;
+    let desired = blocking(config, None, move |source, config| local_desired(source, config, oid)).await?;
     apply(desired).await?;
     let head = status.borrow().observed.as_ref().and_then(|o| Oid::from_str(&o.commit).ok());
     state.applied = Some(oid);
@@ -469,6 +524,139 @@ where
     record(reporter, Trigger::Rollback, started, Some(oid), Outcome::Applied, None, state.pinned_at_head.is_some());
     tracing::warn!(commit, "rolled back by an admin call; holding until the branch head changes");
     Ok(())
+}
+
+/// The desired state of `commit`, an applied one, from the local clone and the artifact cache only: no ls-remote, no
+/// fetch, no download (a missing artifact is an error).
+fn local_desired(source: &GitSource, config: &ControllerConfig, commit: Oid) -> Result<DesiredState, String> {
+    let files = source.manifests(commit).map_err(|e| e.to_string())?;
+    let deployments = manifest::parse_commit(&files).map_err(|e| e.to_string())?;
+    plan::desired_state(&deployments, source, commit, &config.cache().offline(), &config.dvc)
+}
+
+/// Serves the last applied commit of a previous run from the local clone and cache, before the remote is read: a
+/// restart during a Git outage serves what it served. Also restores the status (history, refused commits) and
+/// refuses a commit the process died applying [`INTERRUPTED_LIMIT`] times in a row.
+async fn restore<A, F>(
+    config: &ControllerConfig,
+    reporter: &Reporter,
+    journal: &Arc<Journal>,
+    state: &mut LoopState,
+    apply: &mut A,
+    mut durable: Durable,
+) where
+    A: FnMut(DesiredState) -> F,
+    F: Future<Output = Result<(), String>>,
+{
+    let started = SystemTime::now();
+    if let Some(attempt) = durable.in_progress.clone().filter(|a| a.attempts >= INTERRUPTED_LIMIT) {
+        let reason = format!(
+            "Vane stopped {} times in a row while applying this commit (killed, or out of memory?); it is refused \
+             and not retried until a new commit",
+            attempt.attempts
+        );
+        tracing::error!(commit = %attempt.commit, %reason, "refusing a commit the process died applying");
+        let status = &mut durable.status;
+        status.refused.retain(|r| r.commit != attempt.commit);
+        status.refused.push_front(Refusal {
+            commit: attempt.commit.clone(),
+            reason: reason.clone(),
+            at_unix_ms: unix_ms(started),
+        });
+        status.refused.truncate(REFUSED_KEPT);
+        status.last_attempted = Some(SyncRecord {
+            commit: Some(attempt.commit),
+            trigger: Trigger::Startup,
+            outcome: Outcome::Refused,
+            reason: Some(reason.clone()),
+            started_unix_ms: unix_ms(started),
+            duration_ms: 0,
+        });
+        status.last_error = Some(reason);
+        durable.in_progress = None;
+    }
+    state.refused = durable.status.refused.iter().filter_map(|r| Oid::from_str(&r.commit).ok()).collect();
+    state.pinned_at_head = durable.pinned_at_head.as_deref().and_then(|c| Oid::from_str(c).ok());
+    let last = durable.status.last_applied.as_ref().and_then(|c| Oid::from_str(&c.commit).ok());
+    reporter.status.send_modify(|s| {
+        let kept = &durable.status;
+        s.observed.clone_from(&kept.observed);
+        s.last_attempted.clone_from(&kept.last_attempted);
+        s.last_error.clone_from(&kept.last_error);
+        s.history.clone_from(&kept.history);
+        s.applied_commits.clone_from(&kept.applied_commits);
+        s.refused.clone_from(&kept.refused);
+    });
+    *lock(&journal.state) = durable;
+    let Some(last) = last else { return };
+    let desired = blocking(config, None, move |source, config| local_desired(source, config, last)).await;
+    match desired {
+        Ok(desired) => match apply(desired).await {
+            Ok(()) => {
+                state.applied = Some(last);
+                let diverged = state.pinned_at_head.is_some();
+                record(reporter, Trigger::Restore, started, Some(last), Outcome::Applied, None, diverged);
+                tracing::info!(commit = %last, "serving the last applied commit from the local clone and cache");
+                persist(journal, reporter, state).await;
+            }
+            Err(reason) => restore_failed(reporter, last, &reason),
+        },
+        Err(reason) => restore_failed(reporter, last, &reason),
+    }
+}
+
+fn restore_failed(reporter: &Reporter, commit: Oid, reason: &str) {
+    let message = format!(
+        "could not serve the last applied commit {commit} from the local clone and cache ({reason}); syncing from Git"
+    );
+    tracing::warn!(%message);
+    reporter.status.send_modify(|s| s.last_error = Some(message));
+}
+
+/// The durable state and where it is written, shared with the blocking half of a sync.
+struct Journal {
+    store: DurableStore,
+    /// Which remote, branch and folder the state is about.
+    source: String,
+    state: std::sync::Mutex<Durable>,
+}
+
+impl Journal {
+    fn new(config: &ControllerConfig) -> Self {
+        let spec = &config.spec;
+        let source = format!("{} {} {}", crate::redact::url(&spec.url), spec.branch, spec.path);
+        let state = std::sync::Mutex::new(Durable { source: source.clone(), ..Durable::default() });
+        Self { store: DurableStore::new(&config.data_dir), source, state }
+    }
+
+    /// Applies `change` and writes the result. Blocking. A failed write is logged and the loop goes on: serving
+    /// does not depend on it, only the next restart does.
+    fn update(&self, change: impl FnOnce(&mut Durable)) {
+        let mut durable = lock(&self.state);
+        change(&mut durable);
+        if let Err(error) = self.store.save(&durable) {
+            tracing::warn!(file = %self.store.path().display(), %error, "could not write the reconciler's state");
+        }
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Writes the status and the rollback pin after a sync; the sync is over, so nothing is in progress.
+async fn persist(journal: &Arc<Journal>, reporter: &Reporter, state: &LoopState) {
+    let status = reporter.status.borrow().clone();
+    let pinned = state.pinned_at_head.map(|c| c.to_string());
+    let journal = Arc::clone(journal);
+    let _ = tokio::task::spawn_blocking(move || {
+        journal.update(|d| {
+            d.status = status;
+            d.pinned_at_head = pinned;
+            d.in_progress = None;
+        });
+    })
+    .await;
 }
 
 /// Runs `work` with a freshly opened clone on the blocking pool, cancelling it after the Git timeout or when `cancel`
@@ -547,8 +735,14 @@ fn record(
         s.reconciling_commit = None;
         s.syncs += 1;
         s.diverged_from_head = diverged;
-        if let (Some(commit), true) = (&record.commit, trigger != Trigger::Rollback) {
+        let read_remote = !matches!(trigger, Trigger::Rollback | Trigger::Restore);
+        if let (Some(commit), true) = (&record.commit, read_remote) {
             s.observed = Some(CommitRecord { commit: commit.clone(), at_unix_ms: unix_ms(now) });
+        }
+        match outcome {
+            Outcome::FetchFailed => s.remote_error.clone_from(&reason),
+            Outcome::Applied | Outcome::Unchanged | Outcome::Refused if read_remote => s.remote_error = None,
+            _ => {}
         }
         match outcome {
             Outcome::Applied => {
@@ -557,10 +751,22 @@ fn record(
                 s.applied_commits.retain(|c| *c != commit);
                 s.applied_commits.push_front(commit);
                 s.applied_commits.truncate(ROLLBACK_DEPTH);
-                s.last_error = None;
-                s.last_attempted = Some(record.clone());
+                // A restore is not an attempt: the last attempt (maybe a refused head) stays what it was.
+                if trigger != Trigger::Restore {
+                    s.last_error = None;
+                    s.last_attempted = Some(record.clone());
+                }
             }
             Outcome::Refused => {
+                if let Some(commit) = &record.commit {
+                    s.refused.retain(|r| r.commit != *commit);
+                    s.refused.push_front(Refusal {
+                        commit: commit.clone(),
+                        reason: reason.clone().unwrap_or_default(),
+                        at_unix_ms: unix_ms(now),
+                    });
+                    s.refused.truncate(REFUSED_KEPT);
+                }
                 s.last_error = reason;
                 s.last_attempted = Some(record.clone());
             }

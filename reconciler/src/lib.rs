@@ -7,6 +7,7 @@
 
 pub mod artifacts;
 pub mod controller;
+pub mod durable;
 mod errors;
 pub mod known_hosts;
 pub mod manifest;

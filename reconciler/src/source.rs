@@ -146,6 +146,9 @@ pub enum GitError {
         /// What is wrong.
         problem: String,
     },
+    /// The remote is not there (a local path that does not exist).
+    #[error("{0}")]
+    Unreachable(String),
     /// The ssh server's host key is not trusted.
     #[error("{0}")]
     HostKey(String),
@@ -219,6 +222,7 @@ impl GitSource {
 
     /// The branch head on the remote, without downloading anything (ls-remote).
     pub fn remote_head(&self) -> Result<Oid, GitError> {
+        self.check_local_remote()?;
         let mut remote = self.repo.remote_anonymous(&self.spec.url).map_err(git("connect"))?;
         let connection = remote
             .connect_auth(Direction::Fetch, Some(self.callbacks()), None)
@@ -231,6 +235,19 @@ impl GitSource {
         })
     }
 
+    /// A remote on this machine (a path or `file://`) that is not there: libgit2 reports it as "unsupported URL
+    /// protocol", which sends an operator looking in the wrong place.
+    fn check_local_remote(&self) -> Result<(), GitError> {
+        let Some(path) = local_path(&self.spec.url) else { return Ok(()) };
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_dir() => Ok(()),
+            Ok(_) => Err(GitError::Unreachable(format!("the remote {path} is not a folder, so not a Git repository"))),
+            Err(e) => Err(GitError::Unreachable(format!(
+                "the remote {path} cannot be read ({e}): moved, deleted, or a volume not mounted"
+            ))),
+        }
+    }
+
     /// The commit last fetched, if any.
     pub fn local_head(&self) -> Option<Oid> {
         self.repo.refname_to_id(&format!("refs/remotes/origin/{}", self.spec.branch)).ok()
@@ -238,6 +255,7 @@ impl GitSource {
 
     /// Fetches the branch (full history: the deploy repo is small, and ancestry checks need it) and returns its head.
     pub fn fetch(&self) -> Result<Oid, GitError> {
+        self.check_local_remote()?;
         let mut remote = self.repo.remote_anonymous(&self.spec.url).map_err(git("fetch"))?;
         let mut options = FetchOptions::new();
         options.remote_callbacks(self.callbacks());
@@ -400,6 +418,19 @@ fn check_host_key(file: Option<&Path>, host: &str, port: u16, key: &[u8]) -> Res
             Err(format!("host key of {shown} ({fingerprint}) is marked @revoked in {}", file.display()))
         }
     }
+}
+
+/// The path of a remote on this machine: `file://` URLs and plain paths (no scheme, not scp-like `host:path`).
+fn local_path(url: &str) -> Option<&str> {
+    if let Some(path) = url.strip_prefix("file://") {
+        return Some(path);
+    }
+    if url.contains("://") {
+        return None;
+    }
+    // scp-like `user@host:path` or `host:path`: a colon before the first slash.
+    let scp_like = url.find(':').is_some_and(|colon| url.find('/').is_none_or(|slash| colon < slash));
+    (!scp_like).then_some(url)
 }
 
 fn default_known_hosts() -> Option<PathBuf> {

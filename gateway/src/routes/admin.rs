@@ -34,6 +34,9 @@ pub(super) fn status(state: &AppState) -> HttpResponse {
         reconciling: bool,
         stalled: bool,
         degraded: bool,
+        /// Why it is degraded, in words, when it is.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        degraded_reason: Option<String>,
     }
     #[derive(Serialize)]
     struct ModelState {
@@ -59,6 +62,16 @@ pub(super) fn status(state: &AppState) -> HttpResponse {
             .as_ref()
             .is_some_and(|a| a.reason.is_some() && a.commit.as_ref() != s.last_applied.as_ref().map(|c| &c.commit))
     });
+    let unreachable = sync.as_ref().and_then(|s| s.remote_error.clone());
+    let diverged = sync.as_ref().is_some_and(|s| s.diverged_from_head);
+    let degraded_reason = match (&unreachable, stalled, diverged) {
+        (Some(error), _, _) => Some(format!("the Git remote cannot be read; the last applied commit serves: {error}")),
+        (None, true, _) => Some("the branch head was refused; the last applied commit serves".to_owned()),
+        (None, false, true) => {
+            Some("rolled back by an admin call: serving an older commit than the branch head".into())
+        }
+        (None, false, false) => None,
+    };
     let body = Status {
         mode: if state.controller.is_some() { "git" } else { "model_dir" },
         ready,
@@ -67,8 +80,10 @@ pub(super) fn status(state: &AppState) -> HttpResponse {
             reconciling: sync.as_ref().is_some_and(|s| s.reconciling),
             // The branch head was refused: the last good set serves, and the commit is not retried.
             stalled,
-            // Serving something other than the branch head (rolled back, or the head is refused).
-            degraded: sync.as_ref().is_some_and(|s| s.diverged_from_head) || stalled,
+            // Serving something other than the branch head (rolled back, or the head is refused), or not knowing
+            // the head (the remote cannot be read).
+            degraded: degraded_reason.is_some(),
+            degraded_reason,
         },
         sync: sync.as_ref(),
         last_applied_age_seconds: sync.as_ref().and_then(|s| s.last_applied.as_ref()).map(|c| age(c.at_unix_ms)),

@@ -26,7 +26,8 @@ struct Running {
     applied: Arc<Mutex<Vec<DesiredState>>>,
     refuse: Arc<Mutex<Option<String>>>,
     shutdown: CancellationToken,
-    _data: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+    data: tempfile::TempDir,
 }
 
 fn config(url: String, data: &tempfile::TempDir) -> ControllerConfig {
@@ -42,7 +43,11 @@ fn config(url: String, data: &tempfile::TempDir) -> ControllerConfig {
 }
 
 fn start(url: String) -> Running {
-    let data = tempfile::tempdir().unwrap();
+    start_in(url, tempfile::tempdir().unwrap())
+}
+
+/// The loop on `url` with the data dir `data` (a previous run's, to test a restart).
+fn start_in(url: String, data: tempfile::TempDir) -> Running {
     let config = config(url, &data);
     let (handle, inputs) = channels(&config);
     let applied = Arc::new(Mutex::new(Vec::new()));
@@ -59,11 +64,18 @@ fn start(url: String) -> Running {
         };
         std::future::ready(result)
     };
-    tokio::spawn(run(config, inputs, apply, shutdown.clone()));
-    Running { handle, applied, refuse, shutdown, _data: data }
+    let task = tokio::spawn(run(config, inputs, apply, shutdown.clone()));
+    Running { handle, applied, refuse, shutdown, task, data }
 }
 
 impl Running {
+    /// Stops the loop and returns its data dir, as a process stopping would leave it.
+    async fn stop(self) -> tempfile::TempDir {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+        self.data
+    }
+
     /// Waits (at most 30 s) until the status satisfies `condition`, returning it.
     async fn until(&self, condition: impl Fn(&SyncStatus) -> bool) -> SyncStatus {
         let mut status = self.handle.status();
@@ -213,7 +225,9 @@ async fn the_remote_going_away_keeps_serving_and_reports_then_recovers_and_rollb
     std::fs::rename(&bare, &moved).unwrap();
     let status = running.sync(Trigger::Admin).await;
     assert_eq!(head_of(&status), Some(second.to_string().as_str()), "still serving");
-    assert!(status.last_error.as_deref().unwrap().contains("git connect failed"), "{:?}", status.last_error);
+    let error = status.last_error.as_deref().unwrap();
+    assert!(error.contains("cannot be read (No such file or directory") && error.contains("moved, deleted"), "{error}");
+    assert_eq!(status.remote_error.as_deref(), Some(error), "degraded while the remote is unreachable");
 
     // Rollback with the remote gone: from the local clone and the artifact cache.
     running.handle.rollback(first.to_string()).await.unwrap();
@@ -234,6 +248,7 @@ async fn the_remote_going_away_keeps_serving_and_reports_then_recovers_and_rollb
     let status = running.sync(Trigger::Admin).await;
     assert_eq!(head_of(&status), Some(first.to_string().as_str()), "the pin holds while the head is unchanged");
     assert_eq!(status.last_error, None, "fetch recovered");
+    assert_eq!(status.remote_error, None);
     // A new push moves the head: applied, no longer diverged.
     let third = publish(&work, b"model three", "");
     work.git(&["push", "-q", bare.to_str().unwrap(), "main"]);
@@ -333,4 +348,74 @@ async fn a_push_of_the_commit_in_flight_does_not_cancel_it() {
     assert_eq!(status.history.len(), 1, "one applied sync, then an unchanged one: {:?}", status.history);
     assert_eq!(status.history[0].outcome, Outcome::Applied);
     shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_restart_with_the_remote_gone_serves_the_last_applied_commit_and_keeps_refusing_what_it_refused() {
+    let work = WorkRepo::new();
+    let good = publish(&work, b"model one", "");
+    let remote = tempfile::tempdir().unwrap();
+    let bare = remote.path().join("deploy.git");
+    work.git(&["clone", "-q", "--bare", &work.url(), bare.to_str().unwrap()]);
+    let running = start(bare.display().to_string());
+    running.until(|s| s.last_applied.is_some()).await;
+    work.write("models/m.onnx", b"tampered");
+    let bad = work.commit("bad");
+    work.git(&["push", "-q", bare.to_str().unwrap(), "main"]);
+    let status = running.sync(Trigger::Webhook).await;
+    assert_eq!(status.refused.front().map(|r| r.commit.clone()), Some(bad.to_string()));
+    let data = running.stop().await;
+
+    // Restart with the remote moved away: the last applied commit serves from the local clone and cache.
+    let moved = remote.path().join("elsewhere.git");
+    std::fs::rename(&bare, &moved).unwrap();
+    let running = start_in(bare.display().to_string(), data);
+    let status = running.until(|s| s.last_applied.is_some() && s.remote_error.is_some()).await;
+    assert_eq!(head_of(&status), Some(good.to_string().as_str()));
+    assert_eq!(running.applied.lock().unwrap()[0].revision, Some(good.to_string()));
+    assert_eq!(status.history[1].trigger, Trigger::Restore, "{:?}", status.history);
+    assert_eq!(status.history[0].outcome, Outcome::FetchFailed);
+    assert_eq!(status.last_attempted.as_ref().and_then(|a| a.commit.clone()), Some(bad.to_string()));
+    let data = running.stop().await;
+
+    // Restart with the remote back: the refused head is not tried again.
+    std::fs::rename(&moved, &bare).unwrap();
+    let running = start_in(bare.display().to_string(), data);
+    let status = running.until(|s| s.syncs >= 2).await;
+    assert_eq!(status.history[0].trigger, Trigger::Restore, "the startup sync found nothing new: {:?}", status.history);
+    assert_eq!(status.remote_error, None);
+    assert_eq!(running.applied.lock().unwrap().len(), 1, "only the restore applied anything");
+    let data = running.stop().await;
+
+    // A state file that cannot be read is reported, and Vane starts from Git.
+    std::fs::write(data.path().join("state.json"), b"{not json").unwrap();
+    let running = start_in(bare.display().to_string(), data);
+    let status = running.until(|s| s.syncs >= 1).await;
+    assert!(status.state_error.as_deref().unwrap().contains("is not valid"), "{:?}", status.state_error);
+    assert_eq!(status.history[0].outcome, Outcome::Refused, "from Git: the head is tried (and refused) again");
+}
+
+#[tokio::test]
+async fn a_commit_the_process_died_applying_twice_is_refused_at_the_next_start() {
+    let work = WorkRepo::new();
+    let good = publish(&work, b"model one", "");
+    let running = start(work.url());
+    running.until(|s| s.last_applied.is_some()).await;
+    let data = running.stop().await;
+    let killer = publish(&work, b"model two", "");
+    // What a process killed twice during the sync of `killer` leaves behind.
+    let store = crate::durable::DurableStore::new(data.path());
+    let source = format!("{} main deploy", work.url());
+    let mut durable = store.load(&source).unwrap().unwrap();
+    durable.in_progress = Some(Attempt { commit: killer.to_string(), attempts: INTERRUPTED_LIMIT });
+    store.save(&durable).unwrap();
+    let running = start_in(work.url(), data);
+    let status = running.until(|s| s.syncs >= 2).await;
+    assert_eq!(head_of(&status), Some(good.to_string().as_str()));
+    let refusal = status.refused.front().unwrap();
+    assert_eq!(refusal.commit, killer.to_string());
+    assert!(refusal.reason.contains("stopped 2 times in a row while applying"), "{}", refusal.reason);
+    assert_eq!(running.applied.lock().unwrap().len(), 1, "the restore only; the killer is not loaded");
+    let durable = store.load(&source).unwrap().unwrap();
+    assert_eq!(durable.in_progress, None);
 }

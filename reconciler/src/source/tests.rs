@@ -119,5 +119,12 @@ fn a_missing_branch_or_remote_is_a_clear_error() {
     let source = GitSource::open(&GitSource::clone_dir(data.path()), spec, Arc::new(AtomicBool::new(false))).unwrap();
     assert!(source.remote_head().unwrap_err().to_string().contains("branch 'prod' not found"));
     let (_data, gone) = open_source("/nonexistent/repo".into());
-    assert!(gone.remote_head().unwrap_err().to_string().starts_with("git connect failed"));
+    // The real cause, not libgit2's "unsupported URL protocol".
+    let error = gone.remote_head().unwrap_err().to_string();
+    assert!(error.starts_with("the remote /nonexistent/repo cannot be read (No such file"), "{error}");
+    let (_data, gone) = open_source("file:///nonexistent/repo".into());
+    assert!(gone.fetch().unwrap_err().to_string().contains("moved, deleted, or a volume not mounted"));
+    assert_eq!(local_path("git@github.com:org/deploy.git"), None);
+    assert_eq!(local_path("https://example.com/deploy.git"), None);
+    assert_eq!(local_path("relative/repo"), Some("relative/repo"));
 }
