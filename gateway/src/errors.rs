@@ -340,6 +340,9 @@ pub enum LoadError {
         #[source]
         source: InferError,
     },
+    /// The load was cancelled (a newer commit superseded it) before it finished.
+    #[error("cancelled: a newer commit superseded this one")]
+    Cancelled,
     /// The blocking task that loads models failed.
     #[error("model loading task failed: {0}")]
     Task(String),

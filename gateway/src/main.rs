@@ -76,9 +76,30 @@ struct GitArgs {
     /// Directories laid out as a DVC cache or local DVC remote, where .dvc pointers are resolved (repeatable).
     #[arg(long = "dvc-store", env = "VANE_DVC_STORES", value_delimiter = ',')]
     dvc_stores: Vec<PathBuf>,
-    /// The longest one Git operation may take before it is cancelled and retried with backoff.
+    /// The longest a Git read from the remote may stall before the operation fails (and is retried with backoff).
     #[arg(long, env = "VANE_GIT_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
     git_timeout: Duration,
+    /// The one deadline of a whole sync: ls-remote, fetch, validation and every artifact download; past it the sync
+    /// is cancelled and retried with backoff (a slow download is not a bad commit).
+    #[arg(long, env = "VANE_SYNC_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10m")]
+    sync_timeout: Duration,
+    /// A folder `file://` artifacts may be read from (repeatable); with none, manifests naming file:// are refused.
+    /// Symlinks are resolved before the check; only regular files are read.
+    #[arg(long = "artifact-root", env = "VANE_ARTIFACT_ROOTS", value_delimiter = ',')]
+    artifact_roots: Vec<PathBuf>,
+    /// Allow https artifact hosts that resolve to loopback, private or link-local addresses (an object store on
+    /// the cluster network). Off: such hosts are refused, so a manifest cannot reach cloud metadata or internal
+    /// services.
+    #[arg(long, env = "VANE_ALLOW_PRIVATE_ARTIFACT_HOSTS")]
+    allow_private_artifact_hosts: bool,
+    /// The largest artifact (download, file or DVC object) streamed into the cache; larger ones are refused as
+    /// they arrive. Artifacts kept in Git itself are capped at 256 MiB (libgit2 inflates them whole in memory).
+    #[arg(long, env = "VANE_MAX_ARTIFACT_BYTES", default_value_t = reconciler::artifacts::MAX_ARTIFACT_BYTES)]
+    max_artifact_bytes: u64,
+    /// The most one fetch of the deploy repository may download (and write to the data dir); past it the fetch is
+    /// stopped and retried with backoff.
+    #[arg(long, env = "VANE_MAX_FETCH_BYTES", default_value_t = reconciler::source::MAX_FETCH_BYTES)]
+    max_fetch_bytes: u64,
     /// The longest a TCP connect to the remote may take (libgit2's own timeout).
     #[arg(long, env = "VANE_GIT_CONNECT_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
     git_connect_timeout: Duration,
@@ -298,6 +319,7 @@ impl ServeArgs {
             controller: ControllerConfig {
                 spec: GitSpec {
                     auth: git.auth(),
+                    max_fetch_bytes: git.max_fetch_bytes,
                     ..GitSpec::new(repo.clone(), git.branch.clone(), git.deploy_path.clone())
                 },
                 // No default in the shared temp dir: another local user could plant a model there.
@@ -310,6 +332,12 @@ impl ServeArgs {
                 },
                 dvc: DvcConfig { stores: git.dvc_stores.clone() },
                 git_timeout: git.git_timeout,
+                sync_timeout: git.sync_timeout,
+                artifacts: reconciler::artifacts::ArtifactPolicy {
+                    roots: git.artifact_roots.clone(),
+                    allow_private_hosts: git.allow_private_artifact_hosts,
+                    max_bytes: git.max_artifact_bytes,
+                },
                 // Retries of an unreachable remote back off to at most this.
                 max_backoff: Duration::from_secs(300),
                 ca_file: git.ca_file.clone(),
@@ -478,6 +506,8 @@ async fn run_demo(demo_args: &DemoArgs) -> MainResult {
                     poll_interval: args.poll_interval.unwrap_or(Duration::from_secs(2)),
                     dvc: DvcConfig::default(),
                     git_timeout: Duration::from_secs(60),
+                    sync_timeout: Duration::from_secs(600),
+                    artifacts: reconciler::artifacts::ArtifactPolicy::default(),
                     max_backoff: Duration::from_secs(30),
                     ca_file: None,
                 },

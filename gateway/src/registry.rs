@@ -49,7 +49,9 @@ pub struct Registry {
     generation: watch::Sender<u64>,
     /// Serialises writers: the directory poller, the reconciler and manual repository calls each build a whole table
     /// from the current one, so two at once would lose one's change.
-    writer: tokio::sync::Mutex<()>,
+    writer: Arc<tokio::sync::Mutex<()>>,
+    /// Model-set loads running, cancelled, and (a self-check that must stay 0) started while another ran.
+    loads: Arc<LoadCounters>,
     /// Models unloaded through the repository API (model-directory mode): left out of every desired state until
     /// loaded again, so the poller does not bring them back.
     unloaded: std::sync::Mutex<std::collections::BTreeSet<String>>,
@@ -61,7 +63,13 @@ impl ModelTable {
     /// Builds the table for `desired`, keeping every version of `previous` that is still current (same artifact,
     /// same settings) and loading and warming the rest. Blocking; all or nothing: on the first failure the versions
     /// loaded so far are dropped and `previous` is untouched.
-    pub fn load(loader: &ModelLoader, desired: &DesiredState, previous: &ModelTable) -> Result<Self, LoadError> {
+    /// `cancel` stops it before the next version is loaded.
+    pub fn load(
+        loader: &ModelLoader,
+        desired: &DesiredState,
+        previous: &ModelTable,
+        cancel: &AtomicBool,
+    ) -> Result<Self, LoadError> {
         let mut models = BTreeMap::new();
         let mut monitored: BTreeMap<String, BTreeMap<u64, Arc<Monitored>>> = BTreeMap::new();
         for model in &desired.models {
@@ -71,6 +79,9 @@ impl ModelTable {
                 let loaded = match kept.filter(|loaded| loaded.is_current(model, version)) {
                     Some(loaded) => Arc::clone(loaded),
                     None => {
+                        if cancel.load(Ordering::Acquire) {
+                            return Err(LoadError::Cancelled);
+                        }
                         let loaded = loader.load(model, version)?;
                         tracing::info!(model = %model.name, version = version.version, path = %version.path.display(), "model loaded");
                         Arc::new(loaded)
@@ -174,7 +185,8 @@ impl Registry {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             generation: watch::Sender::new(0),
-            writer: tokio::sync::Mutex::new(()),
+            writer: Arc::default(),
+            loads: Arc::default(),
             unloaded: std::sync::Mutex::default(),
         }
     }
@@ -214,21 +226,50 @@ impl Registry {
     /// to load, nothing changes and the error is returned. Returns whether the served set changed.
     ///
     /// Writers are serialised: a second `apply` waits for the first to store (or fail) and builds on its result.
+    ///
+    /// Dropping the returned future (a superseded sync) cancels the load before its next version and never leaves
+    /// it running beside another: the blocking load holds the writer lock until it returns, so the next `apply`
+    /// waits for it.
     pub async fn apply(&self, loader: &ModelLoader, desired: DesiredState) -> Result<bool, LoadError> {
-        let _writer = self.writer.lock().await;
+        let writer = Arc::clone(&self.writer).lock_owned().await;
         let current = self.snapshot();
         let loader = loader.clone();
-        let built =
-            tokio::task::spawn_blocking(move || ModelTable::load(&loader, &desired, &current).map(|t| (t, current)))
-                .await
-                .map_err(|e| LoadError::Task(e.to_string()))?;
-        let (table, current) = built?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let _cancel_on_drop = CancelOnDrop(Arc::clone(&cancel));
+        let loads = Arc::clone(&self.loads);
+        let built = tokio::task::spawn_blocking(move || {
+            if loads.running.fetch_add(1, Ordering::AcqRel) > 0 {
+                loads.overlapped.fetch_add(1, Ordering::Relaxed);
+            }
+            let built = ModelTable::load(&loader, &desired, &current, &cancel);
+            if matches!(built, Err(LoadError::Cancelled)) {
+                loads.cancelled.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(revision = ?desired.revision, "a superseded model-set load stopped before its next version");
+            }
+            loads.running.fetch_sub(1, Ordering::AcqRel);
+            // The lock goes back with the table, so it is held until the swap below (or dropped with the output).
+            built.map(|table| (table, current, writer))
+        })
+        .await
+        .map_err(|e| LoadError::Task(e.to_string()))?;
+        let (table, current, _writer) = built?;
         if table.same_as(&current) {
             return Ok(false);
         }
         drop(current);
         self.swap(table);
         Ok(true)
+    }
+
+    /// Model-set loads: (running now, cancelled since start, started while another was running). The last is a
+    /// self-check of the one-load-at-a-time rule and stays 0.
+    pub fn load_counts(&self) -> (usize, u64, u64) {
+        let loads = &self.loads;
+        (
+            loads.running.load(Ordering::Acquire),
+            loads.cancelled.load(Ordering::Relaxed),
+            loads.overlapped.load(Ordering::Relaxed),
+        )
     }
 
     /// Resolves the model version a request names, cloning its `Arc` out of the current table (the guard does not
@@ -277,6 +318,23 @@ impl Registry {
     /// swap does not make it ready again.
     pub fn set_not_ready(&self) {
         self.draining.store(true, Ordering::Release);
+    }
+}
+
+/// See [`Registry::load_counts`].
+#[derive(Debug, Default)]
+struct LoadCounters {
+    running: std::sync::atomic::AtomicUsize,
+    cancelled: std::sync::atomic::AtomicU64,
+    overlapped: std::sync::atomic::AtomicU64,
+}
+
+/// Sets its flag when dropped: how a dropped `apply` future tells its blocking load to stop.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
     }
 }
 

@@ -178,7 +178,9 @@ impl Profile {
         settings: WindowSettings,
     ) -> Result<Self, ProfileError> {
         let error = |message: String| ProfileError { path: path.display().to_string(), message };
-        let table = Table::from_path(path).map_err(|e| error(e.to_string()))?;
+        // Reference data comes from the deploy repository: untrusted, so bounded.
+        let table =
+            Table::from_path_within(path, crate::table::TableLimits::REFERENCE).map_err(|e| error(e.to_string()))?;
         if table.rows == 0 {
             return Err(error("has no rows".to_owned()));
         }

@@ -7,7 +7,33 @@
 //!
 //! Errors name the file, the row (1-based; in a CSV the header is row 1) and the column.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+
+/// What a table may hold before reading stops with an error: checked as cells arrive, so a file that decodes to far
+/// more than its size (Parquet's run-length-encoded nulls make billions of rows from kilobytes) costs at most this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableLimits {
+    /// Data rows.
+    pub rows: usize,
+    /// Columns.
+    pub columns: usize,
+    /// Rows x columns.
+    pub cells: usize,
+    /// Bytes of cell text, all columns together.
+    pub text_bytes: usize,
+}
+
+impl TableLimits {
+    /// No bound beyond memory: for files the operator names (`vane drift`).
+    pub const UNBOUNDED: Self =
+        Self { rows: usize::MAX, columns: usize::MAX, cells: usize::MAX, text_bytes: usize::MAX };
+
+    /// Reference data from a deploy repository (untrusted): 2 million rows, 1,024 columns, 50 million cells and
+    /// 512 MiB of text, about 0.75 GiB of memory at most while it is read (4 bytes of offset per cell besides the
+    /// text), a few times the largest reference a monitor needs (its quantiles are stable long before).
+    pub const REFERENCE: Self = Self { rows: 2_000_000, columns: 1_024, cells: 50_000_000, text_bytes: 512 << 20 };
+}
 
 /// A CSV table, column by column.
 #[derive(Debug, Clone)]
@@ -52,6 +78,16 @@ pub enum TableError {
         /// Cells in the header.
         expected: usize,
     },
+    /// The table is larger than its limits allow.
+    #[error("{path}: {what} exceeds the limit of {limit}")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// What is too large.
+        what: &'static str,
+        /// The limit.
+        limit: usize,
+    },
     /// The header repeats a name.
     #[error("{path}: column {name:?} appears twice in the header")]
     DuplicateColumn {
@@ -65,13 +101,26 @@ pub enum TableError {
 impl Table {
     /// Reads a CSV file with a header row. Blocking.
     pub fn from_csv_path(path: &Path) -> Result<Self, TableError> {
+        Self::from_csv_path_within(path, TableLimits::UNBOUNDED)
+    }
+
+    fn from_csv_path_within(path: &Path, limits: TableLimits) -> Result<Self, TableError> {
         let file = std::fs::File::open(path)
             .map_err(|e| TableError::Read { path: path.to_owned(), message: e.to_string() })?;
-        Self::from_csv_reader(std::io::BufReader::with_capacity(1 << 20, file), path)
+        Self::from_csv_reader_within(std::io::BufReader::with_capacity(1 << 20, file), path, limits)
     }
 
     /// Reads CSV from `reader`; `path` names it in errors.
     pub fn from_csv_reader(reader: impl std::io::Read, path: &Path) -> Result<Self, TableError> {
+        Self::from_csv_reader_within(reader, path, TableLimits::UNBOUNDED)
+    }
+
+    /// Reads CSV from `reader` within `limits`.
+    pub fn from_csv_reader_within(
+        reader: impl std::io::Read,
+        path: &Path,
+        limits: TableLimits,
+    ) -> Result<Self, TableError> {
         let read_error = |e: csv::Error| {
             let message = match e.position() {
                 Some(position) => format!("row {}: {e}", position.line()),
@@ -81,15 +130,13 @@ impl Table {
         };
         let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
         let names: Vec<String> = reader.headers().map_err(read_error)?.iter().map(str::to_owned).collect();
-        for (i, name) in names.iter().enumerate() {
-            if names[..i].contains(name) {
-                return Err(TableError::DuplicateColumn { path: path.to_owned(), name: name.clone() });
-            }
-        }
+        check_names(&names, path, limits)?;
+        let mut budget = Budget::new(path, limits, names.len());
         let mut columns = vec![CellColumn::default(); names.len()];
         let mut record = csv::ByteRecord::new();
         let mut rows = 0usize;
         while reader.read_byte_record(&mut record).map_err(read_error)? {
+            budget.row(record.as_slice().len())?;
             let row = record.position().map_or(rows as u64 + 2, csv::Position::line);
             if record.len() != names.len() {
                 return Err(TableError::Ragged {
@@ -119,23 +166,31 @@ impl Table {
     /// Reads a Parquet file's top-level columns. Blocking. Nested columns (structs, lists, maps) and binary ones
     /// are refused naming the column.
     pub fn from_parquet_path(path: &Path) -> Result<Self, TableError> {
+        Self::from_parquet_path_within(path, TableLimits::UNBOUNDED)
+    }
+
+    fn from_parquet_path_within(path: &Path, limits: TableLimits) -> Result<Self, TableError> {
         use parquet::file::reader::{FileReader, SerializedFileReader};
         let read = |message: String| TableError::Read { path: path.to_owned(), message };
         let file = std::fs::File::open(path).map_err(|e| read(e.to_string()))?;
         let reader = SerializedFileReader::new(file).map_err(|e| read(format!("not a readable Parquet file: {e}")))?;
         let names: Vec<String> =
             reader.metadata().file_metadata().schema().get_fields().iter().map(|f| f.name().to_owned()).collect();
-        for (i, name) in names.iter().enumerate() {
-            if names[..i].contains(name) {
-                return Err(TableError::DuplicateColumn { path: path.to_owned(), name: name.clone() });
-            }
+        check_names(&names, path, limits)?;
+        // The footer's count, refused before a row is decoded (and the rows are counted as they come: it may lie).
+        let declared = usize::try_from(reader.metadata().file_metadata().num_rows()).unwrap_or(usize::MAX);
+        if declared > limits.rows {
+            return Err(TableError::TooLarge { path: path.to_owned(), what: "the row count", limit: limits.rows });
         }
+        let mut budget = Budget::new(path, limits, names.len());
         let mut columns = vec![CellColumn::default(); names.len()];
         let mut rows = 0usize;
         let rows_iter = reader.get_row_iter(None).map_err(|e| read(format!("not a readable Parquet file: {e}")))?;
         for row in rows_iter {
             let row = row.map_err(|e| read(format!("row {}: {e}", rows + 1)))?;
+            budget.row(0)?;
             for (column, (name, field)) in columns.iter_mut().zip(row.get_column_iter()) {
+                let before = column.text.len();
                 push_field(&mut column.text, field).map_err(|what| {
                     read(format!(
                         "row {}, column {name:?}: {what} values are not supported; use numbers, strings or \
@@ -143,6 +198,7 @@ impl Table {
                         rows + 1
                     ))
                 })?;
+                budget.text(column.text.len() - before)?;
                 let end = u32::try_from(column.text.len())
                     .map_err(|_| read("a column holds more than 4 GiB of text".to_owned()))?;
                 column.ends.push(end);
@@ -155,14 +211,19 @@ impl Table {
     /// Reads a table by its contents: Parquet when the file starts with Parquet's magic bytes (`PAR1`), else CSV.
     /// (Cached artifacts are named by digest, so only the bytes can tell.)
     pub fn from_path(path: &Path) -> Result<Self, TableError> {
+        Self::from_path_within(path, TableLimits::UNBOUNDED)
+    }
+
+    /// [`Table::from_path`] within `limits`.
+    pub fn from_path_within(path: &Path, limits: TableLimits) -> Result<Self, TableError> {
         let mut magic = [0u8; 4];
         let is_parquet = std::fs::File::open(path)
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
             .is_ok_and(|()| &magic == b"PAR1");
         if is_parquet {
-            Self::from_parquet_path(path)
+            Self::from_parquet_path_within(path, limits)
         } else {
-            Self::from_csv_path(path)
+            Self::from_csv_path_within(path, limits)
         }
     }
 
@@ -185,6 +246,57 @@ impl Table {
     /// The 1-based file row of data row `index` (in a CSV the header is row 1), for error messages.
     pub fn file_row(&self, index: usize) -> usize {
         index + 1 + self.header_rows
+    }
+}
+
+/// Refuses too many columns and a repeated name, in linear time.
+fn check_names(names: &[String], path: &Path, limits: TableLimits) -> Result<(), TableError> {
+    if names.len() > limits.columns {
+        return Err(TableError::TooLarge { path: path.to_owned(), what: "the column count", limit: limits.columns });
+    }
+    let mut seen = HashSet::with_capacity(names.len());
+    match names.iter().find(|name| !seen.insert(name.as_str())) {
+        Some(name) => Err(TableError::DuplicateColumn { path: path.to_owned(), name: name.clone() }),
+        None => Ok(()),
+    }
+}
+
+/// Counts what a table holds as it is read, against its limits.
+struct Budget<'a> {
+    path: &'a Path,
+    limits: TableLimits,
+    columns: usize,
+    rows: usize,
+    text: usize,
+}
+
+impl<'a> Budget<'a> {
+    fn new(path: &'a Path, limits: TableLimits, columns: usize) -> Self {
+        Self { path, limits, columns, rows: 0, text: 0 }
+    }
+
+    fn too_large(&self, what: &'static str, limit: usize) -> TableError {
+        TableError::TooLarge { path: self.path.to_owned(), what, limit }
+    }
+
+    /// One more row, with `text` bytes of cells (or 0, counted cell by cell with [`Budget::text`]).
+    fn row(&mut self, text: usize) -> Result<(), TableError> {
+        self.rows += 1;
+        if self.rows > self.limits.rows {
+            return Err(self.too_large("the row count", self.limits.rows));
+        }
+        if self.rows.saturating_mul(self.columns) > self.limits.cells {
+            return Err(self.too_large("the cell count", self.limits.cells));
+        }
+        self.text(text)
+    }
+
+    fn text(&mut self, bytes: usize) -> Result<(), TableError> {
+        self.text = self.text.saturating_add(bytes);
+        if self.text > self.limits.text_bytes {
+            return Err(self.too_large("the text size", self.limits.text_bytes));
+        }
+        Ok(())
     }
 }
 
@@ -235,6 +347,48 @@ fn finite(out: &mut String, value: f64) -> std::fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_stop_a_table_as_it_is_read() {
+        let limits = TableLimits { rows: 2, columns: 3, cells: 100, text_bytes: 100 };
+        let within = |text: &str| Table::from_csv_reader_within(text.as_bytes(), Path::new("r.csv"), limits);
+        assert_eq!(within("a,b\n1,2\n3,4\n").unwrap().rows, 2);
+        let error = within("a,b\n1,2\n3,4\n5,6\n").unwrap_err().to_string();
+        assert_eq!(error, "r.csv: the row count exceeds the limit of 2");
+        let error = within("a,b,c,d\n").unwrap_err().to_string();
+        assert_eq!(error, "r.csv: the column count exceeds the limit of 3");
+        let long = format!("a\n{}\n", "x".repeat(101));
+        assert_eq!(within(&long).unwrap_err().to_string(), "r.csv: the text size exceeds the limit of 100");
+        // The duplicate check is linear: 100,000 distinct names are checked at once.
+        let names: Vec<String> = (0..100_000).map(|i| format!("c{i}")).collect();
+        assert!(check_names(&names, Path::new("r.csv"), TableLimits::UNBOUNDED).is_ok());
+    }
+
+    /// Run-length-encoded nulls: 3 million rows in a file of a few kilobytes, refused from its footer before a row
+    /// is decoded.
+    #[test]
+    fn a_parquet_file_of_millions_of_null_rows_is_refused_before_it_is_decoded() {
+        use parquet::data_type::Int32Type;
+        use parquet::file::properties::WriterProperties;
+        use parquet::file::writer::SerializedFileWriter;
+        use parquet::schema::parser::parse_message_type;
+        let schema = std::sync::Arc::new(parse_message_type("message m { optional int32 x; }").unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nulls.parquet");
+        let file = std::fs::File::create(&path).unwrap();
+        let mut writer =
+            SerializedFileWriter::new(file, schema, std::sync::Arc::new(WriterProperties::builder().build())).unwrap();
+        let mut group = writer.next_row_group().unwrap();
+        let mut column = group.next_column().unwrap().unwrap();
+        let nulls = vec![0i16; 3_000_000];
+        column.typed::<Int32Type>().write_batch(&[], Some(&nulls), None).unwrap();
+        column.close().unwrap();
+        group.close().unwrap();
+        writer.close().unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() < 64 * 1024, "run-length encoded");
+        let error = Table::from_path_within(&path, TableLimits::REFERENCE).unwrap_err().to_string();
+        assert!(error.ends_with("the row count exceeds the limit of 2000000"), "{error}");
+    }
 
     fn read(text: &str) -> Result<Table, TableError> {
         Table::from_csv_reader(text.as_bytes(), Path::new("cur.csv"))

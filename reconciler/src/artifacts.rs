@@ -1,31 +1,95 @@
 //! Artifacts: fetched from where the manifest says, checked against their sha256, and kept in a content-addressed
 //! cache (`<data-dir>/artifacts/sha256/<hex>`), so a rollback or a restart needs no network.
 //!
-//! `https://` artifacts are downloaded with `ureq` (blocking, like the rest of this module; rustls with Mozilla's
-//! roots, plus a configured CA file), streamed to a temporary file while hashed, and renamed under their digest only
-//! when it matches; redirects are followed (presigned object-store URLs), other non-2xx answers are errors naming the
-//! status.
+//! Everything a manifest names is untrusted (anyone with push access writes manifests), so every source is bounded
+//! before it costs anything:
+//! - a file in the repository: its size is read from the object database's header before libgit2 inflates it
+//!   (whole, in memory: hence a lower cap, [`MAX_GIT_BLOB_BYTES`]), then hashed and written without a copy;
+//! - `file://`: only under the operator's `--artifact-root` folders (none: refused), resolved with symlinks
+//!   followed and checked again, opened without blocking and read only if it is a regular file (no FIFO, device or
+//!   folder), streamed under the size cap;
+//! - `https://`: https only, redirects included (at most [`MAX_REDIRECTS`]); every address a host resolves to must
+//!   be public (loopback, private, link-local and other special ranges are refused unless the operator allows
+//!   private hosts), checked on the addresses the connection then uses, so DNS cannot answer differently in between;
+//!   streamed under the size cap and the sync's deadline; no proxy;
+//! - DVC pointers: resolved in the operator's `--dvc-store` folders, streamed like files.
+//!
+//! The cache is trusted only after a re-hash: a cached file is hashed again before each load that uses it (a local
+//! user or a disk error cannot substitute a model), and temporary files are created exclusively, without following
+//! symlinks, mode 0600, then renamed under their digest once it matches.
 
 use std::fs;
 use std::io::{Read, Write};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use git2::Oid;
 use md5::Md5;
 use sha2::{Digest, Sha256};
 
+use crate::durable::{create_exclusive, open_regular};
 use crate::manifest::{ArtifactRef, ArtifactSource, RepoPath};
 use crate::source::{GitError, GitSource};
 
-/// The largest artifact read from Git objects or a file (libgit2 inflates blobs whole in memory).
-pub const MAX_ARTIFACT_BYTES: usize = 2 << 30;
+/// The default cap on one artifact streamed into the cache (a download, a file, a DVC object).
+pub const MAX_ARTIFACT_BYTES: u64 = 2 << 30;
+/// The cap on one artifact read from Git objects: libgit2 inflates a blob whole in memory, so this is what it may
+/// cost; larger models belong in DVC or behind a URI.
+pub const MAX_GIT_BLOB_BYTES: usize = 256 << 20;
+/// Redirects an https download may follow (presigned object-store URLs redirect once or twice).
+pub const MAX_REDIRECTS: u32 = 5;
 
 /// Where DVC pointers are resolved: local directories laid out as a DVC cache or a local DVC remote.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DvcConfig {
     /// Directories to look in, in order (`.dvc/cache`, a shared cache, a local remote).
     pub stores: Vec<PathBuf>,
+}
+
+/// What the operator allows manifests to name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactPolicy {
+    /// Folders `file://` artifacts may be read from (`--artifact-root`); none: `file://` is refused.
+    pub roots: Vec<PathBuf>,
+    /// Allow https hosts at loopback, private and link-local addresses (`--allow-private-artifact-hosts`).
+    pub allow_private_hosts: bool,
+    /// The largest artifact streamed into the cache (`--max-artifact-bytes`).
+    pub max_bytes: u64,
+}
+
+impl Default for ArtifactPolicy {
+    fn default() -> Self {
+        Self { roots: Vec::new(), allow_private_hosts: false, max_bytes: MAX_ARTIFACT_BYTES }
+    }
+}
+
+/// When the work of a sync must stop: its deadline, or a cancel (superseded, shutdown).
+#[derive(Debug, Clone, Default)]
+pub struct Deadline {
+    /// The instant the sync's time is up, if it has a deadline.
+    pub at: Option<Instant>,
+    /// Set when the sync is cancelled.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl Deadline {
+    /// Time left, `None` when there is no deadline.
+    fn remaining(&self) -> Option<Duration> {
+        self.at.map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err("stopped: the sync was cancelled (superseded, or shutting down)".to_owned());
+        }
+        if self.remaining().is_some_and(|d| d.is_zero()) {
+            return Err("stopped: the sync's deadline (--sync-timeout) passed".to_owned());
+        }
+        Ok(())
+    }
 }
 
 /// The content-addressed store.
@@ -35,12 +99,16 @@ pub struct ArtifactCache {
     ca_file: Option<PathBuf>,
     /// Only what is cached or in the local clone: a restore or rollback never goes to the network.
     offline: bool,
+    policy: ArtifactPolicy,
+    deadline: Deadline,
 }
 
-/// The longest an https artifact download may take, whole.
+/// The longest an https artifact download may take, whole (less when the sync's deadline is nearer).
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 /// The longest a TCP and TLS connect for a download may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Distinguishes the temporary files of concurrent writers in one process.
+static PARTIAL: AtomicU64 = AtomicU64::new(0);
 
 /// Why an artifact could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -103,13 +171,33 @@ struct DvcOut {
 impl ArtifactCache {
     /// The cache under `data_dir`.
     pub fn new(data_dir: &Path) -> Self {
-        Self { dir: data_dir.join("artifacts").join("sha256"), ca_file: None, offline: false }
+        Self {
+            dir: data_dir.join("artifacts").join("sha256"),
+            ca_file: None,
+            offline: false,
+            policy: ArtifactPolicy::default(),
+            deadline: Deadline::default(),
+        }
     }
 
     /// Trusts the CA certificates in `ca_file` (PEM), besides Mozilla's roots, for https artifacts.
     #[must_use]
     pub fn with_ca_file(mut self, ca_file: Option<PathBuf>) -> Self {
         self.ca_file = ca_file;
+        self
+    }
+
+    /// What manifests may name.
+    #[must_use]
+    pub fn with_policy(mut self, policy: ArtifactPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Stops streaming work at `deadline`.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Deadline) -> Self {
+        self.deadline = deadline;
         self
     }
 
@@ -125,62 +213,78 @@ impl ArtifactCache {
         self.dir.join(sha256)
     }
 
-    /// Whether the artifact is cached.
+    /// Whether the artifact is cached (not whether its bytes are still right: [`ArtifactCache::resolve`] checks).
     pub fn contains(&self, sha256: &str) -> bool {
         self.path_of(sha256).is_file()
     }
 
-    /// Checks `bytes` against `expected` and stores them; returns the cached path. Written to a temporary name and
+    fn create_dir(&self) -> Result<(), ArtifactError> {
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(&self.dir).map_err(|source| ArtifactError::Cache { path: self.dir.clone(), source })
+    }
+
+    /// A new temporary file in the cache, created exclusively (never an existing file or a planted symlink).
+    fn partial(&self, expected: &str) -> Result<(PathBuf, fs::File), ArtifactError> {
+        self.create_dir()?;
+        let n = PARTIAL.fetch_add(1, Ordering::Relaxed);
+        let partial = self.dir.join(format!(".{expected}.{}.{n}.partial", std::process::id()));
+        let file =
+            create_exclusive(&partial).map_err(|source| ArtifactError::Cache { path: partial.clone(), source })?;
+        Ok((partial, file))
+    }
+
+    /// Checks `bytes` against `expected` and stores them; returns the cached path. Written to a temporary file and
     /// renamed, so a crash never leaves a truncated artifact under its digest.
     pub fn store(&self, what: &str, bytes: &[u8], expected: &str) -> Result<PathBuf, ArtifactError> {
         verify(what, bytes, expected)?;
         let path = self.path_of(expected);
-        let io = |source| ArtifactError::Cache { path: path.clone(), source };
-        fs::create_dir_all(&self.dir).map_err(io)?;
-        let partial = self.dir.join(format!(".{expected}.partial"));
-        let mut file = fs::File::create(&partial).map_err(io)?;
-        file.write_all(bytes).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        fs::rename(&partial, &path).map_err(io)?;
+        let (partial, mut file) = self.partial(expected)?;
+        let written = file.write_all(bytes).and_then(|()| file.sync_all());
+        drop(file);
+        if let Err(source) = written.and_then(|()| fs::rename(&partial, &path)) {
+            let _ = fs::remove_file(&partial);
+            return Err(ArtifactError::Cache { path, source });
+        }
         Ok(path)
     }
 
-    /// Streams `reader` into the cache while hashing it: at most `max_bytes`, renamed under `expected` only when the
-    /// digest matches (else the partial file is removed). For downloads too large to hold in memory.
+    /// Streams `reader` into the cache while hashing it (and feeding `tap`): at most `max_bytes`, stopped by the
+    /// sync's deadline, renamed under `expected` only when the digest matches (else the temporary file is removed).
     fn store_stream(
         &self,
         what: &str,
         reader: &mut dyn Read,
         expected: &str,
         max_bytes: u64,
+        tap: &mut dyn FnMut(&[u8]),
     ) -> Result<PathBuf, ArtifactError> {
         let path = self.path_of(expected);
-        let io = |source| ArtifactError::Cache { path: path.clone(), source };
-        fs::create_dir_all(&self.dir).map_err(io)?;
-        let partial = self.dir.join(format!(".{expected}.partial"));
-        let mut file = fs::File::create(&partial).map_err(io)?;
+        let problem = |problem: String| ArtifactError::Uri { uri: crate::redact::url(what), problem };
+        let (partial, mut file) = self.partial(expected)?;
         let mut hasher = Sha256::new();
         let mut total = 0u64;
         let mut buffer = vec![0u8; 256 * 1024];
         let copied = loop {
+            if let Err(stopped) = self.deadline.check() {
+                break Err(problem(stopped));
+            }
             let n = match reader.read(&mut buffer) {
                 Ok(0) => break Ok(()),
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    break Err(ArtifactError::Uri { uri: crate::redact::url(what), problem: format!("download: {e}") })
-                }
+                Err(e) => break Err(problem(format!("read failed: {e}"))),
             };
             total += n as u64;
             if total > max_bytes {
-                break Err(ArtifactError::Uri {
-                    uri: crate::redact::url(what),
-                    problem: format!("is over the {max_bytes}-byte limit"),
-                });
+                break Err(problem(format!("is larger than the {max_bytes}-byte limit (--max-artifact-bytes)")));
             }
             hasher.update(&buffer[..n]);
-            if let Err(e) = file.write_all(&buffer[..n]) {
-                break Err(io(e));
+            tap(&buffer[..n]);
+            if let Err(source) = file.write_all(&buffer[..n]) {
+                break Err(ArtifactError::Cache { path: partial.clone(), source });
             }
         };
         let actual = hex::encode(hasher.finalize());
@@ -191,13 +295,45 @@ impl ArtifactCache {
                 Err(ArtifactError::Digest { what: crate::redact::url(what), expected: expected.to_owned(), actual })
             }
         });
-        if let Err(error) = checked.and_then(|()| file.sync_all().map_err(io)) {
-            drop(file);
+        let synced = checked.and_then(|()| {
+            file.sync_all()
+                .and_then(|()| fs::rename(&partial, &path))
+                .map_err(|source| ArtifactError::Cache { path: path.clone(), source })
+        });
+        drop(file);
+        if let Err(error) = synced {
             let _ = fs::remove_file(&partial);
             return Err(error);
         }
-        fs::rename(&partial, &path).map_err(io)?;
         Ok(path)
+    }
+
+    /// Whether the cached file for `expected` still has that digest; a file that does not is removed (it will be
+    /// fetched again). Streamed; stopped by the sync's deadline.
+    fn cached_and_sound(&self, expected: &str) -> Result<bool, ArtifactError> {
+        let path = self.path_of(expected);
+        let mut file = match open_regular(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(source) => return Err(ArtifactError::Cache { path, source }),
+        };
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 256 * 1024];
+        loop {
+            self.deadline.check().map_err(|problem| ArtifactError::Uri { uri: path.display().to_string(), problem })?;
+            match file.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => hasher.update(&buffer[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => return Err(ArtifactError::Cache { path, source }),
+            }
+        }
+        if hex::encode(hasher.finalize()) == expected {
+            return Ok(true);
+        }
+        tracing::warn!(path = %path.display(), "a cached artifact no longer has its digest; removed, fetched again");
+        fs::remove_file(&path).map_err(|source| ArtifactError::Cache { path, source })?;
+        Ok(false)
     }
 
     /// Downloads an https artifact into the cache.
@@ -228,25 +364,38 @@ impl ArtifactCache {
                 ureq::tls::RootCerts::from(certs.into_iter().chain(system))
             }
         };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let timeout = self.deadline.remaining().map_or(DOWNLOAD_TIMEOUT, |left| left.min(DOWNLOAD_TIMEOUT));
+        let config = ureq::Agent::config_builder()
+            .https_only(true)
+            .max_redirects(MAX_REDIRECTS)
+            .proxy(None)
             .timeout_connect(Some(CONNECT_TIMEOUT))
-            .timeout_global(Some(DOWNLOAD_TIMEOUT))
+            .timeout_global(Some(timeout))
             .http_status_as_error(false)
             .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
-            .build()
-            .into();
-        let response = agent.get(uri).call().map_err(|e| problem(format!("download failed: {e}")))?;
+            .build();
+        let resolver = AddressGuard { allow_private: self.policy.allow_private_hosts, inner: Default::default() };
+        let agent = ureq::Agent::with_parts(config, ureq::unversioned::transport::DefaultConnector::new(), resolver);
+        let response = agent.get(uri).call().map_err(|e| match e {
+            ureq::Error::RequireHttpsOnly(to) => {
+                problem(format!("redirects to {} (only https is followed)", crate::redact::url(&to)))
+            }
+            ureq::Error::Other(refused) if refused.is::<Refused>() => problem(refused.to_string()),
+            e => problem(format!("download failed: {e}")),
+        })?;
         let status = response.status();
         if !status.is_success() {
             return Err(problem(format!("the server answered HTTP {status}")));
         }
-        let mut reader = response.into_body().into_with_config().limit(MAX_ARTIFACT_BYTES as u64 + 1).reader();
-        self.store_stream(uri, &mut reader, expected, MAX_ARTIFACT_BYTES as u64)
+        let max = self.policy.max_bytes;
+        let mut reader = response.into_body().into_with_config().limit(max + 1).reader();
+        self.store_stream(uri, &mut reader, expected, max, &mut |_| ())
     }
 
     /// The cached path of `artifact`. A file in the repository is read from the commit and checked every time (it
-    /// is local, and a commit whose file does not match its manifest must be refused, cached bytes or not); DVC and
-    /// URI artifacts are fetched only when their digest is not cached yet. Blocking.
+    /// is local, and a commit whose file does not match its manifest must be refused, cached bytes or not), unless
+    /// the same Git object was checked before; DVC and URI artifacts are fetched only when their digest is not
+    /// cached. A cached file is re-hashed before it is returned. Blocking.
     pub fn resolve(
         &self,
         artifact: &ArtifactRef,
@@ -254,42 +403,133 @@ impl ArtifactCache {
         commit: Oid,
         dvc: &DvcConfig,
     ) -> Result<PathBuf, ArtifactError> {
-        // A Git blob already checked against this digest needs no second read: equal object ids are equal bytes.
-        let blob = match &artifact.source {
-            ArtifactSource::Repo(path) => source.blob_id(commit, path),
-            _ => None,
-        };
-        let marker = blob.map(|id| self.dir.join(".verified").join(id.to_string()));
-        if let Some(marker) = &marker {
-            if self.contains(&artifact.sha256) && fs::read_to_string(marker).is_ok_and(|sha| sha == artifact.sha256) {
-                return Ok(self.path_of(&artifact.sha256));
+        let expected = artifact.sha256.as_str();
+        match &artifact.source {
+            ArtifactSource::Repo(path) => {
+                // A Git blob already checked against this digest needs no second read: equal object ids are equal
+                // bytes. The cached copy is still re-hashed.
+                let marker = source.blob_id(commit, path).map(|id| self.dir.join(".verified").join(id.to_string()));
+                let checked = |marker: &PathBuf| fs::read_to_string(marker).is_ok_and(|sha| sha == expected);
+                if marker.as_ref().is_some_and(checked) && self.cached_and_sound(expected)? {
+                    return Ok(self.path_of(expected));
+                }
+                let what = path.to_string();
+                let stored = source.read_with(commit, path, MAX_GIT_BLOB_BYTES, |bytes| {
+                    verify(&what, bytes, expected)?;
+                    if self.cached_and_sound(expected)? {
+                        Ok(self.path_of(expected))
+                    } else {
+                        self.store(&what, bytes, expected)
+                    }
+                })??;
+                if let Some(marker) = marker {
+                    let io = |source| ArtifactError::Cache { path: marker.clone(), source };
+                    fs::create_dir_all(self.dir.join(".verified")).map_err(io)?;
+                    fs::write(&marker, expected).map_err(io)?;
+                }
+                Ok(stored)
+            }
+            _ if self.cached_and_sound(expected)? => Ok(self.path_of(expected)),
+            ArtifactSource::Dvc(pointer) => self.fetch_dvc(source, commit, pointer, dvc, expected),
+            ArtifactSource::Uri(uri) if self.offline => Err(ArtifactError::Uri {
+                uri: crate::redact::url(uri),
+                problem: "is not in the artifact cache, and this load uses the local cache only".to_owned(),
+            }),
+            ArtifactSource::Uri(uri) if uri.starts_with("https://") => self.download(uri, expected),
+            ArtifactSource::Uri(uri) => {
+                let mut file = self.open_file_uri(uri)?;
+                self.store_stream(uri, &mut file, expected, self.policy.max_bytes, &mut |_| ())
             }
         }
-        let (what, bytes) = match &artifact.source {
-            ArtifactSource::Repo(path) => (path.to_string(), source.read(commit, path, MAX_ARTIFACT_BYTES)?),
-            _ if self.contains(&artifact.sha256) => return Ok(self.path_of(&artifact.sha256)),
-            ArtifactSource::Dvc(pointer) => (pointer.to_string(), read_dvc(source, commit, pointer, dvc)?),
-            ArtifactSource::Uri(uri) if self.offline => {
-                return Err(ArtifactError::Uri {
-                    uri: crate::redact::url(uri),
-                    problem: "is not in the artifact cache, and this load uses the local cache only".to_owned(),
-                })
-            }
-            ArtifactSource::Uri(uri) if uri.starts_with("https://") => return self.download(uri, &artifact.sha256),
-            ArtifactSource::Uri(uri) => (uri.clone(), read_uri(uri)?),
+    }
+
+    /// Opens a `file://` artifact: under an artifact root (symlinks resolved, then checked), a regular file.
+    fn open_file_uri(&self, uri: &str) -> Result<fs::File, ArtifactError> {
+        let problem = |problem: String| ArtifactError::Uri { uri: crate::redact::url(uri), problem };
+        let Some(path) = uri.strip_prefix("file://") else {
+            return Err(problem("only file:// and https:// URIs are fetched (plain http is refused)".to_owned()));
         };
-        let path = if self.contains(&artifact.sha256) {
-            verify(&what, &bytes, &artifact.sha256)?;
-            self.path_of(&artifact.sha256)
-        } else {
-            self.store(&what, &bytes, &artifact.sha256)?
-        };
-        if let Some(marker) = marker {
-            let io = |source| ArtifactError::Cache { path: marker.clone(), source };
-            fs::create_dir_all(self.dir.join(".verified")).map_err(io)?;
-            fs::write(&marker, &artifact.sha256).map_err(io)?;
+        if self.policy.roots.is_empty() {
+            return Err(problem(
+                "file:// artifacts are refused: no --artifact-root names a folder they may be read from".to_owned(),
+            ));
         }
-        Ok(path)
+        // Resolved before the check, so neither `..` nor a symlink can lead out of a root.
+        let real = fs::canonicalize(path).map_err(|e| problem(e.to_string()))?;
+        let inside =
+            self.policy.roots.iter().any(|root| fs::canonicalize(root).is_ok_and(|root| real.starts_with(root)));
+        if !inside {
+            return Err(problem(format!(
+                "is outside the artifact roots ({}); file:// artifacts are read only under them",
+                self.policy.roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        open_regular(&real).map_err(|e| problem(e.to_string()))
+    }
+
+    /// Resolves a DVC pointer at `commit` to its object in one of the configured stores and streams it into the
+    /// cache, checking md5 and size as well as the manifest's sha256.
+    fn fetch_dvc(
+        &self,
+        source: &GitSource,
+        commit: Oid,
+        pointer: &RepoPath,
+        config: &DvcConfig,
+        expected: &str,
+    ) -> Result<PathBuf, ArtifactError> {
+        let problem = |problem: String| ArtifactError::Dvc { pointer: pointer.to_string(), problem };
+        let text = source.read(commit, pointer, 64 * 1024)?;
+        let parsed: DvcPointer =
+            crate::yaml::from_slice(&text).map_err(|e| problem(format!("not a DVC pointer: {e}")))?;
+        let [out] = parsed.outs.as_slice() else {
+            return Err(problem(format!("has {} outs; exactly one is supported", parsed.outs.len())));
+        };
+        let md5 = out.md5.to_ascii_lowercase();
+        if md5.len() != 32 || !md5.bytes().all(|b| b.is_ascii_hexdigit()) || md5.ends_with(".dir") {
+            return Err(problem(format!("md5 {:?} is not a file digest (directories are not supported)", out.md5)));
+        }
+        // DVC 3 stores objects under files/md5/<2>/<30>; DVC 2 under <2>/<30>.
+        let (head, tail) = md5.split_at(2);
+        let candidates = config
+            .stores
+            .iter()
+            .flat_map(|store| [store.join("files/md5").join(head).join(tail), store.join(head).join(tail)]);
+        let mut looked = Vec::new();
+        for candidate in candidates {
+            let mut file = match open_regular(&candidate) {
+                Ok(file) => file,
+                Err(_) => {
+                    looked.push(candidate.display().to_string());
+                    continue;
+                }
+            };
+            let shown = candidate.display().to_string();
+            let mut hasher = Md5::new();
+            let mut size = 0u64;
+            let stored = self.store_stream(&shown, &mut file, expected, self.policy.max_bytes, &mut |chunk| {
+                hasher.update(chunk);
+                size += chunk.len() as u64;
+            });
+            let actual = hex::encode(hasher.finalize());
+            // The bytes are the manifest's (sha256 checked), but the pointer must agree with them too.
+            let mismatch = if actual != md5 {
+                Some(format!("{shown} has md5 {actual}, the pointer says {md5}"))
+            } else {
+                out.size.filter(|&s| s != size).map(|s| format!("{shown} is {size} bytes, the pointer says {s}"))
+            };
+            if let Some(mismatch) = mismatch {
+                if let Ok(path) = &stored {
+                    let _ = fs::remove_file(path);
+                }
+                return Err(problem(mismatch));
+            }
+            return stored;
+        }
+        Err(problem(format!(
+            "object for {} (md5 {md5}) not found; looked in: {}",
+            out.path,
+            if looked.is_empty() { "no DVC store configured (--dvc-store)".to_owned() } else { looked.join(", ") }
+        )))
     }
 }
 
@@ -302,62 +542,77 @@ fn verify(what: &str, bytes: &[u8], expected: &str) -> Result<(), ArtifactError>
     }
 }
 
-/// Resolves a DVC pointer at `commit` to its object in one of the configured stores, checking md5 and size.
-fn read_dvc(source: &GitSource, commit: Oid, pointer: &RepoPath, config: &DvcConfig) -> Result<Vec<u8>, ArtifactError> {
-    let problem = |problem: String| ArtifactError::Dvc { pointer: pointer.to_string(), problem };
-    let text = source.read(commit, pointer, 64 * 1024)?;
-    let parsed: DvcPointer = serde_yaml::from_slice(&text).map_err(|e| problem(format!("not a DVC pointer: {e}")))?;
-    let [out] = parsed.outs.as_slice() else {
-        return Err(problem(format!("has {} outs; exactly one is supported", parsed.outs.len())));
-    };
-    let md5 = out.md5.to_ascii_lowercase();
-    if md5.len() != 32 || !md5.bytes().all(|b| b.is_ascii_hexdigit()) || md5.ends_with(".dir") {
-        return Err(problem(format!("md5 {:?} is not a file digest (directories are not supported)", out.md5)));
+/// An https host refused for the address it resolves to.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
-    // DVC 3 stores objects under files/md5/<2>/<30>; DVC 2 under <2>/<30>.
-    let (head, tail) = md5.split_at(2);
-    let candidates = config
-        .stores
-        .iter()
-        .flat_map(|store| [store.join("files/md5").join(head).join(tail), store.join(head).join(tail)]);
-    let mut looked = Vec::new();
-    for candidate in candidates {
-        match fs::read(&candidate) {
-            Ok(bytes) => {
-                let actual = hex::encode(Md5::digest(&bytes));
-                if actual != md5 {
-                    return Err(problem(format!("{} has md5 {actual}, the pointer says {md5}", candidate.display())));
-                }
-                if let Some(size) = out.size.filter(|&s| s != bytes.len() as u64) {
-                    return Err(problem(format!(
-                        "{} is {} bytes, the pointer says {size}",
-                        candidate.display(),
-                        bytes.len()
-                    )));
-                }
-                return Ok(bytes);
-            }
-            Err(_) => looked.push(candidate.display().to_string()),
-        }
-    }
-    Err(problem(format!(
-        "object for {} (md5 {md5}) not found; looked in: {}",
-        out.path,
-        if looked.is_empty() { "no DVC store configured (--dvc-store)".to_owned() } else { looked.join(", ") }
-    )))
 }
 
-fn read_uri(uri: &str) -> Result<Vec<u8>, ArtifactError> {
-    let problem = |problem: String| ArtifactError::Uri { uri: crate::redact::url(uri), problem };
-    match uri.strip_prefix("file://") {
-        Some(path) => {
-            let metadata = fs::metadata(path).map_err(|e| problem(e.to_string()))?;
-            if metadata.len() > MAX_ARTIFACT_BYTES as u64 {
-                return Err(problem(format!("is {} bytes; the limit is {MAX_ARTIFACT_BYTES}", metadata.len())));
+impl std::error::Error for Refused {}
+
+/// ureq's resolver, refusing hosts that resolve to non-public addresses. The connection uses exactly the addresses
+/// returned here, so the check holds for the connect (and for every redirect's host).
+#[derive(Debug)]
+struct AddressGuard {
+    allow_private: bool,
+    inner: ureq::unversioned::resolver::DefaultResolver,
+}
+
+impl ureq::unversioned::resolver::Resolver for AddressGuard {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let addrs = self.inner.resolve(uri, config, timeout)?;
+        if !self.allow_private {
+            if let Some(addr) = addrs.iter().find(|a| !is_public(a.ip())) {
+                return Err(ureq::Error::Other(Box::new(Refused(format!(
+                    "{} resolves to {}, a loopback, private or link-local address; refused (artifact hosts must be \
+                     public unless --allow-private-artifact-hosts)",
+                    uri.host().unwrap_or_default(),
+                    addr.ip()
+                )))));
             }
-            fs::read(path).map_err(|e| problem(e.to_string()))
         }
-        None => Err(problem("only file:// and https:// URIs are fetched (plain http is refused)".to_owned())),
+        Ok(addrs)
+    }
+}
+
+/// Whether `ip` is a public unicast address: not loopback, private, link-local (cloud metadata lives at
+/// 169.254.169.254), shared (100.64/10), unspecified, broadcast, multicast, documentation, or an IPv6 form of one.
+fn is_public(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v) => {
+            let o = v.octets();
+            !(v.is_loopback()
+                || v.is_private()
+                || v.is_link_local()
+                || v.is_unspecified()
+                || v.is_broadcast()
+                || v.is_multicast()
+                || v.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && o[1] & 0xc0 == 64)
+                || o[0] >= 240)
+        }
+        IpAddr::V6(v) => {
+            let s = v.segments();
+            !(v.is_loopback()
+                || v.is_unspecified()
+                || v.is_unique_local()
+                || v.is_unicast_link_local()
+                || v.is_multicast()
+                // NAT64 and 6to4 carry an IPv4 address that may be private.
+                || (s[0] == 0x64 && s[1] == 0xff9b)
+                || s[0] == 0x2002
+                || (s[0] == 0x2001 && s[1] == 0xdb8))
+        }
     }
 }
 

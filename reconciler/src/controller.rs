@@ -13,16 +13,16 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use git2::Oid;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::artifacts::{ArtifactCache, DvcConfig};
+use crate::artifacts::{ArtifactCache, ArtifactPolicy, Deadline, DvcConfig};
 use crate::durable::{Attempt, Durable, DurableStore, Refusal, INTERRUPTED_LIMIT, REFUSED_KEPT};
 use crate::manifest;
 use crate::metrics::SyncMetrics;
@@ -41,8 +41,13 @@ pub struct ControllerConfig {
     pub poll_interval: Duration,
     /// Where DVC pointers are resolved.
     pub dvc: DvcConfig,
-    /// The longest one Git operation (ls-remote, fetch and reads) may take before it is cancelled.
+    /// The longest a Git read may stall (libgit2's own timeout, set process-wide at start).
     pub git_timeout: Duration,
+    /// The one deadline of a whole sync: ls-remote, fetch, validation and every artifact; past it the sync is
+    /// cancelled (and retried with backoff, not refused).
+    pub sync_timeout: Duration,
+    /// What manifests may name as artifact sources, and how large an artifact may be.
+    pub artifacts: ArtifactPolicy,
     /// The longest wait between retries after errors.
     pub max_backoff: Duration,
     /// A PEM bundle of CA certificates trusted for https artifacts (besides Mozilla's roots).
@@ -50,8 +55,11 @@ pub struct ControllerConfig {
 }
 
 impl ControllerConfig {
-    fn cache(&self) -> ArtifactCache {
-        ArtifactCache::new(&self.data_dir).with_ca_file(self.ca_file.clone())
+    fn cache(&self, deadline: &Deadline) -> ArtifactCache {
+        ArtifactCache::new(&self.data_dir)
+            .with_ca_file(self.ca_file.clone())
+            .with_policy(self.artifacts.clone())
+            .with_deadline(deadline.clone())
     }
 }
 
@@ -179,7 +187,20 @@ pub struct ControllerHandle {
     rollbacks: mpsc::Sender<(String, oneshot::Sender<Result<(), String>>)>,
     status: watch::Receiver<SyncStatus>,
     metrics: SyncMetrics,
+    deliveries: Arc<std::sync::Mutex<Deliveries>>,
 }
+
+/// Webhook delivery ids seen lately (GitHub's `X-GitHub-Delivery`, Gitea's, GitLab's event UUID), oldest first.
+#[derive(Default)]
+struct Deliveries {
+    order: VecDeque<String>,
+    seen: std::collections::HashSet<String>,
+}
+
+/// Delivery ids remembered: a replay of any of the last this many deliveries is recognised.
+pub const DELIVERIES_KEPT: usize = 4096;
+/// Longer delivery ids are not remembered (the providers' are 36-character UUIDs).
+const MAX_DELIVERY_ID: usize = 128;
 
 /// The loop's inputs, returned by [`channels`] beside the handle.
 pub struct ControllerInputs {
@@ -215,7 +236,13 @@ pub fn channels(config: &ControllerConfig) -> (ControllerHandle, ControllerInput
     let (status_tx, status_rx) = watch::channel(status);
     let metrics = SyncMetrics::default();
     (
-        ControllerHandle { triggers: trigger_tx, rollbacks: rollback_tx, status: status_rx, metrics: metrics.clone() },
+        ControllerHandle {
+            triggers: trigger_tx,
+            rollbacks: rollback_tx,
+            status: status_rx,
+            metrics: metrics.clone(),
+            deliveries: Arc::default(),
+        },
         ControllerInputs {
             triggers: trigger_rx,
             rollbacks: rollback_rx,
@@ -238,6 +265,25 @@ impl ControllerHandle {
     pub fn pushed(&self, commit: Option<&str>) -> bool {
         let commit = commit.and_then(|c| Oid::from_str(c).ok()).filter(|c| !c.is_zero());
         self.triggers.try_send(Wake { trigger: Trigger::Webhook, commit }).is_ok()
+    }
+
+    /// Records a webhook's delivery id; false when it was seen before (a replay or a redelivery, to be acknowledged
+    /// and ignored). Bounded: the last [`DELIVERIES_KEPT`] ids, each at most 128 bytes (a longer one is not kept).
+    pub fn first_delivery(&self, id: &str) -> bool {
+        if id.len() > MAX_DELIVERY_ID {
+            return true;
+        }
+        let mut deliveries = lock(&self.deliveries);
+        if !deliveries.seen.insert(id.to_owned()) {
+            return false;
+        }
+        deliveries.order.push_back(id.to_owned());
+        if deliveries.order.len() > DELIVERIES_KEPT {
+            if let Some(oldest) = deliveries.order.pop_front() {
+                deliveries.seen.remove(&oldest);
+            }
+        }
+        true
     }
 
     /// Rolls back to `commit`, one of the applied commits kept in the status, from the local clone and cache (no
@@ -306,6 +352,7 @@ where
             }
         }
         let supersede = CancellationToken::new();
+        let mut head_check: Option<tokio::task::JoinHandle<Result<Oid, String>>> = None;
         let in_flight = Arc::new(std::sync::Mutex::new(None));
         let running = sync(&config, &reporter, &journal, &mut state, &mut apply, trigger, &supersede, &in_flight);
         tokio::pin!(running);
@@ -322,15 +369,42 @@ where
                 Some(wake) = triggers.recv(), if pending.is_none() => {
                     let current = *in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     if let (Some(new), Some(current)) = (wake.commit, current) {
-                        if new != current {
-                            tracing::info!(%current, %new, "a newer push supersedes the sync in flight");
-                            supersede.cancel();
+                        // A webhook's word is not enough to cancel (a replayed payload names an old commit): the
+                        // remote's head is read, and the sync in flight is cancelled only if it really moved.
+                        if new != current && head_check.is_none() {
+                            head_check = Some(tokio::spawn(remote_head(config.clone())));
                         }
                     }
                     pending = Some(wake);
                 }
+                checked = async { head_check.as_mut().expect("guarded").await }, if head_check.is_some() => {
+                    head_check = None;
+                    let current = *in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    match (checked, current) {
+                        (Ok(Ok(head)), Some(current)) if head != current => {
+                            tracing::info!(%current, %head, "the branch head moved: it supersedes the sync in flight");
+                            reporter.metrics.push_checked("moved");
+                            supersede.cancel();
+                        }
+                        (Ok(Ok(head)), _) => {
+                            reporter.metrics.push_checked("unmoved");
+                            tracing::info!(%head, "a push webhook named another commit, but the head has not moved; the sync in flight goes on");
+                        }
+                        (Ok(Err(error)), _) => {
+                            reporter.metrics.push_checked("failed");
+                            tracing::warn!(%error, "could not read the branch head to check a push webhook");
+                        }
+                        (Err(error), _) => {
+                            reporter.metrics.push_checked("failed");
+                            tracing::warn!(%error, "the branch head check failed");
+                        }
+                    }
+                }
             }
         };
+        if let Some(check) = head_check.take() {
+            check.abort();
+        }
         trigger = Trigger::Poll;
         let wait = match outcome {
             Outcome::FetchFailed => backoff.next(),
@@ -387,8 +461,8 @@ where
     let known = Known { applied: state.applied, refused: state.refused.clone(), pinned_at_head: state.pinned_at_head };
     let seen = Arc::clone(in_flight);
     let journal_for_prepare = Arc::clone(journal);
-    let prepared = blocking(config, Some(supersede), move |source, config| {
-        prepare(source, config, &known, &seen, &journal_for_prepare)
+    let prepared = blocking(config, Some(supersede), move |source, config, deadline| {
+        prepare(source, config, deadline, &known, &seen, &journal_for_prepare)
     })
     .await;
     if let Some(head) = *in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
@@ -448,6 +522,7 @@ struct Known {
 fn prepare(
     source: &GitSource,
     config: &ControllerConfig,
+    deadline: &Deadline,
     known: &Known,
     in_flight: &std::sync::Mutex<Option<Oid>>,
     journal: &Journal,
@@ -467,7 +542,7 @@ fn prepare(
     });
     let applied = known.applied;
     let head = source.fetch().map_err(|e| e.to_string())?;
-    Ok(match validate(source, config, head, applied) {
+    Ok(match validate(source, config, deadline, head, applied) {
         Ok(desired) => Prepared::Ready(head, desired),
         Err(reason) => Prepared::Refused(head, reason),
     })
@@ -477,6 +552,7 @@ fn prepare(
 fn validate(
     source: &GitSource,
     config: &ControllerConfig,
+    deadline: &Deadline,
     commit: Oid,
     applied: Option<Oid>,
 ) -> Result<DesiredState, String> {
@@ -494,7 +570,7 @@ fn validate(
             ));
         }
     }
-    let cache = config.cache();
+    let cache = config.cache(deadline);
     plan::desired_state(&deployments, source, commit, &cache, &config.dvc)
 }
 
@@ -516,7 +592,8 @@ where
         return Err(format!("commit {commit} is not one of the applied commits kept for rollback"));
     }
     let oid = Oid::from_str(commit).map_err(|e| e.to_string())?;
-    let desired = blocking(config, None, move |source, config| local_desired(source, config, oid)).await?;
+    let desired =
+        blocking(config, None, move |source, config, deadline| local_desired(source, config, deadline, oid)).await?;
     apply(desired).await?;
     let head = status.borrow().observed.as_ref().and_then(|o| Oid::from_str(&o.commit).ok());
     state.applied = Some(oid);
@@ -528,10 +605,15 @@ where
 
 /// The desired state of `commit`, an applied one, from the local clone and the artifact cache only: no ls-remote, no
 /// fetch, no download (a missing artifact is an error).
-fn local_desired(source: &GitSource, config: &ControllerConfig, commit: Oid) -> Result<DesiredState, String> {
+fn local_desired(
+    source: &GitSource,
+    config: &ControllerConfig,
+    deadline: &Deadline,
+    commit: Oid,
+) -> Result<DesiredState, String> {
     let files = source.manifests(commit).map_err(|e| e.to_string())?;
     let deployments = manifest::parse_commit(&files).map_err(|e| e.to_string())?;
-    plan::desired_state(&deployments, source, commit, &config.cache().offline(), &config.dvc)
+    plan::desired_state(&deployments, source, commit, &config.cache(deadline).offline(), &config.dvc)
 }
 
 /// Serves the last applied commit of a previous run from the local clone and cache, before the remote is read: a
@@ -589,7 +671,8 @@ async fn restore<A, F>(
     });
     *lock(&journal.state) = durable;
     let Some(last) = last else { return };
-    let desired = blocking(config, None, move |source, config| local_desired(source, config, last)).await;
+    let desired =
+        blocking(config, None, move |source, config, deadline| local_desired(source, config, deadline, last)).await;
     match desired {
         Ok(desired) => match apply(desired).await {
             Ok(()) => {
@@ -659,20 +742,46 @@ async fn persist(journal: &Arc<Journal>, reporter: &Reporter, state: &LoopState)
     .await;
 }
 
-/// Runs `work` with a freshly opened clone on the blocking pool, cancelling it after the Git timeout or when `cancel`
-/// fires.
+/// The branch head on the remote (ls-remote), read on the blocking pool within the Git timeout.
+async fn remote_head(config: ControllerConfig) -> Result<Oid, String> {
+    let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&cancel);
+    let timeout = config.git_timeout;
+    let task = tokio::task::spawn_blocking(move || {
+        let source = GitSource::open(&GitSource::clone_dir(&config.data_dir), config.spec.clone(), flag)
+            .map_err(|e| e.to_string())?;
+        source.remote_head().map_err(|e| e.to_string())
+    });
+    match tokio::time::timeout(timeout, task).await {
+        Ok(Ok(head)) => head,
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => {
+            cancel.store(true, Ordering::Relaxed);
+            Err(format!("ls-remote did not answer within {timeout:?}"))
+        }
+    }
+}
+
+/// How long cancelled blocking work may take to notice (it checks at each Git progress callback and each artifact
+/// chunk) before the loop goes on without it.
+const CANCEL_GRACE: Duration = Duration::from_secs(30);
+
+/// Runs `work` with a freshly opened clone on the blocking pool, under the sync's deadline; `cancel` (a newer push)
+/// stops it early. Cancelled work is waited for (up to [`CANCEL_GRACE`]) before this returns, so the next sync
+/// never runs beside it.
 async fn blocking<T: Send + 'static>(
     config: &ControllerConfig,
     cancel_token: Option<&CancellationToken>,
-    work: impl FnOnce(&GitSource, &ControllerConfig) -> Result<T, String> + Send + 'static,
+    work: impl FnOnce(&GitSource, &ControllerConfig, &Deadline) -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
-    let cancel = Arc::new(AtomicBool::new(false));
+    let deadline = Deadline { at: Some(Instant::now() + config.sync_timeout), cancel: Arc::default() };
+    let cancel = Arc::clone(&deadline.cancel);
     let config_owned = config.clone();
-    let flag = Arc::clone(&cancel);
-    let task = tokio::task::spawn_blocking(move || {
+    let mut task = tokio::task::spawn_blocking(move || {
         let dir = GitSource::clone_dir(&config_owned.data_dir);
-        let source = GitSource::open(&dir, config_owned.spec.clone(), flag).map_err(|e| e.to_string())?;
-        work(&source, &config_owned)
+        let source = GitSource::open(&dir, config_owned.spec.clone(), Arc::clone(&deadline.cancel))
+            .map_err(|e| e.to_string())?;
+        work(&source, &config_owned, &deadline)
     });
     let cancelled = async {
         match cancel_token {
@@ -680,24 +789,19 @@ async fn blocking<T: Send + 'static>(
             None => std::future::pending().await,
         }
     };
-    let task = async {
-        tokio::select! {
-            finished = task => Ok(finished),
-            () = cancelled => Err(()),
-        }
+    let stopped = tokio::select! {
+        finished = &mut task => return finished.unwrap_or_else(|e| Err(format!("reconcile task failed: {e}"))),
+        () = cancelled => "cancelled".to_owned(),
+        () = tokio::time::sleep(config.sync_timeout) => format!(
+            "the sync did not finish within {:?} (--sync-timeout); cancelled, retried with backoff",
+            config.sync_timeout
+        ),
     };
-    match tokio::time::timeout(config.git_timeout, task).await {
-        Ok(Err(())) => {
-            cancel.store(true, Ordering::Relaxed);
-            Err("cancelled".to_owned())
-        }
-        Ok(Ok(Ok(result))) => result,
-        Ok(Ok(Err(error))) => Err(format!("reconcile task failed: {error}")),
-        Err(_) => {
-            cancel.store(true, Ordering::Relaxed);
-            Err(format!("git did not answer within {:?}; cancelled", config.git_timeout))
-        }
+    cancel.store(true, Ordering::Relaxed);
+    if tokio::time::timeout(CANCEL_GRACE, task).await.is_err() {
+        tracing::warn!("a cancelled sync's Git or artifact work did not stop within {CANCEL_GRACE:?}; going on");
     }
+    Err(stopped)
 }
 
 fn unix_ms(time: SystemTime) -> u64 {

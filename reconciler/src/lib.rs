@@ -18,6 +18,7 @@ pub mod plan;
 pub mod redact;
 pub mod source;
 mod state;
+pub mod yaml;
 
 pub use errors::{Error, Result};
 pub use model_config::ModelConfig;

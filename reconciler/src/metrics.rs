@@ -20,6 +20,14 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// The result of reading the branch head for a push webhook that names another commit than the sync in flight.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HeadLabel {
+    /// `moved` (the sync in flight was superseded), `unmoved` (a replayed or stale webhook; nothing cancelled) or
+    /// `failed` (the remote could not be read; nothing cancelled).
+    pub head: &'static str,
+}
+
 /// Counters, a duration histogram and timestamps of the loop. Cloning shares the same series.
 #[derive(Debug, Clone)]
 pub struct SyncMetrics {
@@ -28,6 +36,7 @@ pub struct SyncMetrics {
     last_applied: Gauge<f64, AtomicU64>,
     last_success: Gauge<f64, AtomicU64>,
     head_refused: Gauge,
+    push_checks: Family<HeadLabel, Counter>,
 }
 
 /// Sync duration buckets, in seconds: an unchanged ls-remote takes milliseconds, a push of a small model tens of
@@ -46,6 +55,7 @@ impl Default for SyncMetrics {
             last_applied: Gauge::default(),
             last_success: Gauge::default(),
             head_refused: Gauge::default(),
+            push_checks: Family::default(),
         }
     }
 }
@@ -74,6 +84,22 @@ impl SyncMetrics {
             "1 while the branch head is a refused commit and an older one serves (Stalled), else 0",
             self.head_refused.clone(),
         );
+        registry.register(
+            "vane_sync_push_checks",
+            "Push webhooks naming another commit than the sync in flight, by what the remote's head showed: moved \
+             (the sync was superseded), unmoved (a replayed or stale webhook; nothing cancelled) or failed",
+            self.push_checks.clone(),
+        );
+    }
+
+    /// Counts a push webhook's head check: `moved`, `unmoved` or `failed`.
+    pub(crate) fn push_checked(&self, head: &'static str) {
+        self.push_checks.get_or_create(&HeadLabel { head }).inc();
+    }
+
+    /// Push webhooks whose head check came out as `head` (`moved`, `unmoved`, `failed`).
+    pub fn push_checks(&self, head: &'static str) -> u64 {
+        self.push_checks.get_or_create(&HeadLabel { head }).get()
     }
 
     /// Records a finished sync at `now_unix` seconds.

@@ -32,7 +32,16 @@ pub struct GitSpec {
     pub path: String,
     /// Credentials and host-key checking for https and ssh remotes.
     pub auth: GitAuth,
+    /// The most one fetch may download (pack bytes, what it writes to the data dir); past it the fetch is aborted.
+    pub max_fetch_bytes: u64,
 }
+
+/// The default bound on one fetch: a deploy repository of manifests is kilobytes; models kept in Git make it more.
+pub const MAX_FETCH_BYTES: u64 = 1 << 30;
+/// Manifests one commit's deploy folder may hold.
+pub const MAX_MANIFESTS: usize = 1024;
+/// Bytes of manifests one commit may hold, all files together.
+pub const MAX_MANIFEST_TOTAL_BYTES: usize = 16 << 20;
 
 /// How to authenticate to an https or ssh remote.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -66,7 +75,13 @@ impl std::fmt::Debug for GitAuth {
 impl GitSpec {
     /// A spec with no credentials (enough for local, `file://` and `git://` remotes).
     pub fn new(url: impl Into<String>, branch: impl Into<String>, path: impl Into<String>) -> Self {
-        Self { url: url.into(), branch: branch.into(), path: path.into(), auth: GitAuth::default() }
+        Self {
+            url: url.into(),
+            branch: branch.into(),
+            path: path.into(),
+            auth: GitAuth::default(),
+            max_fetch_bytes: MAX_FETCH_BYTES,
+        }
     }
 }
 
@@ -114,6 +129,8 @@ pub struct GitSource {
     cancel: Arc<AtomicBool>,
     /// Why the last host-key check refused the server: libgit2 replaces the callback's message with a generic one.
     host_key_refusal: Arc<std::sync::Mutex<Option<String>>>,
+    /// Set when a fetch was aborted for downloading more than the spec allows.
+    oversized: Arc<AtomicBool>,
 }
 
 /// What went wrong talking to Git.
@@ -146,6 +163,9 @@ pub enum GitError {
         /// What is wrong.
         problem: String,
     },
+    /// A fetch was larger than allowed.
+    #[error("{0}")]
+    TooLarge(String),
     /// The remote is not there (a local path that does not exist).
     #[error("{0}")]
     Unreachable(String),
@@ -170,7 +190,7 @@ impl GitSource {
             Ok(repo) => repo,
             Err(_) => Repository::init_bare(dir).map_err(git("init"))?,
         };
-        Ok(Self { repo, spec, cancel, host_key_refusal: Arc::default() })
+        Ok(Self { repo, spec, cancel, host_key_refusal: Arc::default(), oversized: Arc::default() })
     }
 
     /// The bare clone's folder for a given data directory.
@@ -181,8 +201,16 @@ impl GitSource {
     fn callbacks(&self) -> RemoteCallbacks<'static> {
         let mut callbacks = RemoteCallbacks::new();
         let cancel = Arc::clone(&self.cancel);
-        // Returning false aborts the transfer: how a deadline or shutdown stops a stalled fetch.
-        callbacks.transfer_progress(move |_| !cancel.load(Ordering::Relaxed));
+        // Returning false aborts the transfer: how a deadline or shutdown stops a stalled fetch, and how a push too
+        // large to fetch is stopped before it fills the data dir.
+        let (max, oversized) = (self.spec.max_fetch_bytes, Arc::clone(&self.oversized));
+        callbacks.transfer_progress(move |progress| {
+            if progress.received_bytes() as u64 > max {
+                oversized.store(true, Ordering::Relaxed);
+                return false;
+            }
+            !cancel.load(Ordering::Relaxed)
+        });
         let cancel = Arc::clone(&self.cancel);
         callbacks.sideband_progress(move |_| !cancel.load(Ordering::Relaxed));
         callbacks.credentials(credentials(self.spec.url.clone(), self.spec.auth.clone()));
@@ -261,6 +289,12 @@ impl GitSource {
         options.remote_callbacks(self.callbacks());
         let refspec = format!("+{}:refs/remotes/origin/{}", self.refname(), self.spec.branch);
         let fetched = remote.fetch(&[refspec.as_str()], Some(&mut options), None);
+        if self.oversized.load(Ordering::Relaxed) {
+            return Err(GitError::TooLarge(format!(
+                "the fetch downloaded more than {} bytes (--max-fetch-bytes) and was stopped",
+                self.spec.max_fetch_bytes
+            )));
+        }
         if self.cancel.load(Ordering::Relaxed) {
             return Err(GitError::Cancelled);
         }
@@ -294,28 +328,51 @@ impl GitSource {
             .and_then(|o| o.peel_to_tree())
             .map_err(|_| file_error(folder, "not a folder"))?;
         let mut files = Vec::new();
+        let mut total = 0usize;
         for entry in folder_tree.iter() {
             let Ok(name) = entry.name() else { continue };
             if !(name.ends_with(".yaml") || name.ends_with(".yml")) {
                 continue;
             }
             let path = format!("{folder}/{name}");
-            files.push((path.clone(), self.blob(&entry, &path, commit, MAX_MANIFEST_BYTES)?));
+            if files.len() == MAX_MANIFESTS {
+                return Err(file_error(folder, &format!("holds more than {MAX_MANIFESTS} manifests")));
+            }
+            let bytes = self.blob_with(&entry, &path, commit, MAX_MANIFEST_BYTES, <[u8]>::to_vec)?;
+            total += bytes.len();
+            if total > MAX_MANIFEST_TOTAL_BYTES {
+                let problem = format!("its manifests hold more than {MAX_MANIFEST_TOTAL_BYTES} bytes together");
+                return Err(file_error(folder, &problem));
+            }
+            files.push((path, bytes));
         }
         files.sort();
         Ok(files)
     }
 
-    /// The bytes of `path` at `commit`: a regular file, not a symlink. Blobs are read whole (libgit2 inflates
-    /// them in memory), so models should live in DVC or behind URIs rather than in Git itself.
+    /// The bytes of `path` at `commit`: a regular file, not a symlink, at most `max_bytes` (checked before the blob
+    /// is inflated).
     pub fn read(&self, commit: Oid, path: &RepoPath, max_bytes: usize) -> Result<Vec<u8>, GitError> {
+        self.read_with(commit, path, max_bytes, <[u8]>::to_vec)
+    }
+
+    /// Calls `use_bytes` with the bytes of `path` at `commit` without copying them. libgit2 inflates a blob whole in
+    /// memory, so its size is read from the object database's header first and a blob over `max_bytes` is refused
+    /// before it costs anything.
+    pub fn read_with<T>(
+        &self,
+        commit: Oid,
+        path: &RepoPath,
+        max_bytes: usize,
+        use_bytes: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T, GitError> {
         let tree = self.repo.find_commit(commit).and_then(|c| c.tree()).map_err(git("read commit"))?;
         let entry = tree.get_path(Path::new(path.as_str())).map_err(|_| GitError::File {
             path: path.to_string(),
             commit: commit.to_string(),
             problem: "no such file (a symlinked folder on the way counts as missing)".to_owned(),
         })?;
-        self.blob(&entry, path.as_str(), commit, max_bytes)
+        self.blob_with(&entry, path.as_str(), commit, max_bytes, use_bytes)
     }
 
     /// The Git object id of the regular file `path` at `commit`, without reading it. Equal ids mean equal bytes.
@@ -325,13 +382,14 @@ impl GitSource {
         matches!(entry.filemode(), 0o100644 | 0o100755).then(|| entry.id())
     }
 
-    fn blob(
+    fn blob_with<T>(
         &self,
         entry: &git2::TreeEntry<'_>,
         path: &str,
         commit: Oid,
         max_bytes: usize,
-    ) -> Result<Vec<u8>, GitError> {
+        use_bytes: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T, GitError> {
         let problem = |problem: String| GitError::File { path: path.to_owned(), commit: commit.to_string(), problem };
         match entry.filemode() {
             0o100644 | 0o100755 => {}
@@ -342,11 +400,19 @@ impl GitSource {
             }
             _ => return Err(problem("is not a regular file".into())),
         }
-        let blob = entry.to_object(&self.repo).and_then(|o| o.peel_to_blob()).map_err(git("read file"))?;
-        if blob.size() > max_bytes {
-            return Err(problem(format!("is {} bytes; the limit is {max_bytes}", blob.size())));
+        // The header holds the inflated size: read without inflating (a 1 GiB blob of zeros packs to 1 MB).
+        let (size, kind) = self.repo.odb().and_then(|odb| odb.read_header(entry.id())).map_err(git("read file"))?;
+        if kind != git2::ObjectType::Blob {
+            return Err(problem(format!("is a {kind}, not a file")));
         }
-        Ok(blob.content().to_vec())
+        if size > max_bytes {
+            return Err(problem(format!(
+                "is {size} bytes; the limit is {max_bytes} (read before the blob is inflated; larger artifacts belong \
+                 in DVC or behind a URI)"
+            )));
+        }
+        let blob = self.repo.find_blob(entry.id()).map_err(git("read file"))?;
+        Ok(use_bytes(blob.content()))
     }
 }
 

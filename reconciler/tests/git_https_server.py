@@ -1,6 +1,7 @@
 """A TLS smart-HTTP Git server for the reconciler's transport tests: `git http-backend` (Git's own CGI) behind HTTP
 Basic auth that accepts one token as the password, as GitHub, GitLab and Gitea accept tokens. Paths under
-`/files/` are served from ROOT/files without auth, as an object store's presigned URLs are.
+`/files/` are served from ROOT/files without auth, as an object store's presigned URLs are; `/redirect-http/NAME`
+and `/redirect-https/NAME` redirect to `/files/NAME` over plain http or https.
 
 Usage: git_https_server.py ROOT CERT KEY TOKEN
 CERT and KEY given as "-" serve plain HTTP (to test that a client never sends the token without TLS). Serves the repositories under ROOT on 127.0.0.1 with a free port, prints the port on stdout once listening, and
@@ -55,6 +56,15 @@ class GitHandler(http.server.BaseHTTPRequestHandler):
         body = self.body()
         if self.path.startswith("/files/"):
             self.serve_file()
+            return
+        if self.path.startswith("/redirect-http/") or self.path.startswith("/redirect-https/"):
+            # A redirect to the same file on this server, over the scheme the path names.
+            scheme, _, name = self.path[len("/redirect-"):].partition("/")
+            port = self.server.server_address[1]
+            self.send_response(302)
+            self.send_header("Location", f"{scheme}://127.0.0.1:{port}/files/{name}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         if not self.authorized():
             self.send_response(401)

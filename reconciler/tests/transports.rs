@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reconciler::artifacts::{ArtifactCache, DvcConfig};
+use reconciler::artifacts::{ArtifactCache, ArtifactPolicy, DvcConfig};
 use reconciler::manifest::{ArtifactRef, ArtifactSource};
 use reconciler::source::{set_global_options, GitAuth, GitSource, GitSpec, GlobalOptions};
 use sha2::{Digest, Sha256};
@@ -200,12 +200,24 @@ fn download(
     sha256: String,
     ca: Option<PathBuf>,
 ) -> (Result<Vec<u8>, String>, tempfile::TempDir) {
+    // The test server is on loopback, which artifact hosts may be only when the operator allows it.
+    let policy = ArtifactPolicy { allow_private_hosts: true, ..ArtifactPolicy::default() };
+    download_with(https, name, sha256, ca, policy)
+}
+
+fn download_with(
+    https: &Https,
+    name: &str,
+    sha256: String,
+    ca: Option<PathBuf>,
+    policy: ArtifactPolicy,
+) -> (Result<Vec<u8>, String>, tempfile::TempDir) {
     let data = tempfile::tempdir().unwrap();
     let spec = GitSpec { auth: token(TOKEN), ..GitSpec::new(&https.url, "main", "deploy") };
     let source = GitSource::open(&GitSource::clone_dir(data.path()), spec, Arc::new(AtomicBool::new(false))).unwrap();
     let commit = source.fetch().unwrap();
-    let cache = ArtifactCache::new(data.path()).with_ca_file(ca);
-    let uri = format!("{}/files/{name}", https.url.trim_end_matches("/remote.git"));
+    let cache = ArtifactCache::new(data.path()).with_ca_file(ca).with_policy(policy);
+    let uri = format!("{}/{name}", https.url.trim_end_matches("/remote.git"));
     let artifact = ArtifactRef { source: ArtifactSource::Uri(uri), sha256 };
     let result = cache.resolve(&artifact, &source, commit, &DvcConfig::default());
     (result.map(|path| std::fs::read(path).unwrap()).map_err(|e| e.to_string()), data)
@@ -213,14 +225,14 @@ fn download(
 
 fn https_artifacts_are_downloaded_verified_and_cached(https: &Https) {
     let sha = hex::encode(Sha256::digest(ARTIFACT));
-    let (bytes, data) = download(https, "model.onnx", sha.clone(), Some(https.cert.clone()));
+    let (bytes, data) = download(https, "files/model.onnx", sha.clone(), Some(https.cert.clone()));
     assert_eq!(bytes.unwrap(), ARTIFACT);
     assert!(data.path().join("artifacts/sha256").join(&sha).is_file());
 }
 
 fn https_artifacts_with_a_wrong_digest_leave_nothing_cached(https: &Https) {
     let wrong = hex::encode(Sha256::digest(b"another model"));
-    let (result, data) = download(https, "model.onnx", wrong, Some(https.cert.clone()));
+    let (result, data) = download(https, "files/model.onnx", wrong, Some(https.cert.clone()));
     let error = result.unwrap_err();
     assert!(error.contains("but the manifest says"), "{error}");
     let folder = data.path().join("artifacts/sha256");
@@ -231,12 +243,34 @@ fn https_artifacts_with_a_wrong_digest_leave_nothing_cached(https: &Https) {
 
 fn https_artifact_errors_name_the_status_and_the_certificate(https: &Https) {
     let sha = hex::encode(Sha256::digest(ARTIFACT));
-    let (result, _) = download(https, "missing.onnx", sha.clone(), Some(https.cert.clone()));
+    let (result, _) = download(https, "files/missing.onnx", sha.clone(), Some(https.cert.clone()));
     let error = result.unwrap_err();
     assert!(error.contains("HTTP 404"), "{error}");
-    let (result, _) = download(https, "model.onnx", sha, None);
+    let (result, _) = download(https, "files/model.onnx", sha, None);
     let error = result.unwrap_err();
     assert!(error.contains("certificate") || error.contains("UnknownIssuer"), "{error}");
+}
+
+/// Redirects are followed over https only: a presigned URL's hop works, one to plain http (or to cloud metadata
+/// behind it) is refused naming where it led.
+fn https_artifacts_follow_redirects_over_https_only(https: &Https) {
+    let sha = hex::encode(Sha256::digest(ARTIFACT));
+    let (bytes, _) = download(https, "redirect-https/model.onnx", sha.clone(), Some(https.cert.clone()));
+    assert_eq!(bytes.unwrap(), ARTIFACT);
+    let (result, data) = download(https, "redirect-http/model.onnx", sha, Some(https.cert.clone()));
+    let error = result.unwrap_err();
+    assert!(error.contains("redirects to http://127.0.0.1:") && error.contains("only https is followed"), "{error}");
+    assert!(std::fs::read_dir(data.path().join("artifacts/sha256")).map_or(true, |mut d| d.next().is_none()));
+}
+
+/// Without --allow-private-artifact-hosts, a host at a loopback (private, link-local) address is refused before
+/// anything is sent to it.
+fn https_artifact_hosts_at_private_addresses_are_refused_by_default(https: &Https) {
+    let sha = hex::encode(Sha256::digest(ARTIFACT));
+    let (result, _) =
+        download_with(https, "files/model.onnx", sha, Some(https.cert.clone()), ArtifactPolicy::default());
+    let error = result.unwrap_err();
+    assert!(error.contains("127.0.0.1 resolves to 127.0.0.1, a loopback, private or link-local address"), "{error}");
 }
 
 // === ssh ===
@@ -392,6 +426,12 @@ fn main() {
     });
     case("https_artifact_errors_name_the_status_and_the_certificate", &|| {
         https_artifact_errors_name_the_status_and_the_certificate(&https)
+    });
+    case("https_artifacts_follow_redirects_over_https_only", &|| {
+        https_artifacts_follow_redirects_over_https_only(&https)
+    });
+    case("https_artifact_hosts_at_private_addresses_are_refused_by_default", &|| {
+        https_artifact_hosts_at_private_addresses_are_refused_by_default(&https)
     });
     case("ssh_with_a_listed_host_key_fetches", &|| ssh_with_a_listed_host_key_fetches(&ssh));
     case("ssh_with_a_hashed_known_hosts_file_fetches", &|| ssh_with_a_hashed_known_hosts_file_fetches(&ssh));

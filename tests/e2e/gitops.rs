@@ -56,6 +56,8 @@ pub(crate) fn gitops_config(url: String, data: &tempfile::TempDir, poll_interval
             poll_interval,
             dvc: DvcConfig::default(),
             git_timeout: Duration::from_secs(30),
+            sync_timeout: Duration::from_secs(120),
+            artifacts: reconciler::artifacts::ArtifactPolicy::default(),
             max_backoff: Duration::from_secs(3600),
             ca_file: None,
         },
@@ -85,11 +87,16 @@ impl TestServer {
     }
 
     async fn webhook(&self, signature: &str) -> crate::support::Reply {
-        let request = hyper::Request::post(format!("{}/api/v1/hooks/git", self.base()))
-            .header("x-hub-signature-256", format!("sha256={signature}"))
-            .body(http_body_util::Full::new(bytes::Bytes::from_static(PUSH)))
-            .unwrap();
-        self.raw(request).await
+        self.webhook_with(signature, PUSH, None).await
+    }
+
+    async fn webhook_with(&self, signature: &str, body: &[u8], delivery: Option<&str>) -> crate::support::Reply {
+        let mut request = hyper::Request::post(format!("{}/api/v1/hooks/git", self.base()))
+            .header("x-hub-signature-256", format!("sha256={signature}"));
+        if let Some(id) = delivery {
+            request = request.header("x-github-delivery", id);
+        }
+        self.raw(request.body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(body))).unwrap()).await
     }
 }
 
@@ -376,5 +383,69 @@ async fn a_push_is_served_by_polling_without_a_webhook() {
     assert_eq!(status.history[0].trigger, reconciler::controller::Trigger::Poll);
     let reply = server.post_json("/v2/models/breast_cancer/infer", &breast_cancer_row()).await;
     assert_eq!(reply.headers["vane-commit"], pushed.as_str());
+    server.stop().await;
+}
+
+/// A delivery is acted on once: the same signed payload with the same delivery id is acknowledged and ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_delivery_is_acted_on_once() {
+    let remote = GitRemote::with_breast_cancer();
+    let data = tempfile::tempdir().unwrap();
+    let server = serve(remote.bare.path().display().to_string(), &data).await;
+    let done = server.syncs();
+    let signature = sign(SECRET.as_bytes(), PUSH);
+    let reply = server.webhook_with(&signature, PUSH, Some("72d3162e-cc78-11e3-81ab-4c9367dc0958")).await;
+    assert_eq!((reply.status, reply.body["triggered"].as_bool()), (StatusCode::ACCEPTED, Some(true)), "{}", reply.body);
+    server.until(|s| s.syncs > done).await;
+    let done = server.syncs();
+    let replay = server.webhook_with(&signature, PUSH, Some("72d3162e-cc78-11e3-81ab-4c9367dc0958")).await;
+    assert_eq!(replay.status, StatusCode::ACCEPTED);
+    assert_eq!(replay.body["triggered"], false);
+    assert_eq!(replay.body["message"], "this delivery was received before; ignored");
+    // Another delivery goes through, so the replay was not merely merged into a pending trigger.
+    let reply = server.webhook_with(&signature, PUSH, Some("8e1b2c3d-0000-11e3-81ab-4c9367dc0958")).await;
+    assert_eq!(reply.body["triggered"], true);
+    server.until(|s| s.syncs > done).await;
+    assert_eq!(server.syncs(), done + 1, "one sync for two deliveries, the replay triggered nothing");
+    server.stop().await;
+}
+
+/// Two pushes in quick succession: the first commit's load (sixteen versions) is still running when the second
+/// arrives; it is cancelled before its next version and the second loads after it, never beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_quick_pushes_never_run_two_loads_at_once() {
+    let remote = GitRemote::with_breast_cancer();
+    let data = tempfile::tempdir().unwrap();
+    let server = serve(remote.bare.path().display().to_string(), &data).await;
+    let model = std::fs::read(models_dir().join("dense/1/model.onnx")).unwrap();
+    remote.write("models/dense/model.onnx", &model);
+    let sha = sha256_of(&models_dir().join("dense/1/model.onnx"));
+    let versions: String = (1..=16)
+        .map(|v| format!("    - version: {v}\n      model: {{path: models/dense/model.onnx, sha256: {sha}}}\n"))
+        .collect();
+    let dense = format!(
+        "apiVersion: vane.dev/v1alpha1\nkind: ModelDeployment\nmetadata: {{name: dense}}\nspec:\n  versions:\n{versions}  serving: {{workers: 2}}\n"
+    );
+    remote.write("deploy/dense.yaml", dense.as_bytes());
+    let slow = remote.push("sixteen dense versions");
+    let done = server.syncs();
+    let body = format!(r#"{{"ref":"refs/heads/main","after":"{slow}"}}"#);
+    let reply = server.webhook_with(&sign(SECRET.as_bytes(), body.as_bytes()), body.as_bytes(), None).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    // The first commit is loading (its artifacts are resolved; the registry is building its set).
+    server.until(|s| s.reconciling_commit.as_deref() == Some(slow.as_str())).await;
+    remote.write("deploy/dense.yaml", dense.replace("workers: 2", "workers: 1").as_bytes());
+    let fast = remote.push("one instance each");
+    let body = format!(r#"{{"ref":"refs/heads/main","after":"{fast}"}}"#);
+    let reply = server.webhook_with(&sign(SECRET.as_bytes(), body.as_bytes()), body.as_bytes(), None).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    let status = server.until(|s| s.last_applied.as_ref().is_some_and(|c| c.commit == fast)).await;
+    assert!(status.syncs > done);
+    let loads = server.get("/api/v1/status").await.body["loads"].clone();
+    assert_eq!(loads["overlapped"], 0, "no load started while another ran: {loads}");
+    assert_eq!(loads["running"], 0);
+    let superseded = status.history.iter().find(|r| r.commit.as_deref() == Some(slow.as_str())).unwrap();
+    assert_eq!(superseded.outcome, reconciler::controller::Outcome::Superseded, "{:?}", status.history);
+    assert!(loads["cancelled"].as_u64().unwrap() >= 1, "the superseded load stopped early: {loads}");
     server.stop().await;
 }

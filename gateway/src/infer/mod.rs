@@ -277,24 +277,44 @@ fn first_difference(got: &TensorData, want: &TensorData, tolerance: f64) -> Opti
 
 /// Runs zeros (empty strings, `false`) through `session` with `rows` rows; returns whether every output's first
 /// dimension came back as `rows` (so batched outputs can be split per request).
+/// The most elements a warm-up allocates, all inputs together (128 MiB of FP32).
+const MAX_WARMUP_ELEMENTS: usize = 32 << 20;
+
+fn elements_of(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
 fn warm_up(
     session: &mut ort::session::Session,
     signature: &Signature,
     path: &Path,
     rows: usize,
 ) -> Result<bool, LoadError> {
-    let inputs: Vec<Tensor> = signature
-        .inputs
-        .iter()
-        .filter_map(|spec| {
-            let mut shape = spec.unit_shape();
-            if let Some(first) = shape.first_mut().filter(|_| spec.has_dynamic_batch()) {
-                *first = rows;
-            }
-            let data = TensorData::zeros(spec.datatype, shape.iter().product())?;
-            Some(Tensor { name: spec.name.clone(), shape, data })
-        })
-        .collect();
+    // The graph's static dimensions come from an untrusted file: their product is checked before anything is
+    // allocated (a declared [100000, 100000] input would otherwise be 40 GB of zeros).
+    let mut elements = 0usize;
+    let mut inputs = Vec::with_capacity(signature.inputs.len());
+    for spec in &signature.inputs {
+        let mut shape = spec.unit_shape();
+        if let Some(first) = shape.first_mut().filter(|_| spec.has_dynamic_batch()) {
+            *first = rows;
+        }
+        let count = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        elements = count.and_then(|c| elements.checked_add(c)).unwrap_or(usize::MAX);
+        if elements > MAX_WARMUP_ELEMENTS {
+            return Err(LoadError::IoMismatch {
+                path: path.into(),
+                message: format!(
+                    "input '{}' has the static shape {shape:?}: warming it up needs more than {MAX_WARMUP_ELEMENTS} \
+                     elements (inputs together), the most a warm-up allocates",
+                    spec.name
+                ),
+            });
+        }
+        if let Some(data) = TensorData::zeros(spec.datatype, elements_of(&shape)) {
+            inputs.push(Tensor { name: spec.name.clone(), shape, data });
+        }
+    }
     let all: Vec<usize> = (0..signature.outputs.len()).collect();
     let outputs = onnx::run(session, inputs, &all).map_err(|source| LoadError::Warmup { path: path.into(), source })?;
     Ok(outputs.iter().all(|o| o.shape.first() == Some(&rows)))

@@ -27,6 +27,15 @@ pub(super) fn status(state: &AppState) -> HttpResponse {
         observed_age_seconds: Option<u64>,
         revision: Option<String>,
         models: Vec<ModelState>,
+        loads: Loads,
+    }
+    /// Model-set loads: one at a time, a superseded one cancelled before its next version.
+    #[derive(Serialize)]
+    struct Loads {
+        running: usize,
+        cancelled: u64,
+        /// Loads that started while another ran: a self-check, always 0.
+        overlapped: u64,
     }
     #[derive(Serialize)]
     struct Conditions {
@@ -90,6 +99,10 @@ pub(super) fn status(state: &AppState) -> HttpResponse {
         observed_age_seconds: sync.as_ref().and_then(|s| s.observed.as_ref()).map(|c| age(c.at_unix_ms)),
         revision: table.revision().map(|r| r.to_string()),
         models,
+        loads: {
+            let (running, cancelled, overlapped) = state.registry.load_counts();
+            Loads { running, cancelled, overlapped }
+        },
     };
     json_response(StatusCode::OK, &body)
 }
@@ -234,6 +247,14 @@ pub(super) fn webhook(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Re
         #[serde(rename = "ref")]
         git_ref: Option<String>,
         after: Option<String>,
+    }
+    // A signed payload can be captured and replayed: each delivery is acted on once. (A replay with a new id still
+    // cannot cancel a sync in flight unless the branch head really moved: the loop reads the remote first.)
+    let delivery = ["x-github-delivery", "x-gitea-delivery", "x-gitlab-event-uuid", "x-gogs-delivery"]
+        .iter()
+        .find_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()));
+    if delivery.is_some_and(|id| !controller.first_delivery(id)) {
+        return Ok(accepted(false, "this delivery was received before; ignored"));
     }
     let wanted = format!("refs/heads/{}", controller.status().borrow().branch);
     let push = serde_json::from_slice::<Push>(body).ok();

@@ -86,14 +86,85 @@ fn dvc_pointers_resolve_against_a_store_with_md5_and_size_checked() {
 }
 
 #[test]
-fn file_uris_are_read_and_unreachable_or_plain_http_uris_are_clear_errors() {
+fn file_uris_are_read_under_the_artifact_roots_only_and_only_regular_files() {
     let dir = tempfile::tempdir().unwrap();
-    fs::write(dir.path().join("ref.csv"), b"a,b\n1,2\n").unwrap();
+    let root = dir.path().join("root");
+    fs::create_dir(&root).unwrap();
+    fs::write(root.join("ref.csv"), b"a,b\n1,2\n").unwrap();
+    fs::write(dir.path().join("secret"), b"private key").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("secret"), root.join("escape")).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(root.join("fifo")).status().unwrap().success());
     let f = fixture(&[("x", b"x")]);
+    let uri = |path: &Path| format!("file://{}", path.display());
+    let resolve = |cache: &ArtifactCache, uri: String, sha256: String| {
+        cache.resolve(&reference(ArtifactSource::Uri(uri), sha256), &f.source, f.commit, &DvcConfig::default())
+    };
+    // No --artifact-root: refused, saying so.
+    let closed = ArtifactCache::new(f.data.path());
+    let error = resolve(&closed, uri(&root.join("ref.csv")), sha(b"a,b\n1,2\n")).unwrap_err().to_string();
+    assert!(error.contains("no --artifact-root names a folder"), "{error}");
+
+    let cache = ArtifactCache::new(f.data.path())
+        .with_policy(ArtifactPolicy { roots: vec![root.clone()], ..ArtifactPolicy::default() });
+    assert!(resolve(&cache, uri(&root.join("ref.csv")), sha(b"a,b\n1,2\n")).is_ok());
+    // Outside the roots, by path, by `..` and by a symlink: refused before a byte is read (no digest to report).
+    for outside in [dir.path().join("secret"), root.join("../secret"), root.join("escape"), "/etc/passwd".into()] {
+        let error = resolve(&cache, uri(&outside), sha(b"x")).unwrap_err().to_string();
+        assert!(error.contains("is outside the artifact roots"), "{outside:?}: {error}");
+        assert!(!error.contains("has sha256"), "{error}");
+    }
+    // A FIFO (would block a thread forever) and a device (endless) are not regular files.
+    let error = resolve(&cache, uri(&root.join("fifo")), sha(b"x")).unwrap_err().to_string();
+    assert!(error.contains("FIFO"), "{error}");
+    let devices = ArtifactCache::new(f.data.path())
+        .with_policy(ArtifactPolicy { roots: vec!["/dev".into()], ..ArtifactPolicy::default() });
+    let error = resolve(&devices, "file:///dev/zero".into(), sha(b"x")).unwrap_err().to_string();
+    assert!(error.contains("device"), "{error}");
+    // A file over the cap is stopped as it streams.
+    let small = ArtifactCache::new(f.data.path()).with_policy(ArtifactPolicy {
+        roots: vec![root.clone()],
+        max_bytes: 4,
+        ..ArtifactPolicy::default()
+    });
+    let error = resolve(&small, uri(&root.join("ref.csv")), sha(b"other")).unwrap_err().to_string();
+    assert!(error.contains("larger than the 4-byte limit"), "{error}");
+}
+
+#[test]
+fn a_cached_artifact_is_hashed_again_before_use_and_a_tampered_one_is_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("m.onnx"), b"model").unwrap();
+    let f = fixture(&[("x", b"x")]);
+    let cache = ArtifactCache::new(f.data.path())
+        .with_policy(ArtifactPolicy { roots: vec![dir.path().to_path_buf()], ..ArtifactPolicy::default() });
+    let artifact =
+        reference(ArtifactSource::Uri(format!("file://{}", dir.path().join("m.onnx").display())), sha(b"model"));
+    let path = cache.resolve(&artifact, &f.source, f.commit, &DvcConfig::default()).unwrap();
+    fs::write(&path, b"planted").unwrap();
+    // Offline (a restore): the planted file is found out and removed, and nothing is served.
+    let error = cache.clone().offline().resolve(&artifact, &f.source, f.commit, &DvcConfig::default());
+    assert!(error.unwrap_err().to_string().contains("is not in the artifact cache"));
+    assert!(!path.exists());
+    // Online: fetched again from its source.
+    let path = cache.resolve(&artifact, &f.source, f.commit, &DvcConfig::default()).unwrap();
+    assert_eq!(fs::read(path).unwrap(), b"model");
+}
+
+#[test]
+fn a_git_blob_over_the_cap_is_refused_from_its_header() {
+    let big = vec![0u8; MAX_GIT_BLOB_BYTES + 1];
+    let f = fixture(&[("models/big.onnx", &big)]);
     let cache = ArtifactCache::new(f.data.path());
-    let uri = format!("file://{}", dir.path().join("ref.csv").display());
-    let artifact = reference(ArtifactSource::Uri(uri), sha(b"a,b\n1,2\n"));
-    assert!(cache.resolve(&artifact, &f.source, f.commit, &DvcConfig::default()).is_ok());
+    let artifact = reference(ArtifactSource::Repo(RepoPath::parse("models/big.onnx").unwrap()), sha(&big));
+    let error = cache.resolve(&artifact, &f.source, f.commit, &DvcConfig::default()).unwrap_err().to_string();
+    assert!(error.contains(&format!("is {} bytes; the limit is {MAX_GIT_BLOB_BYTES}", big.len())), "{error}");
+}
+
+#[test]
+fn unreachable_or_plain_http_uris_are_clear_errors() {
+    let f = fixture(&[("x", b"x")]);
+    let cache = ArtifactCache::new(f.data.path())
+        .with_policy(ArtifactPolicy { allow_private_hosts: true, ..ArtifactPolicy::default() });
     // Port 1 on loopback refuses at once: the error names the URI and the failure, and nothing is cached.
     let artifact = reference(ArtifactSource::Uri("https://127.0.0.1:1/m.onnx".into()), sha(b"m"));
     let err = cache.resolve(&artifact, &f.source, f.commit, &DvcConfig::default()).unwrap_err().to_string();

@@ -37,6 +37,8 @@ fn config(url: String, data: &tempfile::TempDir) -> ControllerConfig {
         poll_interval: Duration::from_secs(3600),
         dvc: DvcConfig::default(),
         git_timeout: Duration::from_secs(30),
+        sync_timeout: Duration::from_secs(60),
+        artifacts: crate::artifacts::ArtifactPolicy::default(),
         max_backoff: Duration::from_secs(3600),
         ca_file: None,
     }
@@ -418,4 +420,52 @@ async fn a_commit_the_process_died_applying_twice_is_refused_at_the_next_start()
     assert_eq!(running.applied.lock().unwrap().len(), 1, "the restore only; the killer is not loaded");
     let durable = store.load(&source).unwrap().unwrap();
     assert_eq!(durable.in_progress, None);
+}
+
+/// A captured webhook replayed during a sync names an old commit: the head is read, has not moved, and the sync in
+/// flight goes on (before, any other `after` cancelled it, so a replay every few seconds stopped every deployment).
+#[tokio::test]
+async fn a_replayed_webhook_does_not_cancel_the_sync_in_flight() {
+    let work = WorkRepo::new();
+    let old = publish(&work, b"model one", "");
+    let current = publish(&work, b"model two", "");
+    let data = tempfile::tempdir().unwrap();
+    let config = config(work.url(), &data);
+    let (handle, inputs) = channels(&config);
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let opened = Arc::clone(&gate);
+    let apply = move |_desired: DesiredState| {
+        let opened = Arc::clone(&opened);
+        async move {
+            opened.notified().await;
+            Ok(())
+        }
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(run(config, inputs, apply, shutdown.clone()));
+    let mut status = handle.status();
+    let in_flight = Some(current.to_string());
+    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.reconciling_commit == in_flight))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(handle.pushed(Some(&old.to_string())), "the replay of an old push");
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while handle.metrics().push_checks("unmoved") == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the head is checked");
+    gate.notify_one();
+    let status = tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.last_applied.is_some()))
+        .await
+        .unwrap()
+        .unwrap()
+        .clone();
+    assert_eq!(head_of(&status), Some(current.to_string().as_str()), "the sync in flight was not cancelled");
+    assert_eq!(status.history[0].outcome, Outcome::Applied);
+    assert!(status.history.iter().all(|r| r.outcome != Outcome::Superseded), "{:?}", status.history);
+    assert_eq!(handle.metrics().push_checks("moved"), 0);
+    shutdown.cancel();
 }
