@@ -38,7 +38,7 @@ use crate::source::{GitError, GitSource};
 pub const MAX_ARTIFACT_BYTES: u64 = 2 << 30;
 /// The cap on one artifact read from Git objects: libgit2 inflates a blob whole in memory, so this is what it may
 /// cost; larger models belong in DVC or behind a URI.
-pub const MAX_GIT_BLOB_BYTES: usize = 256 << 20;
+pub const MAX_GIT_BLOB_BYTES: usize = crate::source::MAX_BLOB_BYTES;
 /// Redirects an https download may follow (presigned object-store URLs redirect once or twice).
 pub const MAX_REDIRECTS: u32 = 5;
 

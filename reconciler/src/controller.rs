@@ -504,7 +504,9 @@ where
         }
     }
     record(reporter, trigger, started, commit, outcome, reason, state.pinned_at_head.is_some());
-    if outcome != Outcome::Unchanged {
+    // A quiet poll is not news; every other sync is (the start-up one included, so a restart's log says whether it
+    // found anything new).
+    if outcome != Outcome::Unchanged || trigger != Trigger::Poll {
         tracing::info!(?trigger, ?outcome, commit = ?commit.map(|c| c.to_string()), "sync finished");
     }
     persist(journal, reporter, state).await;
@@ -541,6 +543,9 @@ fn prepare(
         d.in_progress = Some(Attempt { commit, attempts });
     });
     let applied = known.applied;
+    if let Some(refusal) = source.check_local_fetch(head).map_err(|e| e.to_string())? {
+        return Ok(Prepared::Refused(head, refusal));
+    }
     let head = source.fetch().map_err(|e| e.to_string())?;
     Ok(match validate(source, config, deadline, head, applied) {
         Ok(desired) => Prepared::Ready(head, desired),

@@ -38,6 +38,13 @@ pub struct GitSpec {
 
 /// The default bound on one fetch: a deploy repository of manifests is kilobytes; models kept in Git make it more.
 pub const MAX_FETCH_BYTES: u64 = 1 << 30;
+/// The largest file read from Git objects (libgit2 inflates a blob whole in memory); for a local remote, the
+/// largest new file a fetch may bring.
+pub const MAX_BLOB_BYTES: usize = 256 << 20;
+/// New commits one check of a local remote walks.
+const MAX_WALKED_COMMITS: usize = 100_000;
+/// New files one check of a local remote reads the size of.
+const MAX_WALKED_BLOBS: usize = 1_000_000;
 /// Manifests one commit's deploy folder may hold.
 pub const MAX_MANIFESTS: usize = 1024;
 /// Bytes of manifests one commit may hold, all files together.
@@ -279,6 +286,70 @@ impl GitSource {
     /// The commit last fetched, if any.
     pub fn local_head(&self) -> Option<Oid> {
         self.repo.refname_to_id(&format!("refs/remotes/origin/{}", self.spec.branch)).ok()
+    }
+
+    /// For a remote on this machine, checks what a fetch of `head` would bring before fetching it: libgit2's local
+    /// transport builds the pack in memory, inflating every new blob (a 1 GiB file of zeros, 1 MB packed, cost
+    /// 1 GiB of resident memory before any size check could run). So the new commits' trees are walked in the
+    /// remote's object database and each new blob's size read from its header: one over [`MAX_BLOB_BYTES`], or more
+    /// than `--max-fetch-bytes` in all, refuses the commit. Network remotes send a pack that libgit2's indexer
+    /// streams, bounded by the transfer callback instead. `Ok(None)`: nothing to refuse.
+    pub fn check_local_fetch(&self, head: Oid) -> Result<Option<String>, GitError> {
+        let Some(path) = local_path(&self.spec.url) else { return Ok(None) };
+        let remote =
+            Repository::open_bare(path).or_else(|_| Repository::open(path)).map_err(git("open the local remote"))?;
+        let odb = remote.odb().map_err(git("open the local remote"))?;
+        let local = self.repo.odb().map_err(git("open the clone"))?;
+        let mut walk = remote.revwalk().map_err(git("walk the new commits"))?;
+        walk.push(head).map_err(git("walk the new commits"))?;
+        if let Some(known) = self.local_head() {
+            // Not in the remote after a force-push: then everything reachable is walked.
+            let _ = walk.hide(known);
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut total = 0u64;
+        let mut refusal = None;
+        for (walked, commit) in walk.enumerate() {
+            if walked >= MAX_WALKED_COMMITS {
+                return Ok(Some(format!("more than {MAX_WALKED_COMMITS} new commits to fetch at once")));
+            }
+            let commit = commit.map_err(git("walk the new commits"))?;
+            let tree = remote.find_commit(commit).and_then(|c| c.tree()).map_err(git("read a new commit"))?;
+            tree.walk(git2::TreeWalkMode::PreOrder, |folder, entry| {
+                if entry.kind() != Some(git2::ObjectType::Blob) || !seen.insert(entry.id()) || local.exists(entry.id()) {
+                    return git2::TreeWalkResult::Ok;
+                }
+                if seen.len() > MAX_WALKED_BLOBS {
+                    refusal = Some(format!("more than {MAX_WALKED_BLOBS} new files to fetch at once"));
+                    return git2::TreeWalkResult::Abort;
+                }
+                let size = odb.read_header(entry.id()).map_or(0, |(size, _)| size as u64);
+                total += size;
+                let name = format!("{folder}{}", entry.name().unwrap_or("?"));
+                if size > MAX_BLOB_BYTES as u64 {
+                    refusal = Some(format!(
+                        "{name} in commit {commit} is {size} bytes; files over {MAX_BLOB_BYTES} bytes are refused \
+                         before the fetch (keep large artifacts in DVC or behind a URI)"
+                    ));
+                } else if total > self.spec.max_fetch_bytes {
+                    refusal = Some(format!(
+                        "the new commits hold more than {} bytes of files (--max-fetch-bytes); refused before the fetch",
+                        self.spec.max_fetch_bytes
+                    ));
+                }
+                if refusal.is_some() {
+                    git2::TreeWalkResult::Abort
+                } else {
+                    git2::TreeWalkResult::Ok
+                }
+            })
+            .or_else(|e| if refusal.is_some() { Ok(()) } else { Err(e) })
+            .map_err(git("read a new commit"))?;
+            if refusal.is_some() {
+                return Ok(refusal);
+            }
+        }
+        Ok(None)
     }
 
     /// Fetches the branch (full history: the deploy repo is small, and ancestry checks need it) and returns its head.
