@@ -100,6 +100,16 @@ struct GitArgs {
     /// stopped and retried with backoff.
     #[arg(long, env = "VANE_MAX_FETCH_BYTES", default_value_t = reconciler::source::MAX_FETCH_BYTES)]
     max_fetch_bytes: u64,
+    /// Deploy only signed commits: an SSH allowed_signers file (the format of git's gpg.ssh.allowedSignersFile).
+    /// The branch head must be signed (git -c gpg.format=ssh commit -S) by a key it lists, or it is refused with
+    /// the signer's fingerprint in the reason.
+    #[arg(long, env = "VANE_ALLOWED_SIGNERS", value_parser = parse_allowed_signers)]
+    allowed_signers: Option<reconciler::signers::AllowedSigners>,
+    /// Who may change a path: PATH=PRINCIPAL[,PRINCIPAL...] (a file, or a folder ending in /; repeatable). A head
+    /// that changes a matching file must be signed by a key whose allowed_signers principals include one of them.
+    /// Needs --allowed-signers.
+    #[arg(long = "path-signers", value_parser = reconciler::signers::PathRule::parse, requires = "allowed_signers")]
+    path_signers: Vec<reconciler::signers::PathRule>,
     /// The longest a TCP connect to the remote may take (libgit2's own timeout).
     #[arg(long, env = "VANE_GIT_CONNECT_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
     git_connect_timeout: Duration,
@@ -338,6 +348,10 @@ impl ServeArgs {
                     allow_private_hosts: git.allow_private_artifact_hosts,
                     max_bytes: git.max_artifact_bytes,
                 },
+                signers: reconciler::signers::SignerPolicy {
+                    allowed: git.allowed_signers.clone(),
+                    paths: git.path_signers.clone(),
+                },
                 // Retries of an unreachable remote back off to at most this.
                 max_backoff: Duration::from_secs(300),
                 ca_file: git.ca_file.clone(),
@@ -351,6 +365,11 @@ impl ServeArgs {
 /// The default poll of a Git remote: Argo CD's is 3 minutes and Flux's 1 minute; ls-remote is cheap enough to see a
 /// push within seconds, and a webhook makes it immediate.
 const DEFAULT_GIT_POLL_INTERVAL: Duration = Duration::from_secs(15);
+
+/// `--allowed-signers`: the file is read and checked when the flags are parsed, so a bad one stops the start.
+fn parse_allowed_signers(path: &str) -> Result<reconciler::signers::AllowedSigners, String> {
+    reconciler::signers::AllowedSigners::load(std::path::Path::new(path))
+}
 
 /// `--grpc-listen`: an address, or `off`.
 #[derive(Debug, Clone, Copy)]
@@ -508,6 +527,7 @@ async fn run_demo(demo_args: &DemoArgs) -> MainResult {
                     git_timeout: Duration::from_secs(60),
                     sync_timeout: Duration::from_secs(600),
                     artifacts: reconciler::artifacts::ArtifactPolicy::default(),
+                    signers: reconciler::signers::SignerPolicy::default(),
                     max_backoff: Duration::from_secs(30),
                     ca_file: None,
                 },

@@ -559,3 +559,52 @@ fn an_inflation_bomb_fetched_over_the_network_is_refused_from_its_header() {
     assert!(peak < idle + (64 << 20), "peak {} MiB, idle {} MiB", peak >> 20, idle >> 20);
     assert_eq!(vane.serving(), good);
 }
+
+/// `--allowed-signers` and `--path-signers` on the binary: a head signed by a listed key deploys, one that changes a
+/// manifest its signer may not change is refused naming both, and the log gives the verification's cost.
+#[test]
+fn signed_commits_deploy_and_a_signer_not_allowed_for_a_path_is_refused() {
+    let _alone = one_at_a_time();
+    let keys = tempfile::tempdir().unwrap();
+    let keygen = |name: &str| {
+        let key = keys.path().join(name);
+        run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"]).arg(&key));
+        (key.clone(), std::fs::read_to_string(key.with_extension("pub")).unwrap())
+    };
+    let ((ops, ops_pub), (dev, dev_pub)) = (keygen("ops"), keygen("dev"));
+    let allowed = keys.path().join("allowed_signers");
+    std::fs::write(&allowed, format!("ops@example.com {ops_pub}dev@example.com {dev_pub}")).unwrap();
+    let remote = Remote::with_breast_cancer();
+    let signed_push = |key: &Path, message: &str| {
+        remote.git(&["add", "-A"]);
+        let signing = format!("user.signingkey={}", key.display());
+        remote.git(&["-c", "gpg.format=ssh", "-c", &signing, "commit", "-q", "-S", "--allow-empty", "-m", message]);
+        remote.git(&["push", "-q", "--force", remote.bare.to_str().unwrap(), "main"]);
+        remote.git(&["rev-parse", "HEAD"])
+    };
+    let first = signed_push(&ops, "signed by ops");
+    let data = tempfile::tempdir().unwrap();
+    let flags =
+        ["--allowed-signers", allowed.to_str().unwrap(), "--path-signers", "deploy/breast-cancer.yaml=ops@example.com"];
+    let vane = Vane::start(&remote.bare, &data.path().join("vane"), &flags);
+    let verified = vane.wait_for("the verification", |e| e["fields"]["message"] == "signed head verified");
+    assert_eq!(vane.synced(&first), "Applied");
+    eprintln!("signature verification: {} us per sync (the head's SSHSIG, ed25519)", verified["fields"]["verify_us"]);
+
+    let manifest = std::fs::read_to_string(remote.work.path().join("deploy/breast-cancer.yaml")).unwrap();
+    remote.write("deploy/breast-cancer.yaml", manifest.replace("max_batch_size: 64", "max_batch_size: 8").as_bytes());
+    let by_dev = signed_push(&dev, "dev changes the manifest");
+    assert_eq!(vane.post("/api/v1/sync", b"").0, 202);
+    assert_eq!(vane.synced(&by_dev), "Refused");
+    let reason = vane.get("/api/v1/status").1["sync"]["last_attempted"]["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("changes deploy/breast-cancer.yaml, which only ops@example.com may change; it is signed by dev@example.com (SHA256:"),
+        "{reason}"
+    );
+    assert_eq!(vane.serving(), first);
+    let by_ops = signed_push(&ops, "ops signs the same change");
+    assert_eq!(vane.post("/api/v1/sync", b"").0, 202);
+    assert_eq!(vane.synced(&by_ops), "Applied");
+    assert_eq!(vane.serving(), by_ops);
+    vane.stop();
+}

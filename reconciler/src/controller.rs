@@ -48,6 +48,8 @@ pub struct ControllerConfig {
     pub sync_timeout: Duration,
     /// What manifests may name as artifact sources, and how large an artifact may be.
     pub artifacts: ArtifactPolicy,
+    /// Whose signed commits deploy (`--allowed-signers`), and who may change which path; off by default.
+    pub signers: crate::signers::SignerPolicy,
     /// The longest wait between retries after errors.
     pub max_backoff: Duration,
     /// A PEM bundle of CA certificates trusted for https artifacts (besides Mozilla's roots).
@@ -547,6 +549,17 @@ fn prepare(
         return Ok(Prepared::Refused(head, refusal));
     }
     let head = source.fetch().map_err(|e| e.to_string())?;
+    // Before anything the commit names is read or downloaded: only a trusted signer's head goes further.
+    if config.signers.enabled() {
+        let started = Instant::now();
+        match config.signers.check(source.repository(), head, applied) {
+            Ok(signer) => {
+                let signer = signer.map(|s| format!("{} ({})", s.principals.join(","), s.fingerprint));
+                tracing::info!(commit = %head, signer, verify_us = started.elapsed().as_micros() as u64, "signed head verified");
+            }
+            Err(reason) => return Ok(Prepared::Refused(head, reason)),
+        }
+    }
     Ok(match validate(source, config, deadline, head, applied) {
         Ok(desired) => Prepared::Ready(head, desired),
         Err(reason) => Prepared::Refused(head, reason),

@@ -16,6 +16,7 @@ pub mod model_config;
 pub mod model_dir;
 pub mod plan;
 pub mod redact;
+pub mod signers;
 pub mod source;
 mod state;
 pub mod yaml;

@@ -200,6 +200,11 @@ impl GitSource {
         Ok(Self { repo, spec, cancel, host_key_refusal: Arc::default(), oversized: Arc::default() })
     }
 
+    /// The clone itself, for reads this type does not wrap (signature checks).
+    pub fn repository(&self) -> &Repository {
+        &self.repo
+    }
+
     /// The bare clone's folder for a given data directory.
     pub fn clone_dir(data_dir: &Path) -> PathBuf {
         data_dir.join("repo.git")

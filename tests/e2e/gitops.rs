@@ -58,6 +58,7 @@ pub(crate) fn gitops_config(url: String, data: &tempfile::TempDir, poll_interval
             git_timeout: Duration::from_secs(30),
             sync_timeout: Duration::from_secs(120),
             artifacts: reconciler::artifacts::ArtifactPolicy::default(),
+            signers: reconciler::signers::SignerPolicy::default(),
             max_backoff: Duration::from_secs(3600),
             ca_file: None,
         },

@@ -39,6 +39,7 @@ fn config(url: String, data: &tempfile::TempDir) -> ControllerConfig {
         git_timeout: Duration::from_secs(30),
         sync_timeout: Duration::from_secs(60),
         artifacts: crate::artifacts::ArtifactPolicy::default(),
+        signers: crate::signers::SignerPolicy::default(),
         max_backoff: Duration::from_secs(3600),
         ca_file: None,
     }
@@ -467,5 +468,90 @@ async fn a_replayed_webhook_does_not_cancel_the_sync_in_flight() {
     assert_eq!(status.history[0].outcome, Outcome::Applied);
     assert!(status.history.iter().all(|r| r.outcome != Outcome::Superseded), "{:?}", status.history);
     assert_eq!(handle.metrics().push_checks("moved"), 0);
+    shutdown.cancel();
+}
+
+/// With --allowed-signers, only a head signed by a listed key deploys: an unsigned head and one signed by an
+/// unlisted key are refused like any bad commit (the signer's fingerprint in the reason), and the good one serves.
+#[tokio::test]
+async fn only_heads_signed_by_an_allowed_signer_deploy() {
+    let keys = tempfile::tempdir().unwrap();
+    let keygen = |name: &str| {
+        let key = keys.path().join(name);
+        let made = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&key)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        key
+    };
+    let (alice, mallory) = (keygen("alice"), keygen("mallory"));
+    let allowed = keys.path().join("allowed_signers");
+    let alice_pub = std::fs::read_to_string(alice.with_extension("pub")).unwrap();
+    std::fs::write(&allowed, format!("alice@example.com {alice_pub}")).unwrap();
+    let work = WorkRepo::new();
+    let sign = |key: &std::path::Path, message: &str| {
+        work.git(&["add", "-A"]);
+        let signing = format!("user.signingkey={}", key.display());
+        work.git(&["-c", "gpg.format=ssh", "-c", &signing, "commit", "-q", "-S", "--allow-empty", "-m", message]);
+        Oid::from_str(&work.git(&["rev-parse", "HEAD"])).unwrap()
+    };
+    work.write("models/m.onnx", b"model one");
+    work.write("deploy/m.yaml", manifest("m", "models/m.onnx", b"model one", "").as_bytes());
+    let signed = sign(&alice, "signed by alice");
+
+    let data = tempfile::tempdir().unwrap();
+    let mut config = config(work.url(), &data);
+    config.signers = crate::signers::SignerPolicy {
+        allowed: Some(crate::signers::AllowedSigners::load(&allowed).unwrap()),
+        paths: Vec::new(),
+    };
+    let (handle, inputs) = channels(&config);
+    let applied = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&applied);
+    let apply = move |desired: DesiredState| {
+        sink.lock().unwrap().push(desired.revision);
+        std::future::ready(Ok(()))
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(run(config, inputs, apply, shutdown.clone()));
+    let mut status = handle.status();
+    let wait = |status: &mut watch::Receiver<SyncStatus>, syncs: u64| {
+        let mut status = status.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.syncs >= syncs))
+                .await
+                .unwrap()
+                .unwrap()
+                .clone()
+        }
+    };
+    let first = wait(&mut status, 1).await;
+    assert_eq!(head_of(&first), Some(signed.to_string().as_str()), "{:?}", first.last_error);
+
+    work.write("models/m.onnx", b"model two");
+    work.write("deploy/m.yaml", manifest("m", "models/m.onnx", b"model two", "").as_bytes());
+    let unsigned = Oid::from_str(&{
+        work.git(&["add", "-A"]);
+        work.git(&["commit", "-q", "-m", "unsigned"]);
+        work.git(&["rev-parse", "HEAD"])
+    })
+    .unwrap();
+    assert!(handle.trigger(Trigger::Webhook));
+    let status_now = wait(&mut status, 2).await;
+    let attempted = status_now.last_attempted.unwrap();
+    assert_eq!(attempted.commit, Some(unsigned.to_string()));
+    assert!(attempted.reason.unwrap().contains("is not signed"));
+
+    let by_mallory = sign(&mallory, "signed by an unlisted key");
+    assert!(handle.trigger(Trigger::Webhook));
+    let status_now = wait(&mut status, 3).await;
+    let attempted = status_now.last_attempted.clone().unwrap();
+    assert_eq!(attempted.commit, Some(by_mallory.to_string()));
+    let reason = attempted.reason.unwrap();
+    assert!(reason.contains("is signed by key SHA256:") && reason.contains("does not list"), "{reason}");
+    assert_eq!(head_of(&status_now), Some(signed.to_string().as_str()), "the signed commit keeps serving");
+    assert_eq!(*applied.lock().unwrap(), [Some(signed.to_string())], "nothing unsigned was loaded");
     shutdown.cancel();
 }
