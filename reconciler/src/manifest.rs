@@ -336,7 +336,7 @@ fn parse_one(bytes: &[u8]) -> Result<Deployment, String> {
         return Err(format!("manifest is {} bytes; the limit is {MAX_MANIFEST_BYTES}", bytes.len()));
     }
     let text = std::str::from_utf8(bytes).map_err(|_| "manifest is not UTF-8".to_owned())?;
-    let raw: RawManifest = serde_yaml::from_str(text).map_err(|e| format!("invalid manifest: {e}"))?;
+    let raw: RawManifest = crate::yaml::from_str(text).map_err(|e| format!("invalid manifest: {e}"))?;
     if raw.api_version != API_VERSION {
         return Err(format!("apiVersion {:?} is not supported; this build reads {API_VERSION:?}", raw.api_version));
     }

@@ -36,8 +36,8 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Parses YAML text; unknown fields and zero counts are errors. `origin` names the source in errors.
     pub fn from_yaml(text: &str, origin: &Path) -> Result<Self> {
-        let config: Self = serde_yaml::from_str(text)
-            .map_err(|e| Error::ModelConfig { path: origin.into(), message: e.to_string() })?;
+        let config: Self =
+            crate::yaml::from_str(text).map_err(|message| Error::ModelConfig { path: origin.into(), message })?;
         config.validated().map_err(|message| Error::ModelConfig { path: origin.into(), message })
     }
 
@@ -65,19 +65,31 @@ impl ModelConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Self::default(), None)),
             Err(e) => return Err(Error::ModelConfig { path, message: e.to_string() }),
         };
+        // The serving fields and the optional monitoring block, unknown fields refused; an empty file is the
+        // defaults.
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct ConfigFile {
+            max_batch_size: Option<usize>,
+            #[serde(default, with = "humantime_serde")]
+            max_queue_delay: Option<Duration>,
+            workers: Option<usize>,
+            queue_capacity: Option<usize>,
+            intra_threads: Option<usize>,
+            #[serde(default)]
+            monitoring: Option<crate::manifest::Monitoring>,
+        }
         let bad = |message: String| Error::ModelConfig { path: path.clone(), message };
-        let mut value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        let monitoring = match value.as_mapping_mut().and_then(|m| m.remove("monitoring")) {
-            None => None,
-            Some(block) => Some(serde_yaml::from_value(block).map_err(|e| bad(format!("monitoring: {e}")))?),
+        let file: Option<ConfigFile> = crate::yaml::from_str(&text).map_err(bad)?;
+        let Some(file) = file else { return Ok((Self::default(), None)) };
+        let config = Self {
+            max_batch_size: file.max_batch_size,
+            max_queue_delay: file.max_queue_delay,
+            workers: file.workers,
+            queue_capacity: file.queue_capacity,
+            intra_threads: file.intra_threads,
         };
-        // An empty file (or one holding only `monitoring:`) is the defaults.
-        let config = match &value {
-            serde_yaml::Value::Null => Self::default(),
-            serde_yaml::Value::Mapping(m) if m.is_empty() => Self::default(),
-            other => Self::from_yaml(&serde_yaml::to_string(other).map_err(|e| bad(e.to_string()))?, &path)?,
-        };
-        Ok((config, monitoring))
+        Ok((config.validated().map_err(bad)?, file.monitoring))
     }
 }
 

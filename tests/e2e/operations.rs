@@ -10,7 +10,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use hyper::StatusCode;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::support::{breast_cancer_row, ensure_debian_package, TestServer};
@@ -234,10 +233,10 @@ async fn the_dashboard_and_rules_use_only_exported_metrics() {
         .iter()
         .flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_owned()))
         .collect();
-    let rules: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(root().join("configs/prometheus/vane-rules.yaml")).unwrap())
+    let rules: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(root().join("configs/prometheus/vane-rules.yaml")).unwrap())
             .unwrap();
-    for rule in rules["groups"][0]["rules"].as_sequence().unwrap() {
+    for rule in rules["groups"][0]["rules"].as_array().unwrap() {
         exprs.push(rule["expr"].as_str().unwrap().to_owned());
     }
     let mut checked = 0;
@@ -254,8 +253,7 @@ async fn the_dashboard_and_rules_use_only_exported_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kubernetes_manifests_parse_and_their_probes_and_settings_are_real() {
     let text = std::fs::read_to_string(root().join("configs/k8s/vane.yaml")).unwrap();
-    let documents: Vec<serde_yaml::Value> =
-        serde_yaml::Deserializer::from_str(&text).map(|d| serde_yaml::Value::deserialize(d).unwrap()).collect();
+    let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
     let kinds: Vec<&str> = documents.iter().map(|d| d["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["Deployment", "Service", "ServiceMonitor", "HorizontalPodAutoscaler"]);
     let container = &documents[0]["spec"]["template"]["spec"]["containers"][0];
@@ -265,7 +263,7 @@ async fn the_kubernetes_manifests_parse_and_their_probes_and_settings_are_real()
         assert_eq!(server.get(path).await.status, StatusCode::OK, "{probe} {path}");
     }
     let settings = std::fs::read_to_string(root().join("configs/serve.env")).unwrap();
-    for env in container["env"].as_sequence().unwrap() {
+    for env in container["env"].as_array().unwrap() {
         let name = env["name"].as_str().unwrap();
         assert!(settings.contains(&format!("{name}=")), "{name} is not a setting in configs/serve.env");
     }
