@@ -381,7 +381,8 @@ impl ArtifactCache {
                 problem(format!("redirects to {} (only https is followed)", crate::redact::url(&to)))
             }
             ureq::Error::Other(refused) if refused.is::<Refused>() => problem(refused.to_string()),
-            e => problem(format!("download failed: {e}")),
+            // ureq's message may quote the URL: shown only with its credentials and query redacted.
+            e => problem(format!("download failed: {}", e.to_string().replace(uri, &crate::redact::url(uri)))),
         })?;
         let status = response.status();
         if !status.is_success() {

@@ -344,8 +344,7 @@ where
                 biased;
                 () = shutdown.cancelled() => return,
                 Some((commit, reply)) = rollbacks.recv() => {
-                    let result = rollback(&config, &reporter, &mut state, &mut apply, &commit).await;
-                    persist(&journal, &reporter, &state).await;
+                    let result = rollback(&config, &reporter, &journal, &mut state, &mut apply, &commit).await;
                     let _ = reply.send(result);
                     continue;
                 }
@@ -505,13 +504,18 @@ where
             state.pinned_at_head = None;
         }
     }
-    record(reporter, trigger, started, commit, outcome, reason, state.pinned_at_head.is_some());
+    let next = record(reporter, trigger, started, commit, outcome, reason.clone(), state.pinned_at_head.is_some());
+    // Logged once the status shows it (a reader of the log may ask the status next).
+    publish(journal, reporter, state, next).await;
+    let shown = commit.map(|c| c.to_string());
+    if let Some(reason) = &reason {
+        tracing::warn!(?trigger, ?outcome, commit = ?shown, %reason, "sync did not apply; the last good set keeps serving");
+    }
     // A quiet poll is not news; every other sync is (the start-up one included, so a restart's log says whether it
     // found anything new).
     if outcome != Outcome::Unchanged || trigger != Trigger::Poll {
-        tracing::info!(?trigger, ?outcome, commit = ?commit.map(|c| c.to_string()), "sync finished");
+        tracing::info!(?trigger, ?outcome, commit = ?shown, "sync finished");
     }
-    persist(journal, reporter, state).await;
     outcome
 }
 
@@ -595,6 +599,7 @@ fn validate(
 async fn rollback<A, F>(
     config: &ControllerConfig,
     reporter: &Reporter,
+    journal: &Arc<Journal>,
     state: &mut LoopState,
     apply: &mut A,
     commit: &str,
@@ -616,7 +621,9 @@ where
     let head = status.borrow().observed.as_ref().and_then(|o| Oid::from_str(&o.commit).ok());
     state.applied = Some(oid);
     state.pinned_at_head = head.filter(|&h| h != oid);
-    record(reporter, Trigger::Rollback, started, Some(oid), Outcome::Applied, None, state.pinned_at_head.is_some());
+    let diverged = state.pinned_at_head.is_some();
+    let next = record(reporter, Trigger::Rollback, started, Some(oid), Outcome::Applied, None, diverged);
+    publish(journal, reporter, state, next).await;
     tracing::warn!(commit, "rolled back by an admin call; holding until the branch head changes");
     Ok(())
 }
@@ -696,9 +703,9 @@ async fn restore<A, F>(
             Ok(()) => {
                 state.applied = Some(last);
                 let diverged = state.pinned_at_head.is_some();
-                record(reporter, Trigger::Restore, started, Some(last), Outcome::Applied, None, diverged);
+                let next = record(reporter, Trigger::Restore, started, Some(last), Outcome::Applied, None, diverged);
+                publish(journal, reporter, state, next).await;
                 tracing::info!(commit = %last, "serving the last applied commit from the local clone and cache");
-                persist(journal, reporter, state).await;
             }
             Err(reason) => restore_failed(reporter, last, &reason),
         },
@@ -746,9 +753,27 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Writes the status and the rollback pin after a sync; the sync is over, so nothing is in progress.
-async fn persist(journal: &Arc<Journal>, reporter: &Reporter, state: &LoopState) {
-    let status = reporter.status.borrow().clone();
+/// Makes `next` the status: written to the data dir first, then shown, so a status that says "applied" survives a
+/// restart. A quiet poll changes only counters and the observed time: it writes nothing (a write is an fsync).
+async fn publish(journal: &Arc<Journal>, reporter: &Reporter, state: &LoopState, next: SyncStatus) {
+    persist(journal, state, next.clone()).await;
+    reporter.status.send_replace(next);
+}
+
+async fn persist(journal: &Arc<Journal>, state: &LoopState, status: SyncStatus) {
     let pinned = state.pinned_at_head.map(|c| c.to_string());
+    let changed = {
+        let kept = lock(&journal.state);
+        let quiet = |s: &SyncStatus| SyncStatus {
+            syncs: 0,
+            observed: s.observed.as_ref().map(|o| CommitRecord { commit: o.commit.clone(), at_unix_ms: 0 }),
+            ..s.clone()
+        };
+        kept.in_progress.is_some() || kept.pinned_at_head != pinned || quiet(&kept.status) != quiet(&status)
+    };
+    if !changed {
+        return;
+    }
     let journal = Arc::clone(journal);
     let _ = tokio::task::spawn_blocking(move || {
         journal.update(|d| {
@@ -834,7 +859,7 @@ fn record(
     outcome: Outcome,
     reason: Option<String>,
     diverged: bool,
-) {
+) -> SyncStatus {
     let now = SystemTime::now();
     let took = now.duration_since(started).unwrap_or_default();
     let duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
@@ -849,10 +874,9 @@ fn record(
         started_unix_ms: unix_ms(started),
         duration_ms,
     };
-    if let Some(reason) = &reason {
-        tracing::warn!(?trigger, ?outcome, commit = ?record.commit, %reason, "sync did not apply; the last good set keeps serving");
-    }
-    status.send_modify(|s| {
+    let mut next = status.borrow().clone();
+    {
+        let s = &mut next;
         s.reconciling = false;
         s.reconciling_commit = None;
         s.syncs += 1;
@@ -899,7 +923,8 @@ fn record(
             s.history.push_front(record);
             s.history.truncate(HISTORY);
         }
-    });
+    }
+    next
 }
 
 /// Capped exponential backoff with jitter, reset on success.

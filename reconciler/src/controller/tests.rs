@@ -555,3 +555,21 @@ async fn only_heads_signed_by_an_allowed_signer_deploy() {
     assert_eq!(*applied.lock().unwrap(), [Some(signed.to_string())], "nothing unsigned was loaded");
     shutdown.cancel();
 }
+
+/// A quiet poll (nothing new) writes no state: the file is rewritten only when something a restart needs changed.
+#[tokio::test]
+async fn a_quiet_sync_does_not_rewrite_the_state_file() {
+    let work = WorkRepo::new();
+    publish(&work, b"model one", "");
+    let running = start(work.url());
+    running.until(|s| s.last_applied.is_some()).await;
+    let file = running.data.path().join("state.json");
+    let before = std::fs::read(&file).unwrap();
+    let status = running.sync(Trigger::Admin).await;
+    assert_eq!(status.syncs, 2);
+    assert_eq!(std::fs::read(&file).unwrap(), before, "an unchanged sync wrote the state");
+    let pushed = publish(&work, b"model two", "");
+    running.sync(Trigger::Webhook).await;
+    let text = String::from_utf8(std::fs::read(&file).unwrap()).unwrap();
+    assert!(text.contains(&pushed.to_string()), "a new commit is written");
+}
