@@ -142,6 +142,15 @@ pub enum ArtifactError {
         /// What is wrong.
         problem: String,
     },
+    /// The artifact could not be had now, for a reason that may pass (a network failure, a 5xx, a 404 before the
+    /// upload, the sync's deadline): the sync is retried with backoff, the commit is not refused.
+    #[error("{uri}: {problem}")]
+    Unavailable {
+        /// The URI (redacted) or file.
+        uri: String,
+        /// What happened.
+        problem: String,
+    },
     /// The cache could not be written.
     #[error("artifact cache {path}: {source}")]
     Cache {
@@ -164,6 +173,19 @@ struct DvcOut {
     #[serde(default)]
     size: Option<u64>,
     path: String,
+}
+
+impl ArtifactError {
+    /// Whether the failure may pass by itself, so the sync should be retried rather than the commit refused: the
+    /// network, the remote's answers that mean "not now", the deadline, the local disk, a DVC object not pushed yet.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unavailable { .. } | Self::Cache { .. } => true,
+            Self::Git(GitError::Cancelled) => true,
+            Self::Dvc { problem, .. } => problem.contains(" not found; looked in"),
+            Self::Git(_) | Self::Digest { .. } | Self::Uri { .. } => false,
+        }
+    }
 }
 
 // === impl ArtifactCache ===
@@ -229,11 +251,29 @@ impl ArtifactCache {
     /// A new temporary file in the cache, created exclusively (never an existing file or a planted symlink).
     fn partial(&self, expected: &str) -> Result<(PathBuf, fs::File), ArtifactError> {
         self.create_dir()?;
-        let n = PARTIAL.fetch_add(1, Ordering::Relaxed);
-        let partial = self.dir.join(format!(".{expected}.{}.{n}.partial", std::process::id()));
-        let file =
-            create_exclusive(&partial).map_err(|source| ArtifactError::Cache { path: partial.clone(), source })?;
-        Ok((partial, file))
+        // A name taken (a file a killed run left, a restarted pid 1 counting from 0 again) is skipped, not an error.
+        let mut tries = 0;
+        loop {
+            let n = PARTIAL.fetch_add(1, Ordering::Relaxed);
+            let partial = self.dir.join(format!(".{expected}.{}.{n}.partial", std::process::id()));
+            match create_exclusive(&partial) {
+                Ok(file) => return Ok((partial, file)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 64 => tries += 1,
+                Err(source) => return Err(ArtifactError::Cache { path: partial, source }),
+            }
+        }
+    }
+
+    /// Removes temporary files a killed run left behind (each up to an artifact's size). Blocking; call it before
+    /// the first sync, when no writer runs.
+    pub fn remove_leftovers(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name.to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".partial")) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Checks `bytes` against `expected` and stores them; returns the cached path. Written to a temporary file and
@@ -263,19 +303,20 @@ impl ArtifactCache {
     ) -> Result<PathBuf, ArtifactError> {
         let path = self.path_of(expected);
         let problem = |problem: String| ArtifactError::Uri { uri: crate::redact::url(what), problem };
+        let unavailable = |problem: String| ArtifactError::Unavailable { uri: crate::redact::url(what), problem };
         let (partial, mut file) = self.partial(expected)?;
         let mut hasher = Sha256::new();
         let mut total = 0u64;
         let mut buffer = vec![0u8; 256 * 1024];
         let copied = loop {
             if let Err(stopped) = self.deadline.check() {
-                break Err(problem(stopped));
+                break Err(unavailable(stopped));
             }
             let n = match reader.read(&mut buffer) {
                 Ok(0) => break Ok(()),
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => break Err(problem(format!("read failed: {e}"))),
+                Err(e) => break Err(unavailable(format!("read failed: {e}"))),
             };
             total += n as u64;
             if total > max_bytes {
@@ -320,7 +361,9 @@ impl ArtifactCache {
         let mut hasher = Sha256::new();
         let mut buffer = vec![0u8; 256 * 1024];
         loop {
-            self.deadline.check().map_err(|problem| ArtifactError::Uri { uri: path.display().to_string(), problem })?;
+            self.deadline
+                .check()
+                .map_err(|problem| ArtifactError::Unavailable { uri: path.display().to_string(), problem })?;
             match file.read(&mut buffer) {
                 Ok(0) => break,
                 Ok(n) => hasher.update(&buffer[..n]),
@@ -382,11 +425,20 @@ impl ArtifactCache {
             }
             ureq::Error::Other(refused) if refused.is::<Refused>() => problem(refused.to_string()),
             // ureq's message may quote the URL: shown only with its credentials and query redacted.
-            e => problem(format!("download failed: {}", e.to_string().replace(uri, &crate::redact::url(uri)))),
+            e => ArtifactError::Unavailable {
+                uri: crate::redact::url(uri),
+                problem: format!("download failed: {}", e.to_string().replace(uri, &crate::redact::url(uri))),
+            },
         })?;
         let status = response.status();
         if !status.is_success() {
-            return Err(problem(format!("the server answered HTTP {status}")));
+            let problem = format!("the server answered HTTP {status}");
+            // "Not now" answers (an object not uploaded yet, an overloaded store) are retried; others refuse.
+            let code = status.as_u16();
+            if code >= 500 || matches!(code, 404 | 408 | 429) {
+                return Err(ArtifactError::Unavailable { uri: crate::redact::url(uri), problem });
+            }
+            return Err(ArtifactError::Uri { uri: crate::redact::url(uri), problem });
         }
         let max = self.policy.max_bytes;
         let mut reader = response.into_body().into_with_config().limit(max + 1).reader();
@@ -455,15 +507,23 @@ impl ArtifactCache {
                 "file:// artifacts are refused: no --artifact-root names a folder they may be read from".to_owned(),
             ));
         }
-        // Resolved before the check, so neither `..` nor a symlink can lead out of a root.
-        let real = fs::canonicalize(path).map_err(|e| problem(e.to_string()))?;
+        let outside = || {
+            problem(format!(
+                "is outside the artifact roots ({}); file:// artifacts are read only under them",
+                self.policy.roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
+            ))
+        };
+        // First by the name alone, so a manifest cannot probe which files exist elsewhere on the host; then resolved
+        // (symlinks, `..`) and checked again, so nothing leads out of a root.
+        let named = Path::new(path);
+        if !named.is_absolute() || !self.policy.roots.iter().any(|root| named.starts_with(root)) {
+            return Err(outside());
+        }
+        let real = fs::canonicalize(named).map_err(|e| problem(e.to_string()))?;
         let inside =
             self.policy.roots.iter().any(|root| fs::canonicalize(root).is_ok_and(|root| real.starts_with(root)));
         if !inside {
-            return Err(problem(format!(
-                "is outside the artifact roots ({}); file:// artifacts are read only under them",
-                self.policy.roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
-            )));
+            return Err(outside());
         }
         open_regular(&real).map_err(|e| problem(e.to_string()))
     }
@@ -600,6 +660,8 @@ fn is_public(ip: IpAddr) -> bool {
                 || v.is_documentation()
                 || o[0] == 0
                 || (o[0] == 100 && o[1] & 0xc0 == 64)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || (o[0] == 198 && o[1] & 0xfe == 18)
                 || o[0] >= 240)
         }
         IpAddr::V6(v) => {
@@ -609,10 +671,13 @@ fn is_public(ip: IpAddr) -> bool {
                 || v.is_unique_local()
                 || v.is_unicast_link_local()
                 || v.is_multicast()
-                // NAT64 and 6to4 carry an IPv4 address that may be private.
+                // IPv4-compatible, NAT64, 6to4 and Teredo carry an IPv4 address that may be private; site-local is
+                // deprecated but routed privately.
+                || s[..6] == [0; 6]
                 || (s[0] == 0x64 && s[1] == 0xff9b)
                 || s[0] == 0x2002
-                || (s[0] == 0x2001 && s[1] == 0xdb8))
+                || (s[0] == 0x2001 && (s[1] == 0 || s[1] == 0xdb8))
+                || s[0] & 0xffc0 == 0xfec0)
         }
     }
 }

@@ -319,9 +319,13 @@ where
     let journal = Arc::new(Journal::new(&config));
     let loaded = {
         let journal = Arc::clone(&journal);
-        tokio::task::spawn_blocking(move || journal.store.load(&journal.source))
-            .await
-            .unwrap_or_else(|e| Err(format!("reading the state file failed: {e}")))
+        let cache = config.cache(&Deadline::default());
+        tokio::task::spawn_blocking(move || {
+            cache.remove_leftovers();
+            journal.store.load(&journal.source)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("reading the state file failed: {e}")))
     };
     match loaded {
         Ok(None) => {}
@@ -421,7 +425,11 @@ where
 /// What the loop remembers between syncs.
 #[derive(Default)]
 struct LoopState {
+    /// The commit serving.
     applied: Option<Oid>,
+    /// The commit new heads are compared with (ancestry, path signers): the one serving, or after a restart whose
+    /// restore failed, the one the last run applied.
+    baseline: Option<Oid>,
     /// Refused commits, newest first (the status's list, as ids).
     refused: Vec<Oid>,
     /// The branch head when a rollback pinned an older commit; the pin holds until the head moves.
@@ -459,7 +467,12 @@ where
         s.reconciling = true;
         s.reconciling_commit = None;
     });
-    let known = Known { applied: state.applied, refused: state.refused.clone(), pinned_at_head: state.pinned_at_head };
+    let known = Known {
+        applied: state.applied,
+        baseline: state.applied.or(state.baseline),
+        refused: state.refused.clone(),
+        pinned_at_head: state.pinned_at_head,
+    };
     let seen = Arc::clone(in_flight);
     let journal_for_prepare = Arc::clone(journal);
     let prepared = blocking(config, Some(supersede), move |source, config, deadline| {
@@ -506,7 +519,7 @@ where
     }
     let next = record(reporter, trigger, started, commit, outcome, reason.clone(), state.pinned_at_head.is_some());
     // Logged once the status shows it (a reader of the log may ask the status next).
-    publish(journal, reporter, state, next).await;
+    publish(journal, reporter, state, next, SyncEnded::Yes).await;
     let shown = commit.map(|c| c.to_string());
     if let Some(reason) = &reason {
         tracing::warn!(?trigger, ?outcome, commit = ?shown, %reason, "sync did not apply; the last good set keeps serving");
@@ -522,6 +535,7 @@ where
 /// What a sync compares the branch head with.
 struct Known {
     applied: Option<Oid>,
+    baseline: Option<Oid>,
     refused: Vec<Oid>,
     pinned_at_head: Option<Oid>,
 }
@@ -542,19 +556,34 @@ fn prepare(
     *in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(head);
     // Written before anything the commit names is fetched or loaded: if the process dies during this sync, the next
     // start knows, and a commit that kills it twice is refused instead of retried forever.
+    let mut attempt = 0;
     journal.update(|d| {
         let commit = head.to_string();
-        let attempts = d.in_progress.as_ref().filter(|a| a.commit == commit).map_or(0, |a| a.attempts) + 1;
-        tracing::info!(%commit, attempt = attempts, "a new branch head: fetching, validating and loading it");
-        d.in_progress = Some(Attempt { commit, attempts });
+        attempt = d.in_progress.as_ref().filter(|a| a.commit == commit).map_or(0, |a| a.attempts) + 1;
+        d.in_progress = Some(Attempt { commit, attempts: attempt });
     });
-    let applied = known.applied;
+    // Logged once written: a process killed after this line is known to have died during this sync.
+    tracing::info!(commit = %head, attempt, "a new branch head: fetching, validating and loading it");
+    let applied = known.baseline;
     if let Some(refusal) = source.check_local_fetch(head).map_err(|e| e.to_string())? {
         return Ok(Prepared::Refused(head, refusal));
     }
-    let head = source.fetch().map_err(|e| e.to_string())?;
+    let fetched = match source.fetch() {
+        Ok(fetched) => fetched,
+        // A push too large to fetch is a property of the commit: refused, not retried every backoff.
+        Err(error @ crate::source::GitError::TooLarge(_)) => return Ok(Prepared::Refused(head, error.to_string())),
+        Err(error) => return Err(error.to_string()),
+    };
+    if fetched != head {
+        // Pushed again between ls-remote and the fetch: what was checked is not what arrived. The next sync takes
+        // the new head from the start.
+        return Err(format!("the branch moved from {head} to {fetched} during the sync; syncing again"));
+    }
     // Before anything the commit names is read or downloaded: only a trusted signer's head goes further.
     if config.signers.enabled() {
+        if let Err(error) = crate::source::check_commit_size(source, head) {
+            return Ok(Prepared::Refused(head, error.to_string()));
+        }
         let started = Instant::now();
         match config.signers.check(source.repository(), head, applied) {
             Ok(signer) => {
@@ -564,10 +593,12 @@ fn prepare(
             Err(reason) => return Ok(Prepared::Refused(head, reason)),
         }
     }
-    Ok(match validate(source, config, deadline, head, applied) {
-        Ok(desired) => Prepared::Ready(head, desired),
-        Err(reason) => Prepared::Refused(head, reason),
-    })
+    match validate(source, config, deadline, head, applied) {
+        Ok(desired) => Ok(Prepared::Ready(head, desired)),
+        // Not the commit's fault (a download failed, the deadline passed, the disk): retried with backoff.
+        Err(rejection) if rejection.transient => Err(format!("{}; retried with backoff", rejection.reason)),
+        Err(rejection) => Ok(Prepared::Refused(head, rejection.reason)),
+    }
 }
 
 /// Validates `commit` as a whole and resolves its artifacts.
@@ -577,19 +608,20 @@ fn validate(
     deadline: &Deadline,
     commit: Oid,
     applied: Option<Oid>,
-) -> Result<DesiredState, String> {
-    let files = source.manifests(commit).map_err(|e| e.to_string())?;
+) -> Result<DesiredState, plan::Rejection> {
+    let refuse = |reason: String| plan::Rejection { reason, transient: false };
+    let files = source.manifests(commit).map_err(|e| refuse(e.to_string()))?;
     if files.is_empty() {
-        return Err(format!("no manifests (*.yaml) in {}/", config.spec.path));
+        return Err(refuse(format!("no manifests (*.yaml) in {}/", config.spec.path)));
     }
-    let deployments = manifest::parse_commit(&files).map_err(|e| e.to_string())?;
+    let deployments = manifest::parse_commit(&files).map_err(|e| refuse(e.to_string()))?;
     if let Some(applied) = applied {
-        let descends = source.descends_from(commit, applied).map_err(|e| e.to_string())?;
+        let descends = source.descends_from(commit, applied).map_err(|e| refuse(e.to_string()))?;
         if !descends && !deployments.iter().all(|d| d.allow_history_rewrite) {
-            return Err(format!(
+            return Err(refuse(format!(
                 "history rewritten: {commit} does not descend from the applied {applied} (a force-push or reset); \
                  set spec.allow_history_rewrite in every manifest to allow it"
-            ));
+            )));
         }
     }
     let cache = config.cache(deadline);
@@ -623,7 +655,7 @@ where
     state.pinned_at_head = head.filter(|&h| h != oid);
     let diverged = state.pinned_at_head.is_some();
     let next = record(reporter, Trigger::Rollback, started, Some(oid), Outcome::Applied, None, diverged);
-    publish(journal, reporter, state, next).await;
+    publish(journal, reporter, state, next, SyncEnded::No).await;
     tracing::warn!(commit, "rolled back by an admin call; holding until the branch head changes");
     Ok(())
 }
@@ -639,6 +671,7 @@ fn local_desired(
     let files = source.manifests(commit).map_err(|e| e.to_string())?;
     let deployments = manifest::parse_commit(&files).map_err(|e| e.to_string())?;
     plan::desired_state(&deployments, source, commit, &config.cache(deadline).offline(), &config.dvc)
+        .map_err(String::from)
 }
 
 /// Serves the last applied commit of a previous run from the local clone and cache, before the remote is read: a
@@ -656,6 +689,14 @@ async fn restore<A, F>(
     F: Future<Output = Result<(), String>>,
 {
     let started = SystemTime::now();
+    if durable.policy != journal.policy && !durable.status.refused.is_empty() {
+        tracing::info!(
+            refused = durable.status.refused.len(),
+            "the operator's policy (artifact sources, limits or signers) changed since these commits were refused; \
+             they will be tried again"
+        );
+        durable.status.refused.clear();
+    }
     if let Some(attempt) = durable.in_progress.clone().filter(|a| a.attempts >= INTERRUPTED_LIMIT) {
         let reason = format!(
             "Vane stopped {} times in a row while applying this commit (killed, or out of memory?); it is refused \
@@ -688,6 +729,8 @@ async fn restore<A, F>(
     reporter.status.send_modify(|s| {
         let kept = &durable.status;
         s.observed.clone_from(&kept.observed);
+        // Until the restore succeeds (and records it anew) or fails, what the last run applied.
+        s.last_applied.clone_from(&kept.last_applied);
         s.last_attempted.clone_from(&kept.last_attempted);
         s.last_error.clone_from(&kept.last_error);
         s.history.clone_from(&kept.history);
@@ -696,29 +739,50 @@ async fn restore<A, F>(
     });
     *lock(&journal.state) = durable;
     let Some(last) = last else { return };
-    let desired =
-        blocking(config, None, move |source, config, deadline| local_desired(source, config, deadline, last)).await;
+    state.baseline = Some(last);
+    let stalled = {
+        let status = reporter.status.borrow();
+        let attempted = status.last_attempted.as_ref();
+        attempted.is_some_and(|a| a.outcome == Outcome::Refused && a.commit != Some(last.to_string()))
+    };
+    reporter.metrics.restored(stalled);
+    let desired = blocking(config, None, move |source, config, deadline| {
+        // The signers may have changed since it was applied: a restored commit meets today's policy too.
+        if let Some(allowed) = &config.signers.allowed {
+            allowed.verify(source.repository(), last)?;
+        }
+        local_desired(source, config, deadline, last)
+    })
+    .await;
     match desired {
         Ok(desired) => match apply(desired).await {
             Ok(()) => {
                 state.applied = Some(last);
                 let diverged = state.pinned_at_head.is_some();
                 let next = record(reporter, Trigger::Restore, started, Some(last), Outcome::Applied, None, diverged);
-                publish(journal, reporter, state, next).await;
+                // Not a sync's end: a commit the last run died applying stays counted.
+                publish(journal, reporter, state, next, SyncEnded::No).await;
                 tracing::info!(commit = %last, "serving the last applied commit from the local clone and cache");
             }
-            Err(reason) => restore_failed(reporter, last, &reason),
+            Err(reason) => restore_failed(reporter, state, last, &reason),
         },
-        Err(reason) => restore_failed(reporter, last, &reason),
+        Err(reason) => restore_failed(reporter, state, last, &reason),
     }
 }
 
-fn restore_failed(reporter: &Reporter, commit: Oid, reason: &str) {
+/// Nothing serves: the next sync applies the branch head whatever it is (a rollback pin would otherwise hold it on a
+/// commit that is not loaded); the last run's commit stays the baseline, and the status keeps it as last applied so
+/// the next write of the state does not forget it.
+fn restore_failed(reporter: &Reporter, state: &mut LoopState, commit: Oid, reason: &str) {
+    state.pinned_at_head = None;
     let message = format!(
         "could not serve the last applied commit {commit} from the local clone and cache ({reason}); syncing from Git"
     );
     tracing::warn!(%message);
-    reporter.status.send_modify(|s| s.last_error = Some(message));
+    reporter.status.send_modify(|s| {
+        s.last_error = Some(message);
+        s.diverged_from_head = false;
+    });
 }
 
 /// The durable state and where it is written, shared with the blocking half of a sync.
@@ -726,6 +790,8 @@ struct Journal {
     store: DurableStore,
     /// Which remote, branch and folder the state is about.
     source: String,
+    /// See [`Durable::policy`].
+    policy: String,
     state: std::sync::Mutex<Durable>,
 }
 
@@ -733,8 +799,14 @@ impl Journal {
     fn new(config: &ControllerConfig) -> Self {
         let spec = &config.spec;
         let source = format!("{} {} {}", crate::redact::url(&spec.url), spec.branch, spec.path);
+        use sha2::Digest;
+        let described = format!(
+            "{:?} {:?} {} {:?}",
+            config.artifacts, config.signers.paths, spec.max_fetch_bytes, config.signers.allowed
+        );
+        let policy = hex::encode(sha2::Sha256::digest(described.as_bytes()));
         let state = std::sync::Mutex::new(Durable { source: source.clone(), ..Durable::default() });
-        Self { store: DurableStore::new(&config.data_dir), source, state }
+        Self { store: DurableStore::new(&config.data_dir), source, policy, state }
     }
 
     /// Applies `change` and writes the result. Blocking. A failed write is logged and the loop goes on: serving
@@ -742,6 +814,7 @@ impl Journal {
     fn update(&self, change: impl FnOnce(&mut Durable)) {
         let mut durable = lock(&self.state);
         change(&mut durable);
+        durable.policy.clone_from(&self.policy);
         if let Err(error) = self.store.save(&durable) {
             tracing::warn!(file = %self.store.path().display(), %error, "could not write the reconciler's state");
         }
@@ -755,12 +828,19 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Writes the status and the rollback pin after a sync; the sync is over, so nothing is in progress.
 /// Makes `next` the status: written to the data dir first, then shown, so a status that says "applied" survives a
 /// restart. A quiet poll changes only counters and the observed time: it writes nothing (a write is an fsync).
-async fn publish(journal: &Arc<Journal>, reporter: &Reporter, state: &LoopState, next: SyncStatus) {
-    persist(journal, state, next.clone()).await;
+async fn publish(journal: &Arc<Journal>, reporter: &Reporter, state: &LoopState, next: SyncStatus, ended: SyncEnded) {
+    persist(journal, state, next.clone(), ended).await;
     reporter.status.send_replace(next);
 }
 
-async fn persist(journal: &Arc<Journal>, state: &LoopState, status: SyncStatus) {
+/// Whether what is published ends a sync (which clears the commit in progress) or not (a restore, a rollback).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SyncEnded {
+    Yes,
+    No,
+}
+
+async fn persist(journal: &Arc<Journal>, state: &LoopState, status: SyncStatus, ended: SyncEnded) {
     let pinned = state.pinned_at_head.map(|c| c.to_string());
     let changed = {
         let kept = lock(&journal.state);
@@ -769,7 +849,9 @@ async fn persist(journal: &Arc<Journal>, state: &LoopState, status: SyncStatus) 
             observed: s.observed.as_ref().map(|o| CommitRecord { commit: o.commit.clone(), at_unix_ms: 0 }),
             ..s.clone()
         };
-        kept.in_progress.is_some() || kept.pinned_at_head != pinned || quiet(&kept.status) != quiet(&status)
+        (ended == SyncEnded::Yes && kept.in_progress.is_some())
+            || kept.pinned_at_head != pinned
+            || quiet(&kept.status) != quiet(&status)
     };
     if !changed {
         return;
@@ -779,7 +861,9 @@ async fn persist(journal: &Arc<Journal>, state: &LoopState, status: SyncStatus) 
         journal.update(|d| {
             d.status = status;
             d.pinned_at_head = pinned;
-            d.in_progress = None;
+            if ended == SyncEnded::Yes {
+                d.in_progress = None;
+            }
         });
     })
     .await;
@@ -864,7 +948,10 @@ fn record(
     let took = now.duration_since(started).unwrap_or_default();
     let duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
     let now_unix = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-    reporter.metrics.observe(outcome, took.as_secs_f64(), now_unix);
+    // A restore is not a sync: the counters and timestamps keep meaning what they say (set from the status below).
+    if trigger != Trigger::Restore {
+        reporter.metrics.observe(outcome, took.as_secs_f64(), now_unix);
+    }
     let status = &reporter.status;
     let record = SyncRecord {
         commit: commit.map(|c| c.to_string()),

@@ -31,6 +31,10 @@ pub struct Durable {
     pub format: u32,
     /// The remote, branch and folder this state is about; state for another is ignored.
     pub source: String,
+    /// A digest of the operator's policy (artifact sources and limits, signers) when the state was written: refusals
+    /// made under another policy are tried again (the operator may have fixed what refused them).
+    #[serde(default)]
+    pub policy: String,
     /// The status as last reported (history, applied, attempted and refused commits).
     pub status: SyncStatus,
     /// The branch head when an admin rollback pinned an older commit; the pin holds until the head moves.

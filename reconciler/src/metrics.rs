@@ -102,6 +102,11 @@ impl SyncMetrics {
         self.push_checks.get_or_create(&HeadLabel { head }).get()
     }
 
+    /// After a restart: whether the branch head was refused (Stalled) when the last run stopped.
+    pub(crate) fn restored(&self, head_refused: bool) {
+        self.head_refused.set(i64::from(head_refused));
+    }
+
     /// Records a finished sync at `now_unix` seconds.
     pub(crate) fn observe(&self, outcome: Outcome, seconds: f64, now_unix: f64) {
         let label = OutcomeLabel { outcome: outcome.as_str() };

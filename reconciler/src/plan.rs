@@ -10,6 +10,22 @@ use crate::{CachedFile, DesiredModel, DesiredState, DesiredVersion, GoldenSet};
 /// The largest golden set read (it is a JSON request with its expected outputs).
 const GOLDEN_MAX_BYTES: usize = 16 * 1024 * 1024;
 
+/// Why a commit's artifacts could not be had, and whether that may pass by itself (retry the sync) or is the
+/// commit's own fault (refuse it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// What went wrong, naming model, version and artifact.
+    pub reason: String,
+    /// True for failures that may pass (network, deadline, disk): the sync is retried, the commit not refused.
+    pub transient: bool,
+}
+
+impl From<Rejection> for String {
+    fn from(rejection: Rejection) -> Self {
+        rejection.reason
+    }
+}
+
 /// Resolves every artifact the deployments name (models and reference data) into the cache and returns the state
 /// to serve. Blocking. The first artifact that cannot be had fails the whole commit, naming model and version.
 pub fn desired_state(
@@ -18,8 +34,10 @@ pub fn desired_state(
     commit: Oid,
     cache: &ArtifactCache,
     dvc: &DvcConfig,
-) -> Result<DesiredState, String> {
-    let context = |what: String| move |e: ArtifactError| format!("{what}: {e}");
+) -> Result<DesiredState, Rejection> {
+    let context = |what: String| {
+        move |e: ArtifactError| Rejection { transient: e.is_transient(), reason: format!("{what}: {e}") }
+    };
     let mut models = Vec::with_capacity(deployments.len());
     for deployment in deployments {
         let mut versions = Vec::with_capacity(deployment.versions.len());
@@ -31,7 +49,7 @@ pub fn desired_state(
                 Some(warmup) => {
                     let json = source
                         .read(commit, &warmup.golden, GOLDEN_MAX_BYTES)
-                        .map_err(|e| format!("{what}: golden set: {e}"))?;
+                        .map_err(|e| Rejection { reason: format!("{what}: golden set: {e}"), transient: false })?;
                     Some(GoldenSet { json, tolerance: warmup.tolerance })
                 }
             };

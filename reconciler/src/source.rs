@@ -319,7 +319,10 @@ impl GitSource {
                 return Ok(Some(format!("more than {MAX_WALKED_COMMITS} new commits to fetch at once")));
             }
             let commit = commit.map_err(git("walk the new commits"))?;
-            let tree = remote.find_commit(commit).and_then(|c| c.tree()).map_err(git("read a new commit"))?;
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(GitError::Cancelled);
+            }
+            let tree = commit_tree(&remote, commit)?;
             tree.walk(git2::TreeWalkMode::PreOrder, |folder, entry| {
                 if entry.kind() != Some(git2::ObjectType::Blob) || !seen.insert(entry.id()) || local.exists(entry.id()) {
                     return git2::TreeWalkResult::Ok;
@@ -391,7 +394,7 @@ impl GitSource {
 
     /// The manifests (`*.yaml`, `*.yml`) directly in the deploy folder at `commit`, as (path, bytes).
     pub fn manifests(&self, commit: Oid) -> Result<Vec<(String, Vec<u8>)>, GitError> {
-        let tree = self.repo.find_commit(commit).and_then(|c| c.tree()).map_err(git("read commit"))?;
+        let tree = commit_tree(&self.repo, commit)?;
         let folder = self.spec.path.trim_end_matches('/');
         let file_error = |path: &str, problem: &str| GitError::File {
             path: path.to_owned(),
@@ -399,6 +402,7 @@ impl GitSource {
             problem: problem.to_owned(),
         };
         let entry = tree.get_path(Path::new(folder)).map_err(|_| file_error(folder, "no such folder"))?;
+        check_object_size(&self.repo, entry.id(), MAX_TREE_BYTES, "the deploy folder")?;
         let folder_tree = entry
             .to_object(&self.repo)
             .and_then(|o| o.peel_to_tree())
@@ -442,7 +446,7 @@ impl GitSource {
         max_bytes: usize,
         use_bytes: impl FnOnce(&[u8]) -> T,
     ) -> Result<T, GitError> {
-        let tree = self.repo.find_commit(commit).and_then(|c| c.tree()).map_err(git("read commit"))?;
+        let tree = commit_tree(&self.repo, commit)?;
         let entry = tree.get_path(Path::new(path.as_str())).map_err(|_| GitError::File {
             path: path.to_string(),
             commit: commit.to_string(),
@@ -453,7 +457,7 @@ impl GitSource {
 
     /// The Git object id of the regular file `path` at `commit`, without reading it. Equal ids mean equal bytes.
     pub fn blob_id(&self, commit: Oid, path: &RepoPath) -> Option<Oid> {
-        let tree = self.repo.find_commit(commit).and_then(|c| c.tree()).ok()?;
+        let tree = commit_tree(&self.repo, commit).ok()?;
         let entry = tree.get_path(Path::new(path.as_str())).ok()?;
         matches!(entry.filemode(), 0o100644 | 0o100755).then(|| entry.id())
     }
@@ -560,6 +564,35 @@ fn check_host_key(file: Option<&Path>, host: &str, port: u16, key: &[u8]) -> Res
             Err(format!("host key of {shown} ({fingerprint}) is marked @revoked in {}", file.display()))
         }
     }
+}
+
+/// The most a commit object may hold (message, headers, signature) before it is read: libgit2 inflates it whole.
+pub const MAX_COMMIT_BYTES: usize = 1 << 20;
+/// The most a tree object (one folder's listing) may hold before it is read.
+pub const MAX_TREE_BYTES: usize = 8 << 20;
+
+/// Refuses an object over `max` bytes from its header, before libgit2 inflates it.
+fn check_object_size(repo: &Repository, id: Oid, max: usize, what: &str) -> Result<(), GitError> {
+    let (size, _) = repo.odb().and_then(|odb| odb.read_header(id)).map_err(git("read an object header"))?;
+    if size > max {
+        return Err(GitError::TooLarge(format!(
+            "{what} ({id}) is a {size}-byte object; the limit is {max} (read before it is inflated)"
+        )));
+    }
+    Ok(())
+}
+
+/// `commit`'s root tree, both sizes checked from their headers first.
+fn commit_tree(repo: &Repository, commit: Oid) -> Result<git2::Tree<'_>, GitError> {
+    check_object_size(repo, commit, MAX_COMMIT_BYTES, "commit")?;
+    let commit_object = repo.find_commit(commit).map_err(git("read commit"))?;
+    check_object_size(repo, commit_object.tree_id(), MAX_TREE_BYTES, "the commit's root folder")?;
+    commit_object.tree().map_err(git("read commit"))
+}
+
+/// Checks `commit`'s size from its header (before a signature check reads it whole).
+pub fn check_commit_size(source: &GitSource, commit: Oid) -> Result<(), GitError> {
+    check_object_size(&source.repo, commit, MAX_COMMIT_BYTES, "commit")
 }
 
 /// The path of a remote on this machine: `file://` URLs and plain paths (no scheme, not scp-like `host:path`).

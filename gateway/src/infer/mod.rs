@@ -275,15 +275,15 @@ fn first_difference(got: &TensorData, want: &TensorData, tolerance: f64) -> Opti
     }
 }
 
-/// Runs zeros (empty strings, `false`) through `session` with `rows` rows; returns whether every output's first
-/// dimension came back as `rows` (so batched outputs can be split per request).
-/// The most elements a warm-up allocates, all inputs together (128 MiB of FP32).
+/// The most elements a warm-up allocates, all inputs together (128 MiB of FP32; a BYTES element costs about 24 bytes).
 const MAX_WARMUP_ELEMENTS: usize = 32 << 20;
 
 fn elements_of(shape: &[usize]) -> usize {
     shape.iter().product()
 }
 
+/// Runs zeros (empty strings, `false`) through `session` with `rows` rows; returns whether every output's first
+/// dimension came back as `rows` (so batched outputs can be split per request).
 fn warm_up(
     session: &mut ort::session::Session,
     signature: &Signature,

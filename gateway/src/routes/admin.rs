@@ -74,7 +74,10 @@ pub(super) fn status(state: &AppState) -> HttpResponse {
     let unreachable = sync.as_ref().and_then(|s| s.remote_error.clone());
     let diverged = sync.as_ref().is_some_and(|s| s.diverged_from_head);
     let degraded_reason = match (&unreachable, stalled, diverged) {
-        (Some(error), _, _) => Some(format!("the Git remote cannot be read; the last applied commit serves: {error}")),
+        (Some(error), _, _) => Some(format!(
+            "the last sync could not finish (the remote or an artifact cannot be had now; retried with backoff), so \
+             the last applied commit serves: {error}"
+        )),
         (None, true, _) => Some("the branch head was refused; the last applied commit serves".to_owned()),
         (None, false, true) => {
             Some("rolled back by an admin call: serving an older commit than the branch head".into())

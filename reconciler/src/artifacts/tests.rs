@@ -167,10 +167,20 @@ fn unreachable_or_plain_http_uris_are_clear_errors() {
         .with_policy(ArtifactPolicy { allow_private_hosts: true, ..ArtifactPolicy::default() });
     // Port 1 on loopback refuses at once: the error names the URI and the failure, and nothing is cached.
     let artifact = reference(ArtifactSource::Uri("https://127.0.0.1:1/m.onnx".into()), sha(b"m"));
-    let err = cache.resolve(&artifact, &f.source, f.commit, &DvcConfig::default()).unwrap_err().to_string();
+    let error = cache.resolve(&artifact, &f.source, f.commit, &DvcConfig::default()).unwrap_err();
+    assert!(error.is_transient(), "a refused connection may pass: retried, the commit not refused");
+    let err = error.to_string();
     assert!(err.starts_with("https://127.0.0.1:1/m.onnx: download failed"), "{err}");
     assert!(!cache.contains(&sha(b"m")));
     let artifact = reference(ArtifactSource::Uri("http://127.0.0.1:1/m.onnx".into()), sha(b"m"));
-    let err = cache.resolve(&artifact, &f.source, f.commit, &DvcConfig::default()).unwrap_err().to_string();
-    assert!(err.contains("plain http is refused"), "{err}");
+    let error = cache.resolve(&artifact, &f.source, f.commit, &DvcConfig::default()).unwrap_err();
+    assert!(!error.is_transient(), "plain http is the manifest's fault");
+    assert!(error.to_string().contains("plain http is refused"), "{error}");
+    // Past the sync's deadline, work stops and the sync is retried, not refused.
+    let expired = Deadline { at: Some(Instant::now()), cancel: Arc::default() };
+    let late = ArtifactCache::new(f.data.path()).with_deadline(expired);
+    let artifact = reference(ArtifactSource::Repo(RepoPath::parse("x").unwrap()), sha(b"x"));
+    late.resolve(&artifact, &f.source, f.commit, &DvcConfig::default()).unwrap();
+    let error = late.resolve(&artifact, &f.source, f.commit, &DvcConfig::default()).unwrap_err();
+    assert!(error.is_transient() && error.to_string().contains("deadline"), "{error}");
 }
