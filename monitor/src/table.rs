@@ -22,17 +22,35 @@ pub struct TableLimits {
     pub cells: usize,
     /// Bytes of cell text, all columns together.
     pub text_bytes: usize,
+    /// Bytes of a CSV's header line, checked before it is split into names.
+    pub header_bytes: usize,
+    /// Bytes of a CSV read at all (a record is buffered whole before its cells can be counted).
+    pub input_bytes: u64,
 }
 
 impl TableLimits {
     /// No bound beyond memory: for files the operator names (`vane drift`).
-    pub const UNBOUNDED: Self =
-        Self { rows: usize::MAX, columns: usize::MAX, cells: usize::MAX, text_bytes: usize::MAX };
+    pub const UNBOUNDED: Self = Self {
+        rows: usize::MAX,
+        columns: usize::MAX,
+        cells: usize::MAX,
+        text_bytes: usize::MAX,
+        header_bytes: usize::MAX,
+        input_bytes: u64::MAX,
+    };
 
     /// Reference data from a deploy repository (untrusted): 2 million rows, 1,024 columns, 50 million cells and
     /// 512 MiB of text, about 0.75 GiB of memory at most while it is read (4 bytes of offset per cell besides the
-    /// text), a few times the largest reference a monitor needs (its quantiles are stable long before).
-    pub const REFERENCE: Self = Self { rows: 2_000_000, columns: 1_024, cells: 50_000_000, text_bytes: 512 << 20 };
+    /// text), a few times the largest reference a monitor needs (its quantiles are stable long before); a CSV header
+    /// of at most 64 KiB and at most 768 MiB of CSV read.
+    pub const REFERENCE: Self = Self {
+        rows: 2_000_000,
+        columns: 1_024,
+        cells: 50_000_000,
+        text_bytes: 512 << 20,
+        header_bytes: 64 << 10,
+        input_bytes: 768 << 20,
+    };
 }
 
 /// A CSV table, column by column.
@@ -105,9 +123,33 @@ impl Table {
     }
 
     fn from_csv_path_within(path: &Path, limits: TableLimits) -> Result<Self, TableError> {
-        let file = std::fs::File::open(path)
-            .map_err(|e| TableError::Read { path: path.to_owned(), message: e.to_string() })?;
-        Self::from_csv_reader_within(std::io::BufReader::with_capacity(1 << 20, file), path, limits)
+        use std::io::{BufRead, Read};
+        let read = |message: String| TableError::Read { path: path.to_owned(), message };
+        let file = std::fs::File::open(path).map_err(|e| read(e.to_string()))?;
+        let size = file.metadata().map_err(|e| read(e.to_string()))?.len();
+        if size > limits.input_bytes {
+            let limit = usize::try_from(limits.input_bytes).unwrap_or(usize::MAX);
+            return Err(TableError::TooLarge { path: path.to_owned(), what: "the file size", limit });
+        }
+        let mut input = std::io::BufReader::with_capacity(1 << 20, file.take(limits.input_bytes));
+        if limits.header_bytes == usize::MAX {
+            return Self::from_csv_reader_within(input, path, limits);
+        }
+        // The header line is read under its own bound before csv splits it (a line of commas would otherwise become
+        // millions of names before the column count could refuse it).
+        let mut header = Vec::new();
+        (&mut input)
+            .take(limits.header_bytes as u64 + 1)
+            .read_until(b'\n', &mut header)
+            .map_err(|e| read(e.to_string()))?;
+        if header.len() > limits.header_bytes {
+            return Err(TableError::TooLarge {
+                path: path.to_owned(),
+                what: "the header line",
+                limit: limits.header_bytes,
+            });
+        }
+        Self::from_csv_reader_within(std::io::Cursor::new(header).chain(input), path, limits)
     }
 
     /// Reads CSV from `reader`; `path` names it in errors.
@@ -350,7 +392,7 @@ mod tests {
 
     #[test]
     fn limits_stop_a_table_as_it_is_read() {
-        let limits = TableLimits { rows: 2, columns: 3, cells: 100, text_bytes: 100 };
+        let limits = TableLimits { rows: 2, columns: 3, cells: 100, text_bytes: 100, ..TableLimits::UNBOUNDED };
         let within = |text: &str| Table::from_csv_reader_within(text.as_bytes(), Path::new("r.csv"), limits);
         assert_eq!(within("a,b\n1,2\n3,4\n").unwrap().rows, 2);
         let error = within("a,b\n1,2\n3,4\n5,6\n").unwrap_err().to_string();
@@ -359,6 +401,12 @@ mod tests {
         assert_eq!(error, "r.csv: the column count exceeds the limit of 3");
         let long = format!("a\n{}\n", "x".repeat(101));
         assert_eq!(within(&long).unwrap_err().to_string(), "r.csv: the text size exceeds the limit of 100");
+        // A header line past its bound is refused before it is split.
+        let dir = tempfile::tempdir().unwrap();
+        let wide = dir.path().join("wide.csv");
+        std::fs::write(&wide, format!("{}\n1\n", ",".repeat(100_000))).unwrap();
+        let error = Table::from_path_within(&wide, TableLimits::REFERENCE).unwrap_err().to_string();
+        assert!(error.ends_with("the header line exceeds the limit of 65536"), "{error}");
         // The duplicate check is linear: 100,000 distinct names are checked at once.
         let names: Vec<String> = (0..100_000).map(|i| format!("c{i}")).collect();
         assert!(check_names(&names, Path::new("r.csv"), TableLimits::UNBOUNDED).is_ok());
