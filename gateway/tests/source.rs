@@ -11,16 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn models_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
-}
-
-/// The tests here measure one process's memory and start-up time: one at a time.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+mod common;
+use common::{models_dir, one_at_a_time, status_bytes};
 
 /// A work repository and the bare remote it pushes to.
 struct Remote {
@@ -159,11 +151,7 @@ impl Vane {
 
     /// (VmRSS, VmHWM) in bytes.
     fn memory(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let field = |name: &str| {
-            let kb = status.lines().find_map(|l| l.strip_prefix(name)).unwrap();
-            kb.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap() * 1024
-        };
+        let field = |name: &str| status_bytes(self.child.id(), name).unwrap_or_else(|| panic!("{name}"));
         (field("VmRSS:"), field("VmHWM:"))
     }
 
