@@ -30,7 +30,7 @@ use git2::Oid;
 use md5::Md5;
 use sha2::{Digest, Sha256};
 
-use crate::durable::{create_exclusive, open_regular};
+use crate::durable::{create_exclusive, create_private_dir, open_regular};
 use crate::manifest::{ArtifactRef, ArtifactSource, RepoPath};
 use crate::source::{GitError, GitSource};
 
@@ -241,11 +241,7 @@ impl ArtifactCache {
     }
 
     fn create_dir(&self) -> Result<(), ArtifactError> {
-        let mut builder = fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder.create(&self.dir).map_err(|source| ArtifactError::Cache { path: self.dir.clone(), source })
+        create_private_dir(&self.dir).map_err(|source| ArtifactError::Cache { path: self.dir.clone(), source })
     }
 
     /// A new temporary file in the cache, created exclusively (never an existing file or a planted symlink).

@@ -133,11 +133,7 @@ pub fn ensure_private_dir(path: &Path) -> Result<(), String> {
         return Err("no data dir: set --data-dir (none of STATE_DIRECTORY, XDG_STATE_HOME and HOME is set)".into());
     }
     let shown = path.display();
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(path).map_err(|e| format!("data dir {shown}: {e}"))?;
+    create_private_dir(path).map_err(|e| format!("data dir {shown}: {e}"))?;
     let meta = fs::symlink_metadata(path).map_err(|e| format!("data dir {shown}: {e}"))?;
     if !meta.is_dir() {
         return Err(format!("data dir {shown} is not a folder (a symlink is refused too)"));
@@ -160,6 +156,15 @@ pub fn ensure_private_dir(path: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Creates `path` and its missing parents, mode 0700 (what exists is left as it is).
+pub(crate) fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path)
 }
 
 /// Where a service keeps its state when the operator names no `--data-dir`: systemd's `$STATE_DIRECTORY`, else

@@ -307,14 +307,20 @@ async fn a_newer_push_supersedes_the_sync_in_flight_before_its_swap() {
     shutdown.cancel();
 }
 
-#[tokio::test]
-async fn a_push_of_the_commit_in_flight_does_not_cancel_it() {
-    let work = WorkRepo::new();
-    let first = publish(&work, b"model one", "");
+/// A loop whose load waits for `gate`, started and waited for until its first sync is loading `loading`: a trigger
+/// sent then surely arrives while that sync runs.
+struct Gated {
+    handle: ControllerHandle,
+    gate: Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+    status: watch::Receiver<SyncStatus>,
+    _data: tempfile::TempDir,
+}
+
+async fn start_gated(url: String, loading: Oid) -> Gated {
     let data = tempfile::tempdir().unwrap();
-    let config = config(work.url(), &data);
+    let config = config(url, &data);
     let (handle, inputs) = channels(&config);
-    // The load waits for a gate, so the webhook surely arrives while it runs.
     let gate = Arc::new(tokio::sync::Notify::new());
     let opened = Arc::clone(&gate);
     let apply = move |_desired: DesiredState| {
@@ -327,11 +333,19 @@ async fn a_push_of_the_commit_in_flight_does_not_cancel_it() {
     let shutdown = CancellationToken::new();
     tokio::spawn(run(config, inputs, apply, shutdown.clone()));
     let mut status = handle.status();
-    let in_flight = Some(first.to_string());
+    let in_flight = Some(loading.to_string());
     tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.reconciling_commit == in_flight))
         .await
-        .unwrap()
+        .expect("the first sync reaches its load")
         .unwrap();
+    Gated { handle, gate, shutdown, status, _data: data }
+}
+
+#[tokio::test]
+async fn a_push_of_the_commit_in_flight_does_not_cancel_it() {
+    let work = WorkRepo::new();
+    let first = publish(&work, b"model one", "");
+    let Gated { handle, gate, shutdown, mut status, _data } = start_gated(work.url(), first).await;
     assert!(handle.pushed(Some(&first.to_string())));
     // The loop takes the wake (it reads triggers during a sync); then the load may finish.
     tokio::time::timeout(Duration::from_secs(30), async {
@@ -430,26 +444,7 @@ async fn a_replayed_webhook_does_not_cancel_the_sync_in_flight() {
     let work = WorkRepo::new();
     let old = publish(&work, b"model one", "");
     let current = publish(&work, b"model two", "");
-    let data = tempfile::tempdir().unwrap();
-    let config = config(work.url(), &data);
-    let (handle, inputs) = channels(&config);
-    let gate = Arc::new(tokio::sync::Notify::new());
-    let opened = Arc::clone(&gate);
-    let apply = move |_desired: DesiredState| {
-        let opened = Arc::clone(&opened);
-        async move {
-            opened.notified().await;
-            Ok(())
-        }
-    };
-    let shutdown = CancellationToken::new();
-    tokio::spawn(run(config, inputs, apply, shutdown.clone()));
-    let mut status = handle.status();
-    let in_flight = Some(current.to_string());
-    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.reconciling_commit == in_flight))
-        .await
-        .unwrap()
-        .unwrap();
+    let Gated { handle, gate, shutdown, mut status, _data } = start_gated(work.url(), current).await;
     assert!(handle.pushed(Some(&old.to_string())), "the replay of an old push");
     tokio::time::timeout(Duration::from_secs(30), async {
         while handle.metrics().push_checks("unmoved") == 0 {
