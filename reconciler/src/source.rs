@@ -43,7 +43,7 @@ pub const MAX_FETCH_BYTES: u64 = 1 << 30;
 pub const MAX_BLOB_BYTES: usize = 256 << 20;
 /// New commits one check of a local remote walks.
 const MAX_WALKED_COMMITS: usize = 100_000;
-/// New files one check of a local remote reads the size of.
+/// New files and folders one check of a local remote reads the size of.
 const MAX_WALKED_BLOBS: usize = 1_000_000;
 /// Manifests one commit's deploy folder may hold.
 pub const MAX_MANIFESTS: usize = 1024;
@@ -322,37 +322,55 @@ impl GitSource {
             if self.cancel.load(Ordering::Relaxed) {
                 return Err(GitError::Cancelled);
             }
-            let tree = commit_tree(&remote, commit)?;
-            tree.walk(git2::TreeWalkMode::PreOrder, |folder, entry| {
-                if entry.kind() != Some(git2::ObjectType::Blob) || !seen.insert(entry.id()) || local.exists(entry.id()) {
-                    return git2::TreeWalkResult::Ok;
-                }
-                if seen.len() > MAX_WALKED_BLOBS {
-                    refusal = Some(format!("more than {MAX_WALKED_BLOBS} new files to fetch at once"));
-                    return git2::TreeWalkResult::Abort;
-                }
-                let size = odb.read_header(entry.id()).map_or(0, |(size, _)| size as u64);
-                total += size;
-                let name = format!("{folder}{}", entry.name().unwrap_or("?"));
-                if size > MAX_BLOB_BYTES as u64 {
+            // Folders are objects too (the local transport packs them in memory as well): each new one is size-checked
+            // from its header before it is read.
+            let mut folders = vec![(String::new(), commit_tree(&remote, commit)?.id())];
+            while let Some((folder, id)) = folders.pop() {
+                let size = odb.read_header(id).map_or(0, |(size, _)| size);
+                if size > MAX_TREE_BYTES {
                     refusal = Some(format!(
-                        "{name} in commit {commit} is {size} bytes; files over {MAX_BLOB_BYTES} bytes are refused \
-                         before the fetch (keep large artifacts in DVC or behind a URI)"
+                        "folder '{folder}' in commit {commit} is a {size}-byte object; the limit is {MAX_TREE_BYTES}"
                     ));
-                } else if total > self.spec.max_fetch_bytes {
+                    break;
+                }
+                total += size as u64;
+                let tree = remote.find_tree(id).map_err(git("read a new commit"))?;
+                for entry in tree.iter() {
+                    let id = entry.id();
+                    if !seen.insert(id) || local.exists(id) {
+                        continue;
+                    }
+                    if seen.len() > MAX_WALKED_BLOBS {
+                        refusal = Some(format!("more than {MAX_WALKED_BLOBS} new files and folders to fetch at once"));
+                        break;
+                    }
+                    let name = format!("{folder}{}", entry.name().unwrap_or("?"));
+                    match entry.kind() {
+                        Some(git2::ObjectType::Tree) => folders.push((format!("{name}/"), id)),
+                        Some(git2::ObjectType::Blob) => {
+                            let size = odb.read_header(id).map_or(0, |(size, _)| size as u64);
+                            total += size;
+                            if size > MAX_BLOB_BYTES as u64 {
+                                refusal = Some(format!(
+                                    "{name} in commit {commit} is {size} bytes; files over {MAX_BLOB_BYTES} bytes are \
+                                     refused before the fetch (keep large artifacts in DVC or behind a URI)"
+                                ));
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                if refusal.is_none() && total > self.spec.max_fetch_bytes {
                     refusal = Some(format!(
                         "the new commits hold more than {} bytes of files (--max-fetch-bytes); refused before the fetch",
                         self.spec.max_fetch_bytes
                     ));
                 }
                 if refusal.is_some() {
-                    git2::TreeWalkResult::Abort
-                } else {
-                    git2::TreeWalkResult::Ok
+                    break;
                 }
-            })
-            .or_else(|e| if refusal.is_some() { Ok(()) } else { Err(e) })
-            .map_err(git("read a new commit"))?;
+            }
             if refusal.is_some() {
                 return Ok(refusal);
             }
