@@ -12,9 +12,14 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
 }
 
+/// Tests that need the venv take this first: on a fresh clone the first one builds it, and a second one checking it
+/// meanwhile would see it half-made and remove it under the first one's pip (a CI run failed that way).
+static VENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The venv's python, creating the venv and installing the requirements if this requirements file has not been
-/// installed there yet. Blocking.
+/// installed there yet. Blocking; one caller at a time.
 pub(crate) fn python_with_requirements() -> PathBuf {
+    let _building = VENV.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let requirements = root().join("tests/python/requirements.txt");
     let wanted = std::fs::read_to_string(&requirements).unwrap();
     let venv = root().join("target/python-tritonclient");
