@@ -54,6 +54,9 @@ struct RawSpec {
     /// Allow this deployment to move to a commit that does not descend from the last applied one.
     #[serde(default)]
     allow_history_rewrite: bool,
+    /// Move traffic from one listed version to another gradually, judged on the model's own signals.
+    #[serde(default)]
+    rollout: Option<RolloutSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,6 +188,228 @@ pub struct QualitySpec {
     pub window: Option<usize>,
 }
 
+/// How traffic moves from the stable version to the candidate: steps of weights, each held for a duration and a
+/// number of requests and judged by the analysis. The same shape serves the three strategies: a canary's weights
+/// are the candidate's share of traffic and it ends promoted; a shadow's are the share of requests also run on the
+/// candidate (the client always gets the stable's answer); an A/B test has one step, a fixed split.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSpec {
+    /// The version that serves until the candidate is promoted (one of `versions`).
+    pub stable: u64,
+    /// The version being rolled out (one of `versions`).
+    pub candidate: u64,
+    /// `canary`, `shadow` or `ab`.
+    pub strategy: Strategy,
+    /// The request header (gRPC metadata key) whose value assigns a request to a variant, so a user stays on one;
+    /// without it (or when a request lacks it) the request id is the key.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The steps, in order.
+    pub steps: Vec<RolloutStep>,
+    /// Whether a shadow or A/B test that passes promotes the candidate (a canary always does).
+    #[serde(default)]
+    pub promote: bool,
+    /// How long the old stable stays loaded and a rollback stays instant after a promotion.
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub grace_period: Duration,
+    /// How the candidate is judged.
+    #[serde(default)]
+    pub analysis: RolloutAnalysis,
+}
+
+/// The three ways a candidate meets traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// A growing share of traffic is served by the candidate.
+    Canary,
+    /// A share of requests also runs on the candidate; clients always get the stable's answer.
+    Shadow,
+    /// A fixed split, judged and reported.
+    Ab,
+}
+
+/// One step of a rollout.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutStep {
+    /// Percent of requests (0, 100]: served by the candidate (canary, A/B) or mirrored to it (shadow).
+    pub weight: f64,
+    /// How long the step lasts at least.
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+    /// Requests the candidate must have seen in the step before it can end.
+    #[serde(default)]
+    pub min_requests: u64,
+}
+
+/// The analysis: checks evaluated every `interval` on the step's exact counters.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutAnalysis {
+    /// How often the checks run.
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Samples each side of a check needs before it passes or fails; below it the check waits.
+    #[serde(default = "default_min_samples")]
+    pub min_samples: u64,
+    /// Failed evaluations that roll the candidate back.
+    #[serde(default = "default_failure_limit")]
+    pub failure_limit: u32,
+    /// The output compared for agreement and prediction drift; defaults to `monitoring.quality.output`, else the
+    /// first output.
+    #[serde(default)]
+    pub output: Option<String>,
+    /// Its column; defaults to `monitoring.quality.index`, else 0.
+    #[serde(default)]
+    pub index: Option<usize>,
+    /// The checks; omitted, the error rate and the p99 latency are checked.
+    #[serde(default)]
+    pub checks: Option<RolloutChecks>,
+}
+
+/// Thresholds; each one given is checked.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutChecks {
+    /// Largest allowed candidate error rate minus the stable's.
+    #[serde(default)]
+    pub error_rate_increase: Option<f64>,
+    /// Largest allowed ratio of the candidate's p99 latency to the stable's.
+    #[serde(default)]
+    pub latency_p99_ratio: Option<f64>,
+    /// Smallest allowed share of requests on which both answer the same (same class; for scores, within
+    /// `agreement_tolerance`, or on the same side of `monitoring.quality.threshold`). Runs the other variant on
+    /// candidate-served requests in the background (bounded, dropped first under load).
+    #[serde(default)]
+    pub agreement: Option<f64>,
+    /// Absolute difference under which two scores agree (default 1e-6).
+    #[serde(default)]
+    pub agreement_tolerance: Option<f64>,
+    /// Largest allowed PSI of the candidate's live predictions against the stable's.
+    #[serde(default)]
+    pub prediction_psi: Option<f64>,
+    /// Largest allowed drop of the quality metric on posted labels (stable minus candidate; for error metrics such
+    /// as mae, candidate minus stable). Needs `monitoring.quality` and reference data.
+    #[serde(default)]
+    pub quality_drop: Option<f64>,
+    /// The quality metric: accuracy (default for classification), precision, recall, f1, roc_auc, mae (default
+    /// for regression), rmse, r2.
+    #[serde(default)]
+    pub quality_metric: Option<String>,
+}
+
+/// Steps one rollout may have.
+pub const MAX_ROLLOUT_STEPS: usize = 32;
+
+fn default_grace() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_min_samples() -> u64 {
+    100
+}
+fn default_failure_limit() -> u32 {
+    2
+}
+
+impl Default for RolloutAnalysis {
+    fn default() -> Self {
+        Self {
+            interval: default_interval(),
+            min_samples: default_min_samples(),
+            failure_limit: default_failure_limit(),
+            output: None,
+            index: None,
+            checks: None,
+        }
+    }
+}
+
+impl RolloutChecks {
+    /// What is checked when a rollout names no checks: the error rate (+1 point) and the p99 latency (x1.5).
+    pub fn standard() -> Self {
+        Self { error_rate_increase: Some(0.01), latency_p99_ratio: Some(1.5), ..Self::default() }
+    }
+}
+
+impl RolloutSpec {
+    /// The checks in force.
+    pub fn checks(&self) -> RolloutChecks {
+        self.analysis.checks.clone().unwrap_or_else(RolloutChecks::standard)
+    }
+
+    fn validate(&self, versions: &[DeployedVersion], monitoring: Option<&Monitoring>) -> Result<(), String> {
+        let listed = |v: u64| versions.iter().any(|d| d.version == v);
+        for (what, v) in [("stable", self.stable), ("candidate", self.candidate)] {
+            if !listed(v) {
+                return Err(format!("{what} version {v} is not in spec.versions"));
+            }
+        }
+        if self.stable == self.candidate {
+            return Err("stable and candidate must be different versions".to_owned());
+        }
+        if let Some(key) = &self.key {
+            let token = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_';
+            if key.is_empty() || key.len() > 64 || !key.bytes().all(token) {
+                return Err(format!("key {key:?} must be a lower-case header name (a-z, 0-9, '-', '_'; at most 64)"));
+            }
+        }
+        if self.steps.is_empty() || self.steps.len() > MAX_ROLLOUT_STEPS {
+            return Err(format!("steps must list 1 to {MAX_ROLLOUT_STEPS} steps, not {}", self.steps.len()));
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            if !(step.weight > 0.0 && step.weight <= 100.0) {
+                return Err(format!("steps[{i}].weight must be a percent in (0, 100], not {}", step.weight));
+            }
+            if step.duration > Duration::from_secs(7 * 24 * 3600) {
+                return Err(format!("steps[{i}].duration is longer than 7 days"));
+            }
+            if i > 0 && self.strategy == Strategy::Canary && step.weight < self.steps[i - 1].weight {
+                return Err(format!("steps[{i}].weight goes down; a canary's weights only grow"));
+            }
+        }
+        if self.strategy == Strategy::Ab && (self.steps.len() != 1 || self.steps[0].weight >= 100.0) {
+            return Err("an ab rollout has one step, a split below 100".to_owned());
+        }
+        let analysis = &self.analysis;
+        if analysis.interval < Duration::from_millis(100) || analysis.interval > Duration::from_secs(3600) {
+            return Err("analysis.interval must be between 100ms and 1h".to_owned());
+        }
+        if analysis.failure_limit == 0 {
+            return Err("analysis.failure_limit must be at least 1".to_owned());
+        }
+        let checks = self.checks();
+        let fraction = |name: &str, v: Option<f64>| match v {
+            Some(v) if !(v.is_finite() && v >= 0.0) => Err(format!("analysis.checks.{name} must be a number >= 0")),
+            _ => Ok(()),
+        };
+        fraction("error_rate_increase", checks.error_rate_increase)?;
+        fraction("latency_p99_ratio", checks.latency_p99_ratio)?;
+        fraction("agreement", checks.agreement)?;
+        fraction("agreement_tolerance", checks.agreement_tolerance)?;
+        fraction("prediction_psi", checks.prediction_psi)?;
+        fraction("quality_drop", checks.quality_drop)?;
+        if checks.agreement.is_some_and(|a| a > 1.0) {
+            return Err("analysis.checks.agreement is a share in [0, 1]".to_owned());
+        }
+        let quality = monitoring.and_then(|m| m.quality.as_ref());
+        if checks.quality_drop.is_some() && quality.is_none() {
+            return Err("analysis.checks.quality_drop needs spec.monitoring.quality (labels to judge on)".to_owned());
+        }
+        if let Some(metric) = &checks.quality_metric {
+            let known = ["accuracy", "precision", "recall", "f1", "roc_auc", "mae", "rmse", "r2"];
+            if !known.contains(&metric.as_str()) {
+                return Err(format!("analysis.checks.quality_metric {metric:?} is not one of {}", known.join(", ")));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A validated deployment: what one manifest asks to serve.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Deployment {
@@ -202,6 +427,8 @@ pub struct Deployment {
     pub monitoring: Option<Monitoring>,
     /// Whether a non-fast-forward move is allowed for this deployment.
     pub allow_history_rewrite: bool,
+    /// The rollout in progress, if any.
+    pub rollout: Option<RolloutSpec>,
 }
 
 /// One version of a deployment.
@@ -403,6 +630,9 @@ fn parse_one(bytes: &[u8]) -> Result<Deployment, String> {
             return Err("spec.monitoring.columns needs spec.reference_data".to_owned());
         }
     }
+    if let Some(rollout) = &spec.rollout {
+        rollout.validate(&versions, spec.monitoring.as_ref()).map_err(|e| format!("spec.rollout: {e}"))?;
+    }
     Ok(Deployment {
         name,
         labels: raw.metadata.labels,
@@ -411,6 +641,7 @@ fn parse_one(bytes: &[u8]) -> Result<Deployment, String> {
         serving: spec.serving.validated().map_err(|e| format!("spec.serving: {e}"))?,
         monitoring: spec.monitoring,
         allow_history_rewrite: spec.allow_history_rewrite,
+        rollout: spec.rollout,
     })
 }
 

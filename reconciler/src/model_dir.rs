@@ -37,7 +37,7 @@ pub fn scan(dir: &Path) -> Result<DesiredState> {
             None => None,
             Some(_) => Some(reference_file(&path)?),
         };
-        models.push(DesiredModel { name, versions, config, reference_data, monitoring });
+        models.push(DesiredModel { name, versions, config, reference_data, monitoring, rollout: None });
     }
     if models.is_empty() {
         return Err(Error::Empty { dir: dir.to_path_buf() });

@@ -75,6 +75,7 @@ pub fn desired_state(
             config: deployment.serving,
             reference_data,
             monitoring: deployment.monitoring.clone(),
+            rollout: deployment.rollout.clone(),
         });
     }
     Ok(DesiredState { models, revision: Some(commit.to_string()) })

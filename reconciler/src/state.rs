@@ -28,6 +28,8 @@ pub struct DesiredModel {
     pub reference_data: Option<CachedFile>,
     /// How the monitor samples, windows and judges this model's traffic.
     pub monitoring: Option<Monitoring>,
+    /// How traffic moves from the stable version to a candidate, if a rollout is in progress.
+    pub rollout: Option<crate::manifest::RolloutSpec>,
 }
 
 /// A verified file on local disk and its sha256.
@@ -67,8 +69,12 @@ pub struct GoldenSet {
 // === impl DesiredModel ===
 
 impl DesiredModel {
-    /// The version served to requests that name none: the highest, as in Triton and TF Serving.
+    /// The version served to requests that name none: the highest, as in Triton and TF Serving; during a rollout,
+    /// the stable one (the rollout moves traffic from there).
     pub fn default_version(&self) -> Option<&DesiredVersion> {
-        self.versions.last()
+        match &self.rollout {
+            Some(rollout) => self.versions.iter().find(|v| v.version == rollout.stable),
+            None => self.versions.last(),
+        }
     }
 }

@@ -109,3 +109,52 @@ fn the_commented_example_in_configs_parses() {
     let deployments = parse_commit(&[("deploy/breast-cancer.yaml".into(), text)]).unwrap();
     assert_eq!(deployments[0].name, "breast_cancer");
 }
+
+fn two_versions_with(rollout: &str) -> String {
+    format!(
+        "  versions:\n    - version: 1\n      model: {{path: m/1.onnx, sha256: {SHA}}}\n    - version: 2\n      model: {{path: m/2.onnx, sha256: {SHA}}}\n  rollout:\n{rollout}"
+    )
+}
+
+#[test]
+fn a_rollout_block_parses_with_its_defaults() {
+    let body = two_versions_with(
+        "    stable: 1\n    candidate: 2\n    strategy: canary\n    key: x-user-id\n    steps:\n      - {weight: 5, duration: 30s, min_requests: 100}\n      - {weight: 100, duration: 1m}\n",
+    );
+    let d = &parse_commit(&[manifest("bc", &body)]).unwrap()[0];
+    let rollout = d.rollout.as_ref().unwrap();
+    assert_eq!((rollout.stable, rollout.candidate, rollout.strategy), (1, 2, Strategy::Canary));
+    assert_eq!(rollout.steps[0].duration, Duration::from_secs(30));
+    assert_eq!(
+        (rollout.analysis.interval, rollout.analysis.min_samples, rollout.analysis.failure_limit),
+        (Duration::from_secs(1), 100, 2)
+    );
+    assert_eq!(rollout.grace_period, Duration::from_secs(300));
+    // No checks named: the error rate and the p99 latency are checked.
+    assert_eq!(rollout.checks(), RolloutChecks::standard());
+}
+
+#[test]
+fn rollout_mistakes_are_refused_with_the_field() {
+    let cases = [
+        ("    stable: 1\n    candidate: 3\n    strategy: canary\n    steps: [{weight: 5, duration: 1s}]\n", "spec.rollout: candidate version 3 is not in spec.versions"),
+        ("    stable: 1\n    candidate: 1\n    strategy: canary\n    steps: [{weight: 5, duration: 1s}]\n", "must be different versions"),
+        ("    stable: 1\n    candidate: 2\n    strategy: blue\n    steps: [{weight: 5, duration: 1s}]\n", "blue"),
+        ("    stable: 1\n    candidate: 2\n    strategy: canary\n    steps: []\n", "steps must list 1 to 32 steps"),
+        ("    stable: 1\n    candidate: 2\n    strategy: canary\n    steps: [{weight: 150, duration: 1s}]\n", "steps[0].weight must be a percent in (0, 100]"),
+        ("    stable: 1\n    candidate: 2\n    strategy: canary\n    steps: [{weight: 50, duration: 1s}, {weight: 10, duration: 1s}]\n", "steps[1].weight goes down"),
+        ("    stable: 1\n    candidate: 2\n    strategy: ab\n    steps: [{weight: 50, duration: 1s}, {weight: 60, duration: 1s}]\n", "an ab rollout has one step"),
+        ("    stable: 1\n    candidate: 2\n    strategy: canary\n    key: X-User\n    steps: [{weight: 5, duration: 1s}]\n", "lower-case header name"),
+        ("    stable: 1\n    candidate: 2\n    strategy: canary\n    steps: [{weight: 5, duration: 1s}]\n    analysis: {interval: 10ms}\n", "analysis.interval must be between 100ms and 1h"),
+        ("    stable: 1\n    candidate: 2\n    strategy: canary\n    steps: [{weight: 5, duration: 1s}]\n    analysis: {failure_limit: 0}\n", "failure_limit must be at least 1"),
+        ("    stable: 1\n    candidate: 2\n    strategy: canary\n    steps: [{weight: 5, duration: 1s}]\n    analysis: {checks: {quality_drop: 0.05}}\n", "quality_drop needs spec.monitoring.quality"),
+        ("    stable: 1\n    candidate: 2\n    strategy: canary\n    steps: [{weight: 5, duration: 1s}]\n    analysis: {checks: {agreement: 2}}\n", "agreement is a share in [0, 1]"),
+        ("    stable: 1\n    candidate: 2\n    strategy: canary\n    steps: [{weight: 5, duration: 1s}]\n    analysis: {checks: {quality_metric: vibes, error_rate_increase: 0.1}}\n", "quality_metric \"vibes\""),
+        ("    stable: 1\n    candidate: 2\n    strategy: canary\n    steps: [{weight: 5, duration: 1s}]\n    analysis: {checks: {latency: 2}}\n", "unknown field `latency`"),
+    ];
+    for (rollout, needle) in cases {
+        let error = error_of(&[manifest("bc", &two_versions_with(rollout))]);
+        assert!(error.contains(needle), "{error:?} should contain {needle:?}");
+        assert!(error.starts_with("deploy/bc.yaml: "), "{error}");
+    }
+}
