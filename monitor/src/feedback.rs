@@ -142,7 +142,9 @@ impl FeedbackStore {
         store.evict(at);
     }
 
-    /// Joins `labels` (id → truth) for `model`, to whichever of its versions holds each id, at `now`.
+    /// Joins `labels` (id → truth) for `model`, to every version of it that holds each id, at `now`: during a
+    /// rollout both variants may have answered the same request (a shadow, a comparison run), and each is judged on
+    /// the label.
     pub fn join(&self, model: &str, labels: &[(String, f64)], now: SystemTime) -> JoinOutcome {
         let mut outcome = JoinOutcome::default();
         let Ok(mut versions) = self.versions.lock() else { return outcome };
@@ -151,24 +153,24 @@ impl FeedbackStore {
             store.evict(now);
         }
         for (id, truth) in labels {
-            let found = versions
-                .iter_mut()
-                .filter(|((name, _), _)| name == model)
-                .find_map(|(_, store)| store.waiting.remove(id.as_str()).map(|w| (store, w)));
-            match found {
-                Some((store, waiting)) => {
-                    if store.joined.len() == store.settings.window.max(1) {
-                        store.joined.pop_front();
-                    }
-                    store.joined.push_back(Joined {
-                        value: waiting.value,
-                        truth: *truth,
-                        delay_ms: elapsed_ms(waiting.at, now),
-                    });
-                    store.labelled += 1;
-                    outcome.joined += 1;
+            let mut found = false;
+            for (_, store) in versions.iter_mut().filter(|((name, _), _)| name == model) {
+                let Some(waiting) = store.waiting.remove(id.as_str()) else { continue };
+                if store.joined.len() == store.settings.window.max(1) {
+                    store.joined.pop_front();
                 }
-                None => outcome.unknown.push(id.clone()),
+                store.joined.push_back(Joined {
+                    value: waiting.value,
+                    truth: *truth,
+                    delay_ms: elapsed_ms(waiting.at, now),
+                });
+                store.labelled += 1;
+                found = true;
+            }
+            if found {
+                outcome.joined += 1;
+            } else {
+                outcome.unknown.push(id.clone());
             }
         }
         outcome

@@ -386,6 +386,11 @@ impl Monitor {
         self.alerts.read().map(|a| a.clone()).unwrap_or_default()
     }
 
+    /// Sends alerts raised elsewhere (a rollout's rollback) to the same destinations, re-sent while firing.
+    pub fn notify(&self, alerts: Vec<Alert>) {
+        self.notifier.notify(alerts);
+    }
+
     /// The delivery counters.
     pub fn notify_counters(&self) -> &crate::notify::NotifyCounters {
         self.notifier.counters()
