@@ -315,6 +315,14 @@ pub enum LoadError {
         /// What differs.
         message: String,
     },
+    /// A rollout cannot run between the versions it names.
+    #[error("model '{model}': rollout: {message}")]
+    Rollout {
+        /// The model.
+        model: String,
+        /// What does not fit.
+        message: String,
+    },
     /// The reference data cannot be monitored against the model's inputs.
     #[error("{path}: monitoring: {message}")]
     Monitoring {

@@ -22,7 +22,9 @@ use crate::budget::Charge;
 use crate::errors::ApiError;
 use crate::infer::{DataType, Tensor, TensorData};
 use crate::metrics::request_series::Protocol;
-use crate::routes::{run_inference, AppState, BinaryOutputs, InferRequest};
+use crate::protocol::{BinaryOutputs, InferRequest};
+use crate::serving::{provenance, Served, VARIANT_HEADER};
+use crate::state::AppState;
 use crate::tls::{MaybeTls, Tls};
 use crate::traces::{MetadataExtractor, Outcome, RequestTrace};
 
@@ -340,6 +342,7 @@ impl Grpc {
         request: ModelInferRequest,
         metadata: &MetadataMap,
         charge: Option<SharedCharge>,
+        served: &mut Served,
     ) -> Result<ModelInferResponse, ApiError> {
         let arrived = Instant::now();
         let request_id = request.id.clone();
@@ -355,8 +358,8 @@ impl Grpc {
             },
             arrived,
         );
-        let mut served = None;
-        let result = self.infer_counted(request, charge, arrived, &mut served, &trace).await;
+        let result = self.infer_counted(request, metadata, charge, arrived, served, &trace).await;
+        let served = &served.loaded;
         let series = served.as_ref().map_or(self.state.request_metrics.unresolved(), |m| m.series());
         series.observe(Protocol::Grpc, result.as_ref().map(|_| ()), arrived.elapsed().as_secs_f64());
         let ids = trace.ids();
@@ -375,9 +378,10 @@ impl Grpc {
     async fn infer_counted(
         &self,
         request: ModelInferRequest,
+        metadata: &MetadataMap,
         charge: Option<SharedCharge>,
         arrived: Instant,
-        served: &mut Option<Arc<crate::infer::LoadedModel>>,
+        served: &mut Served,
         trace: &RequestTrace,
     ) -> Result<ModelInferResponse, ApiError> {
         // The same memory budget as REST. A unary call's bytes were charged as they arrived (the metered body, before
@@ -393,13 +397,18 @@ impl Grpc {
         // The same global in-flight limit as REST: beyond it, refuse at once rather than queue.
         let _permit = self.state.concurrency.clone().try_acquire_owned().map_err(|_| ApiError::Overloaded)?;
         let version = (!request.model_version.is_empty()).then_some(request.model_version.as_str());
-        let resolved = self.state.registry.resolve_served(&request.model_name, version)?;
-        *served = Some(Arc::clone(&resolved.loaded));
-        let incoming = resolved.loaded.incoming();
-        let decoded = decode(request, resolved.loaded.signature())?;
+        let target = self.state.registry.resolve_target(&request.model_name, version)?;
+        served.loaded = Some(Arc::clone(&target.primary.loaded));
+        let incoming = target.primary.loaded.incoming();
+        let decoded = decode(request, target.primary.loaded.signature())?;
         charge.shrink_to(decoded.heap_bytes());
-        let (decoded, outputs) = run_inference(&self.state, &resolved, incoming, decoded, arrived, trace).await?;
-        let loaded = &resolved.loaded;
+        // The rollout key from the call's metadata, as REST reads it from a header.
+        let key = target.split.as_ref().and_then(|(rollout, _)| {
+            rollout.spec.key.as_deref().and_then(|name| metadata.get(name)).map(|v| v.as_bytes())
+        });
+        let (decoded, outputs) =
+            crate::serving::serve(&self.state, &target, key, incoming, decoded, arrived, trace, served).await?;
+        let loaded = served.loaded.as_ref().unwrap_or(&target.primary.loaded);
         let mut raw_output_contents = Vec::with_capacity(outputs.len());
         let mut tensors = Vec::with_capacity(outputs.len());
         for output in outputs {
@@ -563,7 +572,7 @@ impl GrpcInferenceService for Grpc {
         Ok(Response::new(proto::ServerMetadataResponse {
             name: "vane".to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            extensions: crate::routes::EXTENSIONS.iter().map(|&e| e.to_owned()).collect(),
+            extensions: crate::serving::EXTENSIONS.iter().map(|&e| e.to_owned()).collect(),
         }))
     }
 
@@ -590,7 +599,7 @@ impl GrpcInferenceService for Grpc {
         Ok(Response::new(proto::ModelMetadataResponse {
             name: loaded.name().to_owned(),
             versions: table.versions(&request.name).iter().map(u64::to_string).collect(),
-            platform: crate::routes::PLATFORM.to_owned(),
+            platform: crate::serving::PLATFORM.to_owned(),
             inputs: tensors(&signature.inputs),
             outputs: tensors(&signature.outputs),
         }))
@@ -599,7 +608,34 @@ impl GrpcInferenceService for Grpc {
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         let (metadata, extensions, request) = request.into_parts();
         let charge = extensions.get::<SharedCharge>().cloned();
-        self.infer(request, &metadata, charge).await.map(Response::new).map_err(|e| status(&e))
+        let mut served = Served::default();
+        let result = self.infer(request, &metadata, charge, &mut served).await;
+        // What REST says in headers, in the answer's metadata: the rollout variant and the provenance.
+        let mut answer = MetadataMap::new();
+        if let Some(variant) = served.variant {
+            answer.insert(VARIANT_HEADER, tonic::metadata::MetadataValue::from_static(variant));
+        }
+        if let (Some(loaded), Ok(_)) = (&served.loaded, &result) {
+            for (name, value) in provenance(loaded, served.revision.as_deref()) {
+                if let Some(value) = value.and_then(|v| v.parse().ok()) {
+                    answer.insert(name, value);
+                }
+            }
+        }
+        match result {
+            Ok(response) => {
+                let mut response = Response::new(response);
+                *response.metadata_mut() = answer;
+                Ok(response)
+            }
+            Err(error) => {
+                let mut status = status(&error);
+                if let Some(variant) = answer.get(VARIANT_HEADER) {
+                    status.metadata_mut().insert(VARIANT_HEADER, variant.clone());
+                }
+                Err(status)
+            }
+        }
     }
 
     type ModelStreamInferStream = InferStream;
@@ -630,11 +666,30 @@ impl GrpcInferenceService for Grpc {
                 let (service, answers, metadata) = (Arc::clone(&service), answers.clone(), Arc::clone(&metadata));
                 tokio::spawn(async move {
                     let id = request.id.clone();
-                    let answer = match service.infer(request, &metadata, None).await {
-                        Ok(response) => proto::ModelStreamInferResponse {
-                            error_message: String::new(),
-                            infer_response: Some(response),
-                        },
+                    let mut served = Served::default();
+                    let answer = match service.infer(request, &metadata, None, &mut served).await {
+                        Ok(mut response) => {
+                            // A stream's answers carry no metadata of their own: the variant and the provenance go
+                            // in the answer's parameters.
+                            if let Some(loaded) = &served.loaded {
+                                let variant = served.variant.map(|v| (VARIANT_HEADER, Some(v)));
+                                for (name, value) in
+                                    provenance(loaded, served.revision.as_deref()).into_iter().chain(variant)
+                                {
+                                    if let Some(value) = value {
+                                        let choice = ParameterChoice::StringParam(value.to_owned());
+                                        response.parameters.insert(
+                                            name.to_owned(),
+                                            proto::InferParameter { parameter_choice: Some(choice) },
+                                        );
+                                    }
+                                }
+                            }
+                            proto::ModelStreamInferResponse {
+                                error_message: String::new(),
+                                infer_response: Some(response),
+                            }
+                        }
                         Err(error) => proto::ModelStreamInferResponse {
                             error_message: error.to_string(),
                             infer_response: Some(ModelInferResponse { id, ..ModelInferResponse::default() }),

@@ -19,12 +19,16 @@ pub mod grpc;
 pub mod infer;
 pub mod metrics;
 pub mod observe;
+pub mod protocol;
 pub mod registry;
 pub mod repository;
+pub mod rollout;
 pub mod routes;
 pub mod runtime;
 pub mod server;
+pub mod serving;
 pub mod stack;
+pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod traces;
@@ -153,6 +157,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
     let mut metrics = metrics::Metrics::new();
     request_metrics.register(metrics.registry_mut());
     tracing.register(metrics.registry_mut());
+    metrics.registry_mut().register_collector(Box::new(rollout::metrics::RolloutCollector(Arc::clone(&registry))));
     if let Some(controller) = &controller {
         controller.metrics().register(metrics.registry_mut());
     }
@@ -191,7 +196,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
     state.tokens =
         auth::Tokens { admin: config.admin_token.clone(), feedback: config.feedback_token.clone(), loopback };
     if config.gitops.is_none() {
-        state.model_dir = Some(routes::ModelDirControl { dir: config.model_dir.clone(), loader: loader.clone() });
+        state.model_dir = Some(repository::ModelDirControl { dir: config.model_dir.clone(), loader: loader.clone() });
     }
     let scrapes = state.scrapes.subscribe();
     let state = Arc::new(state);
@@ -238,7 +243,13 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
         );
         tokio::spawn(watch)
     });
-    let background = poller.into_iter().chain(controller_task).collect();
+    let rollouts = tokio::spawn(rollout::driver::drive(
+        Arc::clone(&registry),
+        state.monitor.clone(),
+        config.external_url.clone().unwrap_or_else(|| format!("http://{addr}")),
+        shutdown.child_token(),
+    ));
+    let background = poller.into_iter().chain(controller_task).chain(Some(rollouts)).collect();
     let grpc_text = grpc_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
     tracing::info!(%addr, grpc = %grpc_text, models = ?registry.snapshot().names().collect::<Vec<_>>(), "vane is serving");
     Ok(Server {

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::errors::{ApiError, LoadError};
 use crate::infer::{check_io, LoadedModel, ModelLoader};
 use crate::observe::Monitored;
+use crate::rollout::Rollout;
 
 /// Every served model version, keyed by name then version. Immutable once built.
 #[derive(Default)]
@@ -25,9 +26,12 @@ pub struct ModelTable {
     monitored: BTreeMap<String, BTreeMap<u64, Arc<Monitored>>>,
     /// The Git commit this set comes from, for the provenance headers.
     revision: Option<Arc<str>>,
+    /// The models with a rollout in progress.
+    rollouts: BTreeMap<String, Arc<Rollout>>,
 }
 
 /// What one request needs from the table: the version, the commit, and the monitor's profile if any.
+#[derive(Clone)]
 pub struct Resolved {
     /// The model version.
     pub loaded: Arc<LoadedModel>,
@@ -35,6 +39,17 @@ pub struct Resolved {
     pub revision: Option<Arc<str>>,
     /// The version's monitoring profile.
     pub monitored: Option<Arc<Monitored>>,
+}
+
+/// Where a request goes: the version it named (or the default one), and, when it named none and the model has a
+/// rollout, the rollout and both of its sides, from the same table.
+pub struct Target {
+    /// The version that answers unless the rollout assigns the request elsewhere.
+    pub primary: Resolved,
+    /// The rollout and its (stable, candidate), when the request named no version.
+    pub split: Option<(Arc<Rollout>, [Resolved; 2])>,
+    /// Whether the model has a rollout that this request bypassed by naming a version.
+    pub bypassed: bool,
 }
 
 /// The handle the request path and the loader share.
@@ -72,6 +87,7 @@ impl ModelTable {
     ) -> Result<Self, LoadError> {
         let mut models = BTreeMap::new();
         let mut monitored: BTreeMap<String, BTreeMap<u64, Arc<Monitored>>> = BTreeMap::new();
+        let mut rollouts = BTreeMap::new();
         for model in &desired.models {
             let mut versions = BTreeMap::new();
             for version in &model.versions {
@@ -105,9 +121,14 @@ impl ModelTable {
                 }
                 versions.insert(version.version, loaded);
             }
+            if let Some(spec) = &model.rollout {
+                let kept = previous.rollouts.get(&model.name);
+                let rollout = build_rollout(model, spec, &versions, kept, desired.revision.as_deref())?;
+                rollouts.insert(model.name.clone(), rollout);
+            }
             models.insert(model.name.clone(), versions);
         }
-        Ok(Self { models, monitored, revision: desired.revision.as_deref().map(Arc::from) })
+        Ok(Self { models, monitored, revision: desired.revision.as_deref().map(Arc::from), rollouts })
     }
 
     /// The Git commit this set comes from.
@@ -118,6 +139,8 @@ impl ModelTable {
     /// Whether `other` serves exactly the same loaded versions (the same `Arc`s) from the same commit.
     pub fn same_as(&self, other: &ModelTable) -> bool {
         self.revision == other.revision
+            && self.rollouts.len() == other.rollouts.len()
+            && self.rollouts.iter().zip(&other.rollouts).all(|((a, x), (b, y))| a == b && Arc::ptr_eq(x, y))
             && self.monitored.len() == other.monitored.len()
             && self.monitored.iter().all(|(name, versions)| {
                 other.monitored.get(name).is_some_and(|o| {
@@ -143,13 +166,29 @@ impl ModelTable {
         self.models.keys().map(String::as_str)
     }
 
-    /// Finds a model version; `None` as the version means the highest.
+    /// The rollouts in progress, by model.
+    pub fn rollouts(&self) -> impl Iterator<Item = &Arc<Rollout>> {
+        self.rollouts.values()
+    }
+
+    /// The rollout of `model`, if it has one.
+    pub fn rollout(&self, model: &str) -> Option<&Arc<Rollout>> {
+        self.rollouts.get(model)
+    }
+
+    /// Finds a model version; `None` as the version means the default one: the highest, or during a rollout the
+    /// side that serves unsplit traffic (the stable, the candidate once promoted).
     pub fn get(&self, model: &str, version: Option<&str>) -> Result<&Arc<LoadedModel>, ApiError> {
         let versions = self
             .models
             .get(model)
             .ok_or_else(|| ApiError::ModelNotFound { model: model.to_owned(), available: join(self.models.keys()) })?;
         let found = match version {
+            None if self.rollouts.contains_key(model) => {
+                let rollout = &self.rollouts[model];
+                let v = rollout.version(rollout.default_variant()).version();
+                versions.get(&v)
+            }
             None => versions.values().next_back(),
             Some(v) => v.parse::<u64>().ok().and_then(|n| versions.get(&n)),
         };
@@ -169,6 +208,63 @@ impl ModelTable {
     pub fn is_empty(&self) -> bool {
         self.models.is_empty()
     }
+
+    fn resolved(&self, model: &str, version: Option<&str>) -> Result<Resolved, ApiError> {
+        let loaded = self.get(model, version)?;
+        let monitored = self.monitored.get(model).and_then(|v| v.get(&loaded.version())).cloned();
+        Ok(Resolved { loaded: Arc::clone(loaded), revision: self.revision.clone(), monitored })
+    }
+}
+
+/// The rollout `spec` asks for between two loaded versions: `kept` when it is still that rollout (its analysis goes
+/// on), else a new one. The two versions must take the same inputs (the same requests go to both), and both must have
+/// the compared output.
+fn build_rollout(
+    model: &reconciler::DesiredModel,
+    spec: &reconciler::manifest::RolloutSpec,
+    versions: &BTreeMap<u64, Arc<LoadedModel>>,
+    kept: Option<&Arc<Rollout>>,
+    revision: Option<&str>,
+) -> Result<Arc<Rollout>, LoadError> {
+    let error = |message: String| LoadError::Rollout { model: model.name.clone(), message };
+    let side = |v: u64| versions.get(&v).ok_or_else(|| error(format!("version {v} is not served")));
+    let (stable, candidate) = (side(spec.stable)?, side(spec.candidate)?);
+    if let Some(kept) = kept.filter(|r| r.is_current(spec, stable, candidate)) {
+        return Ok(Arc::clone(kept));
+    }
+    let (a, b) = (stable.signature(), candidate.signature());
+    let key = |t: &crate::infer::TensorSpec| (t.name.clone(), t.datatype, t.shape.clone());
+    if a.inputs.iter().map(key).collect::<Vec<_>>() != b.inputs.iter().map(key).collect::<Vec<_>>() {
+        return Err(error(format!(
+            "candidate version {} takes different inputs than stable version {}; a rollout sends the same requests to both",
+            spec.candidate, spec.stable
+        )));
+    }
+    let quality = model.monitoring.as_ref().and_then(|m| m.quality.as_ref());
+    let output = spec
+        .analysis
+        .output
+        .clone()
+        .or_else(|| quality.map(|q| q.output.clone()))
+        .or_else(|| a.outputs.first().map(|o| o.name.clone()))
+        .ok_or_else(|| error("the stable version has no outputs".to_owned()))?;
+    for (which, signature) in [("stable", a), ("candidate", b)] {
+        if !signature.outputs.iter().any(|o| o.name == output) {
+            return Err(error(format!("the {which} version has no output '{output}' to compare")));
+        }
+    }
+    let is_quality_output = quality.is_some_and(|q| q.output == output);
+    let index = spec.analysis.index.or_else(|| quality.filter(|_| is_quality_output).map(|q| q.index)).unwrap_or(0);
+    let threshold =
+        quality.filter(|q| is_quality_output && q.task == "binary_classification").map(|q| q.threshold.unwrap_or(0.5));
+    Ok(Arc::new(Rollout::new(
+        &model.name,
+        spec.clone(),
+        [Arc::clone(stable), Arc::clone(candidate)],
+        (output, index),
+        threshold,
+        revision.map(Arc::from),
+    )))
 }
 
 fn join<T: ToString>(items: impl Iterator<Item = T>) -> String {
@@ -290,10 +386,27 @@ impl Registry {
 
     /// Like [`Registry::resolve_with_revision`], with the version's monitoring profile.
     pub fn resolve_served(&self, model: &str, version: Option<&str>) -> Result<Resolved, ApiError> {
+        self.table.load().resolved(model, version)
+    }
+
+    /// Where a request for `model` (and `version`, if named) goes: one load of the table for the version and, during
+    /// a rollout, both of its sides.
+    pub fn resolve_target(&self, model: &str, version: Option<&str>) -> Result<Target, ApiError> {
         let table = self.table.load();
-        let loaded = table.get(model, version)?;
-        let monitored = table.monitored.get(model).and_then(|v| v.get(&loaded.version())).cloned();
-        Ok(Resolved { loaded: Arc::clone(loaded), revision: table.revision.clone(), monitored })
+        let primary = table.resolved(model, version)?;
+        let rollout = table.rollouts.get(model);
+        let split = match (rollout, version) {
+            (Some(rollout), None) => {
+                let side =
+                    |v: crate::rollout::Variant| table.resolved(model, Some(&rollout.version(v).version().to_string()));
+                Some((
+                    Arc::clone(rollout),
+                    [side(crate::rollout::Variant::Stable)?, side(crate::rollout::Variant::Candidate)?],
+                ))
+            }
+            _ => None,
+        };
+        Ok(Target { primary, split, bypassed: rollout.is_some() && version.is_some() })
     }
 
     /// The current table, for listings and metadata.

@@ -15,6 +15,15 @@ use tokio_util::sync::CancellationToken;
 use crate::infer::ModelLoader;
 use crate::registry::Registry;
 
+/// What model-directory mode needs to load by hand.
+#[derive(Clone)]
+pub struct ModelDirControl {
+    /// The model directory.
+    pub dir: std::path::PathBuf,
+    /// The loader the poller uses.
+    pub loader: crate::infer::ModelLoader,
+}
+
 /// What the poller has done, for readiness checks, tests and (later) metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WatchStatus {

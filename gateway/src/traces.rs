@@ -286,6 +286,11 @@ pub struct TraceError(String);
 // === impl RequestTrace ===
 
 impl RequestTrace {
+    /// A trace that records nothing: for work no client asked for (a rollout's mirrored runs).
+    pub fn untraced() -> Self {
+        RequestTrace { cx: None, ids: None, tracer: None, anchor: (Instant::now(), SystemTime::UNIX_EPOCH) }
+    }
+
     /// The server span's context, for the batcher, when the request is sampled.
     pub fn sampled(&self) -> Option<SpanContext> {
         self.cx.as_ref().map(|cx| cx.span().span_context().clone())

@@ -230,11 +230,11 @@ pub fn check_io(signature: &Signature, io: &IoSpec) -> Result<(), String> {
 fn check_golden(session: &mut ort::session::Session, signature: &Signature, golden: &GoldenSet) -> Result<(), String> {
     let body: serde_json::Value =
         serde_json::from_slice(&golden.json).map_err(|e| format!("golden set is not JSON: {e}"))?;
-    let inputs = crate::routes::decode_request(&golden.json, None, Some(signature))
+    let inputs = crate::protocol::decode_request(&golden.json, None, Some(signature))
         .map_err(|e| format!("golden inputs: {e}"))?;
     let inputs = signature.check_inputs(inputs.inputs).map_err(|e| format!("golden inputs: {e}"))?;
     let expected = serde_json::json!({"inputs": body.get("outputs").cloned().unwrap_or_default()});
-    let expected = crate::routes::decode_request(expected.to_string().as_bytes(), None, None)
+    let expected = crate::protocol::decode_request(expected.to_string().as_bytes(), None, None)
         .map_err(|e| format!("golden outputs: {}", e.to_string().replace("input '", "output '")))?
         .inputs;
     let all: Vec<usize> = (0..signature.outputs.len()).collect();

@@ -73,7 +73,22 @@ pub(super) fn status(state: &AppState) -> HttpResponse {
     });
     let unreachable = sync.as_ref().and_then(|s| s.remote_error.clone());
     let diverged = sync.as_ref().is_some_and(|s| s.diverged_from_head);
+    // A rollout rolled back by its analysis: the branch head names a candidate that is not served.
+    let rolled_back: Vec<String> = table
+        .rollouts()
+        .filter(|r| r.plan().phase == crate::rollout::Phase::RolledBack)
+        .map(|r| {
+            format!(
+                "the rollout of {} version {} was rolled back; version {} serves until a new commit: {}",
+                r.model,
+                r.spec.candidate,
+                r.spec.stable,
+                r.stop_reason().unwrap_or_default()
+            )
+        })
+        .collect();
     let degraded_reason = match (&unreachable, stalled, diverged) {
+        _ if !rolled_back.is_empty() && unreachable.is_none() && !stalled => Some(rolled_back.join("; ")),
         (Some(error), _, _) => Some(format!(
             "the last sync could not finish (the remote or an artifact cannot be had now; retried with backoff), so \
              the last applied commit serves: {error}"
@@ -141,8 +156,62 @@ pub(super) fn alerts(state: &AppState) -> HttpResponse {
     struct Alerts {
         alerts: Vec<monitor::alerts::Alert>,
     }
-    let alerts = state.monitor.as_ref().map(monitor::live::Monitor::alerts).unwrap_or_default();
+    let mut alerts = state.monitor.as_ref().map(monitor::live::Monitor::alerts).unwrap_or_default();
+    // Rollbacks firing now (until a new commit replaces the rollout).
+    let table = state.registry.snapshot();
+    for rollout in table.rollouts().filter(|r| r.plan().phase == crate::rollout::Phase::RolledBack) {
+        let report = rollout.report();
+        if let Some(decision) = report.decisions.iter().rev().find(|d| d.action.ends_with("rollback")) {
+            alerts.insert(0, crate::rollout::driver::rollback_alert(rollout, decision, ""));
+        }
+    }
     json_response(StatusCode::OK, &Alerts { alerts })
+}
+
+/// `GET /api/v1/rollouts`: every rollout of the served set, with its phase, step, counters, checks and decisions.
+pub(super) fn rollouts(state: &AppState, model: Option<&str>) -> Result<HttpResponse, ApiError> {
+    #[derive(Serialize)]
+    struct Rollouts {
+        rollouts: Vec<crate::rollout::Report>,
+    }
+    let table = state.registry.snapshot();
+    if let Some(model) = model {
+        table.get(model, None)?;
+    }
+    let rollouts = table.rollouts().filter(|r| model.is_none_or(|m| m == r.model)).map(|r| r.report()).collect();
+    Ok(json_response(StatusCode::OK, &Rollouts { rollouts }))
+}
+
+/// `POST /api/v1/rollouts/{model}/{promote|abort|pause|resume}`: a person's decision, taken at once (admin token).
+/// The body may say why: `{"reason": "..."}`.
+pub(super) fn rollout_action(
+    state: &AppState,
+    model: &str,
+    action: &str,
+    body: &Bytes,
+) -> Result<HttpResponse, ApiError> {
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    struct Why {
+        #[serde(default)]
+        reason: Option<String>,
+    }
+    if !matches!(action, "promote" | "abort" | "pause" | "resume") {
+        return Err(ApiError::RouteNotFound { path: format!("/api/v1/rollouts/{model}/{action}") });
+    }
+    let why: Why = if body.iter().all(u8::is_ascii_whitespace) {
+        Why::default()
+    } else {
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson { message: e.to_string() })?
+    };
+    let table = state.registry.snapshot();
+    table.get(model, None)?;
+    let rollout = table.rollout(model).ok_or_else(|| ApiError::Conflict {
+        reason: format!("model '{model}' has no rollout; add a rollout block to its manifest"),
+    })?;
+    let reason = why.reason.map(|r| r.chars().take(512).collect::<String>());
+    let decision = rollout.operate(action, "operator", reason).map_err(|reason| ApiError::Conflict { reason })?;
+    Ok(json_response(StatusCode::OK, &decision))
 }
 
 /// `POST /api/v1/feedback`: ground truth for earlier predictions, by the request id they were made with (`id` in

@@ -1,7 +1,6 @@
 //! The V2 REST routes: path matching, the capped body read, and turning results into responses.
 
 mod admin;
-mod json;
 mod repository;
 mod v2;
 
@@ -16,90 +15,24 @@ use http_body_util::{BodyExt, Full};
 use serde::Serialize;
 
 use crate::auth::Gate;
-use crate::budget::{Charge, MemoryBudget};
+use crate::budget::Charge;
 use crate::errors::ApiError;
-use crate::metrics::request_series::{Protocol, RequestMetrics};
-use crate::registry::Registry;
-use crate::stack::Limits;
+use crate::metrics::request_series::Protocol;
 use crate::traces::{HeaderExtractor, Outcome};
 use opentelemetry::KeyValue;
 
-pub use json::{
+pub use crate::protocol::{
     decode_request, encode_response, BinaryOutputs, InferRequest, InferResponse, MAX_DIMENSIONS, MAX_INPUTS,
     MAX_REQUEST_ID_BYTES,
 };
+pub use crate::state::AppState;
 pub use repository::{
     check_parameter_names as check_repository_parameter_names, repository_index, repository_load, repository_unload,
-    IndexEntry, ModelDirControl,
+    IndexEntry,
 };
-pub(crate) use v2::{run_inference, EXTENSIONS, PLATFORM};
 
 /// The response type of every route.
 pub type HttpResponse = Response<Full<Bytes>>;
-
-/// What the routes share.
-pub struct AppState {
-    /// The served model set.
-    pub registry: Arc<Registry>,
-    /// Request bodies above this size get 413.
-    pub max_body_bytes: usize,
-    /// The server's request timeout, the latest deadline a request can have.
-    pub request_timeout: Duration,
-    /// The reconcile loop, in GitOps mode.
-    pub controller: Option<reconciler::controller::ControllerHandle>,
-    /// The push webhook's shared secret.
-    pub webhook_secret: Option<crate::auth::Secret>,
-    /// Who may change state (admin calls, feedback).
-    pub tokens: crate::auth::Tokens,
-    /// The in-flight memory budget every request's body and tensors are charged to.
-    pub budget: MemoryBudget,
-    /// The longest a request body may take to arrive.
-    pub body_timeout: Duration,
-    /// The edge's bounds, as configured.
-    pub limits: Limits,
-    /// What `GET /metrics` renders.
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// The live monitor, fed with sampled predictions.
-    pub monitor: Option<monitor::live::Monitor>,
-    /// The monitor's gauges (quality is set when labels arrive).
-    pub monitor_metrics: crate::metrics::monitor_series::MonitorMetrics,
-    /// Requests in flight across REST and gRPC; beyond its permits, 503 (UNAVAILABLE) at once.
-    pub concurrency: Arc<tokio::sync::Semaphore>,
-    /// Model-directory mode: what loading and unloading by hand need.
-    pub model_dir: Option<ModelDirControl>,
-    /// The request path's series (requests, durations, queues); the loader gives each version its handles.
-    pub request_metrics: RequestMetrics,
-    /// Counts `GET /metrics` answers, so a caller can wait for the next scrape instead of polling.
-    pub scrapes: tokio::sync::watch::Sender<u64>,
-    /// Traces of inference requests (off without an OTLP endpoint).
-    pub tracing: crate::traces::Tracing,
-}
-
-impl AppState {
-    /// The state for `registry` under `limits`.
-    pub fn new(registry: Arc<Registry>, limits: &Limits) -> Self {
-        Self {
-            registry,
-            max_body_bytes: limits.max_body_bytes,
-            request_timeout: limits.request_timeout,
-            controller: None,
-            webhook_secret: None,
-            // No token and not known to be loopback-only: state-changing calls are refused until the caller says.
-            tokens: crate::auth::Tokens::default(),
-            budget: MemoryBudget::new(limits.max_inflight_bytes),
-            body_timeout: limits.body_timeout,
-            limits: *limits,
-            metrics: Arc::default(),
-            monitor: None,
-            monitor_metrics: crate::metrics::monitor_series::MonitorMetrics::default(),
-            concurrency: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_requests.get())),
-            model_dir: None,
-            request_metrics: RequestMetrics::default(),
-            scrapes: tokio::sync::watch::Sender::new(0),
-            tracing: crate::traces::Tracing::disabled(),
-        }
-    }
-}
 
 /// Matches a request to its route and runs it. Never fails: every error becomes a response.
 pub async fn route<B>(state: Arc<AppState>, request: Request<B>) -> HttpResponse
@@ -112,7 +45,8 @@ where
     let given = request.headers().get(REQUEST_ID).cloned();
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let mut trace_ids = None;
-    match dispatch(&state, request, &mut trace_ids).await {
+    let mut variant = None;
+    let mut response = match dispatch(&state, request, &mut trace_ids, &mut variant).await {
         Ok(mut response) => {
             if let Some(id) = given {
                 response.headers_mut().insert(REQUEST_ID, id);
@@ -126,7 +60,12 @@ where
             response.headers_mut().insert(REQUEST_ID, id);
             response
         }
+    };
+    // Which side of a rollout answered, on errors too.
+    if let Some(variant) = variant {
+        response.headers_mut().insert(crate::serving::VARIANT_HEADER, HeaderValue::from_static(variant));
     }
+    response
 }
 
 /// The inference routes as OpenTelemetry's HTTP conventions name server spans: method and route template.
@@ -176,9 +115,10 @@ pub(crate) fn log_edge_error(
 }
 
 async fn dispatch<B>(
-    state: &AppState,
+    state: &Arc<AppState>,
     request: Request<B>,
     trace_ids: &mut Option<crate::traces::TraceIds>,
+    variant: &mut Option<&'static str>,
 ) -> Result<HttpResponse, ApiError>
 where
     B: Body<Data = Bytes>,
@@ -212,6 +152,9 @@ where
         ["api", "v1", "hooks", "git"] => Route::Webhook,
         ["api", "v1", "sync"] => Route::Sync,
         ["api", "v1", "rollback"] => Route::Rollback,
+        ["api", "v1", "rollouts"] => Route::Rollouts(None),
+        ["api", "v1", "rollouts", model] => Route::Rollouts(Some(model)),
+        ["api", "v1", "rollouts", model, action] => Route::RolloutAction(model, action),
         ["v2", "models", model, "versions", version, "infer"] => Route::Infer(model, Some(version)),
         _ => return Err(ApiError::RouteNotFound { path: path.to_owned() }),
     };
@@ -269,6 +212,11 @@ where
         Route::Sync => admin::sync(state, headers),
         Route::Webhook => admin::webhook(state, headers, &body),
         Route::Rollback => admin::rollback(state, headers, &body).await,
+        Route::Rollouts(model) => admin::rollouts(state, model),
+        Route::RolloutAction(model, action) => {
+            state.tokens.check_headers(Gate::Admin, headers)?;
+            admin::rollout_action(state, model, action, &body)
+        }
         Route::RepositoryIndex => {
             // Triton's client sends an empty body; `{}` and `{"ready": true}` are accepted too.
             let asked: repository::IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
@@ -304,15 +252,17 @@ where
                 arrived,
             );
             let (model, version) = (model.to_owned(), version.map(str::to_owned));
-            let mut served = None;
+            let mut served = crate::serving::Served::default();
             let result = async {
                 let header_length = binary_header_length(headers)?;
                 let incoming = incoming.take().ok_or(ApiError::BodyRead)?;
                 let body = read_body(incoming, state.max_body_bytes, &mut charge, state.body_timeout).await?;
                 let input = v2::Body { bytes: &body, header_length, charge: &mut charge };
-                v2::infer(state, &model, version.as_deref(), input, arrived, &mut served, &trace).await
+                v2::infer(state, &model, version.as_deref(), headers, input, arrived, &mut served, &trace).await
             }
             .await;
+            *variant = served.variant;
+            let served = served.loaded;
             let series = served.as_ref().map_or(state.request_metrics.unresolved(), |m| m.series());
             series.observe(Protocol::Http, result.as_ref().map(|_| ()), arrived.elapsed().as_secs_f64());
             *trace_ids = trace.ids();
@@ -347,6 +297,8 @@ enum Route<'a> {
     Webhook,
     Sync,
     Rollback,
+    Rollouts(Option<&'a str>),
+    RolloutAction(&'a str, &'a str),
 }
 
 impl Route<'_> {
@@ -358,6 +310,7 @@ impl Route<'_> {
                 | Route::Webhook
                 | Route::Sync
                 | Route::Rollback
+                | Route::RolloutAction(..)
                 | Route::Feedback
                 | Route::RepositoryIndex
                 | Route::RepositoryLoad(_)

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use crate::errors::ApiError;
+use crate::repository::ModelDirControl;
 
 /// One row of the repository index.
 #[derive(Debug, Clone, Serialize)]
@@ -51,15 +52,6 @@ pub fn repository_index(state: &AppState, ready_only: bool) -> Vec<IndexEntry> {
         }));
     }
     entries
-}
-
-/// What model-directory mode needs to load by hand.
-#[derive(Clone)]
-pub struct ModelDirControl {
-    /// The model directory.
-    pub dir: std::path::PathBuf,
-    /// The loader the poller uses.
-    pub loader: crate::infer::ModelLoader,
 }
 
 /// The model directory to act on; refused in GitOps mode, naming the repository.

@@ -9,16 +9,14 @@ use serde::Serialize;
 use http::header::CONTENT_TYPE;
 use http::HeaderValue;
 
-use super::json::{decode_request, encode_response, InferRequest, InferResponse};
 use super::{json_response, AppState, HttpResponse};
 use crate::budget::{Charge, DECODE_FACTOR, DECODE_SLACK};
 use crate::errors::ApiError;
-use crate::infer::{Incoming, LoadedModel, Tensor, TensorSpec};
-use crate::registry::{Registry, Resolved};
+use crate::infer::TensorSpec;
+use crate::protocol::{decode_request, encode_response, InferResponse};
+use crate::registry::Registry;
+use crate::serving::{provenance, serve, Served, EXTENSIONS, PLATFORM};
 use crate::traces::RequestTrace;
-
-/// The platform name for ONNX models, as Triton reports it.
-pub(crate) const PLATFORM: &str = "onnxruntime_onnx";
 
 #[derive(Serialize)]
 struct ServerMetadata {
@@ -27,9 +25,6 @@ struct ServerMetadata {
     /// Only extensions that are fully implemented are listed.
     extensions: &'static [&'static str],
 }
-
-/// The protocol extensions Vane implements, as Triton names them.
-pub(crate) const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_repository"];
 
 pub(super) fn server_metadata() -> HttpResponse {
     json_response(
@@ -116,30 +111,35 @@ pub(super) struct Body<'a> {
     pub(super) charge: &'a mut Charge,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn infer(
-    state: &AppState,
+    state: &Arc<AppState>,
     model: &str,
     version: Option<&str>,
+    headers: &http::HeaderMap,
     body: Body<'_>,
     arrived: Instant,
-    served: &mut Option<Arc<LoadedModel>>,
+    served: &mut Served,
     trace: &RequestTrace,
 ) -> Result<HttpResponse, ApiError> {
-    // One load of the model set; the guard is gone before the await below, the Arc keeps the version alive.
-    let resolved = state.registry.resolve_served(model, version)?;
-    *served = Some(Arc::clone(&resolved.loaded));
+    // One load of the model set; the guard is gone before the await below, the Arcs keep the versions alive.
+    let target = state.registry.resolve_target(model, version)?;
+    served.loaded = Some(Arc::clone(&target.primary.loaded));
     // The in-flight permit shared with gRPC, taken once the body has arrived: beyond it, 503 at once.
     let _permit = Arc::clone(&state.concurrency).try_acquire_owned().map_err(|_| ApiError::Overloaded)?;
     // Counted as on its way to the batcher from before decoding, so a batch being formed can wait for it.
-    let incoming = resolved.loaded.incoming();
+    let incoming = target.primary.loaded.incoming();
     // Decoding may take up to DECODE_FACTOR times the body: charged before, and what the tensors did not use is given
-    // back after.
+    // back after. (Both sides of a rollout take the same inputs, checked at load.)
     let Body { bytes, header_length, charge } = body;
     charge.add(bytes.len().saturating_mul(DECODE_FACTOR).saturating_add(DECODE_SLACK))?;
-    let request = decode_request(bytes, header_length, Some(resolved.loaded.signature()))?;
+    let request = decode_request(bytes, header_length, Some(target.primary.loaded.signature()))?;
     charge.shrink_to(bytes.len() + request.heap_bytes());
-    let (request, outputs) = run_inference(state, &resolved, incoming, request, arrived, trace).await?;
-    let loaded = &resolved.loaded;
+    let key = target.split.as_ref().and_then(|(rollout, _)| {
+        rollout.spec.key.as_deref().and_then(|name| headers.get(name)).map(http::HeaderValue::as_bytes)
+    });
+    let (request, outputs) = serve(state, &target, key, incoming, request, arrived, trace, served).await?;
+    let loaded = served.loaded.as_ref().unwrap_or(&target.primary.loaded);
     let mut response = InferResponse {
         model_name: loaded.name(),
         model_version: loaded.version().to_string(),
@@ -156,59 +156,12 @@ pub(super) async fn infer(
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"))
         }
     };
-    add_provenance(reply.headers_mut(), loaded, resolved.revision.as_deref());
-    Ok(reply)
-}
-
-/// The protocol-neutral part of an inference, shared by REST and gRPC: checks the decoded request against the
-/// model, samples it for the monitor, runs it through the version's batcher and offers the observation (never
-/// awaited). Returns the request (its inputs taken) and the selected outputs.
-pub(crate) async fn run_inference(
-    state: &AppState,
-    resolved: &Resolved,
-    incoming: Incoming<'_>,
-    mut request: InferRequest,
-    arrived: Instant,
-    trace: &RequestTrace,
-) -> Result<(InferRequest, Vec<Tensor>), ApiError> {
-    let loaded = &resolved.loaded;
-    let signature = loaded.signature();
-    // The client's own `timeout` (Triton's parameter, in microseconds) can only shorten the server's.
-    let client_deadline = request.timeout.is_some_and(|t| t < state.request_timeout);
-    let budget = request.timeout.map_or(state.request_timeout, |t| t.min(state.request_timeout));
-    let inputs = signature.check_inputs(std::mem::take(&mut request.inputs))?;
-    let selected: Arc<[usize]> = signature.select_outputs(request.outputs.iter().map(String::as_str))?.into();
-    // Only a valid request is sampled; a sampled one copies its inputs for the monitor, the rest pay one counter.
-    let observed = match (&state.monitor, &resolved.monitored) {
-        (Some(_), Some(monitored)) => monitored.sample(&inputs),
-        _ => None,
-    };
-    let outputs = loaded.infer(incoming, inputs, selected, arrived + budget, client_deadline, trace).await?;
-    if let (Some(monitor), Some(monitored), Some(cells)) = (&state.monitor, &resolved.monitored, observed) {
-        let predictions = monitored.predictions(&outputs, request.id.is_some());
-        monitor.offer(monitor::live::Observation {
-            profile: Arc::clone(&monitored.profile),
-            request_id: request.id.clone(),
-            at: std::time::SystemTime::now(),
-            cells,
-            predictions,
-        });
-    }
-    Ok((request, outputs))
-}
-
-/// What served the prediction, when it came from Git: the commit, the model's sha256 and the reference data's.
-fn add_provenance(headers: &mut http::HeaderMap, loaded: &LoadedModel, revision: Option<&str>) {
-    let values = [
-        ("vane-commit", revision),
-        ("vane-model-sha256", loaded.fingerprint().strip_prefix("sha256:")),
-        ("vane-data-sha256", loaded.reference_sha256()),
-    ];
-    for (name, value) in values {
-        if let Some(value) = value.and_then(|v| http::HeaderValue::from_str(v).ok()) {
-            headers.insert(name, value);
+    for (name, value) in provenance(loaded, served.revision.as_deref()) {
+        if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+            reply.headers_mut().insert(name, value);
         }
     }
+    Ok(reply)
 }
 
 /// Triton's statistics shape, with the counters Vane keeps: `inference_count` counts rows and `execution_count`
