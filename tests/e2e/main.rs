@@ -13,6 +13,7 @@ mod live_drift_cases;
 mod monitor;
 mod operations;
 mod repository_api;
+mod rollout;
 mod serve;
 mod shutdown;
 mod support;
