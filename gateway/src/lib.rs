@@ -138,10 +138,15 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
     };
     if let Some(gitops) = &config.gitops {
         let dir = gitops.controller.data_dir.clone();
-        tokio::task::spawn_blocking(move || reconciler::durable::ensure_private_dir(&dir))
-            .await
-            .map_err(|e| StartError::DataDir(e.to_string()))?
-            .map_err(StartError::DataDir)?;
+        let memory = tokio::task::spawn_blocking(move || {
+            reconciler::durable::ensure_private_dir(&dir)
+                .map(|()| rollout::memory::Memory::open(dir.join("rollouts.json")))
+        })
+        .await
+        .map_err(|e| StartError::DataDir(e.to_string()))?
+        .map_err(StartError::DataDir)?;
+        // Before the first sync: a rollout decided before a restart starts as decided.
+        registry.set_rollout_memory(memory);
     }
     let (controller, controller_task) = match &config.gitops {
         Some(gitops) => {
@@ -249,7 +254,13 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
         config.external_url.clone().unwrap_or_else(|| format!("http://{addr}")),
         shutdown.child_token(),
     ));
-    let background = poller.into_iter().chain(controller_task).chain(Some(rollouts)).collect();
+    let peers = tokio::spawn(rollout::peers::adopt_stops(
+        Arc::clone(&registry),
+        config.rollout_peers.clone(),
+        config.rollout_peer_interval,
+        shutdown.child_token(),
+    ));
+    let background = poller.into_iter().chain(controller_task).chain([rollouts, peers]).collect();
     let grpc_text = grpc_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
     tracing::info!(%addr, grpc = %grpc_text, models = ?registry.snapshot().names().collect::<Vec<_>>(), "vane is serving");
     Ok(Server {

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::errors::{ApiError, LoadError};
 use crate::infer::{check_io, LoadedModel, ModelLoader};
 use crate::observe::Monitored;
+use crate::rollout::memory::Memory;
 use crate::rollout::Rollout;
 
 /// Every served model version, keyed by name then version. Immutable once built.
@@ -70,6 +71,8 @@ pub struct Registry {
     /// Models unloaded through the repository API (model-directory mode): left out of every desired state until
     /// loaded again, so the poller does not bring them back.
     unloaded: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// The rollouts' decisions, kept across restarts in GitOps mode.
+    memory: std::sync::RwLock<Arc<Memory>>,
 }
 
 // === impl ModelTable ===
@@ -79,11 +82,13 @@ impl ModelTable {
     /// same settings) and loading and warming the rest. Blocking; all or nothing: on the first failure the versions
     /// loaded so far are dropped and `previous` is untouched.
     /// `cancel` stops it before the next version is loaded.
+    /// `memory` holds the rollouts' past decisions.
     pub fn load(
         loader: &ModelLoader,
         desired: &DesiredState,
         previous: &ModelTable,
         cancel: &AtomicBool,
+        memory: &Arc<Memory>,
     ) -> Result<Self, LoadError> {
         let mut models = BTreeMap::new();
         let mut monitored: BTreeMap<String, BTreeMap<u64, Arc<Monitored>>> = BTreeMap::new();
@@ -123,7 +128,7 @@ impl ModelTable {
             }
             if let Some(spec) = &model.rollout {
                 let kept = previous.rollouts.get(&model.name);
-                let rollout = build_rollout(model, spec, &versions, kept, desired.revision.as_deref())?;
+                let rollout = build_rollout(model, spec, &versions, kept, desired.revision.as_deref(), memory)?;
                 rollouts.insert(model.name.clone(), rollout);
             }
             models.insert(model.name.clone(), versions);
@@ -225,6 +230,7 @@ fn build_rollout(
     versions: &BTreeMap<u64, Arc<LoadedModel>>,
     kept: Option<&Arc<Rollout>>,
     revision: Option<&str>,
+    memory: &Arc<Memory>,
 ) -> Result<Arc<Rollout>, LoadError> {
     let error = |message: String| LoadError::Rollout { model: model.name.clone(), message };
     let side = |v: u64| versions.get(&v).ok_or_else(|| error(format!("version {v} is not served")));
@@ -264,6 +270,7 @@ fn build_rollout(
         (output, index),
         threshold,
         revision.map(Arc::from),
+        Arc::clone(memory),
     )))
 }
 
@@ -284,6 +291,14 @@ impl Registry {
             writer: Arc::default(),
             loads: Arc::default(),
             unloaded: std::sync::Mutex::default(),
+            memory: std::sync::RwLock::new(Arc::new(Memory::in_memory())),
+        }
+    }
+
+    /// Keeps the rollouts' decisions in `memory` from the next load on (set before the first one).
+    pub fn set_rollout_memory(&self, memory: Memory) {
+        if let Ok(mut slot) = self.memory.write() {
+            *slot = Arc::new(memory);
         }
     }
 
@@ -333,11 +348,12 @@ impl Registry {
         let cancel = Arc::new(AtomicBool::new(false));
         let _cancel_on_drop = CancelOnDrop(Arc::clone(&cancel));
         let loads = Arc::clone(&self.loads);
+        let memory = self.memory.read().map(|m| Arc::clone(&m)).unwrap_or_else(|_| Arc::new(Memory::in_memory()));
         let built = tokio::task::spawn_blocking(move || {
             if loads.running.fetch_add(1, Ordering::AcqRel) > 0 {
                 loads.overlapped.fetch_add(1, Ordering::Relaxed);
             }
-            let built = ModelTable::load(&loader, &desired, &current, &cancel);
+            let built = ModelTable::load(&loader, &desired, &current, &cancel, &memory);
             if matches!(built, Err(LoadError::Cancelled)) {
                 loads.cancelled.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(revision = ?desired.revision, "a superseded model-set load stopped before its next version");

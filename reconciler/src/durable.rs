@@ -109,21 +109,43 @@ impl DurableStore {
 
     /// Writes `durable` atomically. Blocking.
     pub fn save(&self, durable: &Durable) -> std::io::Result<()> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
         let bytes = serde_json::to_vec_pretty(&Durable { format: FORMAT, ..durable.clone() })?;
-        let temporary = dir.join(format!(".state.json.{}.tmp", std::process::id()));
-        // A leftover from a killed writer of this pid is ours to replace; create_new then refuses anything planted.
-        let _ = fs::remove_file(&temporary);
-        let mut file = create_exclusive(&temporary)?;
-        let written = file.write_all(&bytes).and_then(|()| file.sync_all());
-        drop(file);
-        if let Err(e) = written.and_then(|()| fs::rename(&temporary, &self.path)) {
-            let _ = fs::remove_file(&temporary);
-            return Err(e);
-        }
-        // The rename is durable once the folder is.
-        fs::File::open(dir)?.sync_all()
+        write_atomic(&self.path, &bytes)
     }
+}
+
+/// Replaces `path` with `bytes` whole: a new file created exclusively beside it (0600, never through a symlink),
+/// synced, renamed over it, and the folder synced. Blocking.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let temporary = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // A leftover from a killed writer of this pid is ours to replace; create_new then refuses anything planted.
+    let _ = fs::remove_file(&temporary);
+    let mut file = create_exclusive(&temporary)?;
+    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    drop(file);
+    if let Err(e) = written.and_then(|()| fs::rename(&temporary, path)) {
+        let _ = fs::remove_file(&temporary);
+        return Err(e);
+    }
+    // The rename is durable once the folder is.
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Reads `path` whole if it is a regular file of at most `max` bytes: `Ok(None)` when it does not exist. Blocking.
+pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let file = match open_regular(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::other(format!("{} is larger than {max} bytes", path.display())));
+    }
+    Ok(Some(bytes))
 }
 
 /// Creates the data dir (mode 0700) if it is missing, and refuses one that others could write to: Vane loads the

@@ -12,9 +12,12 @@
 //! larger weight only adds keys to the candidate.
 
 mod analysis;
+pub mod client;
 mod counters;
 pub mod driver;
+pub mod memory;
 pub mod metrics;
+pub mod peers;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -197,6 +200,9 @@ pub struct Rollout {
     unkeyed: AtomicU64,
     /// Counts evaluations and decisions, so a caller can wait for the next one instead of polling.
     events: tokio::sync::watch::Sender<u64>,
+    /// The model, both artifacts and the spec, hashed: what a remembered (or a peer's) decision is about.
+    pub identity: String,
+    memory: Arc<memory::Memory>,
     started: Instant,
     started_at: SystemTime,
 }
@@ -231,10 +237,15 @@ impl Rollout {
         output: (String, usize),
         decision_threshold: Option<f64>,
         revision: Option<Arc<str>>,
+        memory: Arc<memory::Memory>,
     ) -> Self {
         let now = Instant::now();
+        let identity = memory::identity(model, stable.fingerprint(), candidate.fingerprint(), &spec);
+        // A decision this rollout already took (before a restart, or on a peer before this process started) stands.
+        let recalled = memory.recall(&identity);
+        let restored = recalled.as_ref().and_then(memory::restored_phase);
         let plan = Plan {
-            phase: Phase::Progressing,
+            phase: restored.unwrap_or(Phase::Progressing),
             step: 0,
             threshold: threshold(spec.steps[0].weight),
             counters: Arc::new(StepCounters::new()),
@@ -248,7 +259,13 @@ impl Rollout {
             output,
             decision_threshold,
             plan: ArcSwap::from_pointee(plan),
-            progress: Mutex::default(),
+            progress: Mutex::new(Progress {
+                reason: recalled.as_ref().map(|r| r.reason.clone()),
+                promoted_at: restored.filter(|p| *p == Phase::Promoted).map(|_| now),
+                ..Progress::default()
+            }),
+            identity,
+            memory,
             mirrors: Arc::new(tokio::sync::Semaphore::new(MAX_MIRRORS_IN_FLIGHT)),
             mirrors_dropped: Default::default(),
             totals: Default::default(),
@@ -258,11 +275,15 @@ impl Rollout {
             started: now,
             started_at: SystemTime::now(),
         };
-        rollout.log_start();
+        rollout.log_start(restored);
         rollout
     }
 
-    fn log_start(&self) {
+    fn log_start(&self, restored: Option<Phase>) {
+        if let Some(phase) = restored {
+            tracing::info!(model = %self.model, candidate = self.spec.candidate, phase = phase.as_str(), reason = ?self.stop_reason(), "rollout restored as decided before");
+            return;
+        }
         let step = &self.spec.steps[0];
         tracing::info!(
             model = %self.model,
@@ -513,6 +534,9 @@ impl Rollout {
         };
         let phase = plan.phase;
         self.plan.store(Arc::new(plan));
+        if !phase.is_active() {
+            self.memory.remember(&self.identity, &self.model, phase, &decision.reason);
+        }
         self.events.send_modify(|n| *n += 1);
         if progress.decisions.len() == MAX_DECISIONS {
             progress.decisions.pop_front();
@@ -561,6 +585,7 @@ impl Rollout {
         let step_counters = |v: Variant| plan.counters.variants[v as usize].report();
         Report {
             model: self.model.clone(),
+            identity: self.identity.clone(),
             strategy: self.spec.strategy,
             stable: self.spec.stable,
             candidate: self.spec.candidate,
@@ -610,6 +635,8 @@ pub enum ServerFault {
 pub struct Report {
     /// The model.
     pub model: String,
+    /// The rollout's identity: the model, both artifacts and the spec, hashed (replicas compare it).
+    pub identity: String,
     /// canary, shadow or ab.
     pub strategy: Strategy,
     /// The stable version.
