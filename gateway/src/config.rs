@@ -46,6 +46,10 @@ pub struct ServeConfig {
     pub feedback_token: Option<crate::auth::Secret>,
     /// TLS on both listeners; `None`: plain TCP (TLS terminates in front of Vane).
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Other replicas' base URLs: a rollout they rolled back or aborted is rolled back here too.
+    pub rollout_peers: Vec<String>,
+    /// How often the peers are read.
+    pub rollout_peer_interval: Duration,
 }
 
 /// Every 5 s: alerts hold for minutes and the dashboard refreshes every 10 s, and evaluating all features each
@@ -93,6 +97,8 @@ impl ServeConfig {
             admin_token: None,
             feedback_token: None,
             tls: None,
+            rollout_peers: Vec::new(),
+            rollout_peer_interval: Duration::from_secs(1),
         }
     }
 }

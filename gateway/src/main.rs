@@ -41,6 +41,36 @@ enum Command {
     Demo(Box<DemoArgs>),
     /// Compare a current CSV with a reference CSV: drift per column, dataset drift, and optional quality.
     Drift(Box<DriftArgs>),
+    /// Watch or steer a rollout on a running server: status, promote, abort, pause, resume.
+    Rollout(Box<RolloutArgs>),
+}
+
+/// `vane rollout`: the admin API's rollout calls. The admin token is read from VANE_ADMIN_TOKEN.
+#[derive(Args)]
+struct RolloutArgs {
+    /// What to do.
+    #[arg(value_enum)]
+    action: RolloutAction,
+    /// The model (needed by every action but status).
+    model: Option<String>,
+    /// The server's base URL.
+    #[arg(long, env = "VANE_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// Why, for the decision log (promote, abort, pause, resume).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Print the server's JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RolloutAction {
+    Status,
+    Promote,
+    Abort,
+    Pause,
+    Resume,
 }
 
 #[derive(Args)]
@@ -291,6 +321,13 @@ struct RunArgs {
     /// A webhook that gets drift alerts as JSON with a Slack-style "text" field (repeatable).
     #[arg(long = "alert-webhook-url", env = "VANE_ALERT_WEBHOOK_URLS", value_delimiter = ',')]
     alert_webhooks: Vec<String>,
+    /// Another replica's base URL, e.g. http://vane-1:8080 (repeatable): a rollout it rolled back or aborted is
+    /// rolled back here too, within one --rollout-peer-interval.
+    #[arg(long = "rollout-peer", env = "VANE_ROLLOUT_PEERS", value_delimiter = ',')]
+    rollout_peers: Vec<String>,
+    /// How often the rollout peers are read.
+    #[arg(long, env = "VANE_ROLLOUT_PEER_INTERVAL", value_parser = humantime::parse_duration, default_value = "1s")]
+    rollout_peer_interval: Duration,
     /// The URL on-call staff reach this server at, for the links in alerts [default: http://<listen>].
     #[arg(long, env = "VANE_EXTERNAL_URL")]
     external_url: Option<String>,
@@ -419,6 +456,8 @@ impl RunArgs {
             resend_every: Duration::from_secs(60),
         };
         config.external_url = self.external_url.clone();
+        config.rollout_peers = self.rollout_peers.clone();
+        config.rollout_peer_interval = self.rollout_peer_interval;
         config.monitoring = !self.no_monitoring;
         config.request_metrics = !self.no_request_metrics;
         config.monitor_interval = self.monitor_interval;
@@ -463,6 +502,31 @@ fn main() -> ExitCode {
             Err(error) => fail(&error),
         };
     }
+    if let Command::Rollout(args) = &cli.command {
+        use gateway::rollout::client::{run, Action};
+        let action = match args.action {
+            RolloutAction::Status => Action::Status,
+            RolloutAction::Promote => Action::Promote,
+            RolloutAction::Abort => Action::Abort,
+            RolloutAction::Pause => Action::Pause,
+            RolloutAction::Resume => Action::Resume,
+        };
+        let token = std::env::var("VANE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+        return match run(
+            &args.server,
+            action,
+            args.model.as_deref(),
+            args.reason.as_deref(),
+            token.as_deref(),
+            args.json,
+        ) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(&error),
+        };
+    }
     // Before the runtime exists: libgit2's options are unsynchronised globals.
     if let Command::Serve(args) = &cli.command {
         if args.git.repo.is_some() {
@@ -479,7 +543,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args.config()).await,
             Command::Demo(args) => run_demo(&args).await,
-            Command::Drift(_) => Ok(()),
+            Command::Drift(_) | Command::Rollout(_) => Ok(()),
         }
     });
     match result {

@@ -518,3 +518,129 @@ async fn grpc_answers_say_the_variant_and_carry_the_provenance() {
     assert_eq!(variants.len(), 2, "both variants served: {variants:?}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_adopts_a_peers_rollback_without_seeing_the_traffic() {
+    let rollout_yaml = format!(
+        "    stable: 2\n    candidate: 3\n    strategy: canary\n    key: x-user-id\n    steps:\n      - {{weight: 50, duration: 1h}}\n{FAST_ANALYSIS}"
+    );
+    let remote = repo("failing", &rollout_yaml);
+    let (a_data, b_data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = serve(url(&remote), &a_data).await;
+    // B reads A's rollouts every 200 ms; it gets no traffic, so its own analysis waits at min_samples.
+    let config = gitops_config(url(&remote), &b_data, Duration::from_secs(3600));
+    let peer = a.base().to_owned();
+    let b = TestServer::start_with(move |c| {
+        c.gitops = Some(config);
+        c.rollout_peers = vec![peer];
+        c.rollout_peer_interval = Duration::from_millis(200);
+    })
+    .await;
+    b.until(|s| s.syncs >= 1).await;
+    assert_eq!(rollout(&a).identity, rollout(&b).identity, "the same rollout on both");
+    let stop = stopper();
+    let traffic = load(&a, 4, Arc::clone(&stop), false);
+    wait_rollout(&a, Duration::from_secs(60), |r| r.plan().phase == Phase::RolledBack).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    traffic.await.unwrap();
+    let adopted = wait_rollout(&b, Duration::from_secs(10), |r| r.plan().phase == Phase::RolledBack).await;
+    eprintln!("peer rollback adopted {adopted:?} after the peer's");
+    let report = rollout(&b).report();
+    assert_eq!(report.totals.candidate.requests, 0, "B never served the candidate");
+    let decision = report.decisions.last().unwrap();
+    assert_eq!((decision.action, decision.by), ("adopt_rollback", "peer"));
+    assert!(decision.reason.contains("error_rate_increase"), "the peer's reason travels: {}", decision.reason);
+    // Every key is on the stable on both replicas now.
+    for k in 0..50 {
+        for client in [&*a, &*b] {
+            let request = hyper::Request::post(format!("{}/v2/models/{MODEL}/infer", client.base()))
+                .header("x-user-id", format!("user-{k}"))
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    serde_json::to_vec(&body(&rows()[0], "k")).unwrap(),
+                )))
+                .unwrap();
+            assert_eq!(client.raw(request).await.headers["vane-variant"], "stable");
+        }
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn decisions_survive_a_restart_and_the_cli_steers_a_rollout() {
+    use gateway::rollout::client::{run, Action};
+    let rollout_yaml = "    stable: 2\n    candidate: 3\n    strategy: canary\n    steps:\n      - {weight: 50, duration: 1h}\n    analysis: {interval: 100ms, min_samples: 1000000}\n";
+    let remote = repo("v1", rollout_yaml);
+    let data = tempfile::tempdir().unwrap();
+    let server = serve(url(&remote), &data).await;
+    let base = server.base().to_owned();
+    let cli = move |action: Action, model: Option<&'static str>| {
+        let base = base.clone();
+        tokio::task::spawn_blocking(move || run(&base, action, model, Some("by the test"), None, false))
+    };
+    // After one evaluation, so the checks are listed.
+    let mut events = rollout(&server).events();
+    tokio::time::timeout(Duration::from_secs(10), events.changed()).await.unwrap().unwrap();
+    let status = cli(Action::Status, None).await.unwrap().unwrap();
+    assert!(status.starts_with("breast_cancer canary v2 -> v3: progressing (step 1/1, weight 50%"), "{status}");
+    assert!(status.contains("wait error_rate_increase"), "{status}");
+    assert_eq!(cli(Action::Pause, Some(MODEL)).await.unwrap().unwrap(), "pause: by the test");
+    assert_eq!(rollout(&server).plan().phase, Phase::Paused);
+    let refused = cli(Action::Pause, Some(MODEL)).await.unwrap().unwrap_err();
+    assert!(refused.contains("409") && refused.contains("cannot pause a rollout that is paused"), "{refused}");
+    let missing = cli(Action::Abort, None).await.unwrap().unwrap_err();
+    assert!(missing.contains("say which model to abort"), "{missing}");
+    cli(Action::Resume, Some(MODEL)).await.unwrap().unwrap();
+    assert_eq!(cli(Action::Abort, Some(MODEL)).await.unwrap().unwrap(), "abort: by the test");
+    server.stop().await;
+    // The same head after a restart: the rollout starts as it was decided, and the candidate gets no traffic.
+    let server = serve(url(&remote), &data).await;
+    let restored = rollout(&server);
+    assert_eq!(restored.plan().phase, Phase::Aborted);
+    assert_eq!(restored.stop_reason().as_deref(), Some("by the test"));
+    for i in 0..20 {
+        let reply = server.post_json(&format!("/v2/models/{MODEL}/infer"), &body(&rows()[i], "after-restart")).await;
+        assert_eq!(reply.headers["vane-variant"], "stable");
+    }
+    let remembered = std::fs::read_to_string(data.path().join("rollouts.json")).unwrap();
+    assert!(remembered.contains("\"phase\": \"aborted\""), "{remembered}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shadow_work_is_dropped_first_when_the_server_is_busy() {
+    // A shadow of the slow candidate on every request, and a server allowing 8 requests in flight: with 8 clients it
+    // is always more than half busy, so mirrors are dropped while no client is refused.
+    let rollout_yaml = "    stable: 2\n    candidate: 3\n    strategy: shadow\n    steps:\n      - {weight: 100, duration: 1h}\n    analysis: {interval: 100ms, min_samples: 1000000}\n";
+    let remote = repo("slow", rollout_yaml);
+    let data = tempfile::tempdir().unwrap();
+    let config = gitops_config(url(&remote), &data, Duration::from_secs(3600));
+    let server = TestServer::start_with(move |c| {
+        c.gitops = Some(config);
+        c.limits.max_concurrent_requests = std::num::NonZeroUsize::new(8).unwrap();
+    })
+    .await;
+    server.until(|s| s.syncs >= 1).await;
+    let stop = stopper();
+    let traffic = load(&server, 8, Arc::clone(&stop), false);
+    wait_rollout(&server, Duration::from_secs(60), |r| {
+        r.report().mirrors_dropped >= 100 && r.report().totals.stable.requests >= 500
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = traffic.await.unwrap();
+    assert!(
+        seen.failed.is_empty(),
+        "no client is refused while shadows are dropped: {:?}",
+        &seen.failed[..seen.failed.len().min(3)]
+    );
+    let report = rollout(&server).report();
+    assert!(report.totals.candidate.requests < report.totals.stable.requests, "{report:#?}");
+    let metrics = server.get("/metrics").await;
+    assert!(metrics
+        .body
+        .as_str()
+        .unwrap()
+        .contains("vane_rollout_mirrors_dropped_total{model=\"breast_cancer\",candidate=\"3\"}"));
+    server.stop().await;
+}

@@ -184,7 +184,7 @@ pub(super) fn rollouts(state: &AppState, model: Option<&str>) -> Result<HttpResp
 
 /// `POST /api/v1/rollouts/{model}/{promote|abort|pause|resume}`: a person's decision, taken at once (admin token).
 /// The body may say why: `{"reason": "..."}`.
-pub(super) fn rollout_action(
+pub(super) async fn rollout_action(
     state: &AppState,
     model: &str,
     action: &str,
@@ -210,7 +210,12 @@ pub(super) fn rollout_action(
         reason: format!("model '{model}' has no rollout; add a rollout block to its manifest"),
     })?;
     let reason = why.reason.map(|r| r.chars().take(512).collect::<String>());
-    let decision = rollout.operate(action, "operator", reason).map_err(|reason| ApiError::Conflict { reason })?;
+    // A decision that ends the rollout is written to the data dir: off the async threads.
+    let (rollout, action) = (std::sync::Arc::clone(rollout), action.to_owned());
+    let decision = tokio::task::spawn_blocking(move || rollout.operate(&action, "operator", reason))
+        .await
+        .map_err(|e| ApiError::Conflict { reason: format!("the decision could not be taken: {e}") })?
+        .map_err(|reason| ApiError::Conflict { reason })?;
     Ok(json_response(StatusCode::OK, &decision))
 }
 

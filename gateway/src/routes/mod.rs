@@ -215,7 +215,7 @@ where
         Route::Rollouts(model) => admin::rollouts(state, model),
         Route::RolloutAction(model, action) => {
             state.tokens.check_headers(Gate::Admin, headers)?;
-            admin::rollout_action(state, model, action, &body)
+            admin::rollout_action(state, model, action, &body).await
         }
         Route::RepositoryIndex => {
             // Triton's client sends an empty body; `{}` and `{"ready": true}` are accepted too.

@@ -1,0 +1,102 @@
+//! Several replicas behind one load balancer: each judges the traffic it sees (the same keys map to the same
+//! variant everywhere, and a balancer spreads requests evenly, so each sees a fair sample of the fleet's) and a
+//! rollback is adopted from any peer. A stop (rolled back or aborted) is one-way: once one replica has seen enough to
+//! roll a candidate back, every replica stops serving it within one poll of its peers, and a replica never promotes
+//! a rollout a peer has already stopped (it adopts the stop first; a promotion that raced it is undone by the same
+//! adoption, within the grace period). What may differ between replicas for a moment is harmless: the step a healthy
+//! candidate is at, or when it is promoted.
+//!
+//! Each peer's `GET /api/v1/rollouts` is read every `interval`, bounded (2 s, 1 MiB). Peers are the operator's
+//! (flags); their answers are still parsed under those bounds, and a peer that cannot be read is logged and skipped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::Registry;
+
+/// The largest peer answer read.
+const MAX_ANSWER_BYTES: u64 = 1 << 20;
+/// How long one peer may take to answer.
+const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Deserialize)]
+struct Listing {
+    rollouts: Vec<PeerRollout>,
+}
+
+#[derive(Deserialize)]
+struct PeerRollout {
+    model: String,
+    identity: String,
+    phase: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Polls `peers` (base URLs such as `http://vane-1:8080`) every `interval` until `shutdown`.
+pub async fn adopt_stops(registry: Arc<Registry>, peers: Vec<String>, interval: Duration, shutdown: CancellationToken) {
+    if peers.is_empty() {
+        return;
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(PEER_TIMEOUT))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
+    // Not faster than every 100 ms (a zero interval would spin).
+    let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(100)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        if registry.snapshot().rollouts().next().is_none() {
+            continue;
+        }
+        let (agent, peers, registry) = (agent.clone(), peers.clone(), Arc::clone(&registry));
+        let _ = tokio::task::spawn_blocking(move || {
+            for peer in &peers {
+                match read(&agent, peer) {
+                    Ok(listing) => adopt(&registry, peer, listing),
+                    Err(error) => tracing::debug!(%peer, %error, "a rollout peer could not be read"),
+                }
+            }
+        })
+        .await;
+    }
+}
+
+fn read(agent: &ureq::Agent, peer: &str) -> Result<Listing, String> {
+    let url = format!("{}/api/v1/rollouts", peer.trim_end_matches('/'));
+    let mut response = agent.get(&url).call().map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("answered {}", response.status()));
+    }
+    let text = response.body_mut().with_config().limit(MAX_ANSWER_BYTES).read_to_string().map_err(|e| e.to_string())?;
+    serde_json::from_str(&text).map_err(|e| format!("not a rollout listing: {e}"))
+}
+
+/// Adopts every stop in `listing` of a rollout this replica runs (the same identity).
+fn adopt(registry: &Registry, peer: &str, listing: Listing) {
+    let table = registry.snapshot();
+    for theirs in listing.rollouts.into_iter().filter(|r| matches!(r.phase.as_str(), "rolled_back" | "aborted")) {
+        let Some(ours) = table.rollout(&theirs.model).filter(|r| r.identity == theirs.identity) else { continue };
+        let phase = ours.plan().phase;
+        if matches!(phase, super::Phase::RolledBack | super::Phase::Aborted | super::Phase::Complete) {
+            continue;
+        }
+        let reason = format!(
+            "{} on peer {peer}: {}",
+            theirs.phase.replace('_', " "),
+            theirs.reason.unwrap_or_else(|| "no reason given".to_owned()).chars().take(1024).collect::<String>()
+        );
+        if let Err(why) = ours.operate("adopt_rollback", "peer", Some(reason)) {
+            tracing::debug!(model = %ours.model, %why, "a peer's rollback was not adopted");
+        }
+    }
+}
