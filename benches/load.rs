@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use common::{build_vane, http, is_bench_run, root, serving_addrs};
+use common::{build_vane, ensure_wrk, http, is_bench_run, root, serving_addrs, wrk, Run};
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -120,21 +120,6 @@ fn main() -> Result<()> {
 
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// Installs Debian's wrk when it is not on the PATH.
-fn ensure_wrk() -> Result<()> {
-    if Command::new("wrk").arg("--version").output().is_ok() {
-        return Ok(());
-    }
-    eprintln!("installing wrk from Debian's packages");
-    for args in [vec!["update", "-qq"], vec!["install", "-y", "-qq", "wrk"]] {
-        let status = Command::new("apt-get").args(&args).env("DEBIAN_FRONTEND", "noninteractive").status()?;
-        if !status.success() {
-            bail!("apt-get {} failed: install wrk by hand", args.join(" "));
-        }
-    }
-    Ok(())
 }
 
 fn reference_row(model: &str) -> Result<Vec<f64>> {
@@ -265,90 +250,6 @@ fn raw_ort_rate(model: &str, row: &[f64], batch: usize, duration: Duration) -> R
         thread.join().map_err(|_| anyhow::anyhow!("ort thread panicked"))??;
     }
     Ok(rows.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
-}
-
-/// One wrk run's figures.
-struct Run {
-    rate: f64,
-    errors: u64,
-    p50_us: u64,
-    p99_us: u64,
-    p999_us: u64,
-}
-
-impl Run {
-    fn summary(&self) -> String {
-        let ms = |us: u64| us as f64 / 1000.0;
-        let errors = if self.errors > 0 { format!(" ERRORS {}", self.errors) } else { String::new() };
-        format!(
-            "{:>8.0} req/s p50 {:.2} p99 {:.2} p99.9 {:.2} ms{errors}",
-            self.rate,
-            ms(self.p50_us),
-            ms(self.p99_us),
-            ms(self.p999_us)
-        )
-    }
-}
-
-const WRK_SCRIPT: &str = r#"
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local header = os.getenv("VANE_BENCH_HEADER")
-if header then
-  wrk.headers["Content-Type"] = "application/octet-stream"
-  wrk.headers["Inference-Header-Content-Length"] = header
-end
-local f = assert(io.open(os.getenv("VANE_BENCH_BODY"), "rb"))
-wrk.body = f:read("*a")
-f:close()
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("VANE_RESULT %d %d %d %d %d %d\n", summary.requests, summary.duration,
-    e.connect + e.read + e.write + e.status + e.timeout,
-    latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
-end
-"#;
-
-/// A wrk run posting the file `body`; with `header`, as the binary extension with that JSON header length.
-fn wrk(
-    addr: SocketAddr,
-    path: &str,
-    body: &Path,
-    header: Option<usize>,
-    concurrency: usize,
-    seconds: u64,
-) -> Result<Run> {
-    let script = body.with_extension("lua");
-    std::fs::write(&script, WRK_SCRIPT)?;
-    let threads = concurrency.min(2);
-    let mut command = Command::new("wrk");
-    if let Some(header) = header {
-        command.env("VANE_BENCH_HEADER", header.to_string());
-    }
-    let output = command
-        .args([
-            "-t",
-            &threads.to_string(),
-            "-c",
-            &concurrency.to_string(),
-            "-d",
-            &format!("{seconds}s"),
-            "--timeout",
-            "5s",
-            "-s",
-        ])
-        .arg(&script)
-        .arg(format!("http://{addr}{path}"))
-        .env("VANE_BENCH_BODY", body)
-        .output()?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("VANE_RESULT"))
-        .with_context(|| format!("wrk printed no result: {text}"))?;
-    let n: Vec<u64> = line.split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0)).collect();
-    let [requests, duration_us, errors, p50_us, p99_us, p999_us] = n[..] else { bail!("bad wrk line {line}") };
-    Ok(Run { rate: requests as f64 / (duration_us as f64 / 1e6), errors, p50_us, p99_us, p999_us })
 }
 
 /// A batch-1 request for the binary extension: the JSON header (outputs asked binary too) and the row as f32 bytes.

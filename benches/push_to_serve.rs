@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use common::{build_vane, http, is_bench_run, root, serving_addr};
+use common::{build_vane, git, http, is_bench_run, root, serving_addr, sha256};
 use hmac::Mac;
 use serde_json::json;
 
@@ -126,21 +126,4 @@ fn wait_for_version(addr: &str, model: &str, body: &[u8], version: u32, limit: D
         }
     }
     bail!("version {version} of {model} did not answer within {limit:?}")
-}
-
-fn git(dir: &Path, args: &[&str]) -> Result<()> {
-    let status = Command::new("git")
-        .args(["-c", "user.name=bench", "-c", "user.email=bench@vane.invalid", "-c", "commit.gpgsign=false"])
-        .args(args)
-        .current_dir(dir)
-        .status()?;
-    if !status.success() {
-        bail!("git {args:?} failed");
-    }
-    Ok(())
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
 }

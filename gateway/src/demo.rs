@@ -45,13 +45,30 @@ macro_rules! embedded {
 pub const MODELS: [EmbeddedModel; 4] =
     [embedded!("breast_cancer", 1), embedded!("breast_cancer", 2), embedded!("digits", 1), embedded!("dense", 1)];
 
+/// The demo's rollout candidates for breast_cancer: a healthy one (version 1's model as version 3), then a worse one
+/// (version 4, which fails on a third of its rows: `models/make_rollout_models.py`'s `failing`).
+pub const HEALTHY_CANDIDATE: (u64, &[u8]) = (3, include_bytes!("../../models/breast_cancer/1/model.onnx"));
+/// See [`HEALTHY_CANDIDATE`].
+pub const WORSE_CANDIDATE: (u64, &[u8]) = (4, include_bytes!("../../tests/e2e/rollout-models/failing.onnx"));
+
+/// When the demo pushes its first rollout: after the tour's first commands, before the traffic drifts.
+pub const ROLLOUT_AFTER: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The rollout block of the demo's canaries: three steps a few seconds each, judged every second on the error rate
+/// and the p99 latency.
+fn demo_rollout(stable: u64, candidate: u64) -> String {
+    format!(
+        "  rollout:\n    stable: {stable}\n    candidate: {candidate}\n    strategy: canary\n    grace_period: 30s\n    steps:\n      - {{weight: 10, duration: 5s, min_requests: 50}}\n      - {{weight: 50, duration: 5s, min_requests: 100}}\n      - {{weight: 100, duration: 5s, min_requests: 100}}\n    analysis: {{interval: 1s, min_samples: 50, failure_limit: 2}}\n"
+    )
+}
+
 /// The model the demo's traffic goes to.
 pub const DRIFT_MODEL: &str = "breast_cancer";
 
 /// How long the demo's traffic looks like the reference before it starts to drift.
 pub const DRIFT_AFTER: std::time::Duration = std::time::Duration::from_secs(45);
 
-/// Sends `breast_cancer` predictions to `addr` about 20 times a second until `stop`: rows of its reference data
+/// Sends `breast_cancer` predictions to `addr` about 200 times a second until `stop`: rows of its reference data
 /// for [`DRIFT_AFTER`], then the same rows with the first ten features half as large again, so the monitor sees
 /// drift, an alert fires and the dashboard changes. Blocking; one short-lived connection per request.
 pub fn send_traffic(addr: std::net::SocketAddr, stop: &std::sync::atomic::AtomicBool) {
@@ -78,7 +95,8 @@ pub fn send_traffic(addr: std::net::SocketAddr, stop: &std::sync::atomic::Atomic
             let _ = stream.write_all(request.as_bytes());
             let _ = stream.read_to_end(&mut Vec::new());
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        // Pacing, not waiting: enough traffic for the demo's canary steps to gather their samples in seconds.
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
@@ -96,6 +114,11 @@ pub fn write_repository(dir: &Path) -> io::Result<()> {
 /// A deployment manifest for each embedded model: reference data, serving settings, then (last, so a new version
 /// can be appended with one shell command) its versions.
 fn manifests() -> Vec<(String, String)> {
+    manifests_with(&[], None)
+}
+
+/// [`manifests`], with `extra` versions of breast_cancer and a rollout block (placed before the versions).
+fn manifests_with(extra: &[(u64, &[u8])], rollout: Option<String>) -> Vec<(String, String)> {
     let names: Vec<&str> = MODELS.iter().map(|m| m.name).fold(Vec::new(), |mut names, n| {
         if !names.contains(&n) {
             names.push(n);
@@ -114,16 +137,16 @@ fn manifests() -> Vec<(String, String)> {
             } else {
                 ""
             };
+            let rollout = rollout.as_deref().filter(|_| name == DRIFT_MODEL).unwrap_or_default();
             let mut text = format!(
-                "apiVersion: vane.dev/v1alpha1\nkind: ModelDeployment\nmetadata:\n  name: {name}\nspec:\n  reference_data:\n    path: models/{name}/reference.csv\n    sha256: {}\n{monitoring}  serving:\n    max_queue_delay: 300us\n  versions:\n",
+                "apiVersion: vane.dev/v1alpha1\nkind: ModelDeployment\nmetadata:\n  name: {name}\nspec:\n  reference_data:\n    path: models/{name}/reference.csv\n    sha256: {}\n{monitoring}  serving:\n    max_queue_delay: 300us\n{rollout}  versions:\n",
                 hex::encode(Sha256::digest(reference.as_bytes()))
             );
-            for model in versions {
+            let extra = extra.iter().filter(|_| name == DRIFT_MODEL).copied();
+            for (version, onnx) in versions.map(|m| (m.version, m.onnx)).chain(extra) {
                 text.push_str(&format!(
-                    "    - version: {}\n      model: {{path: models/{name}/{}/model.onnx, sha256: {}}}\n",
-                    model.version,
-                    model.version,
-                    hex::encode(Sha256::digest(model.onnx))
+                    "    - version: {version}\n      model: {{path: models/{name}/{version}/model.onnx, sha256: {}}}\n",
+                    hex::encode(Sha256::digest(onnx))
                 ));
             }
             (format!("deploy/{name}.yaml"), text)
@@ -154,6 +177,66 @@ pub fn seed_git_repository(root: &Path) -> io::Result<Option<PathBuf>> {
     Ok(Some(bare))
 }
 
+/// The demo's two rollouts, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoRollout {
+    /// breast_cancer version 3 (healthy) as a canary of version 2: promoted.
+    Healthy,
+    /// Then version 4 (fails on a third of its rows) as a canary of version 3: rolled back.
+    Worse,
+}
+
+/// Commits and pushes one of the demo's rollouts from `root/work`; returns the commit id. Blocking.
+pub fn push_rollout(root: &Path, which: DemoRollout) -> io::Result<String> {
+    let work = root.join("work");
+    let (extra, rollout, message): (Vec<(u64, &[u8])>, _, _) = match which {
+        DemoRollout::Healthy => (
+            vec![HEALTHY_CANDIDATE],
+            demo_rollout(2, HEALTHY_CANDIDATE.0),
+            "Canary: breast_cancer v3 (a healthy candidate)",
+        ),
+        DemoRollout::Worse => (
+            vec![HEALTHY_CANDIDATE, WORSE_CANDIDATE],
+            demo_rollout(HEALTHY_CANDIDATE.0, WORSE_CANDIDATE.0),
+            "Canary: breast_cancer v4 (fails on a third of its rows)",
+        ),
+    };
+    for (version, onnx) in &extra {
+        let dir = work.join("models").join(DRIFT_MODEL).join(version.to_string());
+        fs::create_dir_all(&dir)?;
+        fs::write(dir.join(reconciler::model_dir::MODEL_FILE), onnx)?;
+    }
+    for (path, text) in manifests_with(&extra, Some(rollout)).into_iter().filter(|(p, _)| p.contains(DRIFT_MODEL)) {
+        fs::write(work.join(path), text)?;
+    }
+    git(&work, &["add", "-A"])?;
+    git(&work, &["commit", "-q", "-m", message])?;
+    git(&work, &["push", "-q", "origin", "main"])?;
+    let output = Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(&work).output()?;
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// What the demo prints about its rollouts: what it will push, and the commands to watch.
+pub fn rollout_instructions(base: &str, vane: &str) -> String {
+    let after = ROLLOUT_AFTER.as_secs();
+    [
+        String::new(),
+        format!("  # Progressive delivery: {after} s in, the demo pushes breast_cancer v3 as a canary of v2 (10%, 50%, 100%,"),
+        "  # a few seconds each, judged every second on its error rate and p99 against v2): it is promoted. Then it"
+            .to_owned(),
+        "  # pushes v4, which fails on a third of its rows: it is rolled back within seconds, an alert fires, and the"
+            .to_owned(),
+        "  # status says Degraded until a new commit. One log line per decision; to watch:".to_owned(),
+        format!("  {vane} rollout status --server {base}"),
+        format!("  curl -s {base}/api/v1/rollouts"),
+        format!("  curl -s {base}/metrics | grep 'vane_rollout_phase.* 1$'"),
+        format!("  curl -si -d @REQUEST {base}/v2/models/breast_cancer/infer | grep -iE 'vane-variant|model_version'"),
+        String::new(),
+        String::new(),
+    ]
+    .join("\n")
+}
+
 fn git(dir: &Path, args: &[&str]) -> io::Result<()> {
     let output = Command::new("git")
         .args(["-c", "user.name=vane demo", "-c", "user.email=demo@vane.invalid", "-c", "commit.gpgsign=false"])
@@ -167,21 +250,22 @@ fn git(dir: &Path, args: &[&str]) -> io::Result<()> {
     }
 }
 
-/// The commands that publish breast_cancer version 3 (version 1's file under a new number) by `git push`.
+/// The commands that publish a new `digits` version (version 1's file as version 2) by `git push`. (breast_cancer is
+/// the demo's own rollout.)
 pub fn publish_instructions(base: &str, root: &Path) -> String {
     let work = root.join("work");
     format!(
-        "  # Deploy by git push: publish breast_cancer version 3, then watch it answer within the poll interval.\n\
+        "  # Deploy by git push: publish digits version 2, then watch it answer within the poll interval.\n\
          \x20 cd {work}\n\
-         \x20 mkdir -p models/breast_cancer/3 && cp models/breast_cancer/1/model.onnx models/breast_cancer/3/\n\
-         \x20 printf '    - version: 3\\n      model: {{path: models/breast_cancer/3/model.onnx, sha256: %s}}\\n' \\\n\
-         \x20     \"$(sha256sum models/breast_cancer/3/model.onnx | cut -d' ' -f1)\" >> deploy/breast_cancer.yaml\n\
-         \x20 git add -A && git commit -qm 'breast_cancer v3' && git push -q origin main\n\
+         \x20 mkdir -p models/digits/2 && cp models/digits/1/model.onnx models/digits/2/\n\
+         \x20 printf '    - version: 2\\n      model: {{path: models/digits/2/model.onnx, sha256: %s}}\\n' \\\n\
+         \x20     \"$(sha256sum models/digits/2/model.onnx | cut -d' ' -f1)\" >> deploy/digits.yaml\n\
+         \x20 git add -A && git commit -qm 'digits v2' && git push -q origin main\n\
          \x20 curl -s {base}/api/v1/status      # last_applied moves to your commit\n\
-         \x20 curl -si -d @{req} {base}/v2/models/breast_cancer/infer | grep -iE 'vane-commit|model_version'\n\n\
+         \x20 curl -si -d @{req} {base}/v2/models/digits/infer | grep -iE 'vane-commit|model_version'\n\n\
          \x20 # A bad commit (try a wrong sha256) is refused with its reason in the status; the last good set keeps serving.\n",
         work = work.display(),
-        req = root.join("requests/breast_cancer.json").display(),
+        req = root.join("requests/digits.json").display(),
     )
 }
 

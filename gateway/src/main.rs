@@ -636,10 +636,14 @@ async fn run_demo(demo_args: &DemoArgs) -> MainResult {
     .await??;
     let base = format!("http://{}", server.local_addr());
     let mut text = demo::instructions(&base, &root, &requests, &versions);
+    let rollouts = remote.is_some() && !demo_args.no_traffic;
     if remote.is_some() {
+        let vane = std::env::current_exe().map_or_else(|_| "vane".to_owned(), |p| p.display().to_string());
+        let watch = if rollouts { demo::rollout_instructions(&base, &vane) } else { String::new() };
+        let watch = watch.replace("REQUEST", &root.join("requests/breast_cancer.json").display().to_string());
         text = text.replace(
             "Press Ctrl-C to stop.",
-            &format!("{}Press Ctrl-C to stop.", demo::publish_instructions(&base, &root)),
+            &format!("{}{watch}Press Ctrl-C to stop.", demo::publish_instructions(&base, &root)),
         );
     }
     println!("{text}");
@@ -648,11 +652,54 @@ async fn run_demo(demo_args: &DemoArgs) -> MainResult {
         let (addr, stop) = (server.local_addr(), std::sync::Arc::clone(&stop));
         std::thread::Builder::new().name("vane-demo-traffic".into()).spawn(move || demo::send_traffic(addr, &stop))?;
     }
+    if rollouts {
+        tokio::spawn(demo_rollouts(std::sync::Arc::clone(server.registry()), root.clone(), server.shutdown_token()));
+    }
     stop_on_signal(server.shutdown_token());
     server.run_until_stopped().await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(dir);
     Ok(())
+}
+
+/// The demo's two rollouts: the healthy canary, and once it is decided, the worse one. Each push is picked up by the
+/// demo's 2 s poll; what happens is in the log (one line per decision) and in `vane rollout status`.
+async fn demo_rollouts(registry: std::sync::Arc<gateway::registry::Registry>, root: PathBuf, stop: CancellationToken) {
+    use gateway::rollout::Phase;
+    for (which, candidate) in [(demo::DemoRollout::Healthy, 3), (demo::DemoRollout::Worse, 4)] {
+        let pause = if which == demo::DemoRollout::Healthy { demo::ROLLOUT_AFTER } else { Duration::from_secs(5) };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        let pushed = tokio::task::spawn_blocking({
+            let root = root.clone();
+            move || demo::push_rollout(&root, which)
+        })
+        .await;
+        match pushed {
+            Ok(Ok(commit)) => {
+                println!("demo: pushed {commit}: breast_cancer v{candidate} as a canary (watch: vane rollout status)")
+            }
+            Ok(Err(error)) => return tracing::warn!(%error, "the demo could not push its rollout"),
+            Err(_) => return,
+        }
+        // Until this candidate's rollout is decided (promoted, or rolled back).
+        let mut generations = registry.generations();
+        loop {
+            let current =
+                registry.snapshot().rollout(demo::DRIFT_MODEL).filter(|r| r.spec.candidate == candidate).cloned();
+            let mut events = current.as_ref().map(|r| r.events());
+            if current.is_some_and(|r| !matches!(r.plan().phase, Phase::Progressing | Phase::Paused)) {
+                break;
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = generations.changed() => {}
+                _ = async { match events.as_mut() { Some(e) => { let _ = e.changed().await; } None => std::future::pending().await } } => {}
+            }
+        }
+    }
 }
 
 /// First SIGINT/SIGTERM: graceful shutdown. Second: exit at once.

@@ -47,6 +47,9 @@ pub struct QualityInputs {
     pub candidate: Option<(f64, u64)>,
 }
 
+/// Successful requests each side needs before its p99 latency is judged.
+pub(super) const P99_SAMPLES: u64 = 200;
+
 /// Runs every configured check.
 pub(super) fn run(rollout: &Rollout, counters: &StepCounters, quality: Option<QualityInputs>) -> Vec<CheckResult> {
     let checks = rollout.spec.checks();
@@ -57,11 +60,14 @@ pub(super) fn run(rollout: &Rollout, counters: &StepCounters, quality: Option<Qu
     let step_stable = &counters.variants[Variant::Stable as usize];
     let stable = if step_stable.judged() >= min { step_stable } else { &rollout.totals[Variant::Stable as usize] };
     let mut results = Vec::new();
-    let verdict = |samples: (u64, u64), value: Option<f64>, threshold: f64, max: bool| {
+    let verdict_at = |min: u64, samples: (u64, u64), value: Option<f64>, threshold: f64, max: bool| {
         if samples.0 < min || samples.1 < min {
             return None;
         }
         value.map(|v| if max { v <= threshold } else { v >= threshold })
+    };
+    let verdict = |samples: (u64, u64), value: Option<f64>, threshold: f64, max: bool| {
+        verdict_at(min, samples, value, threshold, max)
     };
     if let Some(limit) = checks.error_rate_increase {
         let samples = (stable.judged(), candidate.judged());
@@ -96,7 +102,8 @@ pub(super) fn run(rollout: &Rollout, counters: &StepCounters, quality: Option<Qu
             value,
             threshold: limit,
             bound: "max",
-            passed: verdict(samples, value, limit, true),
+            // A p99 of fewer than 200 samples is about the maximum: one slow request would decide.
+            passed: verdict_at(min.max(P99_SAMPLES), samples, value, limit, true),
             samples,
             detail: format!(
                 "p99 candidate {} ms, stable {} ms",
