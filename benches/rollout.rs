@@ -12,8 +12,9 @@
 //!
 //! Cost. Throughput under wrk (c=64, batch-1 JSON) of breast_cancer versions 2 and 3 (the same model) served with no
 //! rollout, against the same with a canary in progress that never decides: at 100% (the router and the counters on
-//! every request) and at 50% (the traffic also split over two batchers). Five alternating runs each, medians,
-//! ratios. `VANE_BENCH_SECONDS` sets each wrk run (default 5).
+//! every request) and at 50% (the traffic also split over two batchers), and the server's CPU time per request (from
+//! /proc, steadier than throughput on a shared machine). Seven alternating runs each, medians, ratios.
+//! `VANE_BENCH_SECONDS` sets each wrk run (default 5).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -101,13 +102,34 @@ impl Deploy {
             .arg("--data-dir")
             .arg(&self.data)
             .env("VANE_WEBHOOK_SECRET", SECRET)
-            .env("RUST_LOG", "warn")
+            // "vane is serving" is an info line, and serving_addr waits for it.
+            .env("RUST_LOG", "warn,gateway=info")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()?;
         let addr = serving_addr(&mut child)?;
         Ok((child, addr))
     }
+}
+
+/// Waits until the server is ready: its first sync has loaded the set (GitOps mode serves before that, not ready).
+fn ready(addr: &str) -> Result<()> {
+    let started = std::time::Instant::now();
+    while !matches!(http(addr, "GET", "/v2/health/ready", &[], b""), Ok((200, _))) {
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("not ready in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// A process's CPU time so far (user + system), in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name (which may hold spaces) start after its closing parenthesis.
+    let fields: Vec<&str> = stat.rsplit_once(')').context("stat")?.1.split_whitespace().collect();
+    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
 }
 
 fn webhook(addr: &str) -> Result<()> {
@@ -153,10 +175,12 @@ async fn timing(vane: &Path) -> Result<Vec<String>> {
     let deploy = Deploy::new()?;
     deploy.push(&[(1, &v1)], "")?;
     let (mut child, addr) = deploy.serve(vane)?;
+    ready(&addr)?;
     let answers: Answers = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = tokio::spawn(paced(addr.clone(), Arc::clone(&answers), Arc::clone(&stop)));
-    let (mut promotions, mut rollbacks, mut extra_failures) = (Vec::new(), Vec::new(), 0usize);
+    let (mut promotions, mut rollbacks) = (Vec::new(), Vec::new());
+    let mut extra_failures = std::collections::BTreeMap::new();
     let mut stable = 1;
     for cycle in 0..3 {
         let good = stable + 1;
@@ -186,8 +210,11 @@ async fn timing(vane: &Path) -> Result<Vec<String>> {
             .min()
             .context("the bad candidate never failed an answer")?;
         rollbacks.push(rolled_back.saturating_sub(first_bad) as f64 / 1e3);
-        // Failures that are not the bad candidate's own answers (there should be none).
-        extra_failures += seen.iter().filter(|(_, status, variant)| *status != 200 && variant != "candidate").count();
+        // Failures that are not the bad candidate's own answers (there should be none), by status and variant.
+        for (_, status, variant) in seen.iter().filter(|(_, status, variant)| *status != 200 && variant != "candidate")
+        {
+            *extra_failures.entry((*status, variant.clone())).or_insert(0usize) += 1;
+        }
         answers.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.retain(|_| false);
         stable = good;
     }
@@ -197,7 +224,7 @@ async fn timing(vane: &Path) -> Result<Vec<String>> {
     let _ = child.wait();
     let show = |v: &[f64]| v.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(", ");
     Ok(vec![
-        format!("paced client: {sent} requests at {rate:.0} req/s; failed answers other than the bad candidate's: {extra_failures}"),
+        format!("paced client: {sent} requests at {rate:.0} req/s; failed answers other than the bad candidate's (status, variant: count): {extra_failures:?}"),
         format!("push to promotion of a healthy canary (3 steps of 1 s): {} s   [Flagger minimum at interval 1m: 3 steps x 1m = 180 s]", show(&promotions)),
         format!("first failed answer to rollback (analysis every 1 s, failure_limit 2): {} s   [Flagger minimum: interval x threshold = 1m x 2 = 120 s]", show(&rollbacks)),
     ])
@@ -261,14 +288,7 @@ fn cost(vane: &Path) -> Result<Vec<String>> {
         let deploy = Deploy::new()?;
         deploy.push(&[(2, &v2), (3, &v2)], rollout)?;
         let (child, addr) = deploy.serve(vane)?;
-        // Ready once the first sync has loaded the set.
-        let started = std::time::Instant::now();
-        while !matches!(http(&addr, "GET", "/v2/health/ready", &[], b""), Ok((200, _))) {
-            if started.elapsed() > Duration::from_secs(60) {
-                bail!("{name}: not ready in 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        ready(&addr).with_context(|| name.to_string())?;
         servers.push((name, deploy, child, addr));
     }
     let dir = tempfile::tempdir()?;
@@ -279,13 +299,19 @@ fn cost(vane: &Path) -> Result<Vec<String>> {
         serde_json::to_vec(&json!({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": row}]}))?,
     )?;
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); servers.len()];
-    for _ in 0..5 {
-        for (i, (_, _, _, addr)) in servers.iter().enumerate() {
+    // The server's CPU time per request, in microseconds: what the hot path costs, less noisy than throughput.
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); servers.len()];
+    let hz = 100.0; // USER_HZ on Linux
+    for _ in 0..7 {
+        for (i, (_, _, child, addr)) in servers.iter().enumerate() {
+            let before = cpu_ticks(child.id())?;
             let run = wrk(addr.parse()?, &format!("/v2/models/{MODEL}/infer"), &body, None, 64, seconds)?;
+            let ticks = cpu_ticks(child.id())? - before;
             if run.errors > 0 {
                 bail!("wrk saw {} errors", run.errors);
             }
             rates[i].push(run.rate);
+            cpu[i].push(ticks as f64 / hz * 1e6 / (run.rate * seconds as f64));
         }
     }
     let median = |v: &[f64]| {
@@ -293,15 +319,17 @@ fn cost(vane: &Path) -> Result<Vec<String>> {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let base = median(&rates[0]);
-    let mut lines = vec![format!("throughput, wrk c=64 batch-1 JSON, {seconds} s runs, five alternating:")];
+    let (base, base_cpu) = (median(&rates[0]), median(&cpu[0]));
+    let mut lines = vec![format!("wrk c=64 batch-1 JSON, {seconds} s runs, seven alternating; medians:")];
     for (i, (name, _, _, addr)) in servers.iter().enumerate() {
         let counted = rollouts(addr)?["rollouts"][0]["totals"].clone();
         let runs = rates[i].iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(" ");
         lines.push(format!(
-            "  {name:<15} median {:>7.0} req/s ({:.3} of no rollout)  runs: {runs}{}",
+            "  {name:<15} {:>7.0} req/s ({:.3} of no rollout), server CPU {:.1} us/request ({:.3})  runs: {runs}{}",
             median(&rates[i]),
             median(&rates[i]) / base,
+            median(&cpu[i]),
+            median(&cpu[i]) / base_cpu,
             if counted.is_null() {
                 String::new()
             } else {

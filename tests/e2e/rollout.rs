@@ -81,6 +81,21 @@ fn url(remote: &GitRemote) -> String {
     format!("file://{}", remote.bare.path().display())
 }
 
+/// A GitOps server on a repository holding `candidate` and `rollout`, synced.
+async fn started(candidate: &str, rollout: &str) -> (GitRemote, tempfile::TempDir, TestServer) {
+    let remote = repo(candidate, rollout);
+    let data = tempfile::tempdir().unwrap();
+    let server = serve(url(&remote), &data).await;
+    (remote, data, server)
+}
+
+/// Sends the first `n` reference rows one after another, with ids `{prefix}{i}`.
+async fn send_rows(client: &TestClient, n: usize, prefix: &str) {
+    for (i, row) in rows().iter().take(n).enumerate() {
+        client.post_json(&format!("/v2/models/{MODEL}/infer"), &body(row, &format!("{prefix}{i}"))).await;
+    }
+}
+
 /// The rollout of breast_cancer in the served set.
 fn rollout(server: &TestServer) -> Arc<Rollout> {
     Arc::clone(server.server.registry().snapshot().rollout(MODEL).expect("breast_cancer has a rollout"))
@@ -180,9 +195,7 @@ async fn a_healthy_canary_is_promoted_step_by_step_and_no_request_fails() {
     let rollout_yaml = "    stable: 2\n    candidate: 3\n    strategy: canary\n    key: x-user-id\n    grace_period: 1h\n    steps:\n      - {weight: 10, duration: 300ms, min_requests: 20}\n      - {weight: 50, duration: 300ms, min_requests: 20}\n      - {weight: 100, duration: 300ms, min_requests: 20}\n    analysis: {interval: 100ms, min_samples: 20, failure_limit: 2, checks: {error_rate_increase: 0.01, agreement: 0.99}}\n";
     // The candidate is version 2's model itself: it agrees (the stable also runs the candidate's requests, in the
     // background, to compare) and never fails.
-    let remote = repo("v2", rollout_yaml);
-    let data = tempfile::tempdir().unwrap();
-    let server = serve(url(&remote), &data).await;
+    let (_remote, _data, server) = started("v2", rollout_yaml).await;
     let stop = stopper();
     let traffic = load(&server, 4, Arc::clone(&stop), false);
     let took = wait_rollout(&server, Duration::from_secs(60), |r| r.plan().phase == Phase::Promoted).await;
@@ -235,9 +248,7 @@ async fn a_failing_canary_is_rolled_back_within_bounded_time_and_alerts() {
     let rollout_yaml = format!(
         "    stable: 2\n    candidate: 3\n    strategy: canary\n    steps:\n      - {{weight: 20, duration: 1h}}\n      - {{weight: 100, duration: 1h}}\n{FAST_ANALYSIS}"
     );
-    let remote = repo("failing", &rollout_yaml);
-    let data = tempfile::tempdir().unwrap();
-    let server = serve(url(&remote), &data).await;
+    let (remote, _data, server) = started("failing", &rollout_yaml).await;
     let stop = stopper();
     let traffic = load(&server, 4, Arc::clone(&stop), false);
     // From the candidate's first failure (counted by the analysis) to the rollback.
@@ -246,8 +257,9 @@ async fn a_failing_canary_is_rolled_back_within_bounded_time_and_alerts() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let seen = traffic.await.unwrap();
     eprintln!("failing canary: first candidate error to rollback {took:?}");
-    // interval 100 ms x failure_limit 2, with room for a loaded machine.
-    assert!(took < Duration::from_secs(5), "rolled back in {took:?}");
+    // interval 100 ms x failure_limit 2, with room for a debug build beside the rest of the suite on two cores (the
+    // release figure is benches/rollout.rs's).
+    assert!(took < Duration::from_secs(10), "rolled back in {took:?}");
     // Every failed request was the candidate's, and the stable never failed.
     assert!(!seen.failed.is_empty());
     assert!(
@@ -332,9 +344,7 @@ async fn a_shadow_answers_with_the_stable_bit_for_bit_and_rolls_back_a_disagreei
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slower_canary_is_rolled_back_on_latency() {
     let rollout_yaml = "    stable: 2\n    candidate: 3\n    strategy: canary\n    steps:\n      - {weight: 30, duration: 1h}\n    analysis: {interval: 100ms, min_samples: 50, failure_limit: 2, checks: {latency_p99_ratio: 1.5}}\n";
-    let remote = repo("slow", rollout_yaml);
-    let data = tempfile::tempdir().unwrap();
-    let server = serve(url(&remote), &data).await;
+    let (_remote, _data, server) = started("slow", rollout_yaml).await;
     let stop = stopper();
     let traffic = load(&server, 2, Arc::clone(&stop), false);
     wait_rollout(&server, Duration::from_secs(60), |r| r.plan().phase == Phase::RolledBack).await;
@@ -350,9 +360,7 @@ async fn a_slower_canary_is_rolled_back_on_latency() {
 async fn worse_quality_on_posted_labels_rolls_back_and_labels_join_per_variant() {
     // Only the quality check: the wrong candidate is as fast and as error-free as the stable.
     let rollout_yaml = "    stable: 2\n    candidate: 3\n    strategy: canary\n    steps:\n      - {weight: 50, duration: 1h}\n    analysis: {interval: 100ms, min_samples: 30, failure_limit: 1, checks: {quality_drop: 0.1}}\n";
-    let remote = repo("wrong", rollout_yaml);
-    let data = tempfile::tempdir().unwrap();
-    let server = serve(url(&remote), &data).await;
+    let (_remote, _data, server) = started("wrong", rollout_yaml).await;
     let rows = rows();
     let mut i = 0;
     // Each answer gets its label at once: the label is what version 2 (named explicitly) says.
@@ -390,13 +398,8 @@ async fn worse_quality_on_posted_labels_rolls_back_and_labels_join_per_variant()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn low_traffic_waits_at_min_samples_and_neither_passes_nor_fails() {
     let rollout_yaml = "    stable: 2\n    candidate: 3\n    strategy: canary\n    steps:\n      - {weight: 50, duration: 0s}\n    analysis: {interval: 100ms, min_samples: 1000, failure_limit: 1}\n";
-    let remote = repo("failing", rollout_yaml);
-    let data = tempfile::tempdir().unwrap();
-    let server = serve(url(&remote), &data).await;
-    let rows = rows();
-    for (i, row) in rows.iter().take(60).enumerate() {
-        server.post_json(&format!("/v2/models/{MODEL}/infer"), &body(row, &format!("l{i}"))).await;
-    }
+    let (_remote, _data, server) = started("failing", rollout_yaml).await;
+    send_rows(&server, 60, "l").await;
     // Ten evaluations after the traffic: still waiting.
     let current = rollout(&server);
     let mut events = current.events();
@@ -570,9 +573,7 @@ async fn a_replica_adopts_a_peers_rollback_without_seeing_the_traffic() {
 async fn decisions_survive_a_restart_and_the_cli_steers_a_rollout() {
     use gateway::rollout::client::{run, Action};
     let rollout_yaml = "    stable: 2\n    candidate: 3\n    strategy: canary\n    steps:\n      - {weight: 50, duration: 1h}\n    analysis: {interval: 100ms, min_samples: 1000000}\n";
-    let remote = repo("v1", rollout_yaml);
-    let data = tempfile::tempdir().unwrap();
-    let server = serve(url(&remote), &data).await;
+    let (remote, data, server) = started("v1", rollout_yaml).await;
     let base = server.base().to_owned();
     let cli = move |action: Action, model: Option<&'static str>| {
         let base = base.clone();
@@ -642,5 +643,34 @@ async fn shadow_work_is_dropped_first_when_the_server_is_busy() {
         .as_str()
         .unwrap()
         .contains("vane_rollout_mirrors_dropped_total{model=\"breast_cancer\",candidate=\"3\"}"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_candidate_mid_rollout_restarts_the_analysis_and_an_unrelated_commit_does_not() {
+    let rollout_yaml = "    stable: 2\n    candidate: 3\n    strategy: canary\n    steps:\n      - {weight: 50, duration: 1h}\n    analysis: {interval: 100ms, min_samples: 1000000}\n";
+    let (remote, _data, server) = started("v1", rollout_yaml).await;
+    send_rows(&server, 40, "m").await;
+    let first = rollout(&server);
+    assert_eq!(first.report().totals.stable.requests + first.report().totals.candidate.requests, 40);
+    // A commit that leaves the rollout's versions and block alone (a label): the same rollout, counters and all.
+    let manifest = std::fs::read_to_string(remote.work.path().join("deploy/breast-cancer.yaml")).unwrap();
+    let labelled =
+        manifest.replace("metadata: {name: breast_cancer}", "metadata: {name: breast_cancer, labels: {owner: risk}}");
+    assert_ne!(labelled, manifest);
+    remote.write("deploy/breast-cancer.yaml", labelled.as_bytes());
+    remote.push("a label");
+    server.push_webhook().await;
+    assert!(Arc::ptr_eq(&first, &rollout(&server)), "an unrelated commit keeps the rollout");
+    // A new candidate mid-rollout: a new rollout, from its first step, with nothing counted.
+    write_rollout(&remote, "wrong", rollout_yaml);
+    let commit = remote.push("another candidate");
+    server.push_webhook().await;
+    let second = rollout(&server);
+    assert!(!Arc::ptr_eq(&first, &second));
+    assert_ne!(first.identity, second.identity);
+    let report = second.report();
+    assert_eq!((report.phase, report.step, report.revision.as_deref()), (Phase::Progressing, 1, Some(commit.as_str())));
+    assert_eq!(report.totals.stable.requests + report.totals.candidate.requests, 0);
     server.stop().await;
 }

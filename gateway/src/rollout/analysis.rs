@@ -52,13 +52,13 @@ pub(super) const P99_SAMPLES: u64 = 200;
 
 /// Runs every configured check.
 pub(super) fn run(rollout: &Rollout, counters: &StepCounters, quality: Option<QualityInputs>) -> Vec<CheckResult> {
-    let checks = rollout.spec.checks();
+    let checks = &rollout.checks;
     let min = rollout.spec.analysis.min_samples.max(1);
-    let candidate = &counters.variants[Variant::Candidate as usize];
+    let candidate = &counters.variants[Variant::Candidate as usize].counts();
     // The stable's side: the step's own traffic, or, when the step sends it too little (a canary at 100%), all of
     // its traffic since the rollout began.
-    let step_stable = &counters.variants[Variant::Stable as usize];
-    let stable = if step_stable.judged() >= min { step_stable } else { &rollout.totals[Variant::Stable as usize] };
+    let step_stable = counters.variants[Variant::Stable as usize].counts();
+    let stable = &if step_stable.judged() >= min { step_stable } else { rollout.totals(Variant::Stable) };
     let mut results = Vec::new();
     let verdict_at = |min: u64, samples: (u64, u64), value: Option<f64>, threshold: f64, max: bool| {
         if samples.0 < min || samples.1 < min {

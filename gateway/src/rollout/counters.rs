@@ -17,32 +17,43 @@ const GROWTH: f64 = 1.25;
 /// Predictions kept per variant and step for prediction drift (8 bytes each).
 pub(super) const PREDICTION_WINDOW: usize = 4096;
 
-/// One variant's counts.
+/// One variant's counts: one atomic add per request (its latency bucket, or an error counter), so two cores counting
+/// at once contend on as little as possible. The request count is their sum.
 #[derive(Debug)]
 pub struct VariantCounters {
-    requests: AtomicU64,
     /// Server-side failures (5xx): the model failed, timed out, or its queue was full.
     errors: AtomicU64,
     /// Client errors (4xx), not held against the variant.
     refused: AtomicU64,
     /// Latency of successful requests.
     latency: [AtomicU64; LATENCY_BUCKETS + 1],
-    latency_sum_us: AtomicU64,
 }
 
 impl Default for VariantCounters {
     fn default() -> Self {
         Self {
-            requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
-            latency_sum_us: AtomicU64::new(0),
         }
     }
 }
 
-/// [`VariantCounters`] as numbers.
+/// A variant's counts read at one moment, which can be added up over steps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counts {
+    errors: u64,
+    refused: u64,
+    latency: [u64; LATENCY_BUCKETS + 1],
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Self { errors: 0, refused: 0, latency: [0; LATENCY_BUCKETS + 1] }
+    }
+}
+
+/// [`Counts`] as numbers.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct VariantReport {
     /// Requests counted.
@@ -57,54 +68,75 @@ pub struct VariantReport {
     pub latency_p50_seconds: Option<f64>,
     /// 99th percentile latency of successful requests (bucket upper bound).
     pub latency_p99_seconds: Option<f64>,
-    /// Mean latency of successful requests.
-    pub latency_mean_seconds: Option<f64>,
 }
 
 impl VariantCounters {
     /// Counts one request: `ok`, or failed by the server (`fault`) or by the client.
     pub fn record(&self, ok: bool, fault: bool, seconds: f64) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        if ok {
-            self.latency[bucket(seconds)].fetch_add(1, Ordering::Relaxed);
-            self.latency_sum_us.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+        let counter = if ok {
+            &self.latency[bucket(seconds)]
         } else if fault {
-            self.errors.fetch_add(1, Ordering::Relaxed);
+            &self.errors
         } else {
-            self.refused.fetch_add(1, Ordering::Relaxed);
+            &self.refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts now.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            errors: self.errors.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            latency: std::array::from_fn(|i| self.latency[i].load(Ordering::Relaxed)),
         }
     }
 
     /// Requests counted.
     pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        self.counts().requests()
+    }
+}
+
+impl Counts {
+    /// Adds `other`'s counts.
+    pub fn add(&mut self, other: &Counts) {
+        self.errors += other.errors;
+        self.refused += other.refused;
+        for (a, b) in self.latency.iter_mut().zip(&other.latency) {
+            *a += b;
+        }
+    }
+
+    /// Requests counted.
+    pub fn requests(&self) -> u64 {
+        self.successes() + self.errors + self.refused
     }
 
     /// Server-side failures counted.
     pub fn errors(&self) -> u64 {
-        self.errors.load(Ordering::Relaxed)
+        self.errors
     }
 
     /// Requests judged for the error rate: all but the client's errors.
     pub fn judged(&self) -> u64 {
-        self.requests().saturating_sub(self.refused.load(Ordering::Relaxed))
+        self.successes() + self.errors
     }
 
     /// Successful requests (those with a latency).
     pub fn successes(&self) -> u64 {
-        self.latency.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+        self.latency.iter().sum()
     }
 
     /// The `q` quantile of the successful requests' latency (the upper bound of its bucket), in seconds.
     pub fn quantile(&self, q: f64) -> Option<f64> {
-        let counts: Vec<u64> = self.latency.iter().map(|b| b.load(Ordering::Relaxed)).collect();
-        let total: u64 = counts.iter().sum();
+        let total = self.successes();
         if total == 0 {
             return None;
         }
         let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
         let mut seen = 0;
-        for (i, count) in counts.iter().enumerate() {
+        for (i, count) in self.latency.iter().enumerate() {
             seen += count;
             if seen >= rank {
                 return Some(upper_bound(i));
@@ -115,16 +147,14 @@ impl VariantCounters {
 
     /// The numbers.
     pub fn report(&self) -> VariantReport {
-        let (requests, errors, judged, successes) = (self.requests(), self.errors(), self.judged(), self.successes());
+        let judged = self.judged();
         VariantReport {
-            requests,
-            errors,
-            client_errors: self.refused.load(Ordering::Relaxed),
-            error_rate: (judged > 0).then(|| errors as f64 / judged as f64),
+            requests: self.requests(),
+            errors: self.errors,
+            client_errors: self.refused,
+            error_rate: (judged > 0).then(|| self.errors as f64 / judged as f64),
             latency_p50_seconds: self.quantile(0.5),
             latency_p99_seconds: self.quantile(0.99),
-            latency_mean_seconds: (successes > 0)
-                .then(|| self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6 / successes as f64),
         }
     }
 }

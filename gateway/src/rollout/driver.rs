@@ -101,11 +101,11 @@ pub fn rollback_alert(rollout: &Rollout, decision: &Decision, base_url: &str) ->
 
 /// Each side's quality on its labelled predictions, in the metric the checks name.
 fn quality(rollout: &Rollout, monitor: &Monitor) -> Option<QualityInputs> {
-    rollout.spec.checks().quality_drop?;
+    rollout.checks.quality_drop?;
     let reports = monitor.feedback().reports(Some(&rollout.model));
-    let named = rollout.spec.checks().quality_metric;
+    let named = rollout.checks.quality_metric.as_deref();
     let regression = reports.iter().any(|r| r.regression.is_some());
-    let metric: &'static str = match named.as_deref() {
+    let metric: &'static str = match named {
         Some("precision") => "precision",
         Some("recall") => "recall",
         Some("f1") => "f1",

@@ -29,7 +29,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub use analysis::{CheckResult, QualityInputs};
-pub use counters::{Compared, PredictionWindow, StepCounters, VariantCounters, VariantReport};
+pub use counters::{Compared, Counts, PredictionWindow, StepCounters, VariantCounters, VariantReport};
 
 use crate::infer::{LoadedModel, Tensor};
 
@@ -178,6 +178,8 @@ pub struct Rollout {
     pub model: String,
     /// The spec from the manifest.
     pub spec: RolloutSpec,
+    /// The checks in force (the spec's, or the standard ones), read once.
+    pub checks: reconciler::manifest::RolloutChecks,
     /// The commit that started it.
     pub revision: Option<Arc<str>>,
     /// The loaded stable and candidate (the table holds them too; kept here to tell a changed version).
@@ -192,8 +194,9 @@ pub struct Rollout {
     pub mirrors: Arc<tokio::sync::Semaphore>,
     /// Mirrors dropped: (no free slot, server busy).
     pub mirrors_dropped: [AtomicU64; 2],
-    /// Totals since the rollout began, per variant (the step counters restart each step).
-    pub totals: [VariantCounters; 2],
+    /// Every step's counters so far, oldest first (at most [`MAX_ROLLOUT_STEPS`]): summed, the totals since the
+    /// rollout began (the request path counts each request once, in its step).
+    steps: Mutex<Vec<Arc<StepCounters>>>,
     /// The stable's predictions since the rollout began: the baseline when a step sends it too little traffic.
     baseline: PredictionWindow,
     /// A counter for requests without a key, so they still spread by the weight.
@@ -244,15 +247,17 @@ impl Rollout {
         // A decision this rollout already took (before a restart, or on a peer before this process started) stands.
         let recalled = memory.recall(&identity);
         let restored = recalled.as_ref().and_then(memory::restored_phase);
+        let first = Arc::new(StepCounters::new());
         let plan = Plan {
             phase: restored.unwrap_or(Phase::Progressing),
             step: 0,
             threshold: threshold(spec.steps[0].weight),
-            counters: Arc::new(StepCounters::new()),
+            counters: Arc::clone(&first),
             step_started: now,
         };
         let rollout = Self {
             model: model.to_owned(),
+            checks: spec.checks(),
             spec,
             revision,
             versions: [stable, candidate],
@@ -268,7 +273,7 @@ impl Rollout {
             memory,
             mirrors: Arc::new(tokio::sync::Semaphore::new(MAX_MIRRORS_IN_FLIGHT)),
             mirrors_dropped: Default::default(),
-            totals: Default::default(),
+            steps: Mutex::new(vec![Arc::clone(&first)]),
             baseline: PredictionWindow::default(),
             unkeyed: AtomicU64::new(0),
             events: tokio::sync::watch::Sender::new(0),
@@ -328,7 +333,8 @@ impl Rollout {
         }
         let position = match key {
             Some(key) => position(&self.model, key),
-            None => position(&self.model, &self.unkeyed.fetch_add(1, Ordering::Relaxed).to_le_bytes()),
+            // No key: spread evenly, nothing to keep consistent across replicas (a mixed counter, not a digest).
+            None => spread(self.unkeyed.fetch_add(1, Ordering::Relaxed)),
         };
         let inside = u128::from(position) < plan.threshold;
         let counters = Some(Arc::clone(&plan.counters));
@@ -337,7 +343,7 @@ impl Rollout {
             Strategy::Canary | Strategy::Ab => {
                 let variant = if inside { Variant::Candidate } else { Variant::Stable };
                 // Agreement needs both answers to the same inputs: the stable runs the candidate's requests too.
-                let mirror = inside && self.spec.checks().agreement.is_some();
+                let mirror = inside && self.checks.agreement.is_some();
                 Assignment { variant, mirror, counters }
             }
         }
@@ -350,7 +356,7 @@ impl Rollout {
         }
     }
 
-    /// Counts a served (or, in a shadow, mirrored) request of `variant` in `counters` and the totals.
+    /// Counts a served (or, in a shadow, mirrored) request of `variant` in its step's `counters`.
     pub fn record(
         &self,
         counters: &StepCounters,
@@ -358,10 +364,9 @@ impl Rollout {
         outcome: Result<&[Tensor], ServerFault>,
         seconds: f64,
     ) {
-        for c in [&counters.variants[variant as usize], &self.totals[variant as usize]] {
-            c.record(outcome.is_ok(), outcome == Err(ServerFault::Yes), seconds);
-        }
-        if let Ok(outputs) = outcome {
+        counters.variants[variant as usize].record(outcome.is_ok(), matches!(outcome, Err(ServerFault::Yes)), seconds);
+        // Predictions are kept only for the check that reads them.
+        if let (Ok(outputs), true) = (outcome, self.checks.prediction_psi.is_some()) {
             if let Some(values) = column(outputs, &self.output) {
                 counters.predictions[variant as usize].extend(&values);
                 if variant == Variant::Stable {
@@ -377,7 +382,7 @@ impl Rollout {
             counters.compared.lock().map(|mut c| c.incomparable += 1).ok();
             return;
         };
-        let tolerance = self.spec.checks().agreement_tolerance.unwrap_or(1e-6);
+        let tolerance = self.checks.agreement_tolerance.unwrap_or(1e-6);
         let Ok(mut compared) = counters.compared.lock() else { return };
         for (x, y) in a.iter().zip(&b) {
             let agree = match self.decision_threshold {
@@ -439,11 +444,15 @@ impl Rollout {
         if next < self.spec.steps.len() {
             let weight = self.spec.steps[next].weight;
             let reason = format!("step {} passed every check; weight {weight}%", plan.step + 1);
+            let counters = Arc::new(StepCounters::new());
+            if let Ok(mut steps) = self.steps.lock() {
+                steps.push(Arc::clone(&counters));
+            }
             let next_plan = Plan {
                 phase: Phase::Progressing,
                 step: next,
                 threshold: threshold(weight),
-                counters: Arc::new(StepCounters::new()),
+                counters,
                 step_started: now,
             };
             return Some(self.store(&mut progress, next_plan, "step", "analysis", reason));
@@ -582,7 +591,7 @@ impl Rollout {
     pub fn report(&self) -> Report {
         let plan = self.plan.load_full();
         let progress = self.progress.lock().ok();
-        let step_counters = |v: Variant| plan.counters.variants[v as usize].report();
+        let step_counters = |v: Variant| plan.counters.variants[v as usize].counts().report();
         Report {
             model: self.model.clone(),
             identity: self.identity.clone(),
@@ -606,12 +615,26 @@ impl Rollout {
                 candidate: step_counters(Variant::Candidate),
                 compared: plan.counters.compared.lock().map(|c| c.clone()).unwrap_or_default(),
             },
-            totals: StepTotals { stable: self.totals[0].report(), candidate: self.totals[1].report() },
+            totals: StepTotals {
+                stable: self.totals(Variant::Stable).report(),
+                candidate: self.totals(Variant::Candidate).report(),
+            },
             mirrors_dropped: self.mirrors_dropped[0].load(Ordering::Relaxed)
                 + self.mirrors_dropped[1].load(Ordering::Relaxed),
             checks: progress.as_ref().map(|p| p.last_checks.clone()).unwrap_or_default(),
             decisions: progress.as_ref().map(|p| p.decisions.iter().cloned().collect()).unwrap_or_default(),
         }
+    }
+
+    /// `variant`'s counts since the rollout began: every step's, added up.
+    pub fn totals(&self, variant: Variant) -> Counts {
+        let mut total = Counts::default();
+        if let Ok(steps) = self.steps.lock() {
+            for step in steps.iter() {
+                total.add(&step.variants[variant as usize].counts());
+            }
+        }
+        total
     }
 
     /// Whether the analysis is due at `now`.
@@ -709,6 +732,14 @@ pub fn position(model: &str, key: &[u8]) -> u64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     u64::from_be_bytes(first)
+}
+
+/// A counter's place in [0, 2^64), evenly spread (splitmix64's finaliser).
+fn spread(n: u64) -> u64 {
+    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Positions below this are inside a `weight` percent band.

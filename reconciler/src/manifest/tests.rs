@@ -158,3 +158,22 @@ fn rollout_mistakes_are_refused_with_the_field() {
         assert!(error.starts_with("deploy/bc.yaml: "), "{error}");
     }
 }
+
+#[test]
+fn the_commented_rollout_in_the_example_manifest_parses() {
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/deploy/breast-cancer.yaml")).unwrap();
+    let start = example.find("  # rollout:").expect("the example documents a rollout block");
+    // Uncomment the block: each line's "# " after the indentation goes, and comments after values stay comments.
+    let block: String = example[start..]
+        .lines()
+        .map(|line| line.replacen("# ", "", 1))
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let uncommented = format!("{}{block}", &example[..start]);
+    let deployments = parse_commit(&[("deploy/breast-cancer.yaml".to_owned(), uncommented.into_bytes())]).unwrap();
+    let rollout = deployments[0].rollout.as_ref().expect("the uncommented block is read");
+    assert_eq!((rollout.stable, rollout.candidate, rollout.steps.len()), (1, 2, 3));
+    assert_eq!(rollout.checks().agreement, Some(0.95));
+}
