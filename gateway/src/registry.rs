@@ -191,8 +191,7 @@ impl ModelTable {
         let found = match version {
             None if self.rollouts.contains_key(model) => {
                 let rollout = &self.rollouts[model];
-                let v = rollout.version(rollout.default_variant()).version();
-                versions.get(&v)
+                versions.get(&rollout.version(rollout.default_variant()))
             }
             None => versions.values().next_back(),
             Some(v) => v.parse::<u64>().ok().and_then(|n| versions.get(&n)),
@@ -219,6 +218,17 @@ impl ModelTable {
         let monitored = self.monitored.get(model).and_then(|v| v.get(&loaded.version())).cloned();
         Ok(Resolved { loaded: Arc::clone(loaded), revision: self.revision.clone(), monitored })
     }
+
+    /// [`ModelTable::resolved`] by version number (a rollout's sides, both in the table by construction).
+    fn resolved_number(&self, model: &str, version: u64) -> Result<Resolved, ApiError> {
+        let loaded = self.models.get(model).and_then(|v| v.get(&version)).ok_or_else(|| ApiError::VersionNotFound {
+            model: model.to_owned(),
+            version: version.to_string(),
+            available: join(self.versions(model).iter()),
+        })?;
+        let monitored = self.monitored.get(model).and_then(|v| v.get(&version)).cloned();
+        Ok(Resolved { loaded: Arc::clone(loaded), revision: self.revision.clone(), monitored })
+    }
 }
 
 /// The rollout `spec` asks for between two loaded versions: `kept` when it is still that rollout (its analysis goes
@@ -235,7 +245,8 @@ fn build_rollout(
     let error = |message: String| LoadError::Rollout { model: model.name.clone(), message };
     let side = |v: u64| versions.get(&v).ok_or_else(|| error(format!("version {v} is not served")));
     let (stable, candidate) = (side(spec.stable)?, side(spec.candidate)?);
-    if let Some(kept) = kept.filter(|r| r.is_current(spec, stable, candidate)) {
+    let identity = crate::rollout::memory::identity(&model.name, stable.fingerprint(), candidate.fingerprint(), spec);
+    if let Some(kept) = kept.filter(|r| r.is_current(&identity)) {
         return Ok(Arc::clone(kept));
     }
     let (a, b) = (stable.signature(), candidate.signature());
@@ -245,6 +256,19 @@ fn build_rollout(
             "candidate version {} takes different inputs than stable version {}; a rollout sends the same requests to both",
             spec.candidate, spec.stable
         )));
+    }
+    // A request the stable answers must not be refused by the candidate for asking for an output it lacks.
+    for output in &a.outputs {
+        if !b.outputs.iter().any(|o| o.name == output.name && o.datatype == output.datatype) {
+            return Err(error(format!(
+                "candidate version {} has no {} output '{}' that stable version {} has; clients asking for it would \
+                 be refused",
+                spec.candidate,
+                output.datatype.as_str(),
+                output.name,
+                spec.stable
+            )));
+        }
     }
     let quality = model.monitoring.as_ref().and_then(|m| m.quality.as_ref());
     let output = spec
@@ -261,12 +285,19 @@ fn build_rollout(
     }
     let is_quality_output = quality.is_some_and(|q| q.output == output);
     let index = spec.analysis.index.or_else(|| quality.filter(|_| is_quality_output).map(|q| q.index)).unwrap_or(0);
+    // A column past a static width would compare nothing: refused, with the width.
+    for signature in [a, b] {
+        let width = signature.outputs.iter().find(|o| o.name == output).and_then(|o| o.shape.get(1)).copied();
+        if let Some(width) = width.filter(|w| *w > 0 && i64::try_from(index).unwrap_or(i64::MAX) >= *w) {
+            return Err(error(format!("analysis.index {index} is past output '{output}', which has {width} columns")));
+        }
+    }
     let threshold =
         quality.filter(|q| is_quality_output && q.task == "binary_classification").map(|q| q.threshold.unwrap_or(0.5));
     Ok(Arc::new(Rollout::new(
         &model.name,
         spec.clone(),
-        [Arc::clone(stable), Arc::clone(candidate)],
+        identity,
         (output, index),
         threshold,
         revision.map(Arc::from),
@@ -413,8 +444,7 @@ impl Registry {
         let rollout = table.rollouts.get(model);
         let split = match (rollout, version) {
             (Some(rollout), None) => {
-                let side =
-                    |v: crate::rollout::Variant| table.resolved(model, Some(&rollout.version(v).version().to_string()));
+                let side = |v: crate::rollout::Variant| table.resolved_number(model, rollout.version(v));
                 Some((
                     Arc::clone(rollout),
                     [side(crate::rollout::Variant::Stable)?, side(crate::rollout::Variant::Candidate)?],

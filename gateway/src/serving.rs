@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::budget::Charge;
 use crate::errors::ApiError;
 use crate::infer::{Incoming, LoadedModel, Tensor};
 use crate::protocol::InferRequest;
@@ -47,7 +48,7 @@ pub(crate) async fn serve(
     target: &Target,
     key: Option<&[u8]>,
     early: Incoming<'_>,
-    request: InferRequest,
+    mut request: InferRequest,
     arrived: Instant,
     trace: &RequestTrace,
     served: &mut Served,
@@ -69,7 +70,19 @@ pub(crate) async fn serve(
         drop(early);
         chosen.loaded.incoming()
     };
-    // A mirror copies the inputs before the run takes them, and only if it has a slot: shadow work is the first
+    // The client's own deadline, when shorter than the server's: its expiry is the client's choice, not a fault.
+    let client_deadline = request.timeout.is_some_and(|t| t < state.request_timeout);
+    // The compared output is run even when the client asked only for others (else a client could starve the
+    // checks that read it), and left out of the answer.
+    let (compared, _) = &rollout.output;
+    let added = counters.is_some()
+        && rollout.reads_output()
+        && !request.outputs.is_empty()
+        && !request.outputs.iter().any(|o| o == compared);
+    if added {
+        request.outputs.push(compared.clone());
+    }
+    // A mirror copies the inputs before the run takes them, and only if it has room: shadow work is the first
     // thing dropped under load.
     let mirror = match (&counters, mirror) {
         (Some(counters), true) => {
@@ -77,28 +90,42 @@ pub(crate) async fn serve(
         }
         _ => None,
     };
+    // Both variants are timed from here, a mirrored run from its start: the same span of work on each side.
+    let started = Instant::now();
     let result = run_inference(state, chosen, incoming, request, arrived, trace).await;
     if let Some(counters) = &counters {
-        let seconds = arrived.elapsed().as_secs_f64();
-        let outcome = result.as_ref().map(|(_, outputs)| outputs.as_slice()).map_err(fault);
+        let outcome = result.as_ref().map(|(_, outputs)| outputs.as_slice()).map_err(|e| fault(e, client_deadline));
         // In a shadow the candidate's counts come from its mirrored runs; a comparison run of the stable (canary,
         // A/B) is not the stable's traffic and is not counted as such.
-        rollout.record(counters, variant, outcome, seconds);
+        rollout.record(counters, variant, outcome, started.elapsed().as_secs_f64());
     }
-    if let (Some(mirror), Ok((_, outputs))) = (mirror, &result) {
-        mirror.spawn(Arc::clone(state), outputs.clone());
-    }
-    result
+    result.map(|(request, mut outputs)| {
+        if let Some(mirror) = mirror {
+            mirror.spawn(Arc::clone(state), outputs.clone());
+        }
+        if added {
+            outputs.retain(|t| &t.name != compared);
+        }
+        (request, outputs)
+    })
 }
 
-/// Whether an error is the serving side's fault (counted against the variant) or the request's.
-fn fault(error: &ApiError) -> ServerFault {
-    if error.status().is_server_error() {
-        ServerFault::Yes
-    } else {
-        ServerFault::No
+/// Whether an error is held against the variant: a 5xx of the model's making (it failed, or ran out the server's
+/// time). Load (a full queue, the in-flight limit, the memory budget) and the client's own short deadline are not,
+/// nor are the client's mistakes.
+fn fault(error: &ApiError, client_deadline: bool) -> ServerFault {
+    match error {
+        ApiError::QueueFull { .. } | ApiError::Overloaded | ApiError::MemoryBudget { .. } | ApiError::NotReady => {
+            ServerFault::No
+        }
+        ApiError::DeadlineExceeded { .. } | ApiError::Timeout { .. } if client_deadline => ServerFault::No,
+        error if error.status().is_server_error() => ServerFault::Yes,
+        _ => ServerFault::No,
     }
 }
+
+/// Mirrored runs in flight across every rollout; beyond it, a mirror is dropped and counted.
+pub const MAX_MIRRORS_IN_FLIGHT: usize = 64;
 
 /// A background run of the other variant on the same inputs.
 struct Mirror {
@@ -108,12 +135,16 @@ struct Mirror {
     variant: Variant,
     side: Resolved,
     request: InferRequest,
+    client_deadline: bool,
+    /// Its copies of the inputs and (once spawned) of the answer, on the memory budget every request is charged to.
+    charge: Charge,
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Mirror {
-    /// A mirror of `request` on `side`, if there is room: a free mirror slot, and the server less than half busy.
-    /// Otherwise the mirror is dropped and counted.
+    /// A mirror of `request` on `side`, if there is room: a free slot of the server's [`MAX_MIRRORS_IN_FLIGHT`], the
+    /// server less than half busy, the other version's queue less than half full, and its copy of the inputs within
+    /// the memory budget. Otherwise the mirror is dropped and counted.
     fn prepare(
         state: &AppState,
         rollout: &Arc<Rollout>,
@@ -123,9 +154,11 @@ impl Mirror {
         request: &InferRequest,
     ) -> Option<Self> {
         use std::sync::atomic::Ordering;
-        let busy = state.concurrency.available_permits() < state.limits.max_concurrent_requests.get() / 2;
-        let slot = if busy { None } else { Arc::clone(&rollout.mirrors).try_acquire_owned().ok() };
-        let Some(slot) = slot else {
+        let busy = state.concurrency.available_permits() < state.limits.max_concurrent_requests.get() / 2
+            || side.loaded.stats().snapshot().queued * 2 >= side.loaded.queue_capacity();
+        let slot = if busy { None } else { Arc::clone(&state.mirrors).try_acquire_owned().ok() };
+        let mut charge = state.budget.charge();
+        let Some(slot) = slot.filter(|_| charge.add(request.heap_bytes()).is_ok()) else {
             rollout.mirrors_dropped[usize::from(busy)].fetch_add(1, Ordering::Relaxed);
             return None;
         };
@@ -141,25 +174,35 @@ impl Mirror {
                 timeout: request.timeout,
                 binary: request.binary.clone(),
             },
+            client_deadline: request.timeout.is_some_and(|t| t < state.request_timeout),
+            charge,
             _slot: slot,
         })
     }
 
     /// Runs the mirror on its own task, after the client's answer is ready: the client never waits for it.
-    fn spawn(self, state: Arc<AppState>, primary: Vec<Tensor>) {
+    fn spawn(mut self, state: Arc<AppState>, primary: Vec<Tensor>) {
+        let answer: usize = primary.iter().map(|t| t.data.raw_len() + t.name.len()).sum();
+        if self.charge.add(answer).is_err() {
+            self.rollout.mirrors_dropped[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
         tokio::spawn(async move {
-            let Mirror { rollout, counters, variant, side, request, _slot } = self;
+            let Mirror { rollout, counters, variant, side, request, client_deadline, charge: _charge, _slot } = self;
             let started = Instant::now();
             let incoming = side.loaded.incoming();
             let trace = RequestTrace::untraced();
             let result = run_inference(&state, &side, incoming, request, started, &trace).await;
-            if let Err(ApiError::QueueFull { .. } | ApiError::Overloaded) = &result {
-                // The other variant's queue was full: load, not a fault of the model.
-                rollout.mirrors_dropped[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return;
+            if let Err(error) = &result {
+                if fault(error, client_deadline) == ServerFault::No && error.status().is_server_error() {
+                    // The other variant's queue was full, or the server's budget: load, not a fault of the model.
+                    rollout.mirrors_dropped[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
             }
             if variant == Variant::Candidate {
-                let outcome = result.as_ref().map(|(_, outputs)| outputs.as_slice()).map_err(fault);
+                let outcome =
+                    result.as_ref().map(|(_, outputs)| outputs.as_slice()).map_err(|e| fault(e, client_deadline));
                 rollout.record(&counters, variant, outcome, started.elapsed().as_secs_f64());
             }
             match &result {
@@ -218,4 +261,22 @@ pub fn provenance<'a>(loaded: &'a LoadedModel, revision: Option<&'a str>) -> [(&
         ("vane-model-sha256", loaded.fingerprint().strip_prefix("sha256:")),
         ("vane-data-sha256", loaded.reference_sha256()),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_models_own_failures_are_held_against_a_variant() {
+        let (model, version) = (|| "m".to_owned(), 1);
+        assert_eq!(fault(&ApiError::Inference { model: model(), version }, false), ServerFault::Yes);
+        assert_eq!(fault(&ApiError::Timeout { limit_ms: 30_000 }, false), ServerFault::Yes);
+        assert_eq!(fault(&ApiError::DeadlineExceeded { model: model(), version }, false), ServerFault::Yes);
+        // The client's own short deadline, load, and the client's mistakes are not the model's.
+        assert_eq!(fault(&ApiError::DeadlineExceeded { model: model(), version }, true), ServerFault::No);
+        assert_eq!(fault(&ApiError::QueueFull { model: model(), version }, false), ServerFault::No);
+        assert_eq!(fault(&ApiError::Overloaded, false), ServerFault::No);
+        assert_eq!(fault(&ApiError::RouteNotFound { path: "/".into() }, false), ServerFault::No);
+    }
 }

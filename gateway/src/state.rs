@@ -46,6 +46,8 @@ pub struct AppState {
     pub scrapes: tokio::sync::watch::Sender<u64>,
     /// Traces of inference requests (off without an OTLP endpoint).
     pub tracing: crate::traces::Tracing,
+    /// Rollouts' mirrored runs (shadow, comparison) in flight, across every rollout.
+    pub mirrors: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -70,6 +72,7 @@ impl AppState {
             request_metrics: RequestMetrics::default(),
             scrapes: tokio::sync::watch::Sender::new(0),
             tracing: crate::traces::Tracing::disabled(),
+            mirrors: Arc::new(tokio::sync::Semaphore::new(crate::serving::MAX_MIRRORS_IN_FLIGHT)),
         }
     }
 }

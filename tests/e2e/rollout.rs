@@ -653,14 +653,18 @@ async fn a_new_candidate_mid_rollout_restarts_the_analysis_and_an_unrelated_comm
     send_rows(&server, 40, "m").await;
     let first = rollout(&server);
     assert_eq!(first.report().totals.stable.requests + first.report().totals.candidate.requests, 40);
-    // A commit that leaves the rollout's versions and block alone (a label): the same rollout, counters and all.
+    // A commit that leaves the rollout's artifacts and block alone (a label, and a serving setting that reloads both
+    // versions): the same rollout, counters and all.
     let manifest = std::fs::read_to_string(remote.work.path().join("deploy/breast-cancer.yaml")).unwrap();
-    let labelled =
-        manifest.replace("metadata: {name: breast_cancer}", "metadata: {name: breast_cancer, labels: {owner: risk}}");
-    assert_ne!(labelled, manifest);
-    remote.write("deploy/breast-cancer.yaml", labelled.as_bytes());
-    remote.push("a label");
+    let changed = manifest
+        .replace("metadata: {name: breast_cancer}", "metadata: {name: breast_cancer, labels: {owner: risk}}")
+        .replace("max_queue_delay: 200us", "max_queue_delay: 300us");
+    assert_ne!(changed, manifest);
+    let before = server.server.registry().resolve(MODEL, Some("3")).unwrap();
+    remote.write("deploy/breast-cancer.yaml", changed.as_bytes());
+    remote.push("a label and a serving setting");
     server.push_webhook().await;
+    assert!(!Arc::ptr_eq(&before, &server.server.registry().resolve(MODEL, Some("3")).unwrap()), "reloaded");
     assert!(Arc::ptr_eq(&first, &rollout(&server)), "an unrelated commit keeps the rollout");
     // A new candidate mid-rollout: a new rollout, from its first step, with nothing counted.
     write_rollout(&remote, "wrong", rollout_yaml);
@@ -672,5 +676,25 @@ async fn a_new_candidate_mid_rollout_restarts_the_analysis_and_an_unrelated_comm
     let report = second.report();
     assert_eq!((report.phase, report.step, report.revision.as_deref()), (Phase::Progressing, 1, Some(commit.as_str())));
     assert_eq!(report.totals.stable.requests + report.totals.candidate.requests, 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_compared_output_is_compared_even_when_clients_ask_for_another_and_left_out_of_their_answer() {
+    let rollout_yaml = "    stable: 2\n    candidate: 3\n    strategy: canary\n    steps:\n      - {weight: 100, duration: 1h}\n    analysis: {interval: 100ms, min_samples: 1000000, checks: {agreement: 0.9}}\n";
+    let (_remote, _data, server) = started("v2", rollout_yaml).await;
+    for (i, row) in rows().iter().take(30).enumerate() {
+        let mut request = body(row, &format!("o{i}"));
+        request["outputs"] = json!([{"name": "label"}]);
+        let reply = server.post_json(&format!("/v2/models/{MODEL}/infer"), &request).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        let names: Vec<&str> =
+            reply.body["outputs"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["label"], "only what the client asked for");
+    }
+    // Each answer was compared on `probabilities` (the quality output) with the stable's, in the background.
+    wait_rollout(&server, Duration::from_secs(30), |r| r.report().step_counters.compared.rows >= 30).await;
+    let compared = rollout(&server).report().step_counters.compared;
+    assert_eq!((compared.agreed, compared.incomparable), (compared.rows, 0), "{compared:?}");
     server.stop().await;
 }

@@ -11,7 +11,7 @@ use monitor::feedback::unix_ms;
 use monitor::live::Monitor;
 use tokio_util::sync::CancellationToken;
 
-use super::{Decision, QualityInputs, Rollout};
+use super::{Phase, QualityInputs, Rollout};
 use crate::registry::Registry;
 
 /// How often the loop looks for due rollouts (the shortest interval a rollout may ask for).
@@ -47,36 +47,39 @@ pub async fn drive(registry: Arc<Registry>, monitor: Option<Monitor>, base_url: 
         }
         let now = Instant::now();
         let due: Vec<Arc<Rollout>> = table.rollouts().filter(|r| r.due(now)).cloned().collect();
-        drop(table);
-        if due.is_empty() {
-            continue;
-        }
-        let quality_source = monitor.clone();
-        let decided = tokio::task::spawn_blocking(move || {
-            due.into_iter()
-                .filter_map(|rollout| {
+        if !due.is_empty() {
+            let quality_source = monitor.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                for rollout in due {
                     let quality = quality_source.as_ref().and_then(|m| quality(&rollout, m));
-                    rollout.evaluate(now, quality).map(|d| (rollout, d))
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        for (rollout, decision) in decided {
-            if matches!(decision.action, "rollback" | "adopt_rollback") {
-                let alert = rollback_alert(&rollout, &decision, &base_url);
-                if let Some(monitor) = &monitor {
-                    monitor.notify(vec![alert.clone()]);
+                    rollout.evaluate(now, quality);
                 }
-                firing.insert(rollout.model.clone(), (rollout, alert));
+            })
+            .await;
+        }
+        // Every rollback fires once, however it came: this replica's analysis, a peer's, or a restart that restored
+        // it.
+        for rollout in table.rollouts().filter(|r| r.plan().phase == Phase::RolledBack) {
+            if firing.get(&rollout.model).is_some_and(|(fired, _)| Arc::ptr_eq(fired, rollout)) {
+                continue;
             }
+            let alert = rollback_alert(rollout, &base_url);
+            if let Some(monitor) = &monitor {
+                monitor.notify(vec![alert.clone()]);
+            }
+            firing.insert(rollout.model.clone(), (Arc::clone(rollout), alert));
         }
     }
 }
 
-/// The alert for a rollback: which candidate, which checks failed, with what values.
-pub fn rollback_alert(rollout: &Rollout, decision: &Decision, base_url: &str) -> Alert {
-    let failed: Vec<_> = decision.checks.iter().filter(|c| c.passed == Some(false)).collect();
+/// The alert for a rollback: which candidate, which checks failed, with what values (from the decision that rolled
+/// it back; a restored rollback names its remembered reason).
+pub fn rollback_alert(rollout: &Rollout, base_url: &str) -> Alert {
+    let report = rollout.report();
+    let decision = report.decisions.iter().rev().find(|d| d.action.ends_with("rollback"));
+    let failed: Vec<_> =
+        decision.map(|d| d.checks.iter().filter(|c| c.passed == Some(false)).collect()).unwrap_or_default();
+    let reason = decision.map(|d| d.reason.clone()).or(report.reason).unwrap_or_default();
     let now = unix_ms(SystemTime::now());
     Alert {
         name: ROLLBACK_ALERT,
@@ -92,8 +95,9 @@ pub fn rollback_alert(rollout: &Rollout, decision: &Decision, base_url: &str) ->
         fired_unix_ms: Some(now),
         resolved_unix_ms: None,
         summary: format!(
-            "{} version {} rolled back to version {}: {}. All traffic is on the stable; push a new commit to try again.",
-            rollout.model, rollout.spec.candidate, rollout.spec.stable, decision.reason
+            "{} version {} rolled back to version {}: {reason}. All traffic is on the stable; a commit that changes the \
+             rollout (another candidate, or its block) starts a new one.",
+            rollout.model, rollout.spec.candidate, rollout.spec.stable
         ),
         dashboard: format!("{}/api/v1/rollouts", base_url.trim_end_matches('/')),
     }

@@ -16,8 +16,11 @@ use super::Phase;
 
 /// Decisions kept.
 pub const MAX_RECORDS: usize = 256;
-/// The largest file read back.
+/// The largest file read back: 256 records of at most 512 characters of reason (4 bytes each at most) and short
+/// fields fit in well under it.
 const MAX_BYTES: u64 = 1 << 20;
+/// Characters of a reason kept.
+const MAX_REASON_CHARS: usize = 512;
 
 /// One remembered decision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,11 +88,15 @@ impl Memory {
         if records.len() == MAX_RECORDS {
             records.remove(0);
         }
+        // A reason may quote a peer's or a person's words: kept short and printable, so 256 records stay far below
+        // the size the file is read back at.
+        let reason: String =
+            reason.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_REASON_CHARS).collect();
         records.push(Record {
             identity: identity.to_owned(),
             model: model.to_owned(),
             phase: phase.as_str().to_owned(),
-            reason: reason.to_owned(),
+            reason,
             at_unix_ms: monitor::feedback::unix_ms(std::time::SystemTime::now()),
         });
         let Some(path) = &self.path else { return };

@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 pub use analysis::{CheckResult, QualityInputs};
 pub use counters::{Compared, Counts, PredictionWindow, StepCounters, VariantCounters, VariantReport};
 
-use crate::infer::{LoadedModel, Tensor};
+use crate::infer::Tensor;
 
 /// Which side of a rollout served (or mirrored) a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -169,9 +169,6 @@ struct Progress {
 /// Decisions kept per rollout.
 const MAX_DECISIONS: usize = 64;
 
-/// Mirrored (shadow and comparison) runs in flight per rollout; beyond it, a mirror is dropped and counted.
-pub const MAX_MIRRORS_IN_FLIGHT: usize = 64;
-
 /// One model's rollout.
 pub struct Rollout {
     /// The model.
@@ -182,16 +179,12 @@ pub struct Rollout {
     pub checks: reconciler::manifest::RolloutChecks,
     /// The commit that started it.
     pub revision: Option<Arc<str>>,
-    /// The loaded stable and candidate (the table holds them too; kept here to tell a changed version).
-    versions: [Arc<LoadedModel>; 2],
     /// The output compared (name, column) and whether it is a score judged against a threshold.
     pub output: (String, usize),
     /// Two scores agree when on the same side of this (binary classification), else when within the tolerance.
     pub decision_threshold: Option<f64>,
     plan: ArcSwap<Plan>,
     progress: Mutex<Progress>,
-    /// Mirrors in flight, bounded by [`MAX_MIRRORS_IN_FLIGHT`].
-    pub mirrors: Arc<tokio::sync::Semaphore>,
     /// Mirrors dropped: (no free slot, server busy).
     pub mirrors_dropped: [AtomicU64; 2],
     /// Every step's counters so far, oldest first (at most [`MAX_ROLLOUT_STEPS`]): summed, the totals since the
@@ -206,6 +199,8 @@ pub struct Rollout {
     /// The model, both artifacts and the spec, hashed: what a remembered (or a peer's) decision is about.
     pub identity: String,
     memory: Arc<memory::Memory>,
+    /// A decision to write to `memory` once the analysis's lock is released (writing syncs a file).
+    unwritten: Mutex<Option<(Phase, String)>>,
     started: Instant,
     started_at: SystemTime,
 }
@@ -231,19 +226,18 @@ pub struct Assignment {
 // === impl Rollout ===
 
 impl Rollout {
-    /// A rollout at its first step. `stable` and `candidate` are the loaded versions the spec names; `output` the
+    /// A rollout at its first step (or as it was decided, when `memory` recalls `identity`); `output` is the
     /// compared output and column.
     pub fn new(
         model: &str,
         spec: RolloutSpec,
-        [stable, candidate]: [Arc<LoadedModel>; 2],
+        identity: String,
         output: (String, usize),
         decision_threshold: Option<f64>,
         revision: Option<Arc<str>>,
         memory: Arc<memory::Memory>,
     ) -> Self {
         let now = Instant::now();
-        let identity = memory::identity(model, stable.fingerprint(), candidate.fingerprint(), &spec);
         // A decision this rollout already took (before a restart, or on a peer before this process started) stands.
         let recalled = memory.recall(&identity);
         let restored = recalled.as_ref().and_then(memory::restored_phase);
@@ -260,7 +254,6 @@ impl Rollout {
             checks: spec.checks(),
             spec,
             revision,
-            versions: [stable, candidate],
             output,
             decision_threshold,
             plan: ArcSwap::from_pointee(plan),
@@ -271,7 +264,7 @@ impl Rollout {
             }),
             identity,
             memory,
-            mirrors: Arc::new(tokio::sync::Semaphore::new(MAX_MIRRORS_IN_FLIGHT)),
+            unwritten: Mutex::new(None),
             mirrors_dropped: Default::default(),
             steps: Mutex::new(vec![Arc::clone(&first)]),
             baseline: PredictionWindow::default(),
@@ -301,15 +294,18 @@ impl Rollout {
         );
     }
 
-    /// Whether this rollout is still the one `spec` asks for with these loaded versions (same `Arc`s): then a new
-    /// table keeps it and its analysis goes on.
-    pub fn is_current(&self, spec: &RolloutSpec, stable: &Arc<LoadedModel>, candidate: &Arc<LoadedModel>) -> bool {
-        self.spec == *spec && Arc::ptr_eq(&self.versions[0], stable) && Arc::ptr_eq(&self.versions[1], candidate)
+    /// Whether this rollout has `identity` (see [`memory::identity`]): then a new table keeps it and its analysis
+    /// goes on, even when a version was reloaded (a changed serving setting or reference data).
+    pub fn is_current(&self, identity: &str) -> bool {
+        self.identity == identity
     }
 
-    /// The loaded version of `variant`.
-    pub fn version(&self, variant: Variant) -> &Arc<LoadedModel> {
-        &self.versions[variant as usize]
+    /// The version number of `variant`.
+    pub fn version(&self, variant: Variant) -> u64 {
+        match variant {
+            Variant::Stable => self.spec.stable,
+            Variant::Candidate => self.spec.candidate,
+        }
     }
 
     /// The current plan.
@@ -385,9 +381,13 @@ impl Rollout {
         let tolerance = self.checks.agreement_tolerance.unwrap_or(1e-6);
         let Ok(mut compared) = counters.compared.lock() else { return };
         for (x, y) in a.iter().zip(&b) {
+            if x.is_nan() || y.is_nan() {
+                compared.incomparable += 1;
+                continue;
+            }
             let agree = match self.decision_threshold {
                 Some(t) => (*x >= t) == (*y >= t),
-                None => (x - y).abs() <= tolerance || (x.is_nan() && y.is_nan()),
+                None => (x - y).abs() <= tolerance,
             };
             compared.add(agree, (x - y).abs(), (x - y).abs() / x.abs().max(f64::MIN_POSITIVE));
         }
@@ -397,8 +397,18 @@ impl Rollout {
     /// the decision it took, if any. `quality` gives each variant's labelled quality when the model has one.
     pub fn evaluate(&self, now: Instant, quality: Option<QualityInputs>) -> Option<Decision> {
         let decision = self.evaluate_locked(now, quality);
+        self.write_unwritten();
         self.events.send_modify(|n| *n += 1);
         decision
+    }
+
+    /// Writes the last decision that ended or settled the rollout, with no other lock held. Blocking (the driver,
+    /// the admin calls and the peer reader call in from blocking threads).
+    fn write_unwritten(&self) {
+        let taken = self.unwritten.lock().ok().and_then(|mut u| u.take());
+        if let Some((phase, reason)) = taken {
+            self.memory.remember(&self.identity, &self.model, phase, &reason);
+        }
     }
 
     fn evaluate_locked(&self, now: Instant, quality: Option<QualityInputs>) -> Option<Decision> {
@@ -468,7 +478,14 @@ impl Rollout {
 
     /// A person's (or a peer's) decision: `promote`, `abort`, `pause`, `resume`, or `adopt_rollback` with the peer's
     /// reason. Refused (with why) when it does not apply to the phase.
+    /// Blocking: a decision that ends the rollout is written to the data dir.
     pub fn operate(&self, action: &str, by: &'static str, reason: Option<String>) -> Result<Decision, String> {
+        let decision = self.operate_locked(action, by, reason);
+        self.write_unwritten();
+        decision
+    }
+
+    fn operate_locked(&self, action: &str, by: &'static str, reason: Option<String>) -> Result<Decision, String> {
         let Ok(mut progress) = self.progress.lock() else { return Err("the rollout's state is poisoned".to_owned()) };
         let plan = self.plan.load_full();
         let phase = plan.phase;
@@ -481,7 +498,7 @@ impl Rollout {
             "abort" if phase.is_active() || phase == Phase::Promoted || phase == Phase::Concluded => {
                 self.decide(&mut progress, &plan, Phase::Aborted, "abort", by, said("aborted by hand"))
             }
-            "adopt_rollback" if phase != Phase::RolledBack && phase != Phase::Complete => self.decide(
+            "adopt_rollback" if phase != Phase::RolledBack && phase != Phase::Aborted => self.decide(
                 &mut progress,
                 &plan,
                 Phase::RolledBack,
@@ -544,7 +561,9 @@ impl Rollout {
         let phase = plan.phase;
         self.plan.store(Arc::new(plan));
         if !phase.is_active() {
-            self.memory.remember(&self.identity, &self.model, phase, &decision.reason);
+            if let Ok(mut unwritten) = self.unwritten.lock() {
+                *unwritten = Some((phase, decision.reason.clone()));
+            }
         }
         self.events.send_modify(|n| *n += 1);
         if progress.decisions.len() == MAX_DECISIONS {
@@ -560,6 +579,11 @@ impl Rollout {
             tracing::info!(model = %model, action, by, candidate = self.spec.candidate, stable = self.spec.stable, phase = phase.as_str(), %reason, "rollout decision");
         }
         decision
+    }
+
+    /// Whether a check reads the compared output (agreement, prediction drift).
+    pub fn reads_output(&self) -> bool {
+        self.checks.agreement.is_some() || self.checks.prediction_psi.is_some()
     }
 
     /// A receiver that sees a change after every evaluation and every decision.
@@ -748,27 +772,29 @@ fn threshold(weight: f64) -> u128 {
     ((share * 2f64.powi(64)) as u128).min(1 << 64)
 }
 
-/// The compared output's column `index`, one value per row, as numbers; `None` when the output is missing or not
-/// numeric.
+/// The compared output's column `index`, one value per row, as numbers, read in place (one value per row, not the
+/// whole output); `None` when the output is missing or not numeric.
 pub fn column(outputs: &[Tensor], (name, index): &(String, usize)) -> Option<Vec<f64>> {
     use crate::infer::TensorData;
     let output = outputs.iter().find(|t| &t.name == name)?;
     let columns = output.shape.get(1).copied().unwrap_or(1).max(1);
-    let values: Vec<f64> = match &output.data {
-        TensorData::Bool(v) => v.iter().map(|&b| f64::from(u8::from(b))).collect(),
-        TensorData::Uint8(v) => v.iter().map(|&x| f64::from(x)).collect(),
-        TensorData::Uint16(v) => v.iter().map(|&x| f64::from(x)).collect(),
-        TensorData::Uint32(v) => v.iter().map(|&x| f64::from(x)).collect(),
-        TensorData::Uint64(v) => v.iter().map(|&x| x as f64).collect(),
-        TensorData::Int8(v) => v.iter().map(|&x| f64::from(x)).collect(),
-        TensorData::Int16(v) => v.iter().map(|&x| f64::from(x)).collect(),
-        TensorData::Int32(v) => v.iter().map(|&x| f64::from(x)).collect(),
-        TensorData::Int64(v) => v.iter().map(|&x| x as f64).collect(),
-        TensorData::Fp32(v) => v.iter().map(|&x| f64::from(x)).collect(),
-        TensorData::Fp64(v) => v.clone(),
+    fn pick<T: Copy>(values: &[T], columns: usize, index: usize, f: impl Fn(T) -> f64) -> Vec<f64> {
+        values.chunks(columns).map(|row| row.get(index).map_or(f64::NAN, |v| f(*v))).collect()
+    }
+    Some(match &output.data {
+        TensorData::Bool(v) => pick(v, columns, *index, |b| f64::from(u8::from(b))),
+        TensorData::Uint8(v) => pick(v, columns, *index, f64::from),
+        TensorData::Uint16(v) => pick(v, columns, *index, f64::from),
+        TensorData::Uint32(v) => pick(v, columns, *index, f64::from),
+        TensorData::Uint64(v) => pick(v, columns, *index, |x| x as f64),
+        TensorData::Int8(v) => pick(v, columns, *index, f64::from),
+        TensorData::Int16(v) => pick(v, columns, *index, f64::from),
+        TensorData::Int32(v) => pick(v, columns, *index, f64::from),
+        TensorData::Int64(v) => pick(v, columns, *index, |x| x as f64),
+        TensorData::Fp32(v) => pick(v, columns, *index, f64::from),
+        TensorData::Fp64(v) => pick(v, columns, *index, |x| x),
         TensorData::Bytes(_) => return None,
-    };
-    Some(values.chunks(columns).map(|row| row.get(*index).copied().unwrap_or(f64::NAN)).collect())
+    })
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@
 //! adoption, within the grace period). What may differ between replicas for a moment is harmless: the step a healthy
 //! candidate is at, or when it is promoted.
 //!
-//! Each peer's `GET /api/v1/rollouts` is read every `interval`, bounded (2 s, 1 MiB). Peers are the operator's
-//! (flags); their answers are still parsed under those bounds, and a peer that cannot be read is logged and skipped.
+//! Each peer's `GET /api/v1/rollouts?view=stops` (only the stopped rollouts: small, and answered without an in-flight
+//! permit) is read every `interval`, bounded (2 s, 1 MiB). Peers are the operator's (flags); their answers are still
+//! parsed under those bounds, and a peer that cannot be read is logged (warn once per outage) and skipped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +50,9 @@ pub async fn adopt_stops(registry: Arc<Registry>, peers: Vec<String>, interval: 
         .into();
     // Not faster than every 100 ms (a zero interval would spin).
     let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(100)));
+    // Whether each peer answered last time.
+    let peers_count = peers.len();
+    let mut reachable = vec![true; peers_count];
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -59,20 +63,35 @@ pub async fn adopt_stops(registry: Arc<Registry>, peers: Vec<String>, interval: 
             continue;
         }
         let (agent, peers, registry) = (agent.clone(), peers.clone(), Arc::clone(&registry));
-        let _ = tokio::task::spawn_blocking(move || {
-            for peer in &peers {
-                match read(&agent, peer) {
-                    Ok(listing) => adopt(&registry, peer, listing),
-                    Err(error) => tracing::debug!(%peer, %error, "a rollout peer could not be read"),
-                }
-            }
+        let readable = std::mem::take(&mut reachable);
+        reachable = tokio::task::spawn_blocking(move || {
+            peers
+                .iter()
+                .zip(readable)
+                .map(|(peer, was)| match read(&agent, peer) {
+                    Ok(listing) => {
+                        adopt(&registry, peer, listing);
+                        true
+                    }
+                    Err(error) => {
+                        // Once per outage, not once a second: the first failure warns, the rest are debug.
+                        if was {
+                            tracing::warn!(%peer, %error, "a rollout peer cannot be read; its rollbacks are not adopted until it can");
+                        } else {
+                            tracing::debug!(%peer, %error, "a rollout peer cannot be read");
+                        }
+                        false
+                    }
+                })
+                .collect()
         })
-        .await;
+        .await
+        .unwrap_or_else(|_| vec![true; peers_count]);
     }
 }
 
 fn read(agent: &ureq::Agent, peer: &str) -> Result<Listing, String> {
-    let url = format!("{}/api/v1/rollouts", peer.trim_end_matches('/'));
+    let url = format!("{}/api/v1/rollouts?view=stops", peer.trim_end_matches('/'));
     let mut response = agent.get(&url).call().map_err(|e| e.to_string())?;
     if !response.status().is_success() {
         return Err(format!("answered {}", response.status()));
@@ -87,7 +106,8 @@ fn adopt(registry: &Registry, peer: &str, listing: Listing) {
     for theirs in listing.rollouts.into_iter().filter(|r| matches!(r.phase.as_str(), "rolled_back" | "aborted")) {
         let Some(ours) = table.rollout(&theirs.model).filter(|r| r.identity == theirs.identity) else { continue };
         let phase = ours.plan().phase;
-        if matches!(phase, super::Phase::RolledBack | super::Phase::Aborted | super::Phase::Complete) {
+        // Adopted in every phase but a stop: also after this replica promoted on its own evidence.
+        if matches!(phase, super::Phase::RolledBack | super::Phase::Aborted) {
             continue;
         }
         let reason = format!(

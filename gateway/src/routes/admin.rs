@@ -87,8 +87,7 @@ pub(super) fn status(state: &AppState) -> HttpResponse {
             )
         })
         .collect();
-    let degraded_reason = match (&unreachable, stalled, diverged) {
-        _ if !rolled_back.is_empty() && unreachable.is_none() && !stalled => Some(rolled_back.join("; ")),
+    let source_reason = match (&unreachable, stalled, diverged) {
         (Some(error), _, _) => Some(format!(
             "the last sync could not finish (the remote or an artifact cannot be had now; retried with backoff), so \
              the last applied commit serves: {error}"
@@ -99,6 +98,9 @@ pub(super) fn status(state: &AppState) -> HttpResponse {
         }
         (None, false, false) => None,
     };
+    // Every reason at once: the source's, then each rolled-back rollout's.
+    let reasons: Vec<String> = source_reason.into_iter().chain(rolled_back).collect();
+    let degraded_reason = (!reasons.is_empty()).then(|| reasons.join("; "));
     let body = Status {
         mode: if state.controller.is_some() { "git" } else { "model_dir" },
         ready,
@@ -160,23 +162,47 @@ pub(super) fn alerts(state: &AppState) -> HttpResponse {
     // Rollbacks firing now (until a new commit replaces the rollout).
     let table = state.registry.snapshot();
     for rollout in table.rollouts().filter(|r| r.plan().phase == crate::rollout::Phase::RolledBack) {
-        let report = rollout.report();
-        if let Some(decision) = report.decisions.iter().rev().find(|d| d.action.ends_with("rollback")) {
-            alerts.insert(0, crate::rollout::driver::rollback_alert(rollout, decision, ""));
-        }
+        alerts.insert(0, crate::rollout::driver::rollback_alert(rollout, ""));
     }
     json_response(StatusCode::OK, &Alerts { alerts })
 }
 
 /// `GET /api/v1/rollouts`: every rollout of the served set, with its phase, step, counters, checks and decisions.
-pub(super) fn rollouts(state: &AppState, model: Option<&str>) -> Result<HttpResponse, ApiError> {
+/// `?view=stops` lists only the stopped ones (rolled back or aborted), with their identity and reason: what peers
+/// read, small whatever the number of rollouts and decisions.
+pub(super) fn rollouts(state: &AppState, model: Option<&str>, stops: bool) -> Result<HttpResponse, ApiError> {
     #[derive(Serialize)]
     struct Rollouts {
         rollouts: Vec<crate::rollout::Report>,
     }
+    #[derive(Serialize)]
+    struct Stop {
+        model: String,
+        identity: String,
+        phase: &'static str,
+        reason: Option<String>,
+    }
+    #[derive(Serialize)]
+    struct Stops {
+        rollouts: Vec<Stop>,
+    }
     let table = state.registry.snapshot();
     if let Some(model) = model {
         table.get(model, None)?;
+    }
+    if stops {
+        let rollouts = table
+            .rollouts()
+            .filter(|r| model.is_none_or(|m| m == r.model))
+            .filter(|r| matches!(r.plan().phase, crate::rollout::Phase::RolledBack | crate::rollout::Phase::Aborted))
+            .map(|r| Stop {
+                model: r.model.clone(),
+                identity: r.identity.clone(),
+                phase: r.plan().phase.as_str(),
+                reason: r.stop_reason(),
+            })
+            .collect();
+        return Ok(json_response(StatusCode::OK, &Stops { rollouts }));
     }
     let rollouts = table.rollouts().filter(|r| model.is_none_or(|m| m == r.model)).map(|r| r.report()).collect();
     Ok(json_response(StatusCode::OK, &Rollouts { rollouts }))

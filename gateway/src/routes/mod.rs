@@ -170,6 +170,14 @@ where
         Route::Live => return Ok(v2::live()),
         Route::Ready => return Ok(v2::ready(registry)),
         Route::Status => return Ok(admin::status(state)),
+        // Read by peers every second, when a rollback matters most: answered at once, like the status.
+        Route::Rollouts(model) => {
+            return admin::rollouts(
+                state,
+                model,
+                parts.uri.query().is_some_and(|q| q.split('&').any(|p| p == "view=stops")),
+            )
+        }
         Route::Metrics => {
             state.request_metrics.refresh(registry);
             let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())));
@@ -198,7 +206,9 @@ where
     let headers = &parts.headers;
     match route {
         Route::ServerMetadata => Ok(v2::server_metadata()),
-        Route::Live | Route::Ready | Route::Status | Route::Metrics => unreachable!("answered above"),
+        Route::Live | Route::Ready | Route::Status | Route::Metrics | Route::Rollouts(_) => {
+            unreachable!("answered above")
+        }
         Route::ModelMetadata(model, version) => v2::model_metadata(registry, model, version),
         Route::ModelReady(model, version) => v2::model_ready(registry, model, version),
         Route::ModelStats(model, version) => v2::model_stats(registry, model, version),
@@ -212,7 +222,6 @@ where
         Route::Sync => admin::sync(state, headers),
         Route::Webhook => admin::webhook(state, headers, &body),
         Route::Rollback => admin::rollback(state, headers, &body).await,
-        Route::Rollouts(model) => admin::rollouts(state, model),
         Route::RolloutAction(model, action) => {
             state.tokens.check_headers(Gate::Admin, headers)?;
             admin::rollout_action(state, model, action, &body).await
