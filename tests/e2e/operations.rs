@@ -255,8 +255,20 @@ async fn the_kubernetes_manifests_parse_and_their_probes_and_settings_are_real()
     let text = std::fs::read_to_string(root().join("configs/k8s/vane.yaml")).unwrap();
     let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
     let kinds: Vec<&str> = documents.iter().map(|d| d["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["Deployment", "Service", "ServiceMonitor", "HorizontalPodAutoscaler"]);
+    assert_eq!(kinds, ["Deployment", "Service", "Service", "ServiceMonitor", "HorizontalPodAutoscaler"]);
     let container = &documents[0]["spec"]["template"]["spec"]["containers"][0];
+    // The rollout peers are the headless Service, which selects the pods and is not scraped a second time.
+    let peers = &documents[2];
+    let value =
+        |name: &str| container["env"].as_array().unwrap().iter().find(|e| e["name"] == name).unwrap()["value"].clone();
+    let port = peers["spec"]["ports"][0]["port"].as_u64().unwrap();
+    assert_eq!(value("VANE_ROLLOUT_PEERS"), format!("http://{}:{port}", peers["metadata"]["name"].as_str().unwrap()));
+    assert_eq!(
+        (peers["spec"]["clusterIP"].as_str(), &peers["spec"]["selector"]),
+        (Some("None"), &documents[1]["spec"]["selector"])
+    );
+    let scraped = &documents[3]["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"];
+    assert_ne!(&peers["metadata"]["labels"]["app.kubernetes.io/name"], scraped);
     let server = TestServer::start().await;
     for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
         let path = container[probe]["httpGet"]["path"].as_str().unwrap();
@@ -268,9 +280,9 @@ async fn the_kubernetes_manifests_parse_and_their_probes_and_settings_are_real()
         assert!(settings.contains(&format!("{name}=")), "{name} is not a setting in configs/serve.env");
     }
     // The HPA's metric and the ServiceMonitor's path are real.
-    assert_eq!(documents[3]["spec"]["metrics"][0]["pods"]["metric"]["name"], "vane_queue_depth");
+    assert_eq!(documents[4]["spec"]["metrics"][0]["pods"]["metric"]["name"], "vane_queue_depth");
     assert!(metrics_text(&server).await.contains("# TYPE vane_queue_depth gauge"));
-    assert_eq!(documents[2]["spec"]["endpoints"][0]["path"], "/metrics");
+    assert_eq!(documents[3]["spec"]["endpoints"][0]["path"], "/metrics");
     // The Dockerfile copies only what exists.
     let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
     for line in dockerfile.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from=")) {

@@ -68,9 +68,11 @@ pub async fn adopt_stops(registry: Arc<Registry>, peers: Vec<String>, interval: 
             peers
                 .iter()
                 .zip(readable)
-                .map(|(peer, was)| match read(&agent, peer) {
-                    Ok(listing) => {
-                        adopt(&registry, peer, listing);
+                .map(|(peer, was)| match read_all(&agent, peer) {
+                    Ok(listings) => {
+                        for (address, listing) in listings {
+                            adopt(&registry, &address, listing);
+                        }
                         true
                     }
                     Err(error) => {
@@ -88,6 +90,45 @@ pub async fn adopt_stops(registry: Arc<Registry>, peers: Vec<String>, interval: 
         .await
         .unwrap_or_else(|_| vec![true; peers_count]);
     }
+}
+
+/// Names resolved to at most this many addresses (a headless Service of this many pods).
+const MAX_ADDRESSES: usize = 64;
+
+/// The base URLs a peer stands for: an `http://` name is resolved now and every address is read, so one headless
+/// Service name (`http://vane-peers:8080`) reaches every pod behind it, however many the autoscaler runs (this
+/// replica among them: reading itself is harmless). An `https://` peer is read by its name (its certificate names
+/// it). Blocking (DNS).
+pub fn addresses(peer: &str) -> Result<Vec<String>, String> {
+    use std::net::ToSocketAddrs;
+    let Some(rest) = peer.strip_prefix("http://") else {
+        return if peer.starts_with("https://") {
+            Ok(vec![peer.trim_end_matches('/').to_owned()])
+        } else {
+            Err("a rollout peer is an http:// or https:// URL".to_owned())
+        };
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let resolved = with_port.to_socket_addrs().map_err(|e| format!("{authority} does not resolve: {e}"))?;
+    let mut addresses: Vec<String> = resolved.take(MAX_ADDRESSES).map(|a| format!("http://{a}")).collect();
+    addresses.sort();
+    addresses.dedup();
+    Ok(addresses)
+}
+
+/// Reads every address `peer` stands for; fails if any cannot be read.
+fn read_all(agent: &ureq::Agent, peer: &str) -> Result<Vec<(String, Listing)>, String> {
+    addresses(peer)?
+        .into_iter()
+        .map(|address| {
+            read(agent, &address).map(|listing| (address.clone(), listing)).map_err(|e| format!("{address}: {e}"))
+        })
+        .collect()
 }
 
 fn read(agent: &ureq::Agent, peer: &str) -> Result<Listing, String> {
@@ -118,5 +159,25 @@ fn adopt(registry: &Registry, peer: &str, listing: Listing) {
         if let Err(why) = ours.operate("adopt_rollback", "peer", Some(reason)) {
             tracing::debug!(model = %ours.model, %why, "a peer's rollback was not adopted");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::addresses;
+
+    #[test]
+    fn a_peer_name_stands_for_every_address_it_resolves_to() {
+        let local = addresses("http://localhost:8080").unwrap();
+        assert!(
+            !local.is_empty() && local.iter().all(|a| a.starts_with("http://") && a.ends_with(":8080")),
+            "{local:?}"
+        );
+        assert!(local.contains(&"http://127.0.0.1:8080".to_owned()), "{local:?}");
+        assert_eq!(addresses("http://127.0.0.1:9/").unwrap(), ["http://127.0.0.1:9"]);
+        assert_eq!(addresses("http://127.0.0.1").unwrap(), ["http://127.0.0.1:80"]);
+        assert_eq!(addresses("https://vane-1.example:8443/").unwrap(), ["https://vane-1.example:8443"]);
+        assert!(addresses("vane-1:8080").unwrap_err().contains("http:// or https://"));
+        assert!(addresses("http://no-such-host.invalid:8080").unwrap_err().contains("does not resolve"));
     }
 }
