@@ -150,16 +150,7 @@ impl Monitored {
             return None;
         }
         let (name, index) = self.prediction.as_ref()?;
-        let output = outputs.iter().find(|t| &t.name == name)?;
-        let columns = output.shape.get(1).copied().unwrap_or(1).max(1);
-        let values: Vec<f64> = cells(&output.data)
-            .into_iter()
-            .map(|c| match c {
-                Cell::Number(v) => v,
-                _ => f64::NAN,
-            })
-            .collect();
-        Some(values.chunks(columns).map(|row| row.get(*index).copied().unwrap_or(f64::NAN)).collect())
+        outputs.iter().find(|t| &t.name == name)?.column(*index)
     }
 }
 

@@ -440,19 +440,16 @@ impl Registry {
     /// a rollout, both of its sides.
     pub fn resolve_target(&self, model: &str, version: Option<&str>) -> Result<Target, ApiError> {
         let table = self.table.load();
-        let primary = table.resolved(model, version)?;
         let rollout = table.rollouts.get(model);
-        let split = match (rollout, version) {
-            (Some(rollout), None) => {
-                let side = |v: crate::rollout::Variant| table.resolved_number(model, rollout.version(v));
-                Some((
-                    Arc::clone(rollout),
-                    [side(crate::rollout::Variant::Stable)?, side(crate::rollout::Variant::Candidate)?],
-                ))
-            }
-            _ => None,
+        let Some(rollout) = rollout.filter(|_| version.is_none()) else {
+            let primary = table.resolved(model, version)?;
+            return Ok(Target { primary, split: None, bypassed: rollout.is_some() });
         };
-        Ok(Target { primary, split, bypassed: rollout.is_some() && version.is_some() })
+        // The primary is the side that serves unsplit traffic: looked up once, with the other.
+        let side = |v: crate::rollout::Variant| table.resolved_number(model, rollout.version(v));
+        let sides = [side(crate::rollout::Variant::Stable)?, side(crate::rollout::Variant::Candidate)?];
+        let primary = sides[rollout.default_variant() as usize].clone();
+        Ok(Target { primary, split: Some((Arc::clone(rollout), sides)), bypassed: false })
     }
 
     /// The current table, for listings and metadata.

@@ -159,7 +159,7 @@ impl Mirror {
         let slot = if busy { None } else { Arc::clone(&state.mirrors).try_acquire_owned().ok() };
         let mut charge = state.budget.charge();
         let Some(slot) = slot.filter(|_| charge.add(request.heap_bytes()).is_ok()) else {
-            rollout.mirrors_dropped[usize::from(busy)].fetch_add(1, Ordering::Relaxed);
+            rollout.mirrors_dropped.fetch_add(1, Ordering::Relaxed);
             return None;
         };
         Some(Self {
@@ -184,7 +184,7 @@ impl Mirror {
     fn spawn(mut self, state: Arc<AppState>, primary: Vec<Tensor>) {
         let answer: usize = primary.iter().map(|t| t.data.raw_len() + t.name.len()).sum();
         if self.charge.add(answer).is_err() {
-            self.rollout.mirrors_dropped[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.rollout.mirrors_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
         tokio::spawn(async move {
@@ -196,7 +196,7 @@ impl Mirror {
             if let Err(error) = &result {
                 if fault(error, client_deadline) == ServerFault::No && error.status().is_server_error() {
                     // The other variant's queue was full, or the server's budget: load, not a fault of the model.
-                    rollout.mirrors_dropped[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    rollout.mirrors_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return;
                 }
             }

@@ -108,6 +108,33 @@ macro_rules! with_vec {
 }
 pub(crate) use with_vec;
 
+// === impl Tensor ===
+
+impl Tensor {
+    /// Column `index` of a `[rows, columns]` tensor (a `[rows]` one has one column), one number per row, read in
+    /// place; NaN for a row too short; `None` for BYTES. What the monitor and a rollout read a prediction from.
+    pub fn column(&self, index: usize) -> Option<Vec<f64>> {
+        let columns = self.shape.get(1).copied().unwrap_or(1).max(1);
+        fn pick<T: Copy>(values: &[T], columns: usize, index: usize, f: impl Fn(T) -> f64) -> Vec<f64> {
+            values.chunks(columns).map(|row| row.get(index).map_or(f64::NAN, |v| f(*v))).collect()
+        }
+        Some(match &self.data {
+            TensorData::Bool(v) => pick(v, columns, index, |b| f64::from(u8::from(b))),
+            TensorData::Uint8(v) => pick(v, columns, index, f64::from),
+            TensorData::Uint16(v) => pick(v, columns, index, f64::from),
+            TensorData::Uint32(v) => pick(v, columns, index, f64::from),
+            TensorData::Uint64(v) => pick(v, columns, index, |x| x as f64),
+            TensorData::Int8(v) => pick(v, columns, index, f64::from),
+            TensorData::Int16(v) => pick(v, columns, index, f64::from),
+            TensorData::Int32(v) => pick(v, columns, index, f64::from),
+            TensorData::Int64(v) => pick(v, columns, index, |x| x as f64),
+            TensorData::Fp32(v) => pick(v, columns, index, f64::from),
+            TensorData::Fp64(v) => pick(v, columns, index, |x| x),
+            TensorData::Bytes(_) => return None,
+        })
+    }
+}
+
 // === impl DataType ===
 
 impl DataType {

@@ -186,7 +186,7 @@ pub struct Rollout {
     plan: ArcSwap<Plan>,
     progress: Mutex<Progress>,
     /// Mirrors dropped: (no free slot, server busy).
-    pub mirrors_dropped: [AtomicU64; 2],
+    pub mirrors_dropped: AtomicU64,
     /// Every step's counters so far, oldest first (at most [`MAX_ROLLOUT_STEPS`]): summed, the totals since the
     /// rollout began (the request path counts each request once, in its step).
     steps: Mutex<Vec<Arc<StepCounters>>>,
@@ -265,7 +265,7 @@ impl Rollout {
             identity,
             memory,
             unwritten: Mutex::new(None),
-            mirrors_dropped: Default::default(),
+            mirrors_dropped: AtomicU64::new(0),
             steps: Mutex::new(vec![Arc::clone(&first)]),
             baseline: PredictionWindow::default(),
             unkeyed: AtomicU64::new(0),
@@ -315,10 +315,7 @@ impl Rollout {
 
     /// The variant that answers requests naming no version now: the candidate once promoted, else the stable.
     pub fn default_variant(&self) -> Variant {
-        match self.plan.load().phase {
-            Phase::Promoted | Phase::Complete => Variant::Candidate,
-            _ => Variant::Stable,
-        }
+        self.default_variant_of(self.plan.load().phase)
     }
 
     /// Assigns a request: `key` is the key header's value, else the request id; `None` spreads by a counter.
@@ -643,8 +640,7 @@ impl Rollout {
                 stable: self.totals(Variant::Stable).report(),
                 candidate: self.totals(Variant::Candidate).report(),
             },
-            mirrors_dropped: self.mirrors_dropped[0].load(Ordering::Relaxed)
-                + self.mirrors_dropped[1].load(Ordering::Relaxed),
+            mirrors_dropped: self.mirrors_dropped.load(Ordering::Relaxed),
             checks: progress.as_ref().map(|p| p.last_checks.clone()).unwrap_or_default(),
             decisions: progress.as_ref().map(|p| p.decisions.iter().cloned().collect()).unwrap_or_default(),
         }
@@ -772,29 +768,9 @@ fn threshold(weight: f64) -> u128 {
     ((share * 2f64.powi(64)) as u128).min(1 << 64)
 }
 
-/// The compared output's column `index`, one value per row, as numbers, read in place (one value per row, not the
-/// whole output); `None` when the output is missing or not numeric.
+/// The compared output's column `index`, one value per row; `None` when the output is missing or not numeric.
 pub fn column(outputs: &[Tensor], (name, index): &(String, usize)) -> Option<Vec<f64>> {
-    use crate::infer::TensorData;
-    let output = outputs.iter().find(|t| &t.name == name)?;
-    let columns = output.shape.get(1).copied().unwrap_or(1).max(1);
-    fn pick<T: Copy>(values: &[T], columns: usize, index: usize, f: impl Fn(T) -> f64) -> Vec<f64> {
-        values.chunks(columns).map(|row| row.get(index).map_or(f64::NAN, |v| f(*v))).collect()
-    }
-    Some(match &output.data {
-        TensorData::Bool(v) => pick(v, columns, *index, |b| f64::from(u8::from(b))),
-        TensorData::Uint8(v) => pick(v, columns, *index, f64::from),
-        TensorData::Uint16(v) => pick(v, columns, *index, f64::from),
-        TensorData::Uint32(v) => pick(v, columns, *index, f64::from),
-        TensorData::Uint64(v) => pick(v, columns, *index, |x| x as f64),
-        TensorData::Int8(v) => pick(v, columns, *index, f64::from),
-        TensorData::Int16(v) => pick(v, columns, *index, f64::from),
-        TensorData::Int32(v) => pick(v, columns, *index, f64::from),
-        TensorData::Int64(v) => pick(v, columns, *index, |x| x as f64),
-        TensorData::Fp32(v) => pick(v, columns, *index, f64::from),
-        TensorData::Fp64(v) => pick(v, columns, *index, |x| x),
-        TensorData::Bytes(_) => return None,
-    })
+    outputs.iter().find(|t| &t.name == name)?.column(*index)
 }
 
 #[cfg(test)]
