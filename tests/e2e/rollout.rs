@@ -83,10 +83,33 @@ fn url(remote: &GitRemote) -> String {
 
 /// A GitOps server on a repository holding `candidate` and `rollout`, synced.
 async fn started(candidate: &str, rollout: &str) -> (GitRemote, tempfile::TempDir, TestServer) {
+    started_with(candidate, rollout, |_| {}).await
+}
+
+/// [`started`] with the server's settings changed by `tweak`.
+async fn started_with(
+    candidate: &str,
+    rollout: &str,
+    tweak: impl FnOnce(&mut gateway::ServeConfig),
+) -> (GitRemote, tempfile::TempDir, TestServer) {
     let remote = repo(candidate, rollout);
     let data = tempfile::tempdir().unwrap();
-    let server = serve(url(&remote), &data).await;
+    let config = gitops_config(url(&remote), &data, Duration::from_secs(3600));
+    let server = TestServer::start_with(move |c| {
+        c.gitops = Some(config);
+        tweak(c);
+    })
+    .await;
+    server.until(|s| s.syncs >= 1).await;
     (remote, data, server)
+}
+
+/// A breast_cancer request for `row` with the rollout key header `x-user-id: key`.
+fn keyed(client: &TestClient, key: &str, row: &[f64]) -> hyper::Request<http_body_util::Full<bytes::Bytes>> {
+    hyper::Request::post(format!("{}/v2/models/{MODEL}/infer", client.base()))
+        .header("x-user-id", key)
+        .body(http_body_util::Full::new(bytes::Bytes::from(serde_json::to_vec(&body(row, "keyed")).unwrap())))
+        .unwrap()
 }
 
 /// Sends the first `n` reference rows one after another, with ids `{prefix}{i}`.
@@ -114,11 +137,14 @@ async fn wait_rollout(server: &TestServer, limit: Duration, done: impl Fn(&Rollo
         let remaining = limit.checked_sub(started.elapsed()).unwrap_or_else(|| {
             panic!("rollout not there in {limit:?}: {}", serde_json::to_string_pretty(&current.report()).unwrap())
         });
-        tokio::select! {
-            _ = events.changed() => {}
-            _ = generations.changed() => {}
-            () = tokio::time::sleep(remaining) => {}
-        }
+        // Woken by the next evaluation or decision, or by a new table; the limit only bounds the wait.
+        let next = async {
+            tokio::select! {
+                _ = events.changed() => {}
+                _ = generations.changed() => {}
+            }
+        };
+        let _ = tokio::time::timeout(remaining, next).await;
     }
 }
 
@@ -361,26 +387,35 @@ async fn worse_quality_on_posted_labels_rolls_back_and_labels_join_per_variant()
     // Only the quality check: the wrong candidate is as fast and as error-free as the stable.
     let rollout_yaml = "    stable: 2\n    candidate: 3\n    strategy: canary\n    steps:\n      - {weight: 50, duration: 1h}\n    analysis: {interval: 100ms, min_samples: 30, failure_limit: 1, checks: {quality_drop: 0.1}}\n";
     let (_remote, _data, server) = started("wrong", rollout_yaml).await;
-    let rows = rows();
-    let mut i = 0;
-    // Each answer gets its label at once: the label is what version 2 (named explicitly) says.
-    while rollout(&server).plan().phase == Phase::Progressing {
-        assert!(i < 5000, "no decision after {i} labelled requests: {:#?}", rollout(&server).report());
-        let row = &rows[i % rows.len()];
+    // 160 predictions with ids; each one's label is what version 2 (named explicitly, with no id) says.
+    const N: usize = 160;
+    let mut labels = Vec::new();
+    for (i, row) in rows().iter().cycle().take(N).enumerate() {
         let id = format!("q{i}");
         let reply = server.post_json(&format!("/v2/models/{MODEL}/infer"), &body(row, &id)).await;
         assert_eq!(reply.status, StatusCode::OK);
-        let truth = server.post_json(&format!("/v2/models/{MODEL}/versions/2/infer"), &body(row, "truth")).await;
-        let label = truth.body["outputs"][0]["data"][0].as_i64().unwrap();
-        let fed = server.post_json("/api/v1/feedback", &json!({"model": MODEL, "id": id, "label": label})).await;
-        assert_eq!(fed.status, StatusCode::OK, "{}", fed.body);
-        i += 1;
-        if i % 20 == 0 {
-            // Labels are joined on the monitor's thread: give the analysis its next evaluation.
-            let mut events = rollout(&server).events();
-            let _ = tokio::time::timeout(Duration::from_secs(2), events.changed()).await;
-        }
+        let mut truth = body(row, "");
+        truth.as_object_mut().unwrap().remove("id");
+        let truth = server.post_json(&format!("/v2/models/{MODEL}/versions/2/infer"), &truth).await;
+        labels.push(json!({"id": id, "label": truth.body["outputs"][0]["data"][0]}));
     }
+    // The monitor records predictions on its own thread, draining its queue before each evaluation: the labels go
+    // once every prediction is recorded (each evaluation wakes the check; the timeout only bounds a wait).
+    let mut evaluations = server.server.monitor_evaluations();
+    let started = Instant::now();
+    loop {
+        let monitor = server.get(&format!("/api/v1/monitor/{MODEL}")).await;
+        let stored: u64 =
+            monitor.body["quality"].as_array().unwrap().iter().map(|q| q["predictions"].as_u64().unwrap()).sum();
+        if stored >= N as u64 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{stored} of {N} predictions recorded: {}", monitor.body);
+        let _ = tokio::time::timeout(Duration::from_secs(1), evaluations.changed()).await;
+    }
+    let fed = server.post_json("/api/v1/feedback", &json!({"model": MODEL, "labels": labels})).await;
+    assert_eq!((fed.status, &fed.body["joined"]), (StatusCode::OK, &json!(N)), "{}", fed.body);
+    wait_rollout(&server, Duration::from_secs(30), |r| r.plan().phase != Phase::Progressing).await;
     let report = rollout(&server).report();
     assert_eq!(report.phase, Phase::RolledBack, "{report:#?}");
     let check = report.decisions.last().unwrap().checks.iter().find(|c| c.name == "quality_drop").unwrap().clone();
@@ -432,13 +467,7 @@ async fn an_ab_split_is_within_a_binomial_bound_and_keys_stay_on_one_variant_acr
                 let key = format!("user-{k}");
                 let mut seen = Vec::new();
                 for client in [&a, &b] {
-                    let request = hyper::Request::post(format!("{}/v2/models/{MODEL}/infer", client.base()))
-                        .header("x-user-id", &key)
-                        .body(http_body_util::Full::new(bytes::Bytes::from(
-                            serde_json::to_vec(&body(&row, "same-id")).unwrap(),
-                        )))
-                        .unwrap();
-                    let reply = client.raw(request).await;
+                    let reply = client.raw(keyed(client, &key, &row)).await;
                     assert_eq!(reply.status, StatusCode::OK);
                     seen.push(reply.headers["vane-variant"].to_str().unwrap().to_owned());
                 }
@@ -468,15 +497,8 @@ async fn grpc_answers_say_the_variant_and_carry_the_provenance() {
     use gateway::grpc::proto::model_infer_request::InferInputTensor;
     use gateway::grpc::proto::{InferTensorContents, ModelInferRequest};
     let rollout_yaml = "    stable: 2\n    candidate: 3\n    strategy: canary\n    key: x-user-id\n    steps:\n      - {weight: 50, duration: 1h}\n";
-    let remote = repo("v1", rollout_yaml);
-    let data = tempfile::tempdir().unwrap();
-    let config = gitops_config(url(&remote), &data, Duration::from_secs(3600));
-    let server = TestServer::start_with(move |c| {
-        c.gitops = Some(config);
-        c.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
-    })
-    .await;
-    server.until(|s| s.syncs >= 1).await;
+    let (remote, _data, server) =
+        started_with("v1", rollout_yaml, |c| c.grpc_listen = Some("127.0.0.1:0".parse().unwrap())).await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.server.grpc_addr().unwrap()))
         .unwrap()
         .connect()
@@ -511,11 +533,10 @@ async fn grpc_answers_say_the_variant_and_carry_the_provenance() {
         assert_eq!(model_sha, sha256_of(&file));
         assert!(metadata.get("vane-data-sha256").is_some());
         // The same key over REST lands on the same variant.
-        let request = hyper::Request::post(format!("{}/v2/models/{MODEL}/infer", server.base()))
-            .header("x-user-id", &key)
-            .body(http_body_util::Full::new(bytes::Bytes::from(serde_json::to_vec(&body(&rows()[0], "r")).unwrap())))
-            .unwrap();
-        assert_eq!(server.raw(request).await.headers["vane-variant"].to_str().unwrap(), variant);
+        assert_eq!(
+            server.raw(keyed(&server, &key, &rows()[0])).await.headers["vane-variant"].to_str().unwrap(),
+            variant
+        );
         variants.insert(variant);
     }
     assert_eq!(variants.len(), 2, "both variants served: {variants:?}");
@@ -556,13 +577,10 @@ async fn a_replica_adopts_a_peers_rollback_without_seeing_the_traffic() {
     // Every key is on the stable on both replicas now.
     for k in 0..50 {
         for client in [&*a, &*b] {
-            let request = hyper::Request::post(format!("{}/v2/models/{MODEL}/infer", client.base()))
-                .header("x-user-id", format!("user-{k}"))
-                .body(http_body_util::Full::new(bytes::Bytes::from(
-                    serde_json::to_vec(&body(&rows()[0], "k")).unwrap(),
-                )))
-                .unwrap();
-            assert_eq!(client.raw(request).await.headers["vane-variant"], "stable");
+            assert_eq!(
+                client.raw(keyed(client, &format!("user-{k}"), &rows()[0])).await.headers["vane-variant"],
+                "stable"
+            );
         }
     }
     a.stop().await;
@@ -613,15 +631,10 @@ async fn shadow_work_is_dropped_first_when_the_server_is_busy() {
     // A shadow of the slow candidate on every request, and a server allowing 8 requests in flight: with 8 clients it
     // is always more than half busy, so mirrors are dropped while no client is refused.
     let rollout_yaml = "    stable: 2\n    candidate: 3\n    strategy: shadow\n    steps:\n      - {weight: 100, duration: 1h}\n    analysis: {interval: 100ms, min_samples: 1000000}\n";
-    let remote = repo("slow", rollout_yaml);
-    let data = tempfile::tempdir().unwrap();
-    let config = gitops_config(url(&remote), &data, Duration::from_secs(3600));
-    let server = TestServer::start_with(move |c| {
-        c.gitops = Some(config);
+    let (_remote, _data, server) = started_with("slow", rollout_yaml, |c| {
         c.limits.max_concurrent_requests = std::num::NonZeroUsize::new(8).unwrap();
     })
     .await;
-    server.until(|s| s.syncs >= 1).await;
     let stop = stopper();
     let traffic = load(&server, 8, Arc::clone(&stop), false);
     wait_rollout(&server, Duration::from_secs(60), |r| {
