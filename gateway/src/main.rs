@@ -204,12 +204,22 @@ struct DriftArgs {
     /// numbers that are only 0 and 1 binary, other numbers numeric.
     #[arg(long = "column", value_parser = monitor::offline::parse_column)]
     columns: Vec<(String, monitor::drift::ColumnKind)>,
-    /// Binary classification quality: label=COL,score=COL[,positive=V][,threshold=T].
+    /// Binary classification quality: label=COL,score=COL[,prediction=COL][,positive=V][,threshold=T]. Without
+    /// prediction, a row is predicted positive when its score is at least the threshold (0.5).
     #[arg(long, value_parser = monitor::offline::parse_classification)]
     classification: Option<monitor::drift::ClassificationSpec>,
     /// Regression quality: target=COL,prediction=COL.
     #[arg(long, value_parser = monitor::offline::parse_regression)]
     regression: Option<monitor::drift::RegressionSpec>,
+    /// Estimate the current file's classification quality from its scores and predictions alone (CBPE; its labels
+    /// are not read), with the reference's scores calibrated by isotonic regression, not at all (none), or by
+    /// whichever calibrates held-out reference rows better (auto). Needs --classification.
+    #[arg(long, value_name = "CALIBRATION", requires = "classification")]
+    estimated_quality: Option<monitor::stats::cbpe::Calibration>,
+    /// Add multivariate drift: the PCA reconstruction error of the current file against the reference, over every
+    /// column but the --classification and --regression ones.
+    #[arg(long)]
+    multivariate: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -223,6 +233,8 @@ fn run_drift(args: &DriftArgs) -> Result<(), String> {
         kinds: args.columns.iter().cloned().collect(),
         classification: args.classification.clone(),
         regression: args.regression.clone(),
+        estimated_quality: args.estimated_quality,
+        multivariate: args.multivariate,
     };
     let report = monitor::offline::run(&args.reference, &args.current, &options)?;
     let format = match args.format {

@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::stats::categorical::{self, Chi2, ZTest};
+use crate::stats::cbpe::{self, Calibration, Calibrator, EstimatedQuality};
 use crate::stats::ks::{self, KsTest};
+use crate::stats::multivariate::{Bounds, Reconstruction};
 use crate::stats::numeric::{self, Bins, Summary, PSI_EPSILON, WASSERSTEIN_STD_FLOOR};
 use crate::stats::quality::{self, Classification, Regression};
 use crate::table::Table;
@@ -48,6 +50,8 @@ pub struct ClassificationSpec {
     pub positive: String,
     /// Predicted positive when score ≥ threshold.
     pub threshold: f64,
+    /// The column of predicted labels (positive when equal to `positive`); else score ≥ threshold.
+    pub prediction: Option<String>,
 }
 
 /// Regression columns.
@@ -68,6 +72,10 @@ pub struct Options {
     pub classification: Option<ClassificationSpec>,
     /// Regression quality, if any.
     pub regression: Option<RegressionSpec>,
+    /// Estimate the current side's classification quality from its scores alone (needs `classification`).
+    pub estimated_quality: Option<Calibration>,
+    /// The PCA reconstruction error of the current side (every column but the quality blocks' ones).
+    pub multivariate: bool,
 }
 
 /// A value for each side.
@@ -252,6 +260,65 @@ pub struct DriftReport {
     /// Quality, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quality: Option<Quality>,
+    /// Quality estimated without the current side's labels, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimated_quality: Option<EstimatedReport>,
+    /// Multivariate drift, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multivariate: Option<Multivariate>,
+}
+
+/// The current side's estimated quality, and how its calibration was chosen.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EstimatedReport {
+    /// The estimate (its `calibration` is the one used).
+    #[serde(flatten)]
+    pub quality: EstimatedQuality,
+    /// What was asked for: isotonic, none or auto.
+    pub calibration_requested: Calibration,
+    /// For `auto`: the expected calibration error of the raw scores and of cross-fitted isotonic probabilities on
+    /// the reference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration_errors: Option<CalibrationErrors>,
+}
+
+/// The errors behind an `auto` calibration choice.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CalibrationErrors {
+    /// The raw scores'.
+    pub raw: f64,
+    /// Cross-fitted isotonic probabilities'.
+    pub isotonic: f64,
+}
+
+impl EstimatedReport {
+    /// The report of an estimate by `calibrator`.
+    pub fn new(quality: EstimatedQuality, calibrator: &Calibrator) -> Self {
+        Self {
+            quality,
+            calibration_requested: calibrator.requested,
+            calibration_errors: calibrator.auto_errors.map(|(raw, isotonic)| CalibrationErrors { raw, isotonic }),
+        }
+    }
+}
+
+/// Multivariate drift: the mean PCA reconstruction error of each side.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Multivariate {
+    /// The features, in column order.
+    pub features: Vec<String>,
+    /// Components kept.
+    pub pca_components: usize,
+    /// The explained-variance ratio they hold.
+    pub explained_variance: f64,
+    /// The mean error per side (the current one is `None` without rows).
+    pub reconstruction_error: Sides<Option<f64>>,
+    /// The population standard deviation of the reference rows' errors.
+    pub reference_row_std: f64,
+    /// The bounds for a window of the current side's size.
+    pub bounds: Bounds,
+    /// Whether the current error is outside the bounds.
+    pub drifted: bool,
 }
 
 /// Why a report could not be built: a one-line message naming the file, row and column.
@@ -320,12 +387,108 @@ pub fn report(reference: &Table, current: &Table, options: &Options) -> Result<D
     }
     let dataset_drift = dataset_drift(&reference.names, &columns);
     let quality = quality_blocks(options, &typed, reference, current)?;
+    let estimated_quality = match (options.estimated_quality, &options.classification) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(ReportError("--estimated-quality needs --classification (label, score, prediction)".into()));
+        }
+        (Some(calibration), Some(spec)) => Some(estimated_block(spec, calibration, &typed)?),
+    };
+    let multivariate = if options.multivariate {
+        let quality_columns: BTreeSet<&str> = options
+            .classification
+            .iter()
+            .flat_map(|c| [Some(c.label.as_str()), Some(c.score.as_str()), c.prediction.as_deref()])
+            .chain(options.regression.iter().flat_map(|r| [Some(r.target.as_str()), Some(r.prediction.as_str())]))
+            .flatten()
+            .collect();
+        let features: Vec<&String> = reference.names.iter().filter(|n| !quality_columns.contains(n.as_str())).collect();
+        Some(multivariate_block(&features, &columns, &typed)?)
+    } else {
+        None
+    };
     Ok(DriftReport {
         n_rows: Sides { reference: reference.rows as u64, current: current.rows as u64 },
         column_order: reference.names.clone(),
         columns,
         dataset_drift,
         quality,
+        estimated_quality,
+        multivariate,
+    })
+}
+
+/// Whether row values of a typed column are the positive class (`None`: missing).
+fn positives<'a>(values: &'a Values, positive: &'a str) -> Box<dyn Iterator<Item = Option<bool>> + 'a> {
+    match values {
+        Values::Categorical(v) => Box::new(v.iter().map(move |l| l.as_ref().map(|l| l == positive))),
+        Values::Numeric(v) => {
+            let positive = positive.parse::<f64>().ok();
+            Box::new(v.iter().map(move |l| l.map(|l| Some(l) == positive)))
+        }
+    }
+}
+
+fn estimated_block(
+    spec: &ClassificationSpec,
+    calibration: Calibration,
+    typed: &BTreeMap<String, Sides<Values>>,
+) -> Result<EstimatedReport, ReportError> {
+    let column =
+        |name: &str| typed.get(name).ok_or_else(|| ReportError(format!("--classification: no column {name:?}")));
+    let Values::Numeric(_) = &column(&spec.score)?.reference else {
+        return Err(ReportError(format!("--classification: the score column {:?} is not numeric", spec.score)));
+    };
+    let scores = |side: &Values| match side {
+        Values::Numeric(v) => v.clone(),
+        Values::Categorical(_) => Vec::new(),
+    };
+    let (label, score) = (column(&spec.label)?, column(&spec.score)?);
+    // The reference: scores with their labels. Rows missing either are left out.
+    let fitted: Vec<(f64, bool)> = scores(&score.reference)
+        .into_iter()
+        .zip(positives(&label.reference, &spec.positive))
+        .filter_map(|(s, l)| Some((s?, l?)))
+        .collect();
+    let calibrator = Calibrator::fit(&fitted, calibration);
+    // The current side: scores with the predicted class; its labels are never read.
+    let current_scores = scores(&score.current);
+    let predicted: Vec<Option<bool>> = match &spec.prediction {
+        Some(name) => positives(&column(name)?.current, &spec.positive).collect(),
+        None => current_scores.iter().map(|s| s.map(|s| s >= spec.threshold)).collect(),
+    };
+    let rows: Vec<(f64, bool)> = current_scores.iter().zip(predicted).filter_map(|(s, p)| Some(((*s)?, p?))).collect();
+    Ok(EstimatedReport::new(cbpe::estimate(&calibrator, &rows), &calibrator))
+}
+
+fn multivariate_block(
+    features: &[&String],
+    columns: &BTreeMap<String, ColumnReport>,
+    typed: &BTreeMap<String, Sides<Values>>,
+) -> Result<Multivariate, ReportError> {
+    let mut fit_columns = Vec::with_capacity(features.len());
+    for name in features {
+        let (Some(values), Some(column)) = (typed.get(*name), columns.get(*name)) else {
+            return Err(ReportError(format!("--multivariate: no column {name:?}")));
+        };
+        fit_columns.push(((*name).clone(), &values.reference, column.kind == ColumnKind::Binary));
+    }
+    let fit = Reconstruction::fit(&fit_columns).map_err(|e| ReportError(e.to_string()))?;
+    let current: Vec<&Values> = features.iter().filter_map(|n| typed.get(*n).map(|v| &v.current)).collect();
+    let current_error = fit.window_error(&current).map_err(|e| ReportError(e.to_string()))?;
+    let rows = current.first().map_or(0, |v| match v {
+        Values::Numeric(v) => v.len(),
+        Values::Categorical(v) => v.len(),
+    });
+    let bounds = fit.bounds(rows);
+    Ok(Multivariate {
+        features: fit.features.clone(),
+        pca_components: fit.n_components,
+        explained_variance: fit.explained_variance,
+        reconstruction_error: Sides { reference: Some(fit.reference_mean), current: current_error },
+        reference_row_std: fit.reference_std,
+        bounds,
+        drifted: current_error.is_some_and(|e| e < bounds.lower || e > bounds.upper),
     })
 }
 
@@ -662,22 +825,13 @@ fn quality_blocks(
         Values::Numeric(v) => Ok(v.clone()),
         Values::Categorical(_) => Err(ReportError(format!("{flag}: column {name:?} is not numeric"))),
     };
-    let labels = |values: &Values, positive: &str| -> Vec<Option<bool>> {
-        match values {
-            Values::Categorical(v) => v.iter().map(|l| l.as_ref().map(|l| l == positive)).collect(),
-            Values::Numeric(v) => {
-                let positive = positive.parse::<f64>().ok();
-                v.iter().map(|l| l.map(|l| Some(l) == positive)).collect()
-            }
-        }
-    };
     let binary_classification = match &options.classification {
         None => None,
         Some(spec) => {
             let (label, score) = (column(&spec.label, "--classification")?, column(&spec.score, "--classification")?);
             let side = |label: &Values, score: &Values| -> Result<Classification, ReportError> {
                 Ok(quality::classification(
-                    &labels(label, &spec.positive),
+                    &positives(label, &spec.positive).collect::<Vec<_>>(),
                     &numbers(score, &spec.score, "--classification score")?,
                     spec.threshold,
                 ))

@@ -26,10 +26,10 @@ fn key_values(text: &str, flag: &str, allowed: &[&str]) -> Result<BTreeMap<Strin
     Ok(map)
 }
 
-/// Parses `label=COL,score=COL[,positive=V][,threshold=T]` (`--classification`).
+/// Parses `label=COL,score=COL[,prediction=COL][,positive=V][,threshold=T]` (`--classification`).
 pub fn parse_classification(text: &str) -> Result<ClassificationSpec, String> {
     let flag = "--classification";
-    let mut map = key_values(text, flag, &["label", "score", "positive", "threshold"])?;
+    let mut map = key_values(text, flag, &["label", "score", "prediction", "positive", "threshold"])?;
     let mut take = |key: &str| map.remove(key).ok_or_else(|| format!("{flag} {text:?}: {key}=COLUMN is required"));
     let (label, score) = (take("label")?, take("score")?);
     let threshold = match map.remove("threshold") {
@@ -41,6 +41,7 @@ pub fn parse_classification(text: &str) -> Result<ClassificationSpec, String> {
         score,
         positive: map.remove("positive").unwrap_or_else(|| "1".to_owned()),
         threshold,
+        prediction: map.remove("prediction"),
     })
 }
 

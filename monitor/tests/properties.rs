@@ -103,3 +103,60 @@ proptest! {
         }
     }
 }
+
+/// Scores (tied ones too) and labels; the labels follow the scores loosely, so both classes and violators occur.
+fn scored() -> impl Strategy<Value = Vec<(f64, bool)>> {
+    prop::collection::vec((0..40u32, 0..100u32), 2..300)
+        .prop_map(|rows| rows.into_iter().map(|(s, u)| (f64::from(s) / 40.0, u < 10 + 2 * s)).collect())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Isotonic calibration fitted on a sample, estimating that same sample, expects exactly the confusion its labels
+    /// show, when the prediction thresholds the score where the calibrated probability crosses ½ (a threshold on
+    /// the score, since calibration is monotone): every pooled block of scores is then wholly on one side, and a
+    /// block's probabilities sum to its positives. (A threshold inside a pooled block would split its positives
+    /// unevenly, and the ROC AUC interpolates within blocks, so neither is exact in general.)
+    #[test]
+    fn an_isotonic_estimate_of_the_reference_is_its_realized_quality(sample in scored()) {
+        use monitor::stats::cbpe::{estimate, Calibration, Calibrator};
+        use monitor::stats::quality::classification;
+        let calibrator = Calibrator::fit(&sample, Calibration::Isotonic);
+        let rows: Vec<(f64, bool)> = sample.iter().map(|&(s, _)| (s, calibrator.probability(s) >= 0.5)).collect();
+        let estimated = estimate(&calibrator, &rows);
+        // The realized quality of the same predictions: score ≥ the smallest score predicted positive.
+        let threshold = rows.iter().filter(|r| r.1).map(|r| r.0).fold(f64::INFINITY, f64::min);
+        let labels: Vec<Option<bool>> = sample.iter().map(|&(_, l)| Some(l)).collect();
+        let scores: Vec<Option<f64>> = sample.iter().map(|&(s, _)| Some(s)).collect();
+        let realized = classification(&labels, &scores, threshold);
+        let close = |a: Option<f64>, b: f64| a.map_or(b == 0.0, |a| (a - b).abs() < 1e-9);
+        prop_assert!(close(estimated.accuracy, realized.rates.accuracy), "{:?} {:?}", estimated, realized);
+        prop_assert!(close(estimated.precision, realized.rates.precision), "{:?} {:?}", estimated, realized);
+        prop_assert!(close(estimated.recall, realized.rates.recall), "{:?} {:?}", estimated, realized);
+        prop_assert!(close(estimated.f1, realized.rates.f1), "{:?} {:?}", estimated, realized);
+        let c = realized.confusion;
+        let specificity = c.tn as f64 / (c.tn + c.fp) as f64;
+        prop_assert!(close(estimated.specificity, specificity), "{:?} {:?}", estimated, realized);
+    }
+
+    /// The reference compared with itself through the whole report: the current side's reconstruction error is the
+    /// fitted reference value, inside the bounds, whatever the missing cells and categories.
+    #[test]
+    fn the_reference_reconstruction_error_is_the_fitted_value(rows in rows(), extra in prop::collection::vec(-50..50i32, 2..120)) {
+        // A third, correlated column so that PCA has something to keep and something to drop.
+        let mut text = String::from("x,c,y\n");
+        for ((x, c), e) in csv(&rows).lines().skip(1).map(|l| l.split_once(',').unwrap()).zip(extra.iter().cycle()) {
+            let y = x.parse::<f64>().map(|x| format!("{}", x * 2.0 + f64::from(*e) / 100.0)).unwrap_or_default();
+            text.push_str(&format!("{x},{c},{y}\n"));
+        }
+        let table = Table::from_csv_reader(text.as_bytes(), Path::new("ref.csv")).unwrap();
+        let options = Options { multivariate: true, ..Options::default() };
+        let report = drift::report(&table, &table, &options).unwrap();
+        let m = report.multivariate.unwrap();
+        let (reference, current) = (m.reconstruction_error.reference.unwrap(), m.reconstruction_error.current.unwrap());
+        prop_assert!((reference - current).abs() <= 1e-12 * reference.max(1.0), "{} {}", reference, current);
+        prop_assert!(!m.drifted);
+        prop_assert!(m.pca_components >= 1 && m.pca_components <= 3);
+    }
+}

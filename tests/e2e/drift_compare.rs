@@ -26,6 +26,26 @@ pub(crate) fn cases() -> Vec<PathBuf> {
     cases
 }
 
+/// The three quality cases (`monitor/tests/quality-cases`, a copy of `shared/quality-cases`: NannyML's estimated
+/// quality and multivariate drift), in name order.
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub(crate) fn quality_cases() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(if env!("CARGO_PKG_NAME") == "gateway" {
+        "../monitor/tests/quality-cases"
+    } else {
+        "monitor/tests/quality-cases"
+    });
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("expected.json").is_file())
+        .collect();
+    cases.sort();
+    assert_eq!(cases.len(), 3, "all three quality cases are present");
+    cases
+}
+
 /// A case's `expected.json`.
 pub(crate) fn expected(case: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(case.join("expected.json")).unwrap()).unwrap()
