@@ -107,6 +107,9 @@ pub mod monitor_series {
         window_rows: Family<VersionLabels, Gauge>,
         quality: Family<QualityLabels, Gauge<f64, AtomicU64>>,
         prediction: Family<PredictionLabels, Gauge<f64, AtomicU64>>,
+        /// Estimated quality (`metric` one of CBPE's) and multivariate drift (`statistic` one of [`MULTIVARIATE`]).
+        estimated: Family<PredictionLabels, Gauge<f64, AtomicU64>>,
+        multivariate: Family<PredictionLabels, Gauge<f64, AtomicU64>>,
         alerts_firing: Family<ModelLabels, Gauge>,
         /// The features each version's series were set for, so a retired version's series can all be removed.
         features: Arc<Mutex<FeaturesByVersion>>,
@@ -121,6 +124,9 @@ pub mod monitor_series {
     /// The quality metrics exported.
     const QUALITY: [&str; 10] =
         ["label_coverage", "accuracy", "precision", "recall", "f1", "roc_auc", "mae", "rmse", "r2", "mean_error"];
+
+    /// The multivariate drift series, by `statistic` label.
+    const MULTIVARIATE: [&str; 5] = ["reconstruction_error", "reference_error", "z", "lower_bound", "upper_bound"];
 
     /// A column's statistics, by gauge label.
     fn column_statistics(column: &monitor::drift::ColumnReport) -> Vec<(&'static str, f64)> {
@@ -174,6 +180,18 @@ pub mod monitor_series {
                 "vane_prediction_drift",
                 "A drift statistic of a model version's predictions against the reference data's prediction column",
                 self.prediction.clone(),
+            );
+            registry.register(
+                "vane_estimated_quality",
+                "A quality metric of a model version's window estimated from its scores alone (CBPE; the `statistic` \
+                 label names the metric)",
+                self.estimated.clone(),
+            );
+            registry.register(
+                "vane_multivariate_drift",
+                "A model version's window against the reference by PCA reconstruction error: the window's and the \
+                 reference's error, z (standard errors of a window this size) and the bounds (reference +- 3 of them)",
+                self.multivariate.clone(),
             );
             registry.register(
                 "vane_drift_alerts_firing",
@@ -263,6 +281,16 @@ pub mod monitor_series {
             for metric in QUALITY {
                 self.quality.remove(&QualityLabels { model: model.clone(), version: version.clone(), metric });
             }
+            for statistic in monitor::stats::cbpe::METRICS {
+                self.estimated.remove(&PredictionLabels { model: model.clone(), version: version.clone(), statistic });
+            }
+            for statistic in MULTIVARIATE {
+                self.multivariate.remove(&PredictionLabels {
+                    model: model.clone(),
+                    version: version.clone(),
+                    statistic,
+                });
+            }
             let features = self.features.lock().ok().and_then(|mut f| f.remove(&(model.clone(), version.clone())));
             for feature in features.unwrap_or_default() {
                 let labels = FeatureLabels { model: model.clone(), version: version.clone(), feature };
@@ -305,6 +333,21 @@ pub mod monitor_series {
                 for (statistic, value) in column_statistics(&prediction.report) {
                     let labels = PredictionLabels { model: model.clone(), version: version.clone(), statistic };
                     self.prediction.get_or_create(&labels).set(value);
+                }
+            }
+            if let Some(estimated) = &report.estimated_quality {
+                for statistic in monitor::stats::cbpe::METRICS {
+                    if let Some(value) = estimated.metric(statistic) {
+                        let labels = PredictionLabels { model: model.clone(), version: version.clone(), statistic };
+                        self.estimated.get_or_create(&labels).set(value);
+                    }
+                }
+            }
+            if let Some(m) = &report.multivariate {
+                let values = [m.reconstruction_error, m.reference_error, m.z, m.bounds.lower, m.bounds.upper];
+                for (statistic, value) in MULTIVARIATE.into_iter().zip(values) {
+                    let labels = PredictionLabels { model: model.clone(), version: version.clone(), statistic };
+                    self.multivariate.get_or_create(&labels).set(value);
                 }
             }
             if let Ok(mut features) = self.features.lock() {

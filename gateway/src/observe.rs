@@ -13,7 +13,7 @@ use std::time::Duration;
 use monitor::alerts::Rule;
 use monitor::drift::ColumnKind;
 use monitor::feedback::{FeedbackSettings, Task};
-use monitor::live::{Cell, Observed, Profile, WindowSettings};
+use monitor::live::{Cell, EstimateSettings, Observed, Profile, WindowSettings};
 use reconciler::DesiredModel;
 
 use crate::infer::{Signature, Tensor, TensorData};
@@ -35,7 +35,8 @@ pub struct Monitored {
     layout: Layout,
     /// The output (name, column) that is the prediction, when quality or prediction drift is monitored.
     prediction: Option<(String, usize)>,
-    /// Whether every sampled prediction's value is kept (prediction drift), not only those with an id (quality).
+    /// Whether every sampled prediction's value is kept (prediction drift, estimated quality), not only those with
+    /// an id (quality).
     prediction_drift: bool,
     /// What the profile was built from, to keep it across commits that do not change it.
     key: (String, Option<reconciler::manifest::Monitoring>),
@@ -71,6 +72,21 @@ impl Monitored {
                 window: q.window.unwrap_or(1000),
             }),
             prediction_column: monitoring.prediction.as_ref().map(|p| p.column.clone()),
+            estimate: match monitoring.quality.as_ref().and_then(|q| Some((q, q.estimate.as_ref()?))) {
+                None => None,
+                Some((quality, estimate)) => Some(EstimateSettings {
+                    label_column: estimate.label_column.clone(),
+                    score_column: match (&estimate.score_column, &monitoring.prediction) {
+                        (Some(column), _) => column.clone(),
+                        (None, Some(prediction)) => prediction.column.clone(),
+                        (None, None) => return Err("quality.estimate needs a score_column".to_owned()),
+                    },
+                    prediction_column: estimate.prediction_column.clone(),
+                    calibration: estimate.calibration.as_deref().unwrap_or("auto").parse()?,
+                    threshold: quality.threshold.unwrap_or(0.5),
+                }),
+            },
+            multivariate: monitoring.multivariate.unwrap_or(defaults.multivariate),
         };
         // The prediction output: the prediction block's, else quality's.
         let named = match (&monitoring.prediction, &monitoring.quality) {
@@ -104,7 +120,7 @@ impl Monitored {
         let profile = Profile::from_file(&reference.path, identity, &kinds, settings).map_err(|e| e.to_string())?;
         let layout = layout(&profile, signature)?;
         let key = (reference.sha256.clone(), model.monitoring.clone());
-        let prediction_drift = monitoring.prediction.is_some();
+        let prediction_drift = profile.keeps_predictions();
         Ok(Some(Self { profile: Arc::new(profile), layout, prediction, prediction_drift, key }))
     }
 

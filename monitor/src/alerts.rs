@@ -39,6 +39,10 @@ enum Target {
     Prediction,
     /// A quality metric of the labelled predictions.
     Quality,
+    /// A quality metric estimated from the window's scores (the rule's name without `estimated_`).
+    Estimated,
+    /// The window's multivariate drift, in standard errors of a window its size (`multivariate_z`).
+    Multivariate,
 }
 
 /// A rule: a statistic held against a threshold.
@@ -60,6 +64,8 @@ const FEATURE_STATISTICS: [&str; 6] =
 const QUALITY_FLOORS: [&str; 6] = ["accuracy", "precision", "recall", "f1", "roc_auc", "r2"];
 /// Quality metrics that alert when they rise above the threshold.
 const QUALITY_CEILINGS: [&str; 2] = ["mae", "rmse"];
+/// Estimated quality metrics (`estimated_<metric>`), alerting below the threshold.
+const ESTIMATED: [&str; 6] = crate::stats::cbpe::METRICS;
 
 /// The hysteresis band, as a share: a condition clears only once the value is back inside the threshold by 10% of
 /// the smaller of the threshold's magnitude and its distance to the statistic's best value (0 for distances, shares
@@ -86,19 +92,32 @@ impl Rule {
             (Direction::Below, Target::Quality)
         } else if QUALITY_CEILINGS.contains(&statistic) {
             (Direction::Above, Target::Quality)
+        } else if statistic.strip_prefix("estimated_").is_some_and(|m| ESTIMATED.contains(&m)) {
+            (Direction::Below, Target::Estimated)
+        } else if statistic == "multivariate_z" {
+            (Direction::Above, Target::Multivariate)
         } else {
             return Err(format!(
-                "unknown threshold {statistic:?}; known: {}, dataset_drift_share, prediction_<one of those>, {}, {}",
+                "unknown threshold {statistic:?}; known: {}, dataset_drift_share, prediction_<one of those>, {}, {}, \
+                 estimated_<one of {}>, multivariate_z",
                 FEATURE_STATISTICS.join(", "),
                 QUALITY_FLOORS.join(", "),
-                QUALITY_CEILINGS.join(", ")
+                QUALITY_CEILINGS.join(", "),
+                ESTIMATED.join(", ")
             ));
         };
         let (low, high) = match (direction, statistic) {
             (Direction::Below, "r2") => (f64::NEG_INFINITY, 1.0),
-            (_, "psi" | "wasserstein_normed" | "prediction_psi" | "prediction_wasserstein_normed" | "mae" | "rmse") => {
-                (0.0, f64::INFINITY)
-            }
+            (
+                _,
+                "psi"
+                | "wasserstein_normed"
+                | "prediction_psi"
+                | "prediction_wasserstein_normed"
+                | "mae"
+                | "rmse"
+                | "multivariate_z",
+            ) => (0.0, f64::INFINITY),
             _ => (0.0, 1.0),
         };
         if !(low..=high).contains(&threshold) {
@@ -151,9 +170,11 @@ impl Rule {
 
     fn severity(&self) -> &'static str {
         // One feature or the output drifting is a ticket; the dataset drifting or quality measurably dropping pages.
+        // Estimated quality pages like measured quality: it is the harm, known before the labels. Multivariate
+        // drift is drift, not harm: a ticket, like one feature's.
         match self.target {
-            Target::Dataset | Target::Quality => "page",
-            Target::Features | Target::Prediction => "ticket",
+            Target::Dataset | Target::Quality | Target::Estimated => "page",
+            Target::Features | Target::Prediction | Target::Multivariate => "ticket",
         }
     }
 
@@ -163,6 +184,8 @@ impl Rule {
             Target::Dataset => "VaneDatasetDrift",
             Target::Prediction => "VanePredictionDrift",
             Target::Quality => "VaneQualityDrop",
+            Target::Estimated => "VaneEstimatedQualityDrop",
+            Target::Multivariate => "VaneMultivariateDrift",
         }
     }
 }
@@ -298,6 +321,17 @@ impl Engine {
                 }
                 Target::Quality => match quality.and_then(|q| quality_value(&rule.statistic, q)) {
                     Some(value) => vec![(rule.statistic.clone(), value)],
+                    None => continue,
+                },
+                Target::Estimated => {
+                    let metric = rule.statistic.trim_start_matches("estimated_");
+                    match report.estimated_quality.as_ref().and_then(|q| q.metric(metric)) {
+                        Some(value) => vec![(rule.statistic.clone(), value)],
+                        None => continue,
+                    }
+                }
+                Target::Multivariate => match &report.multivariate {
+                    Some(m) => vec![("multivariate".to_owned(), m.z)],
                     None => continue,
                 },
             };
@@ -466,6 +500,28 @@ fn summary(rule: &Rule, context: &Context<'_>, breaches: &[Breach]) -> String {
                 q.label_coverage * 100.0
             );
         }
+        (Target::Estimated, _) => {
+            let calibration = report.estimated_quality.as_ref().map_or("", |q| match q.calibration {
+                crate::stats::cbpe::Calibration::Isotonic => ", isotonic calibration",
+                _ => ", uncalibrated scores",
+            });
+            return format!(
+                "{where_}: {} estimated at {value:.4} from the scores alone, {comparison} {} {window} (no labels \
+                 needed{calibration})",
+                rule.statistic.trim_start_matches("estimated_"),
+                rule.threshold
+            );
+        }
+        (Target::Multivariate, _) => {
+            let m = report.multivariate.as_ref();
+            return format!(
+                "{where_}: the features' joint distribution moved: PCA reconstruction error {:.4} against the \
+                 reference's {:.4}, {value:.1} standard errors {comparison} it (threshold {}) {window}",
+                m.map_or(f64::NAN, |m| m.reconstruction_error),
+                m.map_or(f64::NAN, |m| m.reference_error),
+                rule.threshold
+            );
+        }
         (Target::Prediction, _) => {
             let column = report.prediction_drift.as_ref().map_or("", |p| p.column.as_str());
             return format!(
@@ -529,6 +585,8 @@ mod tests {
                 drifted_columns: vec!["age".into(), "income".into()],
             }),
             prediction_drift: None,
+            estimated_quality: None,
+            multivariate: None,
             history: Vec::new(),
         }
     }
@@ -601,12 +659,16 @@ mod tests {
             .map(|s| (*s).to_owned())
             .chain(FEATURE_STATISTICS.iter().map(|s| format!("prediction_{s}")))
             .chain(QUALITY_FLOORS.iter().chain(&QUALITY_CEILINGS).map(|s| (*s).to_owned()))
-            .chain(["dataset_drift_share".to_owned()]);
+            .chain(ESTIMATED.iter().map(|m| format!("estimated_{m}")))
+            .chain(["dataset_drift_share".to_owned(), "multivariate_z".to_owned()]);
         let mut checked = 0;
         for name in names {
             let (low, high) = match name.as_str() {
                 "r2" => (-10.0, 1.0),
-                n if n.ends_with("psi") || n.ends_with("wasserstein_normed") || n == "mae" || n == "rmse" => {
+                n if n.ends_with("psi")
+                    || n.ends_with("wasserstein_normed")
+                    || matches!(n, "mae" | "rmse" | "multivariate_z") =>
+                {
                     (0.0, 50.0)
                 }
                 _ => (0.0, 1.0),
@@ -637,7 +699,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 21 * 1001);
+        assert_eq!(checked, 28 * 1001);
         // The cases that could never resolve with a band proportional to the threshold.
         assert!(Rule::new("accuracy", 0.95).unwrap().clear(0.96));
         assert!(Rule::new("missing_share", 0.0).unwrap().clear(0.0));

@@ -22,6 +22,8 @@ use serde::Serialize;
 use crate::alerts::{Alert, Engine, Rule};
 use crate::drift::{self, ColumnKind, ColumnReport, DatasetDrift, Sides, Values};
 use crate::notify::{Notifier, NotifyConfig};
+use crate::stats::cbpe::{self, Calibration, Calibrator, EstimatedQuality};
+use crate::stats::multivariate::{Bounds, Reconstruction};
 use crate::table::Table;
 
 /// How a model version is monitored (from its manifest's `monitoring` block).
@@ -44,7 +46,32 @@ pub struct WindowSettings {
     /// The reference column holding the model's predictions on the reference rows (Evidently's `prediction` column
     /// mapping): not a feature; the live predictions are compared with it (prediction drift).
     pub prediction_column: Option<String>,
+    /// Quality estimated from the window's scores (CBPE), when set.
+    pub estimate: Option<EstimateSettings>,
+    /// Whether multivariate drift (PCA reconstruction error) is computed.
+    pub multivariate: bool,
 }
+
+/// How quality is estimated without labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EstimateSettings {
+    /// The reference column of true labels (positive: 1); not a feature.
+    pub label_column: String,
+    /// The reference column of the model's scores; not a feature.
+    pub score_column: String,
+    /// A reference column of predicted labels; not a feature.
+    pub prediction_column: Option<String>,
+    /// How scores are calibrated.
+    pub calibration: Calibration,
+    /// A live row is predicted positive when its score is at least this.
+    pub threshold: f64,
+}
+
+/// Multivariate drift is fitted only on references of at most this many features (the covariance is features²).
+pub const MULTIVARIATE_MAX_FEATURES: usize = 256;
+/// ... and on at most this many reference rows (every k-th row of a larger reference), which bounds the fit at
+/// 100,000 × 256² multiply-adds and a 200 MB matrix.
+pub const MULTIVARIATE_MAX_ROWS: usize = 100_000;
 
 impl Default for WindowSettings {
     fn default() -> Self {
@@ -59,6 +86,8 @@ impl Default for WindowSettings {
             hold: Duration::from_secs(600),
             feedback: None,
             prediction_column: None,
+            estimate: None,
+            multivariate: true,
         }
     }
 }
@@ -88,6 +117,10 @@ pub struct Profile {
     reference: Vec<Values>,
     /// The reference predictions, when `settings.prediction_column` names them.
     prediction: Option<Values>,
+    /// The calibration fitted on the reference's scores and labels, when quality is estimated.
+    pub calibrator: Option<Calibrator>,
+    /// The PCA fitted on the reference's features, when multivariate drift is on (and the reference fits).
+    pub reconstruction: Option<Reconstruction>,
     /// The window settings.
     pub settings: WindowSettings,
     sampled: AtomicU64,
@@ -197,12 +230,46 @@ impl Profile {
                 })?),
             };
         let mut prediction = None;
+        let column = |name: &str, field: &str| {
+            table.index_of(name).ok_or_else(|| error(format!("{field} names {name:?}, which is not a column")))
+        };
+        let numeric = |index: usize, what: &str| {
+            drift::type_column(&[(&table, index)], Some(ColumnKind::Numeric))
+                .map_err(|e| error(format!("{what}: {e}")))
+                .map(|(_, mut typed)| typed.pop())
+        };
+        // Columns that describe the model rather than its inputs: not features.
+        let mut not_features: Vec<usize> = prediction_index.into_iter().collect();
+        let calibrator = match &settings.estimate {
+            None => None,
+            Some(estimate) => {
+                let field = "monitoring.quality.estimate";
+                let label = column(&estimate.label_column, &format!("{field}.label_column"))?;
+                let score = column(&estimate.score_column, &format!("{field}.score_column"))?;
+                not_features.extend([label, score]);
+                if let Some(name) = &estimate.prediction_column {
+                    not_features.push(column(name, &format!("{field}.prediction_column"))?);
+                }
+                let (Some(Values::Numeric(labels)), Some(Values::Numeric(scores))) =
+                    (numeric(label, "label column")?, numeric(score, "score column")?)
+                else {
+                    return Err(error("the label and score columns must be numeric".to_owned()));
+                };
+                let pairs: Vec<(f64, bool)> =
+                    scores.iter().zip(&labels).filter_map(|(s, l)| Some(((*s)?, (*l)? == 1.0))).collect();
+                if pairs.is_empty() {
+                    return Err(error("no reference row has both a label and a score to calibrate on".to_owned()));
+                }
+                Some(Calibrator::fit(&pairs, estimate.calibration))
+            }
+        };
         let (mut features, mut reference) = (Vec::new(), Vec::new());
         for (index, name) in table.names.iter().enumerate() {
             if Some(index) == prediction_index {
-                let (_, mut typed) = drift::type_column(&[(&table, index)], Some(ColumnKind::Numeric))
-                    .map_err(|e| error(format!("prediction column: {e}")))?;
-                prediction = typed.pop();
+                prediction = numeric(index, "prediction column")?;
+                continue;
+            }
+            if not_features.contains(&index) {
                 continue;
             }
             let (kind, mut typed) =
@@ -210,6 +277,19 @@ impl Profile {
             reference.push(typed.pop().ok_or_else(|| error(format!("column {name:?} could not be typed")))?);
             features.push(Feature { name: name.clone(), kind });
         }
+        let reconstruction = if settings.multivariate && (2..=MULTIVARIATE_MAX_FEATURES).contains(&features.len()) {
+            let every = table.rows.div_ceil(MULTIVARIATE_MAX_ROWS).max(1);
+            let subsample: Vec<Values> = reference.iter().map(|v| every_kth(v, every)).collect();
+            let columns: Vec<(String, &Values, bool)> = features
+                .iter()
+                .zip(&subsample)
+                .map(|(f, v)| (f.name.clone(), v, f.kind == ColumnKind::Binary))
+                .collect();
+            // A reference PCA cannot be fitted on (a single row) leaves multivariate drift off, not the model.
+            Reconstruction::fit(&columns).ok()
+        } else {
+            None
+        };
         let (model, version, commit, data_sha256) = identity;
         Ok(Self {
             model,
@@ -219,9 +299,17 @@ impl Profile {
             features,
             reference,
             prediction,
+            calibrator,
+            reconstruction,
             settings,
             sampled: AtomicU64::new(0),
         })
+    }
+
+    /// Whether every sampled prediction's value is needed (prediction drift, estimated quality), not only those
+    /// with an id for labels to join.
+    pub fn keeps_predictions(&self) -> bool {
+        self.prediction.is_some() || self.calibrator.is_some()
     }
 
     /// Whether the next prediction should be observed: every k-th one for a rate of 1/k (deterministic, no RNG on
@@ -237,6 +325,13 @@ impl Profile {
         let n = self.sampled.fetch_add(1, Ordering::Relaxed);
         let every = (1.0 / rate).round().max(1.0) as u64;
         n.is_multiple_of(every)
+    }
+}
+
+fn every_kth(values: &Values, k: usize) -> Values {
+    match values {
+        Values::Numeric(v) => Values::Numeric(v.iter().step_by(k).copied().collect()),
+        Values::Categorical(v) => Values::Categorical(v.iter().step_by(k).cloned().collect()),
     }
 }
 
@@ -296,8 +391,30 @@ pub struct LiveReport {
     /// names the reference's prediction column).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prediction_drift: Option<PredictionDrift>,
+    /// Quality estimated from the window's scores, labels not needed (present once `enough_samples`, when the
+    /// manifest asks for it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimated_quality: Option<EstimatedQuality>,
+    /// Multivariate drift (present once `enough_samples`, when on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multivariate: Option<LiveMultivariate>,
     /// The drift share of past evaluations, oldest first (at most [`HISTORY`]).
     pub history: Vec<HistoryPoint>,
+}
+
+/// A window's PCA reconstruction error against the reference's.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LiveMultivariate {
+    /// The window's mean reconstruction error.
+    pub reconstruction_error: f64,
+    /// The reference's.
+    pub reference_error: f64,
+    /// Standard errors of a window this size away from the reference: (error − reference) / (σ / √rows).
+    pub z: f64,
+    /// The window's bounds (reference ± 3 standard errors).
+    pub bounds: Bounds,
+    /// Components kept.
+    pub pca_components: usize,
 }
 
 /// The drift of the model's output.
@@ -453,7 +570,7 @@ impl Window {
             profile: Arc::clone(profile),
             times: VecDeque::new(),
             columns,
-            predictions: profile.prediction.as_ref().map(|_| VecDeque::new()),
+            predictions: profile.keeps_predictions().then(VecDeque::new),
             last: None,
             observed: 0,
             changed: false,
@@ -691,17 +808,24 @@ fn evaluate(window: &Window) -> LiveReport {
     let settings = &profile.settings;
     let enough = window.len() >= settings.min_samples.max(1);
     let mut columns = BTreeMap::new();
-    if enough {
-        for (index, feature) in profile.features.iter().enumerate() {
-            let current = match &window.columns[index] {
-                WindowColumn::Numeric(v) => Values::Numeric(v.iter().map(|x| (!x.is_nan()).then_some(*x)).collect()),
-                WindowColumn::Categorical(v) => {
-                    Values::Categorical(v.iter().map(|c| c.as_deref().map(str::to_owned)).collect())
-                }
-            };
-            let values = Sides { reference: profile.reference[index].clone(), current };
-            columns.insert(feature.name.clone(), drift::column_report(feature.kind, &values));
-        }
+    let current: Vec<Values> = if enough { window.columns.iter().map(WindowColumn::values).collect() } else { vec![] };
+    // Before the columns' statistics take the window's values.
+    let multivariate = match &profile.reconstruction {
+        Some(fit) if enough => fit.window_error(&current.iter().collect::<Vec<_>>()).ok().flatten().map(|error| {
+            let standard_error = fit.reference_std / (window.len().max(1) as f64).sqrt();
+            LiveMultivariate {
+                reconstruction_error: error,
+                reference_error: fit.reference_mean,
+                z: if standard_error > 0.0 { (error - fit.reference_mean) / standard_error } else { 0.0 },
+                bounds: fit.bounds(window.len()),
+                pca_components: fit.n_components,
+            }
+        }),
+        _ => None,
+    };
+    for ((index, feature), current) in profile.features.iter().enumerate().zip(current) {
+        let values = Sides { reference: profile.reference[index].clone(), current };
+        columns.insert(feature.name.clone(), drift::column_report(feature.kind, &values));
     }
     let order: Vec<String> = profile.features.iter().map(|f| f.name.clone()).collect();
     LiveReport {
@@ -728,8 +852,28 @@ fn evaluate(window: &Window) -> LiveReport {
             }
             _ => None,
         },
+        estimated_quality: match (&profile.calibrator, &window.predictions, &settings.estimate) {
+            (Some(calibrator), Some(live), Some(estimate)) if enough => {
+                let rows: Vec<(f64, bool)> =
+                    live.iter().filter(|s| s.is_finite()).map(|&s| (s, s >= estimate.threshold)).collect();
+                Some(cbpe::estimate(calibrator, &rows))
+            }
+            _ => None,
+        },
+        multivariate,
         columns,
         history: Vec::new(),
+    }
+}
+
+impl WindowColumn {
+    fn values(&self) -> Values {
+        match self {
+            WindowColumn::Numeric(v) => Values::Numeric(v.iter().map(|x| (!x.is_nan()).then_some(*x)).collect()),
+            WindowColumn::Categorical(v) => {
+                Values::Categorical(v.iter().map(|c| c.as_deref().map(str::to_owned)).collect())
+            }
+        }
     }
 }
 

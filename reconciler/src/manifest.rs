@@ -150,6 +150,9 @@ pub struct Monitoring {
     /// Prediction drift: the reference data's column of the model's predictions, compared with the live ones.
     #[serde(default)]
     pub prediction: Option<PredictionSpec>,
+    /// Multivariate drift (the PCA reconstruction error of each window against the reference); on unless false.
+    #[serde(default)]
+    pub multivariate: Option<bool>,
 }
 
 /// Where the reference predictions are and which output they correspond to.
@@ -186,6 +189,27 @@ pub struct QualitySpec {
     /// Joined pairs the metrics are computed over.
     #[serde(default)]
     pub window: Option<usize>,
+    /// Quality estimated from each window's scores before labels arrive (CBPE; binary classification).
+    #[serde(default)]
+    pub estimate: Option<EstimateSpec>,
+}
+
+/// Where the reference's labels and scores are, for estimating quality without labels: a calibration of the scores
+/// is fitted on them. These columns (and `prediction_column`) are not features.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EstimateSpec {
+    /// The reference column of true labels (positive: 1).
+    pub label_column: String,
+    /// The reference column of the model's scores for the positive class; defaults to `monitoring.prediction.column`.
+    #[serde(default)]
+    pub score_column: Option<String>,
+    /// A reference column of predicted labels, if the reference has one: left out of the features.
+    #[serde(default)]
+    pub prediction_column: Option<String>,
+    /// `isotonic`, `none`, or `auto` (the default: isotonic when it calibrates held-out reference rows better).
+    #[serde(default)]
+    pub calibration: Option<String>,
 }
 
 /// How traffic moves from the stable version to the candidate: steps of weights, each held for a duration and a
@@ -624,6 +648,26 @@ fn parse_one(bytes: &[u8]) -> Result<Deployment, String> {
                     "spec.monitoring.quality.task: {:?} is not binary_classification or regression",
                     quality.task
                 ));
+            }
+            if let Some(estimate) = &quality.estimate {
+                if quality.task != "binary_classification" {
+                    return Err("spec.monitoring.quality.estimate needs task binary_classification".to_owned());
+                }
+                if let Some(c) = &estimate.calibration {
+                    if !matches!(c.as_str(), "isotonic" | "none" | "auto") {
+                        return Err(format!(
+                            "spec.monitoring.quality.estimate.calibration: {c:?} is not isotonic, none or auto"
+                        ));
+                    }
+                }
+                if estimate.score_column.is_none() && monitoring.prediction.is_none() {
+                    return Err(
+                        "spec.monitoring.quality.estimate.score_column is needed (or monitoring.prediction)".to_owned()
+                    );
+                }
+                if reference_data.is_none() {
+                    return Err("spec.monitoring.quality.estimate needs spec.reference_data".to_owned());
+                }
             }
         }
         if !monitoring.columns.is_empty() && reference_data.is_none() {

@@ -23,7 +23,7 @@ const REGRESSION: &str = "p06_regression";
 const PREDICTION: &str = "p06_prediction";
 
 /// A CSV of the drift cases: the header and the rows as cell texts (no quoting is used in them).
-fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+pub(crate) fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
     let text = std::fs::read_to_string(path).unwrap();
     let mut lines = text.lines();
     let header = lines.next().unwrap().split(',').map(str::to_owned).collect();
@@ -80,7 +80,7 @@ fn expected_psi(deployments: &[(String, std::path::PathBuf, Value)]) -> Value {
 }
 
 /// Sends `rows` to `model` in 100-row binary requests with ids `r{k}` (row i of request k is `r{k}#{i}`).
-async fn replay(server: &TestServer, model: &str, header: &[String], kinds: &Value, rows: &[Vec<String>]) {
+pub(crate) async fn replay(server: &TestServer, model: &str, header: &[String], kinds: &Value, rows: &[Vec<String>]) {
     for (k, chunk) in rows.chunks(100).enumerate() {
         let mut raw = Vec::new();
         let mut inputs = Vec::new();

@@ -10,6 +10,7 @@ mod gitops;
 mod grpc;
 mod hotpath;
 mod live_drift_cases;
+mod live_quality_cases;
 mod monitor;
 mod operations;
 mod repository_api;

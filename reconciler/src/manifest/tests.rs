@@ -177,3 +177,39 @@ fn the_commented_rollout_in_the_example_manifest_parses() {
     assert_eq!((rollout.stable, rollout.candidate, rollout.steps.len()), (1, 2, 3));
     assert_eq!(rollout.checks().agreement, Some(0.95));
 }
+
+#[test]
+fn the_commented_estimate_in_the_example_manifest_parses_and_mistakes_are_refused() {
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/deploy/breast-cancer.yaml")).unwrap();
+    // Uncomment the estimate block and the commented thresholds (the lines between `# estimate:` and `multivariate:`,
+    // and the two threshold lines).
+    let mut inside = false;
+    let uncommented: String = example
+        .lines()
+        .filter_map(|line| {
+            inside = (inside || line.trim_start().starts_with("# estimate:")) && !line.contains("multivariate: true");
+            let threshold =
+                ["# estimated_accuracy:", "# multivariate_z:"].iter().any(|t| line.trim_start().starts_with(t));
+            let line = if inside || threshold { line.replacen("# ", "", 1) } else { line.to_owned() };
+            (!line.trim_start().starts_with('#')).then(|| format!("{line}\n"))
+        })
+        .collect();
+    let deployments =
+        parse_commit(&[("deploy/breast-cancer.yaml".to_owned(), uncommented.clone().into_bytes())]).unwrap();
+    let monitoring = deployments[0].monitoring.as_ref().unwrap();
+    let estimate = monitoring.quality.as_ref().unwrap().estimate.as_ref().expect("the uncommented block is read");
+    assert_eq!((estimate.label_column.as_str(), estimate.calibration.as_deref()), ("target", Some("auto")));
+    assert_eq!(monitoring.multivariate, Some(true));
+    assert_eq!(monitoring.thresholds.get("multivariate_z"), Some(&3.0));
+
+    let refused = |from: &str, to: &str, needle: &str| {
+        let text = uncommented.replacen(from, to, 1);
+        let error =
+            parse_commit(&[("deploy/breast-cancer.yaml".to_owned(), text.into_bytes())]).unwrap_err().to_string();
+        assert!(error.contains(needle), "{error:?} should contain {needle:?}");
+    };
+    refused("calibration: auto", "calibration: platt", "calibration: \"platt\" is not isotonic, none or auto");
+    refused("task: binary_classification", "task: regression", "estimate needs task binary_classification");
+    refused("label_column: target", "label_colum: target", "unknown field `label_colum`");
+}
