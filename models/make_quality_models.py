@@ -11,6 +11,10 @@ features x0..x5 (FP64 [-1]), cat and region (BYTES [-1]) and the model's score y
 the manifest names as the label, score and prediction (so not features), replaying current.csv as traffic makes the
 monitor see the case's current features and scores. The output is committed to tests/e2e/quality-models/; building
 or testing Vane never runs this script.
+
+A second model, `text_inputs.onnx`, takes `x` (a number in the reference), `colour` (a category) and `flag` (0 or
+1) all as BYTES [-1] and returns `x` as `x_out`: text inputs let a test send cells of the wrong type (a word where a
+number belongs, 0.5 in a binary column) through the live path to the data-quality checks.
 """
 import pathlib
 
@@ -35,6 +39,15 @@ def main() -> None:
     model.ir_version = 8  # what ONNX Runtime 1.31 reads (onnx 1.23 stamps 14)
     onnx.checker.check_model(model)
     (OUT / "pass_through.onnx").write_bytes(model.SerializeToString())
+
+    text = ["x", "colour", "flag"]
+    inputs = [helper.make_tensor_value_info(c, TensorProto.STRING, ["batch"]) for c in text]
+    outputs = [helper.make_tensor_value_info("x_out", TensorProto.STRING, ["batch"])]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["x_out"])], "text_inputs", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="vane-make-models")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    (OUT / "text_inputs.onnx").write_bytes(model.SerializeToString())
 
 
 if __name__ == "__main__":

@@ -110,6 +110,8 @@ pub mod monitor_series {
         /// Estimated quality (`metric` one of CBPE's) and multivariate drift (`statistic` one of [`MULTIVARIATE`]).
         estimated: Family<PredictionLabels, Gauge<f64, AtomicU64>>,
         multivariate: Family<PredictionLabels, Gauge<f64, AtomicU64>>,
+        /// Each feature's share of cells failing a data-quality check (`statistic` one of its checks).
+        data_quality: Family<StatisticLabels, Gauge<f64, AtomicU64>>,
         alerts_firing: Family<ModelLabels, Gauge>,
         /// The features each version's series were set for, so a retired version's series can all be removed.
         features: Arc<Mutex<FeaturesByVersion>>,
@@ -192,6 +194,12 @@ pub mod monitor_series {
                 "A model version's window against the reference by PCA reconstruction error: the window's and the \
                  reference's error, z (standard errors of a window this size) and the bounds (reference +- 3 of them)",
                 self.multivariate.clone(),
+            );
+            registry.register(
+                "vane_data_quality",
+                "A feature's share of the window failing a data-quality check (`statistic`: missing, out_of_range, \
+                 unseen_category, wrong_type)",
+                self.data_quality.clone(),
             );
             registry.register(
                 "vane_drift_alerts_firing",
@@ -295,6 +303,14 @@ pub mod monitor_series {
             for feature in features.unwrap_or_default() {
                 let labels = FeatureLabels { model: model.clone(), version: version.clone(), feature };
                 self.drifted.remove(&labels);
+                for statistic in monitor::data_quality::CHECKS {
+                    self.data_quality.remove(&StatisticLabels {
+                        model: model.clone(),
+                        version: version.clone(),
+                        feature: labels.feature.clone(),
+                        statistic,
+                    });
+                }
                 for statistic in STATISTICS {
                     self.statistic.remove(&StatisticLabels {
                         model: model.clone(),
@@ -333,6 +349,19 @@ pub mod monitor_series {
                 for (statistic, value) in column_statistics(&prediction.report) {
                     let labels = PredictionLabels { model: model.clone(), version: version.clone(), statistic };
                     self.prediction.get_or_create(&labels).set(value);
+                }
+            }
+            for (feature, checks) in &report.data_quality {
+                for statistic in monitor::data_quality::CHECKS {
+                    if let Some(value) = checks.share(statistic) {
+                        let labels = StatisticLabels {
+                            model: model.clone(),
+                            version: version.clone(),
+                            feature: feature.clone(),
+                            statistic,
+                        };
+                        self.data_quality.get_or_create(&labels).set(value);
+                    }
                 }
             }
             if let Some(estimated) = &report.estimated_quality {

@@ -185,3 +185,23 @@ fn auto_calibration_is_chosen_on_held_out_reference_rows() {
         }
     }
 }
+
+/// The report's data-quality section on hand-made files: the reference says what a column is, so a word in a
+/// numeric column is of the wrong type (and the column's drift is then judged as categorical, as before), a number
+/// past the reference's range and a category it never had are counted, each with an example.
+#[test]
+fn the_data_quality_section_counts_hand_made_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("reference.csv");
+    let current = dir.path().join("current.csv");
+    std::fs::write(&reference, "x,colour\n0,red\n5,blue\n10,red\n2,blue\n").unwrap();
+    std::fs::write(&current, "x,colour\n1,red\nabc,blue\n11,teal\n,red\n3,\n").unwrap();
+    let report = vane_drift_files(&reference, &current, &[]);
+    let x = &report["data_quality"]["x"];
+    assert_eq!((x["rows"].as_u64(), x["missing"]["count"].as_u64()), (Some(5), Some(1)), "{x}");
+    assert_eq!((x["wrong_type"]["count"].as_u64(), x["wrong_type"]["example"].as_str()), (Some(1), Some("abc")), "{x}");
+    assert_eq!((x["out_of_range"]["share"].as_f64(), x["out_of_range"]["example"].as_str()), (Some(0.2), Some("11")));
+    let colour = &report["data_quality"]["colour"];
+    assert_eq!(colour["unseen_category"]["example"], "teal", "{colour}");
+    assert_eq!((colour["unseen_category"]["count"].as_u64(), colour["missing"]["count"].as_u64()), (Some(1), Some(1)));
+}

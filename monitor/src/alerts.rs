@@ -43,6 +43,8 @@ enum Target {
     Estimated,
     /// The window's multivariate drift, in standard errors of a window its size (`multivariate_z`).
     Multivariate,
+    /// Each feature's share of cells failing a data-quality check (`data_<check>_share`).
+    DataQuality,
 }
 
 /// A rule: a statistic held against a threshold.
@@ -96,14 +98,17 @@ impl Rule {
             (Direction::Below, Target::Estimated)
         } else if statistic == "multivariate_z" {
             (Direction::Above, Target::Multivariate)
+        } else if data_check(statistic).is_some() {
+            (Direction::Above, Target::DataQuality)
         } else {
             return Err(format!(
                 "unknown threshold {statistic:?}; known: {}, dataset_drift_share, prediction_<one of those>, {}, {}, \
-                 estimated_<one of {}>, multivariate_z",
+                 estimated_<one of {}>, multivariate_z, data_<one of {}>_share",
                 FEATURE_STATISTICS.join(", "),
                 QUALITY_FLOORS.join(", "),
                 QUALITY_CEILINGS.join(", "),
-                ESTIMATED.join(", ")
+                ESTIMATED.join(", "),
+                crate::data_quality::CHECKS.join(", ")
             ));
         };
         let (low, high) = match (direction, statistic) {
@@ -174,7 +179,7 @@ impl Rule {
         // drift is drift, not harm: a ticket, like one feature's.
         match self.target {
             Target::Dataset | Target::Quality | Target::Estimated => "page",
-            Target::Features | Target::Prediction | Target::Multivariate => "ticket",
+            Target::Features | Target::Prediction | Target::Multivariate | Target::DataQuality => "ticket",
         }
     }
 
@@ -186,6 +191,7 @@ impl Rule {
             Target::Quality => "VaneQualityDrop",
             Target::Estimated => "VaneEstimatedQualityDrop",
             Target::Multivariate => "VaneMultivariateDrift",
+            Target::DataQuality => "VaneDataQuality",
         }
     }
 }
@@ -263,6 +269,12 @@ fn unix_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The check a `data_<check>_share` rule names.
+fn data_check(statistic: &str) -> Option<&'static str> {
+    let check = statistic.strip_prefix("data_")?.strip_suffix("_share")?;
+    crate::data_quality::CHECKS.into_iter().find(|c| *c == check)
+}
+
 fn feature_value(rule: &Rule, column: &crate::drift::ColumnReport) -> Option<f64> {
     statistic_value(&rule.statistic, column)
 }
@@ -329,6 +341,10 @@ impl Engine {
                         Some(value) => vec![(rule.statistic.clone(), value)],
                         None => continue,
                     }
+                }
+                Target::DataQuality => {
+                    let check = data_check(&rule.statistic).unwrap_or_default();
+                    report.data_quality.iter().filter_map(|(name, q)| Some((name.clone(), q.share(check)?))).collect()
                 }
                 Target::Multivariate => match &report.multivariate {
                     Some(m) => vec![("multivariate".to_owned(), m.z)],
@@ -512,6 +528,38 @@ fn summary(rule: &Rule, context: &Context<'_>, breaches: &[Breach]) -> String {
                 rule.threshold
             );
         }
+        (Target::DataQuality, _) => {
+            let check = data_check(&rule.statistic).unwrap_or_default();
+            let mut worst: Vec<&Breach> = breaches.iter().collect();
+            worst.sort_by(|a, b| b.value.total_cmp(&a.value));
+            let listed: Vec<String> = worst
+                .iter()
+                .take(5)
+                .map(|b| {
+                    let example = report
+                        .data_quality
+                        .get(&b.feature)
+                        .and_then(|q| q.check(check))
+                        .and_then(|s| s.example.as_deref())
+                        .map(|e| format!(" (e.g. {e:?})"))
+                        .unwrap_or_default();
+                    format!("{} {:.1}%{example}", b.feature, b.value * 100.0)
+                })
+                .collect();
+            let more = if worst.len() > 5 { format!(" and {} more", worst.len() - 5) } else { String::new() };
+            let what = match check {
+                "missing" => "missing values",
+                "out_of_range" => "values outside the reference's range",
+                "unseen_category" => "categories the reference never had",
+                _ => "values of the wrong type",
+            };
+            return format!(
+                "{where_}: data quality: {what} above {:.1}% {window} in {} feature(s): {}{more}",
+                rule.threshold * 100.0,
+                breaches.len(),
+                listed.join(", ")
+            );
+        }
         (Target::Multivariate, _) => {
             let m = report.multivariate.as_ref();
             return format!(
@@ -587,6 +635,7 @@ mod tests {
             prediction_drift: None,
             estimated_quality: None,
             multivariate: None,
+            data_quality: BTreeMap::new(),
             history: Vec::new(),
         }
     }
@@ -660,6 +709,7 @@ mod tests {
             .chain(FEATURE_STATISTICS.iter().map(|s| format!("prediction_{s}")))
             .chain(QUALITY_FLOORS.iter().chain(&QUALITY_CEILINGS).map(|s| (*s).to_owned()))
             .chain(ESTIMATED.iter().map(|m| format!("estimated_{m}")))
+            .chain(crate::data_quality::CHECKS.iter().map(|c| format!("data_{c}_share")))
             .chain(["dataset_drift_share".to_owned(), "multivariate_z".to_owned()]);
         let mut checked = 0;
         for name in names {
@@ -699,7 +749,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 28 * 1001);
+        assert_eq!(checked, 32 * 1001);
         // The cases that could never resolve with a band proportional to the threshold.
         assert!(Rule::new("accuracy", 0.95).unwrap().clear(0.96));
         assert!(Rule::new("missing_share", 0.0).unwrap().clear(0.0));

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
+use crate::data_quality::{self as checks, Domain, FeatureQuality};
 use crate::stats::categorical::{self, Chi2, ZTest};
 use crate::stats::cbpe::{self, Calibration, Calibrator, EstimatedQuality};
 use crate::stats::ks::{self, KsTest};
@@ -266,6 +267,8 @@ pub struct DriftReport {
     /// Multivariate drift, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub multivariate: Option<Multivariate>,
+    /// Data-quality checks of the current side against the reference, per column.
+    pub data_quality: BTreeMap<String, FeatureQuality>,
 }
 
 /// The current side's estimated quality, and how its calibration was chosen.
@@ -407,6 +410,12 @@ pub fn report(reference: &Table, current: &Table, options: &Options) -> Result<D
     } else {
         None
     };
+    let mut data_quality = BTreeMap::new();
+    for (name, values) in &typed {
+        let Some(column) = columns.get(name) else { continue };
+        let quality = data_quality_of(reference, current, name, column.kind, values, options.kinds.get(name).copied())?;
+        data_quality.insert(name.clone(), quality);
+    }
     Ok(DriftReport {
         n_rows: Sides { reference: reference.rows as u64, current: current.rows as u64 },
         column_order: reference.names.clone(),
@@ -415,7 +424,55 @@ pub fn report(reference: &Table, current: &Table, options: &Options) -> Result<D
         quality,
         estimated_quality,
         multivariate,
+        data_quality,
     })
+}
+
+/// The data-quality checks of one column. The reference alone says what the column is: when the current side's
+/// cells made the report type a numeric or binary reference column as categorical, the cells that do not fit are of
+/// the wrong type (and the rest are checked as numbers).
+fn data_quality_of(
+    reference: &Table,
+    current: &Table,
+    name: &str,
+    kind: ColumnKind,
+    values: &Sides<Values>,
+    forced: Option<ColumnKind>,
+) -> Result<FeatureQuality, ReportError> {
+    if forced.is_some() || kind != ColumnKind::Categorical {
+        return Ok(checks::check(&Domain::of(kind, &values.reference), &values.current, (0, None)));
+    }
+    let (Some(ri), Some(ci)) = (reference.index_of(name), current.index_of(name)) else {
+        return Err(ReportError(format!("column {name:?} is missing")));
+    };
+    let (reference_kind, mut typed) = type_column(&[(reference, ri)], None)?;
+    if reference_kind == ColumnKind::Categorical {
+        return Ok(checks::check(&Domain::of(kind, &values.reference), &values.current, (0, None)));
+    }
+    let Some(reference_values) = typed.pop() else {
+        return Err(ReportError(format!("column {name:?} could not be typed")));
+    };
+    let (mut wrong, mut example) = (0u64, None);
+    let fits = |v: f64| reference_kind == ColumnKind::Numeric || v == 0.0 || v == 1.0;
+    let cells: Vec<Option<f64>> = current
+        .cells(ci)
+        .map(|cell| {
+            let cell = cell?;
+            let number = parse_number(cell).filter(|v| fits(*v));
+            if number.is_none() {
+                wrong += 1;
+                example.get_or_insert_with(|| checks::example(cell));
+            }
+            number
+        })
+        .collect();
+    let current_values = match reference_kind {
+        ColumnKind::Binary => Values::Categorical(
+            cells.into_iter().map(|v| v.map(|v| if v == 0.0 { "0" } else { "1" }.to_owned())).collect(),
+        ),
+        _ => Values::Numeric(cells),
+    };
+    Ok(checks::check(&Domain::of(reference_kind, &reference_values), &current_values, (wrong, example)))
 }
 
 /// Whether row values of a typed column are the positive class (`None`: missing).

@@ -4,6 +4,7 @@
 //! async threads.
 
 pub mod alerts;
+pub mod data_quality;
 pub mod drift;
 mod errors;
 pub mod feedback;

@@ -4,7 +4,8 @@
 //!
 //! Windows are bounded by count (`window_size` rows, the oldest evicted first) and optionally by age
 //! (`window_duration`); memory per model version is at most `window_size` × (8 bytes per numeric feature, 16 plus
-//! the text per categorical one, 16 for the row's time), whatever the traffic. Nothing is approximated: each evaluation computes every statistic on the
+//! the text per categorical one, 1 more per feature for the wrong-type flag, 16 for the row's time), whatever the
+//! traffic. Nothing is approximated: each evaluation computes every statistic on the
 //! window exactly. A verdict needs `min_samples` rows; below that the report says how many it has.
 //!
 //! A profile belongs to one loaded model version and is built with it, off the request path, so a new model is
@@ -20,6 +21,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 
 use crate::alerts::{Alert, Engine, Rule};
+use crate::data_quality::{Domain, FeatureQuality};
 use crate::drift::{self, ColumnKind, ColumnReport, DatasetDrift, Sides, Values};
 use crate::notify::{Notifier, NotifyConfig};
 use crate::stats::cbpe::{self, Calibration, Calibrator, EstimatedQuality};
@@ -121,6 +123,8 @@ pub struct Profile {
     pub calibrator: Option<Calibrator>,
     /// The PCA fitted on the reference's features, when multivariate drift is on (and the reference fits).
     pub reconstruction: Option<Reconstruction>,
+    /// What the reference allows per feature (range, categories), for the data-quality checks.
+    domains: Vec<Domain>,
     /// The window settings.
     pub settings: WindowSettings,
     sampled: AtomicU64,
@@ -290,8 +294,10 @@ impl Profile {
         } else {
             None
         };
+        let domains = features.iter().zip(&reference).map(|(f, values)| Domain::of(f.kind, values)).collect();
         let (model, version, commit, data_sha256) = identity;
         Ok(Self {
+            domains,
             model,
             version,
             commit,
@@ -398,6 +404,8 @@ pub struct LiveReport {
     /// Multivariate drift (present once `enough_samples`, when on).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub multivariate: Option<LiveMultivariate>,
+    /// Data-quality checks per feature (present once `enough_samples`).
+    pub data_quality: BTreeMap<String, FeatureQuality>,
     /// The drift share of past evaluations, oldest first (at most [`HISTORY`]).
     pub history: Vec<HistoryPoint>,
 }
@@ -539,6 +547,10 @@ struct Window {
     times: VecDeque<SystemTime>,
     /// The rows, column by column (no allocation per row).
     columns: Vec<WindowColumn>,
+    /// Per column, whether each row's cell was of the wrong type (stored as missing). 1 byte a row.
+    wrong: Vec<VecDeque<bool>>,
+    /// Per column, the latest wrong-typed value (at most 64 bytes).
+    wrong_examples: Vec<Option<Box<str>>>,
     /// The prediction of each row (NaN: none), when prediction drift is watched.
     predictions: Option<VecDeque<f64>>,
     /// The latest report, which the alert rules are evaluated on at every tick.
@@ -569,6 +581,8 @@ impl Window {
         Self {
             profile: Arc::clone(profile),
             times: VecDeque::new(),
+            wrong: vec![VecDeque::new(); profile.features.len()],
+            wrong_examples: vec![None; profile.features.len()],
             columns,
             predictions: profile.keeps_predictions().then(VecDeque::new),
             last: None,
@@ -584,6 +598,9 @@ impl Window {
 
     fn pop_front(&mut self) {
         self.times.pop_front();
+        for flags in &mut self.wrong {
+            flags.pop_front();
+        }
         if let Some(p) = &mut self.predictions {
             p.pop_front();
         }
@@ -601,22 +618,51 @@ impl Window {
 
     fn push(&mut self, at: SystemTime, row: impl Iterator<Item = Cell>) {
         self.times.push_back(at);
-        for ((column, feature), cell) in self.columns.iter_mut().zip(&self.profile.features).zip(row) {
-            match column {
-                WindowColumn::Numeric(v) => v.push_back(match cell {
-                    Cell::Number(x) if x.is_finite() => x,
-                    Cell::Text(t) => t.parse::<f64>().ok().filter(|x| x.is_finite()).unwrap_or(f64::NAN),
-                    _ => f64::NAN,
-                }),
-                WindowColumn::Categorical(v) => v.push_back(match cell {
-                    Cell::Text(t) => Some(t.into_boxed_str()),
-                    Cell::Number(x) if feature.kind == ColumnKind::Binary => {
-                        Some(if x == 0.0 { "0" } else { "1" }.into())
-                    }
-                    Cell::Number(x) => Some(format!("{x}").into_boxed_str()),
-                    Cell::Missing => None,
-                }),
-            }
+        let columns = self.columns.iter_mut().zip(&mut self.wrong).zip(&mut self.wrong_examples);
+        for (((column, wrong), example), (feature, cell)) in columns.zip(self.profile.features.iter().zip(row)) {
+            // A cell of the wrong type is kept out of the statistics as missing, and flagged.
+            let mut bad = |text: String| {
+                *example = Some(crate::data_quality::example(&text).into_boxed_str());
+                true
+            };
+            let flagged = match column {
+                WindowColumn::Numeric(v) => {
+                    let (value, flagged) = match cell {
+                        Cell::Number(x) if x.is_finite() => (x, false),
+                        Cell::Text(t) => match t.parse::<f64>().ok().filter(|x| x.is_finite()) {
+                            Some(x) => (x, false),
+                            None => (f64::NAN, bad(t)),
+                        },
+                        _ => (f64::NAN, false),
+                    };
+                    v.push_back(value);
+                    flagged
+                }
+                WindowColumn::Categorical(v) if feature.kind == ColumnKind::Binary => {
+                    let number = match &cell {
+                        Cell::Number(x) => Some(*x),
+                        Cell::Text(t) => t.parse::<f64>().ok(),
+                        Cell::Missing => None,
+                    };
+                    let (value, flagged) = match (number, cell) {
+                        (_, Cell::Missing) => (None, false),
+                        (Some(x), _) if x == 0.0 || x == 1.0 => (Some(if x == 0.0 { "0" } else { "1" }.into()), false),
+                        (_, Cell::Text(t)) => (None, bad(t)),
+                        (_, Cell::Number(x)) => (None, bad(format!("{x}"))),
+                    };
+                    v.push_back(value);
+                    flagged
+                }
+                WindowColumn::Categorical(v) => {
+                    v.push_back(match cell {
+                        Cell::Text(t) => Some(t.into_boxed_str()),
+                        Cell::Number(x) => Some(format!("{x}").into_boxed_str()),
+                        Cell::Missing => None,
+                    });
+                    false
+                }
+            };
+            wrong.push_back(flagged);
         }
     }
 }
@@ -823,7 +869,12 @@ fn evaluate(window: &Window) -> LiveReport {
         }),
         _ => None,
     };
+    let mut data_quality = BTreeMap::new();
     for ((index, feature), current) in profile.features.iter().enumerate().zip(current) {
+        let wrong = window.wrong[index].iter().filter(|w| **w).count() as u64;
+        let example = (wrong > 0).then(|| window.wrong_examples[index].as_deref().map(str::to_owned)).flatten();
+        let checked = crate::data_quality::check(&profile.domains[index], &current, (wrong, example));
+        data_quality.insert(feature.name.clone(), checked);
         let values = Sides { reference: profile.reference[index].clone(), current };
         columns.insert(feature.name.clone(), drift::column_report(feature.kind, &values));
     }
@@ -861,6 +912,7 @@ fn evaluate(window: &Window) -> LiveReport {
             _ => None,
         },
         multivariate,
+        data_quality,
         columns,
         history: Vec::new(),
     }

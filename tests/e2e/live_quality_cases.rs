@@ -140,3 +140,93 @@ async fn every_quality_case_matches_nannyml_through_the_live_path() {
     }
     server.stop().await;
 }
+
+/// Data-quality checks on a hand-made window, through the live path: a model whose inputs are text, so a request
+/// can carry a word where the reference has numbers and 0.5 where it has 0 or 1. Each share is the hand count, and
+/// each rule's alert names the feature, the share and an example.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_quality_shares_of_a_hand_made_window_and_their_alerts() {
+    let remote = GitRemote::new();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/quality-models/text_inputs.onnx");
+    remote.write("models/text.onnx", &std::fs::read(model).unwrap());
+    // The reference: x from 0 to 10, colour red or blue, flag 0 or 1.
+    let mut reference = String::from("x,colour,flag\n");
+    for i in 0..200 {
+        reference += &format!("{},{},{}\n", i % 11, ["red", "blue"][i % 2], i % 2);
+    }
+    remote.write("data/dq.csv", reference.as_bytes());
+    let manifest = format!(
+        "apiVersion: vane.dev/v1alpha1\nkind: ModelDeployment\nmetadata:\n  name: dq\nspec:\n  versions:\n    \
+         - version: 1\n      model:\n        path: models/text.onnx\n        sha256: {}\n  reference_data:\n    \
+         path: data/dq.csv\n    sha256: {}\n  monitoring:\n    window_size: 20\n    min_samples: 1\n    \
+         columns: {{flag: binary}}\n    thresholds: {{data_wrong_type_share: 0.05, data_out_of_range_share: 0.1, \
+         data_unseen_category_share: 0.1, data_missing_share: 0.5}}\n    for: 0s\n",
+        sha256_of(&remote.work.path().join("models/text.onnx")),
+        sha256_of(&remote.work.path().join("data/dq.csv")),
+    );
+    remote.write("deploy/dq.yaml", manifest.as_bytes());
+    remote.push("a model with text inputs");
+    let data = tempfile::tempdir().unwrap();
+    let server = serve(remote.bare.path().display().to_string(), &data).await;
+
+    // 20 rows. x: 14 in range, 2 words, 3 outside [0, 10], 1 empty. colour: 16 seen, 3 green, 1 empty.
+    // flag: 18 zeros and ones, one 0.5, one empty.
+    let mut x: Vec<&str> = vec!["1", "2", "3", "4", "5", "6", "7", "8", "9", "0", "10", "3.5", "2", "1"];
+    x.extend(["abc", "n/a", "20", "-5", "10.5", ""]);
+    let mut colour = vec!["red"; 8];
+    colour.extend(vec!["blue"; 8]);
+    colour.extend(["green", "green", "green", ""]);
+    let mut flag = vec!["0", "1"].repeat(9);
+    flag.extend(["0.5", ""]);
+    let request = json!({"inputs": [
+        {"name": "x", "datatype": "BYTES", "shape": [20], "data": x},
+        {"name": "colour", "datatype": "BYTES", "shape": [20], "data": colour},
+        {"name": "flag", "datatype": "BYTES", "shape": [20], "data": flag},
+    ]});
+    let reply = server.post_json("/v2/models/dq/infer", &request).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let view = report_of(&server, "dq", 20).await;
+    let checks = &view["versions"][0]["data_quality"];
+    let share = |feature: &str, check: &str| checks[feature][check]["share"].as_f64();
+    assert_eq!(share("x", "wrong_type"), Some(0.1), "{checks}");
+    assert_eq!(share("x", "out_of_range"), Some(0.15), "{checks}");
+    assert_eq!(share("x", "missing"), Some(0.05), "{checks}");
+    assert_eq!(checks["x"]["out_of_range"]["example"], "20");
+    assert_eq!(share("colour", "unseen_category"), Some(0.15), "{checks}");
+    assert_eq!(checks["colour"]["unseen_category"]["example"], "green");
+    assert_eq!(share("colour", "missing"), Some(0.05), "{checks}");
+    assert_eq!(share("flag", "wrong_type"), Some(0.05), "{checks}");
+    assert_eq!(share("flag", "missing"), Some(0.05), "{checks}");
+    assert!(checks["colour"].get("out_of_range").is_none() && checks["x"].get("unseen_category").is_none());
+
+    // The alerts of the evaluation that held every row were set before its report was published.
+    let alerts = server.get("/api/v1/alerts").await.body;
+    let summary = |statistic: &str| {
+        let alert = alerts["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["model"] == "dq" && a["statistic"] == statistic && a["state"] == "firing")
+            .unwrap_or_else(|| panic!("{statistic} fires: {alerts}"));
+        assert_eq!((alert["name"].as_str(), alert["severity"].as_str()), (Some("VaneDataQuality"), Some("ticket")));
+        alert["summary"].as_str().unwrap().to_owned()
+    };
+    let wrong = summary("data_wrong_type_share");
+    assert!(
+        wrong.contains("values of the wrong type above 5.0% over the last 20 predictions in 2 feature(s)"),
+        "{wrong}"
+    );
+    assert!(wrong.contains(r#"x 10.0% (e.g. "n/a")"#) && wrong.contains(r#"flag 5.0% (e.g. "0.5")"#), "{wrong}");
+    let range = summary("data_out_of_range_share");
+    assert!(range.contains(r#"1 feature(s): x 15.0% (e.g. "20")"#), "{range}");
+    let unseen = summary("data_unseen_category_share");
+    assert!(unseen.contains(r#"colour 15.0% (e.g. "green")"#), "{unseen}");
+    assert!(
+        !alerts["alerts"].as_array().unwrap().iter().any(|a| a["statistic"] == "data_missing_share"),
+        "5% missing is below 50%: {alerts}"
+    );
+    let metrics = server.get("/metrics").await.body;
+    let gauge = r#"vane_data_quality{model="dq",version="1",feature="x",statistic="wrong_type"} 0.1"#;
+    assert!(metrics.as_str().unwrap().contains(gauge), "{gauge} is exported");
+    server.stop().await;
+}

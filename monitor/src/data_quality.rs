@@ -1,0 +1,202 @@
+//! Data-quality checks, apart from drift (as Evidently and NannyML keep them): per feature, the share of a window's
+//! cells that are missing, outside the reference's range (numbers), categories the reference never had, or of the
+//! wrong type (text where a number belongs, anything but 0 or 1 in a binary column). A feature can drift with clean
+//! data, and a broken upstream join can empty a column without moving its distribution: these need a different
+//! person to act, so they have their own section, gauges and alert (a ticket naming the feature, the share and an
+//! example value).
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+
+use crate::drift::{ColumnKind, Values};
+
+/// Longest example value kept, in bytes (cut at a character boundary): an example names the problem, it does not
+/// carry the request.
+pub const EXAMPLE_BYTES: usize = 64;
+
+/// How many cells failed a check, their share of the window, and one of them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Share {
+    /// Cells that failed.
+    pub count: u64,
+    /// count / rows (0 without rows).
+    pub share: f64,
+    /// One failing value, as text (missing cells have none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub example: Option<String>,
+}
+
+/// One feature's checks over a window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FeatureQuality {
+    /// Rows checked.
+    pub rows: u64,
+    /// Missing cells (wrong-typed ones are counted apart).
+    pub missing: Share,
+    /// Numbers outside [min, max] of the reference (numeric features).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out_of_range: Option<Share>,
+    /// Categories the reference never had (categorical features).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unseen_category: Option<Share>,
+    /// Cells of the wrong type.
+    pub wrong_type: Share,
+}
+
+impl FeatureQuality {
+    /// A check's share by its name: missing, out_of_range, unseen_category or wrong_type.
+    pub fn share(&self, check: &str) -> Option<f64> {
+        match check {
+            "missing" => Some(self.missing.share),
+            "out_of_range" => self.out_of_range.as_ref().map(|s| s.share),
+            "unseen_category" => self.unseen_category.as_ref().map(|s| s.share),
+            "wrong_type" => Some(self.wrong_type.share),
+            _ => None,
+        }
+    }
+
+    /// A check by its name.
+    pub fn check(&self, check: &str) -> Option<&Share> {
+        match check {
+            "missing" => Some(&self.missing),
+            "out_of_range" => self.out_of_range.as_ref(),
+            "unseen_category" => self.unseen_category.as_ref(),
+            "wrong_type" => Some(&self.wrong_type),
+            _ => None,
+        }
+    }
+}
+
+/// The checks, by name.
+pub const CHECKS: [&str; 4] = ["missing", "out_of_range", "unseen_category", "wrong_type"];
+
+/// What the reference allows for one feature.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Domain {
+    /// Numbers from min to max (`None`: the reference has none, so nothing is out of range).
+    Range(Option<(f64, f64)>),
+    /// The reference's categories.
+    Categories(HashSet<String>),
+    /// 0 and 1.
+    Binary,
+}
+
+impl Domain {
+    /// The domain of a reference column.
+    pub fn of(kind: ColumnKind, reference: &Values) -> Self {
+        match (kind, reference) {
+            (ColumnKind::Binary, _) => Domain::Binary,
+            (_, Values::Numeric(v)) => Domain::Range(v.iter().flatten().fold(None, |range, &x| match range {
+                None => Some((x, x)),
+                Some((lo, hi)) => Some((f64::min(lo, x), f64::max(hi, x))),
+            })),
+            (_, Values::Categorical(v)) => Domain::Categories(v.iter().flatten().cloned().collect()),
+        }
+    }
+}
+
+/// Cuts `text` to [`EXAMPLE_BYTES`] at a character boundary.
+pub fn example(text: &str) -> String {
+    let mut end = text.len().min(EXAMPLE_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+fn share(count: u64, rows: u64, example: Option<String>) -> Share {
+    Share { count, share: if rows == 0 { 0.0 } else { count as f64 / rows as f64 }, example }
+}
+
+/// Checks a window's values of one feature. `wrong_type` cells are among the missing (`None`) values (a cell of
+/// the wrong type is kept out of the statistics as missing) and are counted apart, with an example if known.
+pub fn check(domain: &Domain, current: &Values, wrong_type: (u64, Option<String>)) -> FeatureQuality {
+    let (wrong, wrong_example) = wrong_type;
+    let rows = match current {
+        Values::Numeric(v) => v.len(),
+        Values::Categorical(v) => v.len(),
+    } as u64;
+    let absent = match current {
+        Values::Numeric(v) => v.iter().filter(|x| x.is_none()).count(),
+        Values::Categorical(v) => v.iter().filter(|x| x.is_none()).count(),
+    } as u64;
+    let (mut out_of_range, mut unseen_category) = (None, None);
+    match (domain, current) {
+        (Domain::Range(range), Values::Numeric(v)) => {
+            let outside: Vec<f64> = match range {
+                Some((lo, hi)) => v.iter().flatten().copied().filter(|x| x < lo || x > hi).collect(),
+                None => Vec::new(),
+            };
+            out_of_range = Some(share(outside.len() as u64, rows, outside.first().map(|x| format!("{x}"))));
+        }
+        (Domain::Categories(seen), Values::Categorical(v)) => {
+            let unseen: Vec<&String> = v.iter().flatten().filter(|c| !seen.contains(*c)).collect();
+            unseen_category = Some(share(unseen.len() as u64, rows, unseen.first().map(|c| example(c))));
+        }
+        // A binary column's typed values are 0 and 1; anything else arrived wrong-typed and is counted as such.
+        _ => {}
+    }
+    FeatureQuality {
+        rows,
+        missing: share(absent.saturating_sub(wrong), rows, None),
+        out_of_range,
+        unseen_category,
+        wrong_type: share(wrong, rows, wrong_example),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numbers(v: &[Option<f64>]) -> Values {
+        Values::Numeric(v.to_vec())
+    }
+
+    fn texts(v: &[Option<&str>]) -> Values {
+        Values::Categorical(v.iter().map(|c| c.map(str::to_owned)).collect())
+    }
+
+    #[test]
+    fn a_hand_made_numeric_window() {
+        let domain = Domain::of(ColumnKind::Numeric, &numbers(&[Some(0.0), Some(10.0), None]));
+        assert_eq!(domain, Domain::Range(Some((0.0, 10.0))));
+        // 10 rows: 2 missing, 1 wrong-typed (stored as missing), 3 outside [0, 10], 4 fine.
+        let window = numbers(&[
+            None,
+            None,
+            None,
+            Some(-1.0),
+            Some(11.0),
+            Some(12.5),
+            Some(0.0),
+            Some(10.0),
+            Some(5.0),
+            Some(7.0),
+        ]);
+        let q = check(&domain, &window, (1, Some("abc".to_owned())));
+        assert_eq!(q.rows, 10);
+        assert_eq!((q.missing.count, q.missing.share), (2, 0.2));
+        let out = q.out_of_range.unwrap();
+        assert_eq!((out.count, out.share, out.example.as_deref()), (3, 0.3, Some("-1")));
+        assert_eq!((q.wrong_type.count, q.wrong_type.example.as_deref()), (1, Some("abc")));
+        assert_eq!(q.unseen_category, None);
+    }
+
+    #[test]
+    fn a_hand_made_categorical_window_and_a_binary_one() {
+        let domain = Domain::of(ColumnKind::Categorical, &texts(&[Some("red"), Some("blue")]));
+        let q = check(&domain, &texts(&[Some("red"), Some("green"), Some("teal"), None]), (0, None));
+        let unseen = q.unseen_category.unwrap();
+        assert_eq!((unseen.count, unseen.share, unseen.example.as_deref()), (2, 0.5, Some("green")));
+        assert_eq!((q.missing.count, q.wrong_type.count, q.out_of_range), (1, 0, None));
+
+        // A binary window: the live window stores a 0.5 as missing and counts it as wrong-typed.
+        let binary = Domain::of(ColumnKind::Binary, &texts(&[Some("0"), Some("1")]));
+        let q = check(&binary, &texts(&[Some("0"), Some("1"), None, None]), (1, Some("0.5".to_owned())));
+        assert_eq!((q.wrong_type.count, q.wrong_type.share, q.wrong_type.example.as_deref()), (1, 0.25, Some("0.5")));
+        assert_eq!((q.missing.count, q.unseen_category, q.out_of_range), (1, None, None));
+        assert_eq!(example(&"é".repeat(40)).len(), 64);
+    }
+}
