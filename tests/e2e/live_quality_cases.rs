@@ -176,7 +176,7 @@ async fn data_quality_shares_of_a_hand_made_window_and_their_alerts() {
     let mut colour = vec!["red"; 8];
     colour.extend(vec!["blue"; 8]);
     colour.extend(["green", "green", "green", ""]);
-    let mut flag = vec!["0", "1"].repeat(9);
+    let mut flag = ["0", "1"].repeat(9);
     flag.extend(["0.5", ""]);
     let request = json!({"inputs": [
         {"name": "x", "datatype": "BYTES", "shape": [20], "data": x},
