@@ -61,6 +61,7 @@ impl Monitored {
             min_samples: monitoring.min_samples.unwrap_or(defaults.min_samples),
             rules: Rule::from_thresholds(&monitoring.thresholds).map_err(|e| format!("thresholds: {e}"))?,
             hold: monitoring.for_duration.unwrap_or(defaults.hold),
+            consecutive_windows: monitoring.consecutive_windows.unwrap_or(defaults.consecutive_windows),
             feedback: monitoring.quality.as_ref().map(|q| FeedbackSettings {
                 task: match q.task.as_str() {
                     "regression" => Task::Regression,
@@ -117,7 +118,14 @@ impl Monitored {
             .map(|(name, kind)| Ok((name.clone(), kind.parse::<ColumnKind>()?)))
             .collect::<Result<_, String>>()?;
         let identity = (model.name.clone(), version, revision.map(str::to_owned), Some(reference.sha256.clone()));
-        let profile = Profile::from_file(&reference.path, identity, &kinds, settings).map_err(|e| e.to_string())?;
+        let mut profile = Profile::from_file(&reference.path, identity, &kinds, settings).map_err(|e| e.to_string())?;
+        // A Git source fingerprints a version as `sha256:<digest>` (a model directory by size and time: no digest).
+        profile.model_sha256 = model
+            .versions
+            .iter()
+            .find(|v| v.version == version)
+            .and_then(|v| v.fingerprint.strip_prefix("sha256:"))
+            .map(str::to_owned);
         let layout = layout(&profile, signature)?;
         let key = (reference.sha256.clone(), model.monitoring.clone());
         let prediction_drift = profile.keeps_predictions();

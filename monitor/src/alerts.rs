@@ -183,6 +183,17 @@ impl Rule {
         }
     }
 
+    /// The dashboard section that shows what the rule looks at (its anchor is `<model>-<section>`).
+    pub fn section(&self) -> &'static str {
+        match self.target {
+            Target::Features | Target::Dataset => "drift",
+            Target::Prediction => "prediction",
+            Target::Quality | Target::Estimated => "quality",
+            Target::Multivariate => "multivariate",
+            Target::DataQuality => "data-quality",
+        }
+    }
+
     fn alert_name(&self) -> &'static str {
         match self.target {
             Target::Features => "VaneFeatureDrift",
@@ -244,9 +255,15 @@ pub struct Alert {
     pub fired_unix_ms: Option<u64>,
     /// When it resolved, if it did.
     pub resolved_unix_ms: Option<u64>,
-    /// One line for a person: what, where, how much.
+    /// One line for a person: what, where, how much, since when, which model and reference bytes.
     pub summary: String,
-    /// Where to look.
+    /// Consecutive windows the condition has held in.
+    pub windows: u32,
+    /// The sha256 of the model version's bytes.
+    pub model_sha256: Option<String>,
+    /// The sha256 of its reference data.
+    pub data_sha256: Option<String>,
+    /// Where to look: the dashboard section that shows it.
     pub dashboard: String,
 }
 
@@ -255,6 +272,24 @@ struct Tracked {
     alert: Alert,
     /// When the condition last became clear while firing.
     clear_since: Option<SystemTime>,
+    /// The evaluation (its time) last counted in `alert.windows`.
+    last_window: u64,
+}
+
+/// How long a condition must hold before its alert fires: for a duration (`for`) and for a number of consecutive
+/// windows (evaluations with new rows), both. A window only counts once, however many ticks look at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    /// `for`.
+    pub duration: Duration,
+    /// Consecutive windows (at least 1).
+    pub windows: u32,
+}
+
+impl From<Duration> for Hold {
+    fn from(duration: Duration) -> Self {
+        Self { duration, windows: 1 }
+    }
 }
 
 /// The alert engine of one process.
@@ -304,9 +339,10 @@ impl Engine {
         report: &LiveReport,
         quality: Option<&QualityReport>,
         rules: &[Rule],
-        hold: Duration,
+        hold: impl Into<Hold>,
         now: SystemTime,
     ) -> Vec<Alert> {
+        let hold = hold.into();
         let mut changed = Vec::new();
         // Quality is judged on the labelled window, which fills at its own pace.
         let quality = quality.filter(|q| q.window_pairs >= report.min_samples.max(1));
@@ -351,9 +387,17 @@ impl Engine {
                     None => continue,
                 },
             };
+            // Window size: a feature's drift statistic past its threshold counts only when the test Evidently picks for
+            // the window's size agrees the feature drifted (a p-value test up to 1,000 rows, a distance above).
+            // A small window's PSI is mostly noise, and a large window's p-value flags effects nobody would act on.
+            let size_appropriate = |feature: &str| {
+                rule.target != Target::Features
+                    || rule.statistic == "missing_share"
+                    || report.columns.get(feature).and_then(|c| c.drift.as_ref()).is_some_and(|d| d.drifted)
+            };
             let breaches: Vec<Breach> = values
                 .iter()
-                .filter(|(_, value)| rule.breached(*value))
+                .filter(|(feature, value)| rule.breached(*value) && size_appropriate(feature))
                 .map(|(feature, value)| Breach { feature: feature.clone(), value: *value })
                 .collect();
             // Clear only when every value is back inside the band, not merely under the threshold.
@@ -375,10 +419,12 @@ impl Engine {
         context: &Context<'_>,
         breaches: Vec<Breach>,
         all_clear: bool,
-        hold: Duration,
+        hold: Hold,
         now: SystemTime,
     ) -> Option<Alert> {
         let now_ms = unix_ms(now);
+        let window = context.report.evaluated_unix_ms;
+        let (windows_needed, hold) = (hold.windows.max(1), hold.duration);
         match self.tracked.get_mut(&key) {
             // Nothing tracked, or resolved: a breach starts a new alert.
             None | Some(Tracked { alert: Alert { state: State::Resolved, .. }, .. }) => {
@@ -386,9 +432,9 @@ impl Engine {
                     return None;
                 }
                 let alert = self.new_alert(rule, context, breaches, now_ms);
-                self.tracked.insert(key.clone(), Tracked { alert, clear_since: None });
+                self.tracked.insert(key.clone(), Tracked { alert, clear_since: None, last_window: window });
                 let tracked = self.tracked.get_mut(&key)?;
-                if hold.is_zero() {
+                if hold.is_zero() && windows_needed <= 1 {
                     tracked.alert.state = State::Firing;
                     tracked.alert.fired_unix_ms = Some(now_ms);
                 }
@@ -399,7 +445,11 @@ impl Engine {
                 let alert = &mut tracked.alert;
                 if holding {
                     alert.breaches = breaches;
-                    alert.summary = summary(rule, context, &alert.breaches);
+                    alert.summary = summary(rule, context, &alert.breaches, alert.since_unix_ms);
+                    if tracked.last_window != window {
+                        tracked.last_window = window;
+                        alert.windows = alert.windows.saturating_add(1);
+                    }
                 }
                 match alert.state {
                     // Pending needs the condition to hold without a break.
@@ -409,7 +459,7 @@ impl Engine {
                     }
                     State::Pending => {
                         let since = UNIX_EPOCH + Duration::from_millis(alert.since_unix_ms);
-                        if now.duration_since(since).unwrap_or_default() >= hold {
+                        if now.duration_since(since).unwrap_or_default() >= hold && alert.windows >= windows_needed {
                             alert.state = State::Firing;
                             alert.fired_unix_ms = Some(now_ms);
                             return Some(alert.clone());
@@ -447,12 +497,15 @@ impl Engine {
             threshold: rule.threshold,
             severity: rule.severity(),
             state: State::Pending,
-            summary: summary(rule, context, &breaches),
+            summary: summary(rule, context, &breaches, now_ms),
             breaches,
             since_unix_ms: now_ms,
             fired_unix_ms: None,
             resolved_unix_ms: None,
-            dashboard: format!("{}/dashboard#{}", self.base_url, report.model),
+            windows: 1,
+            model_sha256: report.model_sha256.clone(),
+            data_sha256: report.data_sha256.clone(),
+            dashboard: format!("{}/dashboard#{}-{}", self.base_url, report.model, rule.section()),
         }
     }
 
@@ -495,7 +548,23 @@ fn quality_value(metric: &str, quality: &QualityReport) -> Option<f64> {
     }
 }
 
-fn summary(rule: &Rule, context: &Context<'_>, breaches: &[Breach]) -> String {
+/// One line for a person: what changed and by how much ([`what`]), since when, and which model bytes.
+fn summary(rule: &Rule, context: &Context<'_>, breaches: &[Breach], since_unix_ms: u64) -> String {
+    let since = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(since_unix_ms));
+    let digest = match (&context.report.model_sha256, &context.report.data_sha256) {
+        (Some(model), Some(data)) => format!(", model sha256:{}, reference sha256:{}", short(model), short(data)),
+        (Some(model), None) => format!(", model sha256:{}", short(model)),
+        (None, Some(data)) => format!(", reference sha256:{}", short(data)),
+        (None, None) => String::new(),
+    };
+    format!("{}; since {since}{digest}", what(rule, context, breaches))
+}
+
+fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(12)]
+}
+
+fn what(rule: &Rule, context: &Context<'_>, breaches: &[Breach]) -> String {
     let report = context.report;
     let commit = report.commit.as_deref().map(|c| format!(" (commit {})", &c[..c.len().min(12)])).unwrap_or_default();
     let where_ = format!("{} v{}{commit}", report.model, report.version);
@@ -616,6 +685,7 @@ mod tests {
             version: 3,
             commit: Some("0123456789abcdef".into()),
             data_sha256: None,
+            model_sha256: Some("feedbeef".repeat(8)),
             window_rows: 500,
             rows_observed: 500,
             window_size: 500,
@@ -660,7 +730,7 @@ mod tests {
             "{}",
             fired[0].summary
         );
-        assert_eq!(fired[0].dashboard, "http://vane:8080/dashboard#churn");
+        assert_eq!(fired[0].dashboard, "http://vane:8080/dashboard#churn-drift");
         // Clear, then a relapse before `for` has passed: it keeps firing.
         assert!(engine.evaluate(&report(0.1), None, &rules, hold, at(70)).is_empty());
         assert!(engine.evaluate(&report(0.6), None, &rules, hold, at(100)).is_empty());
@@ -812,7 +882,7 @@ mod tests {
         assert_eq!(
             fired[0].summary,
             "churn v3 (commit 0123456789ab): accuracy 0.7200 below 0.8 over the last 300 labelled predictions \
-             (label coverage 30%)"
+             (label coverage 30%); since 2027-01-15T08:00:10Z, model sha256:feedbeeffeed"
         );
         // No labels any more: nothing to judge, so the alert keeps firing rather than resolving on silence.
         assert!(engine.evaluate(&drifting, None, &rules, hold, at(200)).is_empty());
@@ -851,5 +921,71 @@ mod tests {
         );
         // Without prediction drift in the report (no prediction column), the rule has nothing to judge.
         assert!(Engine::new("").evaluate(&report(0.0), None, &rules, Duration::ZERO, at(0)).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod fewer_pages {
+    use super::*;
+    use crate::drift::{column_report, ColumnKind, Sides, Values};
+
+    fn at(seconds: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000 + seconds)
+    }
+
+    /// A report evaluated at `evaluated` (seconds) with one shifted feature whose Evidently verdict is `drifted`.
+    fn report(evaluated: u64, drifted: bool) -> LiveReport {
+        let reference = Values::Numeric((0..200).map(|i| Some(f64::from(i) / 10.0)).collect());
+        let current = Values::Numeric((0..200).map(|i| Some(f64::from(i) / 10.0 + 5.0)).collect());
+        let mut column = column_report(ColumnKind::Numeric, &Sides { reference, current });
+        assert!(column.drift.as_ref().unwrap().drifted && column.psi.as_ref().unwrap().value > 0.5);
+        column.drift.as_mut().unwrap().drifted = drifted;
+        LiveReport {
+            model: "churn".into(),
+            version: 3,
+            commit: None,
+            data_sha256: None,
+            model_sha256: None,
+            window_rows: 200,
+            rows_observed: 200,
+            window_size: 200,
+            min_samples: 100,
+            window_start_unix_ms: None,
+            evaluated_unix_ms: evaluated * 1000,
+            enough_samples: true,
+            columns: BTreeMap::from([("age".to_owned(), column)]),
+            dataset_drift: None,
+            prediction_drift: None,
+            estimated_quality: None,
+            multivariate: None,
+            data_quality: BTreeMap::new(),
+            history: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_condition_fires_after_n_consecutive_windows_and_ticks_on_one_window_count_once() {
+        let rules = vec![Rule::new("psi", 0.2).unwrap()];
+        let hold = Hold { duration: Duration::ZERO, windows: 3 };
+        let mut engine = Engine::new("");
+        let first = engine.evaluate(&report(0, true), None, &rules, hold, at(0));
+        assert_eq!((first[0].state, first[0].windows), (State::Pending, 1));
+        // The same window looked at on later ticks is still one window.
+        for tick in 1..5 {
+            assert!(engine.evaluate(&report(0, true), None, &rules, hold, at(tick)).is_empty());
+        }
+        assert!(engine.evaluate(&report(5, true), None, &rules, hold, at(5)).is_empty(), "two windows");
+        let fired = engine.evaluate(&report(10, true), None, &rules, hold, at(10));
+        assert_eq!((fired[0].state, fired[0].windows), (State::Firing, 3));
+    }
+
+    #[test]
+    fn a_drift_statistic_past_its_threshold_pages_only_when_the_size_appropriate_test_agrees() {
+        let rules = vec![Rule::new("psi", 0.2).unwrap()];
+        let mut engine = Engine::new("");
+        // PSI far past 0.2, but the test for a window this size (K-S up to 1,000 rows) says no drift: no alert.
+        assert!(engine.evaluate(&report(0, false), None, &rules, Duration::ZERO, at(0)).is_empty());
+        let fired = engine.evaluate(&report(5, true), None, &rules, Duration::ZERO, at(5));
+        assert_eq!((fired[0].state, fired[0].breaches[0].feature.as_str()), (State::Firing, "age"));
     }
 }

@@ -105,6 +105,18 @@ pub fn example(text: &str) -> String {
     text[..end].to_owned()
 }
 
+/// The most frequent value (the smallest on a tie) and how many values there were in all.
+pub fn most_frequent<'a>(values: impl Iterator<Item = &'a str>) -> (Option<&'a str>, u64) {
+    let mut counts: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    let mut all = 0;
+    for value in values {
+        *counts.entry(value).or_default() += 1;
+        all += 1;
+    }
+    // max_by_key keeps the last of equal maxima; iterating in reverse makes that the smallest value.
+    (counts.iter().rev().max_by_key(|(_, n)| **n).map(|(v, _)| *v), all)
+}
+
 fn share(count: u64, rows: u64, example: Option<String>) -> Share {
     Share { count, share: if rows == 0 { 0.0 } else { count as f64 / rows as f64 }, example }
 }
@@ -123,16 +135,24 @@ pub fn check(domain: &Domain, current: &Values, wrong_type: (u64, Option<String>
     } as u64;
     let (mut out_of_range, mut unseen_category) = (None, None);
     match (domain, current) {
+        // Examples do not depend on row order: the value farthest outside the range, the most frequent unseen
+        // category (the smallest on a tie).
         (Domain::Range(range), Values::Numeric(v)) => {
-            let outside: Vec<f64> = match range {
-                Some((lo, hi)) => v.iter().flatten().copied().filter(|x| x < lo || x > hi).collect(),
-                None => Vec::new(),
-            };
-            out_of_range = Some(share(outside.len() as u64, rows, outside.first().map(|x| format!("{x}"))));
+            let (mut count, mut farthest) = (0u64, None::<(f64, f64)>);
+            if let Some((lo, hi)) = range {
+                for &x in v.iter().flatten().filter(|x| **x < *lo || **x > *hi) {
+                    count += 1;
+                    let distance = if x < *lo { lo - x } else { x - hi };
+                    if farthest.is_none_or(|(d, f)| distance > d || (distance == d && x < f)) {
+                        farthest = Some((distance, x));
+                    }
+                }
+            }
+            out_of_range = Some(share(count, rows, farthest.map(|(_, x)| format!("{x}"))));
         }
         (Domain::Categories(seen), Values::Categorical(v)) => {
-            let unseen: Vec<&String> = v.iter().flatten().filter(|c| !seen.contains(*c)).collect();
-            unseen_category = Some(share(unseen.len() as u64, rows, unseen.first().map(|c| example(c))));
+            let unseen = most_frequent(v.iter().flatten().filter(|c| !seen.contains(*c)).map(String::as_str));
+            unseen_category = Some(share(unseen.1, rows, unseen.0.map(example)));
         }
         // A binary column's typed values are 0 and 1; anything else arrived wrong-typed and is counted as such.
         _ => {}
@@ -179,7 +199,8 @@ mod tests {
         assert_eq!(q.rows, 10);
         assert_eq!((q.missing.count, q.missing.share), (2, 0.2));
         let out = q.out_of_range.unwrap();
-        assert_eq!((out.count, out.share, out.example.as_deref()), (3, 0.3, Some("-1")));
+        // -1 is 1 below the range, 11 is 1 above it (a tie: the smaller), 12.5 is 2.5 above: the farthest.
+        assert_eq!((out.count, out.share, out.example.as_deref()), (3, 0.3, Some("12.5")));
         assert_eq!((q.wrong_type.count, q.wrong_type.example.as_deref()), (1, Some("abc")));
         assert_eq!(q.unseen_category, None);
     }
@@ -187,9 +208,13 @@ mod tests {
     #[test]
     fn a_hand_made_categorical_window_and_a_binary_one() {
         let domain = Domain::of(ColumnKind::Categorical, &texts(&[Some("red"), Some("blue")]));
-        let q = check(&domain, &texts(&[Some("red"), Some("green"), Some("teal"), None]), (0, None));
+        let q = check(&domain, &texts(&[Some("red"), Some("teal"), Some("green"), None]), (0, None));
         let unseen = q.unseen_category.unwrap();
-        assert_eq!((unseen.count, unseen.share, unseen.example.as_deref()), (2, 0.5, Some("green")));
+        assert_eq!(
+            (unseen.count, unseen.share, unseen.example.as_deref()),
+            (2, 0.5, Some("green")),
+            "a tie: the smaller"
+        );
         assert_eq!((q.missing.count, q.wrong_type.count, q.out_of_range), (1, 0, None));
 
         // A binary window: the live window stores a 0.5 as missing and counts it as wrong-typed.

@@ -452,7 +452,7 @@ fn data_quality_of(
     let Some(reference_values) = typed.pop() else {
         return Err(ReportError(format!("column {name:?} could not be typed")));
     };
-    let (mut wrong, mut example) = (0u64, None);
+    let mut wrong_cells = Vec::new();
     let fits = |v: f64| reference_kind == ColumnKind::Numeric || v == 0.0 || v == 1.0;
     let cells: Vec<Option<f64>> = current
         .cells(ci)
@@ -460,12 +460,14 @@ fn data_quality_of(
             let cell = cell?;
             let number = parse_number(cell).filter(|v| fits(*v));
             if number.is_none() {
-                wrong += 1;
-                example.get_or_insert_with(|| checks::example(cell));
+                wrong_cells.push(cell);
             }
             number
         })
         .collect();
+    // The most frequent wrong value is the example (the smallest on a tie), whatever the row order.
+    let (example, wrong) = checks::most_frequent(wrong_cells.into_iter());
+    let example = example.map(checks::example);
     let current_values = match reference_kind {
         ColumnKind::Binary => Values::Categorical(
             cells.into_iter().map(|v| v.map(|v| if v == 0.0 { "0" } else { "1" }.to_owned())).collect(),

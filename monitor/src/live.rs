@@ -43,6 +43,8 @@ pub struct WindowSettings {
     pub rules: Vec<Rule>,
     /// How long a condition must hold before its alert fires, and be clear before it resolves.
     pub hold: Duration,
+    /// Consecutive windows (evaluations with new rows) a condition must hold in, as well as for `hold`.
+    pub consecutive_windows: u32,
     /// How predictions wait for labels, when quality is monitored.
     pub feedback: Option<crate::feedback::FeedbackSettings>,
     /// The reference column holding the model's predictions on the reference rows (Evidently's `prediction` column
@@ -86,6 +88,7 @@ impl Default for WindowSettings {
             min_samples: 100,
             rules: Rule::from_thresholds(&BTreeMap::new()).unwrap_or_default(),
             hold: Duration::from_secs(600),
+            consecutive_windows: 1,
             feedback: None,
             prediction_column: None,
             estimate: None,
@@ -114,6 +117,8 @@ pub struct Profile {
     pub commit: Option<String>,
     /// The reference data's sha256.
     pub data_sha256: Option<String>,
+    /// The model's sha256 (set by whoever loads the model).
+    pub model_sha256: Option<String>,
     /// The features, in input order.
     pub features: Vec<Feature>,
     reference: Vec<Values>,
@@ -298,6 +303,7 @@ impl Profile {
         let (model, version, commit, data_sha256) = identity;
         Ok(Self {
             domains,
+            model_sha256: None,
             model,
             version,
             commit,
@@ -375,6 +381,8 @@ pub struct LiveReport {
     pub commit: Option<String>,
     /// The reference data's sha256.
     pub data_sha256: Option<String>,
+    /// The model's sha256.
+    pub model_sha256: Option<String>,
     /// Rows in the window.
     pub window_rows: usize,
     /// Rows observed since this window started (evicted ones included).
@@ -763,7 +771,8 @@ fn run(
             let quality = settings.feedback.as_ref().and_then(|_| {
                 shared.feedback.reports(Some(&report.model)).into_iter().find(|q| q.version == report.version)
             });
-            changed_alerts.extend(engine.evaluate(report, quality.as_ref(), &settings.rules, settings.hold, now));
+            let hold = crate::alerts::Hold { duration: settings.hold, windows: settings.consecutive_windows };
+            changed_alerts.extend(engine.evaluate(report, quality.as_ref(), &settings.rules, hold, now));
         }
         let served = |model: &str, version: u64| windows.get(model).is_some_and(|v| v.contains_key(&version));
         engine.retain_versions(served);
@@ -884,6 +893,7 @@ fn evaluate(window: &Window) -> LiveReport {
         version: profile.version,
         commit: profile.commit.clone(),
         data_sha256: profile.data_sha256.clone(),
+        model_sha256: profile.model_sha256.clone(),
         window_rows: window.len(),
         rows_observed: window.observed,
         window_size: settings.window_size,

@@ -116,6 +116,14 @@ fn postable(alert: &Alert, resend_every: Duration) -> PostableAlert {
     if let Some(commit) = &alert.commit {
         annotations.insert("commit", commit.clone());
     }
+    if let Some(digest) = &alert.model_sha256 {
+        annotations.insert("model_sha256", digest.clone());
+    }
+    if let Some(digest) = &alert.data_sha256 {
+        annotations.insert("reference_sha256", digest.clone());
+    }
+    annotations.insert("since", rfc3339(alert.since_unix_ms));
+    annotations.insert("windows", alert.windows.to_string());
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let ends = match alert.state {
         State::Resolved => alert.resolved_unix_ms.unwrap_or(now),

@@ -144,6 +144,9 @@ pub struct Monitoring {
     /// How long a condition must hold before an alert fires.
     #[serde(default, rename = "for", with = "humantime_serde")]
     pub for_duration: Option<Duration>,
+    /// Consecutive windows (evaluations with new predictions) a condition must hold in, as well as for `for`.
+    #[serde(default)]
+    pub consecutive_windows: Option<u32>,
     /// Model quality from labels posted later to `/api/v1/feedback`.
     #[serde(default)]
     pub quality: Option<QualitySpec>,
@@ -631,6 +634,9 @@ fn parse_one(bytes: &[u8]) -> Result<Deployment, String> {
             if !(rate > 0.0 && rate <= 1.0) {
                 return Err(format!("spec.monitoring.sample_rate must be in (0, 1], not {rate}"));
             }
+        }
+        if matches!(monitoring.consecutive_windows, Some(n) if n == 0 || n > 1000) {
+            return Err("spec.monitoring.consecutive_windows must be from 1 to 1000".to_owned());
         }
         if monitoring.window_size == Some(0) {
             return Err("spec.monitoring.window_size must be at least 1".to_owned());

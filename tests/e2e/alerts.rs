@@ -136,7 +136,7 @@ async fn dataset_drift_fires_through_alertmanager_and_a_webhook_then_resolves() 
     let text = direct["text"].as_str().unwrap();
     assert!(text.starts_with("[FIRING] breast_cancer v2 (commit "), "{text}");
     assert!(text.contains("of features drifted over the last 190 predictions (threshold 30%): mean_radius"), "{text}");
-    assert!(text.ends_with("http://vane.example:8080/dashboard#breast_cancer"), "{text}");
+    assert!(text.ends_with("http://vane.example:8080/dashboard#breast_cancer-drift"), "{text}");
     assert_eq!(direct["alerts"][0]["state"], "firing");
 
     let routed = deliveries.next_on("/alertmanager").await;
@@ -151,6 +151,18 @@ async fn dataset_drift_fires_through_alertmanager_and_a_webhook_then_resolves() 
         .unwrap()
         .starts_with("dataset_drift_share vs threshold 0.3: dataset="));
     assert_eq!(alert["annotations"]["commit"], remote.git(&["rev-parse", "HEAD"]).as_str());
+    // What changed, since when, which model bytes and which reference, and the dashboard section that shows it.
+    let model_sha256 = crate::support::sha256_of(&remote.work.path().join("models/breast_cancer/2/model.onnx"));
+    assert_eq!(alert["annotations"]["model_sha256"], model_sha256.as_str(), "{alert}");
+    assert_eq!(alert["annotations"]["reference_sha256"].as_str().map(str::len), Some(64), "{alert}");
+    assert!(alert["annotations"]["since"].as_str().unwrap().ends_with('Z'), "{alert}");
+    assert_eq!(alert["annotations"]["windows"], "1", "{alert}");
+    assert_eq!(alert["annotations"]["dashboard"], "http://vane.example:8080/dashboard#breast_cancer-drift");
+    let summary = alert["annotations"]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains(&format!("; since 20")) && summary.contains(&format!("model sha256:{}", &model_sha256[..12])),
+        "{summary}"
+    );
 
     let listed = server.get("/api/v1/alerts").await.body;
     assert_eq!(listed["alerts"][0]["state"], "firing", "{listed}");

@@ -191,7 +191,7 @@ async fn data_quality_shares_of_a_hand_made_window_and_their_alerts() {
     assert_eq!(share("x", "wrong_type"), Some(0.1), "{checks}");
     assert_eq!(share("x", "out_of_range"), Some(0.15), "{checks}");
     assert_eq!(share("x", "missing"), Some(0.05), "{checks}");
-    assert_eq!(checks["x"]["out_of_range"]["example"], "20");
+    assert_eq!(checks["x"]["out_of_range"]["example"], "20", "the farthest outside [0, 10]");
     assert_eq!(share("colour", "unseen_category"), Some(0.15), "{checks}");
     assert_eq!(checks["colour"]["unseen_category"]["example"], "green");
     assert_eq!(share("colour", "missing"), Some(0.05), "{checks}");

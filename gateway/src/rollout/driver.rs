@@ -99,6 +99,9 @@ pub fn rollback_alert(rollout: &Rollout, base_url: &str) -> Alert {
              rollout (another candidate, or its block) starts a new one.",
             rollout.model, rollout.spec.candidate, rollout.spec.stable
         ),
+        windows: 1,
+        model_sha256: None,
+        data_sha256: None,
         dashboard: format!("{}/api/v1/rollouts", base_url.trim_end_matches('/')),
     }
 }
