@@ -160,7 +160,7 @@ async fn dataset_drift_fires_through_alertmanager_and_a_webhook_then_resolves() 
     assert_eq!(alert["annotations"]["dashboard"], "http://vane.example:8080/dashboard#breast_cancer-drift");
     let summary = alert["annotations"]["summary"].as_str().unwrap();
     assert!(
-        summary.contains(&format!("; since 20")) && summary.contains(&format!("model sha256:{}", &model_sha256[..12])),
+        summary.contains("; since 20") && summary.contains(&format!("model sha256:{}", &model_sha256[..12])),
         "{summary}"
     );
 
