@@ -177,11 +177,166 @@ pub fn history_svg(history: &[crate::live::HistoryPoint]) -> String {
     svg
 }
 
-/// The dashboard: per model, its firing alerts, the drift share over time, and each feature's test, score and
-/// reference-vs-live bars (drifted first). Refreshes itself every 10 s; no scripts.
+/// Lines over time, one per `(class, points)` series, on a y axis from `lo` to `hi`, with an optional dashed limit.
+pub fn lines_svg(title: &str, series: &[(&str, Vec<(u64, f64)>)], lo: f64, hi: f64, limit: Option<f64>) -> String {
+    let (width, height) = (600.0, 120.0);
+    let mut svg = format!(
+        r#"<svg class="history" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img"><title>{}</title>"#,
+        escape(title)
+    );
+    let span_y = if hi > lo { hi - lo } else { 1.0 };
+    let y = |v: f64| height - 4.0 - ((v - lo) / span_y).clamp(0.0, 1.0) * (height - 8.0);
+    let _ = write!(
+        svg,
+        r#"<text x="4" y="12">{}</text><text x="4" y="{:.1}">{}</text>"#,
+        number(Some(hi)),
+        height - 6.0,
+        number(Some(lo))
+    );
+    if let Some(limit) = limit {
+        let _ = write!(svg, r#"<line class="limit" x1="0" x2="{width}" y1="{0:.1}" y2="{0:.1}"/>"#, y(limit));
+    }
+    let times = series.iter().flat_map(|(_, points)| points.iter().map(|p| p.0));
+    let (first, last) = times.fold((u64::MAX, 0), |(a, b), t| (a.min(t), b.max(t)));
+    let span = last.saturating_sub(first).max(1) as f64;
+    for (class, points) in series.iter().filter(|(_, p)| !p.is_empty()) {
+        let coordinates: Vec<String> = points
+            .iter()
+            .map(|&(t, v)| {
+                let x = if first == last { width / 2.0 } else { (t - first) as f64 / span * (width - 8.0) + 4.0 };
+                format!("{x:.1},{:.1}", y(v))
+            })
+            .collect();
+        let _ = write!(svg, r#"<polyline class="{class}" points="{}"/>"#, coordinates.join(" "));
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+fn percent(share: f64) -> String {
+    format!("{:.1}%", share * 100.0)
+}
+
+/// Estimated (no labels) beside realized (labels) quality, and accuracy over time.
+fn quality_section(
+    anchor: &str,
+    report: &crate::live::LiveReport,
+    realized: Option<&crate::feedback::QualityReport>,
+) -> String {
+    let estimated = report.estimated_quality.as_ref();
+    let realized_classification = realized.and_then(|q| q.classification.as_ref());
+    if estimated.is_none() && realized_classification.is_none() {
+        return String::new();
+    }
+    let mut html = format!(
+        "<div id=\"{anchor}\"><h4>Quality: estimated from the scores (no labels) and realized (labelled predictions)</h4>\
+         <table class=\"quality\"><tr><th>metric</th><th>estimated</th><th>realized</th></tr>"
+    );
+    for metric in crate::stats::cbpe::METRICS {
+        let realized_value = realized_classification.and_then(|c| match metric {
+            "roc_auc" => c.roc_auc,
+            "f1" => Some(c.rates.f1),
+            "precision" => Some(c.rates.precision),
+            "recall" => Some(c.rates.recall),
+            "accuracy" => Some(c.rates.accuracy),
+            "specificity" => {
+                let (tn, fp) = (c.confusion.tn as f64, c.confusion.fp as f64);
+                (tn + fp > 0.0).then(|| tn / (tn + fp))
+            }
+            _ => None,
+        });
+        let _ = write!(
+            html,
+            "<tr><td>{metric}</td><td>{}</td><td>{}</td></tr>",
+            number(estimated.and_then(|q| q.metric(metric))),
+            number(realized_value)
+        );
+    }
+    let labelled = realized.map_or(0, |q| q.window_pairs);
+    let _ = write!(html, "</table><p>Realized over the last {labelled} labelled predictions.</p>");
+    let series = |pick: fn(&crate::live::HistoryPoint) -> Option<f64>| -> Vec<(u64, f64)> {
+        report.history.iter().filter_map(|p| Some((p.at_unix_ms, pick(p)?))).collect()
+    };
+    html.push_str(&lines_svg(
+        "accuracy over time: estimated (orange), realized (green)",
+        &[("estimated", series(|p| p.estimated_accuracy)), ("realized", series(|p| p.realized_accuracy))],
+        0.0,
+        1.0,
+        None,
+    ));
+    html.push_str("</div>");
+    html
+}
+
+fn multivariate_section(anchor: &str, report: &crate::live::LiveReport) -> String {
+    let Some(m) = &report.multivariate else { return String::new() };
+    let outside = m.reconstruction_error > m.bounds.upper || m.reconstruction_error < m.bounds.lower;
+    let mut html = format!(
+        "<div id=\"{anchor}\"><h4>Multivariate drift (PCA reconstruction error, {} components)</h4>\
+         <p class=\"verdict {}\">window {} against the reference's {} (bounds {} to {} for {} rows): {:.1} standard \
+         errors</p>",
+        m.pca_components,
+        if outside { "drift" } else { "ok" },
+        number(Some(m.reconstruction_error)),
+        number(Some(m.reference_error)),
+        number(Some(m.bounds.lower)),
+        number(Some(m.bounds.upper)),
+        report.window_rows,
+        m.z
+    );
+    let points: Vec<(u64, f64)> =
+        report.history.iter().filter_map(|p| Some((p.at_unix_ms, p.reconstruction_error?))).collect();
+    let top = points.iter().map(|p| p.1).fold(m.bounds.upper, f64::max) * 1.1;
+    html.push_str(&lines_svg("reconstruction error over time", &[("share", points)], 0.0, top, Some(m.bounds.upper)));
+    html.push_str("</div>");
+    html
+}
+
+fn data_quality_section(anchor: &str, report: &crate::live::LiveReport) -> String {
+    if report.data_quality.is_empty() {
+        return String::new();
+    }
+    let mut html = format!(
+        "<div id=\"{anchor}\"><h4>Data quality</h4><table class=\"data-quality\"><tr><th>feature</th>\
+         <th>missing</th><th>out of range</th><th>unseen categories</th><th>wrong type</th></tr>"
+    );
+    let cell = |share: Option<&crate::data_quality::Share>| match share {
+        None => "–".to_owned(),
+        Some(s) => match &s.example {
+            Some(example) if s.count > 0 => format!("{} (e.g. {})", percent(s.share), escape(example)),
+            _ => percent(s.share),
+        },
+    };
+    // Features with a problem first.
+    let mut features: Vec<(&String, &crate::data_quality::FeatureQuality)> = report.data_quality.iter().collect();
+    features.sort_by_key(|(_, q)| {
+        std::cmp::Reverse(crate::data_quality::CHECKS.iter().filter_map(|c| q.check(c)).map(|s| s.count).sum::<u64>())
+    });
+    for (feature, q) in features {
+        let bad = crate::data_quality::CHECKS.iter().filter_map(|c| q.check(c)).any(|s| s.count > 0);
+        let _ = write!(
+            html,
+            "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            if bad { "drifted" } else { "" },
+            escape(feature),
+            cell(Some(&q.missing)),
+            cell(q.out_of_range.as_ref()),
+            cell(q.unseen_category.as_ref()),
+            cell(Some(&q.wrong_type)),
+        );
+    }
+    html.push_str("</table></div>");
+    html
+}
+
+/// The dashboard: per model, its firing alerts, then per version the drift share over time and each feature's
+/// test, score and reference-vs-live bars (drifted first), prediction drift, estimated beside realized quality,
+/// multivariate drift and data quality, each under an anchor (`<model>-drift`, `-prediction`, `-quality`,
+/// `-multivariate`, `-data-quality`) that alerts link to. Refreshes itself every 10 s; no scripts.
 pub fn dashboard_page(
     models: &[(String, Vec<std::sync::Arc<crate::live::LiveReport>>)],
     alerts: &[crate::alerts::Alert],
+    quality: &[crate::feedback::QualityReport],
     now_unix_ms: u64,
 ) -> String {
     let mut page = format!(
@@ -235,6 +390,15 @@ pub fn dashboard_page(
                 );
                 continue;
             }
+            // The first version's sections carry the anchors alerts link to.
+            let anchor = |section: &str| {
+                if report.version == reports[0].version {
+                    format!("{}-{section}", escape(model))
+                } else {
+                    format!("{}-{}-{section}", escape(model), report.version)
+                }
+            };
+            let _ = write!(page, "<div id=\"{}\">", anchor("drift"));
             page.push_str(&history_svg(&report.history));
             let order: Vec<String> = report.columns.keys().cloned().collect();
             page.push_str(&columns_table(
@@ -242,6 +406,31 @@ pub fn dashboard_page(
                 &order,
                 &report.columns,
             ));
+            page.push_str("</div>");
+            if let Some(prediction) = &report.prediction_drift {
+                let _ = write!(
+                    page,
+                    "<div id=\"{}\"><h4>Prediction drift: the live predictions against the reference's '{}'</h4>",
+                    anchor("prediction"),
+                    escape(&prediction.column)
+                );
+                let columns =
+                    std::collections::BTreeMap::from([(prediction.column.clone(), prediction.report.clone())]);
+                page.push_str(&columns_table(
+                    &format!("prediction-{}-{}", escape(model), report.version),
+                    std::slice::from_ref(&prediction.column),
+                    &columns,
+                ));
+                let points: Vec<(u64, f64)> =
+                    report.history.iter().filter_map(|p| Some((p.at_unix_ms, p.prediction_psi?))).collect();
+                let top = points.iter().map(|p| p.1).fold(0.25, f64::max);
+                page.push_str(&lines_svg("prediction PSI over time", &[("share", points)], 0.0, top, Some(0.2)));
+                page.push_str("</div>");
+            }
+            let realized = quality.iter().find(|q| &q.model == model && q.version == report.version);
+            page.push_str(&quality_section(&anchor("quality"), report, realized));
+            page.push_str(&multivariate_section(&anchor("multivariate"), report));
+            page.push_str(&data_quality_section(&anchor("data-quality"), report));
         }
         page.push_str("</section>");
     }
@@ -252,5 +441,6 @@ pub fn dashboard_page(
 const DASHBOARD_STYLE: &str = ".alert.firing{background:#3b1219;border:1px solid #e5484d;color:#ff6369;\
 padding:10px 14px;margin:8px 0;font-size:16px}svg.history{background:#181818;display:block;margin:8px 0}\
 svg.history line.limit{stroke:#e5484d;stroke-dasharray:4 3}svg.history text{fill:#999;font-size:10px}\
-polyline.share{fill:none;stroke:#3dd68c;stroke-width:2}circle.share{fill:#3dd68c}section.model{margin-bottom:40px}\
+polyline.share{fill:none;stroke:#3dd68c;stroke-width:2}polyline.estimated{fill:none;stroke:#ffb224;stroke-width:2}\
+polyline.realized{fill:none;stroke:#3dd68c;stroke-width:2}circle.share{fill:#3dd68c}section.model{margin-bottom:40px}\
 .waiting{color:#ffb224}";

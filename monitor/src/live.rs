@@ -675,8 +675,8 @@ impl Window {
     }
 }
 
-/// Evaluations kept per window for the dashboard's drift-over-time chart (every 5 s: the last 50 minutes of
-/// activity; 24 bytes each).
+/// Evaluations kept per window for the dashboard's charts over time (every 5 s: the last 50 minutes of activity;
+/// 88 bytes each).
 pub const HISTORY: usize = 600;
 
 /// One past evaluation, for drift over time.
@@ -688,6 +688,14 @@ pub struct HistoryPoint {
     pub drift_share: f64,
     /// Rows in the window then.
     pub window_rows: usize,
+    /// Accuracy estimated from the scores then (quality.estimate).
+    pub estimated_accuracy: Option<f64>,
+    /// Accuracy on the labelled predictions then (once `min_samples` are labelled).
+    pub realized_accuracy: Option<f64>,
+    /// The window's PCA reconstruction error then.
+    pub reconstruction_error: Option<f64>,
+    /// The PSI of the predictions against the reference's then.
+    pub prediction_psi: Option<f64>,
 }
 
 /// What the monitor thread publishes to.
@@ -746,6 +754,13 @@ fn run(
         let now = SystemTime::now();
         for window in windows.values_mut().flat_map(HashMap::values_mut) {
             expire(window);
+            let (model, version) = (&window.profile.model, window.profile.version);
+            let quality = window
+                .profile
+                .settings
+                .feedback
+                .as_ref()
+                .and_then(|_| shared.feedback.reports(Some(model)).into_iter().find(|q| q.version == version));
             if window.changed {
                 window.changed = false;
                 let mut report = evaluate(window);
@@ -757,6 +772,18 @@ fn run(
                         at_unix_ms: report.evaluated_unix_ms,
                         drift_share: dataset.share_of_drifted_columns,
                         window_rows: report.window_rows,
+                        estimated_accuracy: report.estimated_quality.as_ref().and_then(|q| q.accuracy),
+                        realized_accuracy: quality
+                            .as_ref()
+                            .filter(|q| q.window_pairs >= report.min_samples.max(1))
+                            .and_then(|q| q.classification.as_ref())
+                            .map(|c| c.rates.accuracy),
+                        reconstruction_error: report.multivariate.map(|m| m.reconstruction_error),
+                        prediction_psi: report
+                            .prediction_drift
+                            .as_ref()
+                            .and_then(|p| p.report.psi.as_ref())
+                            .map(|p| p.value),
                     });
                 }
                 report.history = window.history.iter().copied().collect();
@@ -768,9 +795,6 @@ fn run(
             // arrive on their own schedule.
             let Some(report) = &window.last else { continue };
             let settings = &window.profile.settings;
-            let quality = settings.feedback.as_ref().and_then(|_| {
-                shared.feedback.reports(Some(&report.model)).into_iter().find(|q| q.version == report.version)
-            });
             let hold = crate::alerts::Hold { duration: settings.hold, windows: settings.consecutive_windows };
             changed_alerts.extend(engine.evaluate(report, quality.as_ref(), &settings.rules, hold, now));
         }

@@ -108,7 +108,13 @@ pub(crate) async fn replay(server: &TestServer, model: &str, header: &[String], 
 }
 
 /// Posts the labels in column `label` of `rows` (empty cells are labels that never came), by the replay's ids.
-async fn post_labels(server: &TestServer, model: &str, header: &[String], rows: &[Vec<String>], label: &str) {
+pub(crate) async fn post_labels(
+    server: &TestServer,
+    model: &str,
+    header: &[String],
+    rows: &[Vec<String>],
+    label: &str,
+) {
     let c = header.iter().position(|h| h == label).unwrap();
     let labels: Vec<Value> = rows
         .iter()

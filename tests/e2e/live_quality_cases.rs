@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::drift_compare::{compare, expected, quality_cases};
 use crate::gitops::serve;
-use crate::live_drift_cases::{read_csv, replay};
+use crate::live_drift_cases::{post_labels, read_csv, replay};
 use crate::monitor::report_of;
 use crate::support::{sha256_of, GitRemote};
 
@@ -26,7 +26,7 @@ fn manifest(case: &str, expected: &Value, work: &Path, window: usize) -> String 
         "apiVersion: vane.dev/v1alpha1\nkind: ModelDeployment\nmetadata:\n  name: {case}\nspec:\n  versions:\n    \
          - version: 1\n      model:\n        path: models/pass_through.onnx\n        sha256: {}\n  reference_data:\n    \
          path: data/{case}/reference.csv\n    sha256: {}\n  monitoring:\n    window_size: {}\n    min_samples: 1\n    \
-         quality:\n      task: binary_classification\n      output: score\n      threshold: 0.5\n      estimate:\n        \
+         quality:\n      task: binary_classification\n      output: score\n      threshold: 0.5\n      window: {window}\n      estimate:\n        \
          label_column: y_true\n        score_column: y_pred_proba\n        prediction_column: y_pred\n        \
          calibration: {}\n    thresholds: {{estimated_accuracy: {ACCURACY_FLOOR}, multivariate_z: 3}}\n    for: 0s\n",
         sha256_of(&work.join("models/pass_through.onnx")),
@@ -129,6 +129,18 @@ async fn every_quality_case_matches_nannyml_through_the_live_path() {
             assert_eq!(alert["severity"], "ticket");
             assert!(alert["summary"].as_str().unwrap().contains("PCA reconstruction error"), "{alert}");
         }
+    }
+    // The labels of one case arrive: the dashboard shows its estimate beside the realized quality.
+    let (name, header, rows, expected) = &deployments[1];
+    post_labels(&server, name, header, rows, "y_true").await;
+    let page = server.get("/dashboard").await.body;
+    let page = page.as_str().unwrap();
+    let estimated = expected["estimated_quality"]["accuracy"].as_f64().unwrap();
+    let realized = expected["realized_quality"]["accuracy"].as_f64().unwrap();
+    let row = format!("<tr><td>accuracy</td><td>{estimated:.4}</td><td>{realized:.4}</td></tr>");
+    assert!(page.contains(&row), "{row} on the dashboard");
+    for section in ["drift", "quality", "multivariate", "data-quality"] {
+        assert!(page.contains(&format!("id=\"{name}-{section}\"")), "the {section} section of {name}");
     }
     let metrics = server.get("/metrics").await.body;
     let text = metrics.as_str().unwrap();

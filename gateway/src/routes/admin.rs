@@ -312,8 +312,8 @@ pub(super) fn feedback(state: &AppState, body: &Bytes) -> Result<HttpResponse, A
 /// link to).
 pub(super) fn dashboard(state: &AppState) -> HttpResponse {
     let table = state.registry.snapshot();
-    let (reports, alerts) = match &state.monitor {
-        Some(monitor) => (monitor.reports(), monitor.alerts()),
+    let (reports, alerts, quality) = match &state.monitor {
+        Some(monitor) => (monitor.reports(), monitor.alerts(), monitor.feedback().reports(None)),
         None => Default::default(),
     };
     let models: Vec<(String, Vec<std::sync::Arc<monitor::live::LiveReport>>)> = table
@@ -323,7 +323,7 @@ pub(super) fn dashboard(state: &AppState) -> HttpResponse {
         .collect();
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let mut response = http::Response::new(http_body_util::Full::new(Bytes::from(monitor::html::dashboard_page(
-        &models, &alerts, now,
+        &models, &alerts, &quality, now,
     ))));
     response
         .headers_mut()
