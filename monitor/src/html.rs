@@ -101,7 +101,36 @@ pub fn report_page(report: &DriftReport, title: &str) -> String {
         report.n_rows.reference,
         report.n_rows.current,
     );
+    if let Some(estimated) = &report.estimated_quality {
+        let q = &estimated.quality;
+        let _ = write!(
+            page,
+            "<h2 id=\"estimated-quality\">Quality estimated from the current scores (labels not read)</h2>\
+             <p>{} rows, calibration {} (asked: {}).</p><table><tr><th>metric</th><th>estimated</th></tr>",
+            q.n_rows,
+            q.calibration.name(),
+            estimated.calibration_requested.name()
+        );
+        for metric in crate::stats::cbpe::METRICS {
+            let _ = write!(page, "<tr><td>{metric}</td><td>{}</td></tr>", number(q.metric(metric)));
+        }
+        page.push_str("</table>");
+    }
+    if let Some(m) = &report.multivariate {
+        let _ = write!(
+            page,
+            "<h2 id=\"multivariate\">Multivariate drift</h2><p class=\"verdict {}\">PCA reconstruction error {} \
+             against the reference's {} (bounds {} to {}, {} components)</p>",
+            if m.drifted { "drift" } else { "ok" },
+            number(m.reconstruction_error.current),
+            number(m.reconstruction_error.reference),
+            number(Some(m.bounds.lower)),
+            number(Some(m.bounds.upper)),
+            m.pca_components
+        );
+    }
     page.push_str(&columns_table("columns", &report.column_order, &report.columns));
+    page.push_str(&data_quality_table("data-quality", &report.column_order, &report.data_quality));
     page.push_str("</body></html>\n");
     page
 }
@@ -296,8 +325,21 @@ fn data_quality_section(anchor: &str, report: &crate::live::LiveReport) -> Strin
     if report.data_quality.is_empty() {
         return String::new();
     }
+    let order: Vec<String> = report.data_quality.keys().cloned().collect();
+    format!(
+        "<div id=\"{anchor}\">{}</div>",
+        data_quality_table(&format!("{anchor}-table"), &order, &report.data_quality)
+    )
+}
+
+/// Each feature's data-quality shares with an example, features with a problem first.
+fn data_quality_table(
+    id: &str,
+    order: &[String],
+    checks: &std::collections::BTreeMap<String, crate::data_quality::FeatureQuality>,
+) -> String {
     let mut html = format!(
-        "<div id=\"{anchor}\"><h4>Data quality</h4><table class=\"data-quality\"><tr><th>feature</th>\
+        "<h4>Data quality</h4><table class=\"data-quality\" id=\"{id}\"><tr><th>feature</th>\
          <th>missing</th><th>out of range</th><th>unseen categories</th><th>wrong type</th></tr>"
     );
     let cell = |share: Option<&crate::data_quality::Share>| match share {
@@ -307,8 +349,9 @@ fn data_quality_section(anchor: &str, report: &crate::live::LiveReport) -> Strin
             _ => percent(s.share),
         },
     };
-    // Features with a problem first.
-    let mut features: Vec<(&String, &crate::data_quality::FeatureQuality)> = report.data_quality.iter().collect();
+    // Features with a problem first, then in column order.
+    let mut features: Vec<(&String, &crate::data_quality::FeatureQuality)> =
+        order.iter().filter_map(|name| Some((name, checks.get(name)?))).collect();
     features.sort_by_key(|(_, q)| {
         std::cmp::Reverse(crate::data_quality::CHECKS.iter().filter_map(|c| q.check(c)).map(|s| s.count).sum::<u64>())
     });
@@ -325,7 +368,7 @@ fn data_quality_section(anchor: &str, report: &crate::live::LiveReport) -> Strin
             cell(Some(&q.wrong_type)),
         );
     }
-    html.push_str("</table></div>");
+    html.push_str("</table>");
     html
 }
 

@@ -20,6 +20,17 @@ pub enum Calibration {
     Auto,
 }
 
+impl Calibration {
+    /// The name the flag and the manifest use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Isotonic => "isotonic",
+            Self::Auto => "auto",
+        }
+    }
+}
+
 impl std::str::FromStr for Calibration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
