@@ -80,6 +80,28 @@ pub mod monitor_series {
         pub statistic: &'static str,
     }
 
+    /// One bin of a feature: a reference-quantile bin of a numeric feature (`0`, `1`, ...), or a category of the
+    /// reference (and `__unseen__` for every category it never had).
+    #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+    pub struct BinLabels {
+        /// The model.
+        pub model: String,
+        /// The version.
+        pub version: String,
+        /// The feature (reference column).
+        pub feature: String,
+        /// numeric, categorical or binary.
+        pub kind: &'static str,
+        /// The bin.
+        pub bin: String,
+    }
+
+    /// Categories of a feature exported as bins at most; a feature with more reference categories has no bin series
+    /// (its cardinality would be the reference's to choose, and the reference is untrusted).
+    pub const MAX_CATEGORY_BINS: usize = 64;
+    /// The bin every category the reference never had is counted in.
+    pub const UNSEEN_BIN: &str = "__unseen__";
+
     /// A model.
     #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
     pub struct ModelLabels {
@@ -112,10 +134,18 @@ pub mod monitor_series {
         multivariate: Family<PredictionLabels, Gauge<f64, AtomicU64>>,
         /// Each feature's share of cells failing a data-quality check (`statistic` one of its checks).
         data_quality: Family<StatisticLabels, Gauge<f64, AtomicU64>>,
+        /// The window's and the reference's counts per bin, summed over replicas by the fleet's recording rules.
+        window_bins: Family<BinLabels, Gauge>,
+        reference_bins: Family<BinLabels, Gauge>,
+        /// The bin series set per version, so a retired version's can all be removed.
+        bins: Arc<Mutex<BinsByVersion>>,
         alerts_firing: Family<ModelLabels, Gauge>,
         /// The features each version's series were set for, so a retired version's series can all be removed.
         features: Arc<Mutex<FeaturesByVersion>>,
     }
+
+    /// The bin series of each (model, version).
+    type BinsByVersion = HashMap<(String, String), Vec<BinLabels>>;
 
     /// The feature names of each (model, version) with series.
     type FeaturesByVersion = HashMap<(String, String), Vec<String>>;
@@ -147,6 +177,36 @@ pub mod monitor_series {
         }
         out.extend(column.drift.as_ref().map(|v| ("drift_score", v.drift_score)));
         out
+    }
+
+    /// A feature's bins: (kind, bin, reference count, window count). Numeric: the reference-quantile bins by index
+    /// (none when a side has no values). Categorical: the reference's categories, and every other category the
+    /// window holds counted together in [`UNSEEN_BIN`]; none past [`MAX_CATEGORY_BINS`] reference categories.
+    fn column_bins(column: &monitor::drift::ColumnReport) -> Vec<(&'static str, String, u64, u64)> {
+        use monitor::drift::ColumnKind;
+        let kind = match column.kind {
+            ColumnKind::Numeric => "numeric",
+            ColumnKind::Categorical => "categorical",
+            ColumnKind::Binary => "binary",
+        };
+        if let Some(psi) = &column.psi {
+            if let (Some(r), Some(c)) = (&psi.reference_counts, &psi.current_counts) {
+                return r.iter().zip(c).enumerate().map(|(i, (&r, &c))| (kind, i.to_string(), r, c)).collect();
+            }
+        }
+        let (Some(reference), Some(current)) = (&column.reference_counts, &column.current_counts) else {
+            return Vec::new();
+        };
+        let seen: Vec<(&String, u64)> = reference.iter().filter(|(_, n)| **n > 0).map(|(k, n)| (k, *n)).collect();
+        if seen.len() > MAX_CATEGORY_BINS {
+            return Vec::new();
+        }
+        let unseen: u64 =
+            current.iter().filter(|(k, _)| reference.get(*k).is_none_or(|n| *n == 0)).map(|(_, n)| n).sum();
+        let mut bins: Vec<_> =
+            seen.into_iter().map(|(k, r)| (kind, k.clone(), r, current.get(k).copied().unwrap_or(0))).collect();
+        bins.push((kind, UNSEEN_BIN.to_owned(), 0, unseen));
+        bins
     }
 
     /// A quality metric of a model version.
@@ -200,6 +260,18 @@ pub mod monitor_series {
                 "A feature's share of the window failing a data-quality check (`statistic`: missing, out_of_range, \
                  unseen_category, wrong_type)",
                 self.data_quality.clone(),
+            );
+            registry.register(
+                "vane_feature_window_values",
+                "Values of a feature in a replica's current window per bin (reference-quantile bins of a numeric \
+                 feature, reference categories and __unseen__ of a categorical one): summed over replicas, the fleet's \
+                 distribution (configs/prometheus/vane-fleet-rules.yaml)",
+                self.window_bins.clone(),
+            );
+            registry.register(
+                "vane_feature_reference_values",
+                "Values of a feature in the reference data per bin (the same on every replica)",
+                self.reference_bins.clone(),
             );
             registry.register(
                 "vane_drift_alerts_firing",
@@ -299,6 +371,11 @@ pub mod monitor_series {
                     statistic,
                 });
             }
+            let bins = self.bins.lock().ok().and_then(|mut b| b.remove(&(model.clone(), version.clone())));
+            for labels in bins.unwrap_or_default() {
+                self.window_bins.remove(&labels);
+                self.reference_bins.remove(&labels);
+            }
             let features = self.features.lock().ok().and_then(|mut f| f.remove(&(model.clone(), version.clone())));
             for feature in features.unwrap_or_default() {
                 let labels = FeatureLabels { model: model.clone(), version: version.clone(), feature };
@@ -350,6 +427,24 @@ pub mod monitor_series {
                     let labels = PredictionLabels { model: model.clone(), version: version.clone(), statistic };
                     self.prediction.get_or_create(&labels).set(value);
                 }
+            }
+            let mut bins = Vec::new();
+            for (feature, column) in &report.columns {
+                for (kind, bin, reference, window) in column_bins(column) {
+                    let labels = BinLabels {
+                        model: model.clone(),
+                        version: version.clone(),
+                        feature: feature.clone(),
+                        kind,
+                        bin,
+                    };
+                    self.reference_bins.get_or_create(&labels).set(i64::try_from(reference).unwrap_or(i64::MAX));
+                    self.window_bins.get_or_create(&labels).set(i64::try_from(window).unwrap_or(i64::MAX));
+                    bins.push(labels);
+                }
+            }
+            if let Ok(mut all) = self.bins.lock() {
+                all.insert((model.clone(), version.clone()), bins);
             }
             for (feature, checks) in &report.data_quality {
                 for statistic in monitor::data_quality::CHECKS {

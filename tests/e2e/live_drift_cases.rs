@@ -32,7 +32,7 @@ pub(crate) fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
 
 /// The manifest of deployment `name`: the case's model and reference, a window holding all of `current.csv`, the
 /// case's column kinds, and an optional quality block.
-fn manifest(name: &str, case: &str, expected: &Value, work: &Path, quality: &str) -> String {
+pub(crate) fn manifest(name: &str, case: &str, expected: &Value, work: &Path, quality: &str) -> String {
     let rows = expected["n_rows"]["current"].as_u64().unwrap();
     let columns: Vec<String> = expected["columns"]
         .as_object()

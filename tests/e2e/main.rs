@@ -6,6 +6,7 @@ mod binary;
 mod dashboard;
 mod drift_compare;
 mod errors;
+mod fleet;
 mod gitops;
 mod grpc;
 mod hotpath;

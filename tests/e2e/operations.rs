@@ -182,6 +182,11 @@ fn the_shipped_rules_pass_promtool_and_the_alertmanager_route_passes_amtool() {
     assert!(checked.contains("SUCCESS: 7 rules found"), "{checked}");
     let tested = run(Command::new(&promtool).args(["test", "rules", "vane-rules.test.yaml"]).current_dir(&dir));
     assert!(tested.contains("SUCCESS"), "{tested}");
+    // The fleet's recording rules and their alert (tests/e2e/fleet.rs runs them on a real Prometheus too).
+    let checked = run(Command::new(&promtool).args(["check", "rules", "vane-fleet-rules.yaml"]).current_dir(&dir));
+    assert!(checked.contains("SUCCESS: 18 rules found"), "{checked}");
+    let tested = run(Command::new(&promtool).args(["test", "rules", "vane-fleet-rules.test.yaml"]).current_dir(&dir));
+    assert!(tested.contains("SUCCESS"), "{tested}");
     let amtool = ensure_debian_package("/usr/bin/amtool", "prometheus-alertmanager");
     let checked =
         run(Command::new(amtool).arg("check-config").arg(root().join("configs/alertmanager/alertmanager.yml")));
@@ -222,6 +227,8 @@ async fn the_dashboard_and_rules_use_only_exported_metrics() {
         "vane_feature_drift",
         "vane_model_quality",
         "vane_drift_alerts_firing",
+        "vane_feature_window_values",
+        "vane_feature_reference_values",
     ];
     let known = |name: &str| exported.contains(&name) || registered_elsewhere.contains(&name);
     let dashboard: Value =
@@ -237,6 +244,13 @@ async fn the_dashboard_and_rules_use_only_exported_metrics() {
         serde_saphyr::from_str(&std::fs::read_to_string(root().join("configs/prometheus/vane-rules.yaml")).unwrap())
             .unwrap();
     for rule in rules["groups"][0]["rules"].as_array().unwrap() {
+        exprs.push(rule["expr"].as_str().unwrap().to_owned());
+    }
+    let fleet: serde_json::Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(root().join("configs/prometheus/vane-fleet-rules.yaml")).unwrap(),
+    )
+    .unwrap();
+    for rule in fleet["groups"][0]["rules"].as_array().unwrap() {
         exprs.push(rule["expr"].as_str().unwrap().to_owned());
     }
     let mut checked = 0;
