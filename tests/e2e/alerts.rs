@@ -181,3 +181,76 @@ async fn dataset_drift_fires_through_alertmanager_and_a_webhook_then_resolves() 
     assert!(metrics.as_str().unwrap().contains("vane_alert_delivery_failures_total 0"), "{metrics}");
     server.stop().await;
 }
+
+/// The second edition's alerts through a real Alertmanager: the q02 quality case replayed (its labels never sent)
+/// pages `VaneEstimatedQualityDrop` and opens a `VaneMultivariateDrift` ticket, each with the model's and the
+/// reference's sha256, since when, and the dashboard section that shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn estimated_quality_and_multivariate_alerts_reach_alertmanager_with_their_details() {
+    use crate::live_quality_cases::{manifest, INPUTS};
+    let scratch = tempfile::tempdir().unwrap();
+    let (receiver_addr, rx) = receiver().await;
+    let mut deliveries = Deliveries { rx, early: Vec::new() };
+    let (_alertmanager, alertmanager_url) =
+        tokio::task::block_in_place(|| alertmanager(&format!("http://{receiver_addr}/alertmanager"), scratch.path()));
+
+    let case = crate::drift_compare::quality_cases()
+        .into_iter()
+        .find(|c| c.ends_with("q02_covariate_shift_miscalibrated"))
+        .unwrap();
+    let name = "q02_covariate_shift_miscalibrated";
+    let expected = crate::drift_compare::expected(&case);
+    let (header, rows) = crate::live_drift_cases::read_csv(&case.join("current.csv"));
+    let remote = crate::support::GitRemote::new();
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/quality-models/pass_through.onnx");
+    remote.write("models/pass_through.onnx", &std::fs::read(&model).unwrap());
+    remote.write(&format!("data/{name}/reference.csv"), &std::fs::read(case.join("reference.csv")).unwrap());
+    remote.write(&format!("deploy/{name}.yaml"), manifest(name, &expected, remote.work.path(), rows.len()).as_bytes());
+    remote.push("q02, monitored");
+    let data = tempfile::tempdir().unwrap();
+    let gitops =
+        crate::gitops::gitops_config(remote.bare.path().display().to_string(), &data, Duration::from_secs(3600));
+    let am = alertmanager_url.clone();
+    let server = TestServer::start_with(move |config| {
+        config.gitops = Some(gitops);
+        config.alerting.alertmanagers = vec![am];
+        config.external_url = Some("http://vane.example:8080".into());
+    })
+    .await;
+    server.until(|s| s.syncs >= 1).await;
+
+    let keep: Vec<usize> = INPUTS.iter().map(|c| header.iter().position(|h| h == c).unwrap()).collect();
+    let inputs: Vec<String> = keep.iter().map(|&i| header[i].clone()).collect();
+    let cells: Vec<Vec<String>> = rows.iter().map(|r| keep.iter().map(|&i| r[i].clone()).collect()).collect();
+    let kinds = serde_json::json!({"cat": {"kind": "categorical"}, "region": {"kind": "categorical"}});
+    crate::live_drift_cases::replay(&server, name, &inputs, &kinds, &cells).await;
+    crate::monitor::report_of(&server, name, rows.len() as u64).await;
+
+    // Alertmanager groups by alert name: one notification each, in either order.
+    let mut by_name = std::collections::BTreeMap::new();
+    while by_name.len() < 2 {
+        let routed = deliveries.next_on("/alertmanager").await;
+        for alert in routed["alerts"].as_array().unwrap() {
+            by_name.insert(alert["labels"]["alertname"].as_str().unwrap().to_owned(), alert.clone());
+        }
+    }
+    let model_sha256 = crate::support::sha256_of(&model);
+    let reference_sha256 = crate::support::sha256_of(&case.join("reference.csv"));
+    for (alertname, severity, section) in
+        [("VaneEstimatedQualityDrop", "page", "quality"), ("VaneMultivariateDrift", "ticket", "multivariate")]
+    {
+        let alert = by_name.get(alertname).unwrap_or_else(|| panic!("{alertname} reached Alertmanager: {by_name:?}"));
+        assert_eq!((alert["status"].as_str(), alert["labels"]["severity"].as_str()), (Some("firing"), Some(severity)));
+        let annotations = &alert["annotations"];
+        assert_eq!(annotations["model_sha256"], model_sha256.as_str(), "{alert}");
+        assert_eq!(annotations["reference_sha256"], reference_sha256.as_str(), "{alert}");
+        assert_eq!(annotations["commit"], remote.git(&["rev-parse", "HEAD"]).as_str(), "{alert}");
+        assert!(annotations["since"].as_str().is_some_and(|s| s.ends_with('Z')), "{alert}");
+        assert_eq!(annotations["dashboard"], format!("http://vane.example:8080/dashboard#{name}-{section}").as_str());
+    }
+    let estimated = by_name["VaneEstimatedQualityDrop"]["annotations"]["summary"].as_str().unwrap().to_owned();
+    let accuracy = expected["estimated_quality"]["accuracy"].as_f64().unwrap();
+    assert!(estimated.contains(&format!("accuracy estimated at {accuracy:.4} from the scores alone")), "{estimated}");
+    assert!(estimated.contains(&format!("model sha256:{}", &model_sha256[..12])), "{estimated}");
+    server.stop().await;
+}

@@ -17,11 +17,11 @@ use crate::monitor::report_of;
 use crate::support::{sha256_of, GitRemote};
 
 /// The model's inputs: the features and the score.
-const INPUTS: [&str; 9] = ["x0", "x1", "x2", "x3", "x4", "x5", "cat", "region", "y_pred_proba"];
+pub(crate) const INPUTS: [&str; 9] = ["x0", "x1", "x2", "x3", "x4", "x5", "cat", "region", "y_pred_proba"];
 /// Estimated accuracy below this pages (q02 0.7156 and q03 0.7058 are below, q01 0.7538 is not).
 const ACCURACY_FLOOR: f64 = 0.72;
 
-fn manifest(case: &str, expected: &Value, work: &Path, window: usize) -> String {
+pub(crate) fn manifest(case: &str, expected: &Value, work: &Path, window: usize) -> String {
     format!(
         "apiVersion: vane.dev/v1alpha1\nkind: ModelDeployment\nmetadata:\n  name: {case}\nspec:\n  versions:\n    \
          - version: 1\n      model:\n        path: models/pass_through.onnx\n        sha256: {}\n  reference_data:\n    \
