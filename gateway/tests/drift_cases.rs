@@ -205,3 +205,38 @@ fn the_data_quality_section_counts_hand_made_problems() {
     assert_eq!(colour["unseen_category"]["example"], "teal", "{colour}");
     assert_eq!((colour["unseen_category"]["count"].as_u64(), colour["missing"]["count"].as_u64()), (Some(1), Some(1)));
 }
+
+/// A three-class classifier (`monitor/tests/quality-cases-multiclass`, NannyML 0.13.1's multiclass CBPE with isotonic
+/// calibration): the one-vs-rest estimate, macro-averaged, matches field by field through `vane drift`.
+#[test]
+fn the_multiclass_case_matches_nannyml_one_vs_rest() {
+    let case =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../monitor/tests/quality-cases-multiclass/m01_three_classes_shift");
+    let expected = expected(&case);
+    let report = vane_drift(
+        &case,
+        &[
+            "--classification",
+            "label=y_true,score=proba_a:proba_b:proba_c,classes=a:b:c,prediction=y_pred",
+            "--estimated-quality",
+            "isotonic",
+            "--multivariate",
+        ]
+        .map(str::to_owned),
+    );
+    let mut mismatches = Vec::new();
+    compare("m01.estimated_quality", &expected["estimated_quality"], report.get("estimated_quality"), &mut mismatches);
+    assert!(mismatches.is_empty(), "{mismatches:?}");
+    assert_eq!((report["estimated_quality"]["classes"].as_u64(), report.get("quality")), (Some(3), None));
+    assert_eq!(
+        report["multivariate"]["features"],
+        serde_json::json!(["x0", "x1", "x2", "x3"]),
+        "scores are not features"
+    );
+    // Several score columns without their classes are refused, naming what is missing.
+    let output = Command::new(env!("CARGO_BIN_EXE_vane"))
+        .args(["drift", "--reference", "a.csv", "--current", "b.csv", "--classification", "label=y,score=p:q"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("several score columns need classes=A:B:..."));
+}

@@ -53,6 +53,9 @@ pub struct ClassificationSpec {
     pub threshold: f64,
     /// The column of predicted labels (positive when equal to `positive`); else score ≥ threshold.
     pub prediction: Option<String>,
+    /// A multiclass classifier's classes with their score columns (`score=A:B:C,classes=a:b:c`); empty for binary.
+    /// Its quality is estimated one-vs-rest; realized multiclass quality is not computed.
+    pub classes: Vec<(String, String)>,
 }
 
 /// Regression columns.
@@ -401,7 +404,11 @@ pub fn report(reference: &Table, current: &Table, options: &Options) -> Result<D
         let quality_columns: BTreeSet<&str> = options
             .classification
             .iter()
-            .flat_map(|c| [Some(c.label.as_str()), Some(c.score.as_str()), c.prediction.as_deref()])
+            .flat_map(|c| {
+                [Some(c.label.as_str()), Some(c.score.as_str()), c.prediction.as_deref()]
+                    .into_iter()
+                    .chain(c.classes.iter().map(|(_, column)| Some(column.as_str())))
+            })
             .chain(options.regression.iter().flat_map(|r| [Some(r.target.as_str()), Some(r.prediction.as_str())]))
             .flatten()
             .collect();
@@ -493,6 +500,9 @@ fn estimated_block(
     calibration: Calibration,
     typed: &BTreeMap<String, Sides<Values>>,
 ) -> Result<EstimatedReport, ReportError> {
+    if !spec.classes.is_empty() {
+        return estimated_multiclass(spec, calibration, typed);
+    }
     let column =
         |name: &str| typed.get(name).ok_or_else(|| ReportError(format!("--classification: no column {name:?}")));
     let Values::Numeric(_) = &column(&spec.score)?.reference else {
@@ -518,6 +528,83 @@ fn estimated_block(
     };
     let rows: Vec<(f64, bool)> = current_scores.iter().zip(predicted).filter_map(|(s, p)| Some(((*s)?, p?))).collect();
     Ok(EstimatedReport::new(cbpe::estimate(&calibrator, &rows), &calibrator))
+}
+
+fn text_of(values: &Values) -> Vec<Option<String>> {
+    match values {
+        Values::Categorical(v) => v.clone(),
+        Values::Numeric(v) => v.iter().map(|x| x.map(|x| format!("{x}"))).collect(),
+    }
+}
+
+/// One-vs-rest: a calibrator per class on "the label is this class" against its score; the current side's rows are
+/// their scores and predicted class (the prediction column, else the highest score). Rows missing any are left out.
+fn estimated_multiclass(
+    spec: &ClassificationSpec,
+    calibration: Calibration,
+    typed: &BTreeMap<String, Sides<Values>>,
+) -> Result<EstimatedReport, ReportError> {
+    let column =
+        |name: &str| typed.get(name).ok_or_else(|| ReportError(format!("--classification: no column {name:?}")));
+    let scores = |side: fn(&Sides<Values>) -> &Values| -> Result<Vec<Vec<Option<f64>>>, ReportError> {
+        spec.classes
+            .iter()
+            .map(|(_, name)| match side(column(name)?) {
+                Values::Numeric(v) => Ok(v.clone()),
+                Values::Categorical(_) => {
+                    Err(ReportError(format!("--classification: score column {name:?} is not numeric")))
+                }
+            })
+            .collect()
+    };
+    let (reference_scores, current_scores) = (scores(|s| &s.reference)?, scores(|s| &s.current)?);
+    let labels = text_of(&column(&spec.label)?.reference);
+    // The label is compared as text, as the classes are given; a numeric label column reads 1 as "1".
+    let calibrators: Vec<Calibrator> = spec
+        .classes
+        .iter()
+        .enumerate()
+        .map(|(k, (class, _))| {
+            let pairs: Vec<(f64, bool)> = reference_scores[k]
+                .iter()
+                .zip(&labels)
+                .filter_map(|(s, l)| Some(((*s)?, l.as_deref()? == class)))
+                .collect();
+            Calibrator::fit(&pairs, calibration)
+        })
+        .collect();
+    let predicted: Vec<Option<usize>> = match &spec.prediction {
+        Some(name) => text_of(&column(name)?.current)
+            .into_iter()
+            .map(|p| spec.classes.iter().position(|(class, _)| Some(class.as_str()) == p.as_deref()))
+            .collect(),
+        None => (0..current_scores.first().map_or(0, Vec::len))
+            .map(|row| {
+                let mut best: Option<(usize, f64)> = None;
+                for (k, column) in current_scores.iter().enumerate() {
+                    let s = column[row]?;
+                    if best.is_none_or(|(_, b)| s > b) {
+                        best = Some((k, s));
+                    }
+                }
+                best.map(|(k, _)| k)
+            })
+            .collect(),
+    };
+    let rows: Vec<(Vec<f64>, usize)> = predicted
+        .iter()
+        .enumerate()
+        .filter_map(|(row, p)| {
+            let scores: Option<Vec<f64>> = current_scores.iter().map(|c| c[row]).collect();
+            Some((scores?, (*p)?))
+        })
+        .collect();
+    // `auto` decides per class; the report names what was asked.
+    Ok(EstimatedReport {
+        quality: cbpe::estimate_multiclass(&calibrators, &rows),
+        calibration_requested: calibration,
+        calibration_errors: None,
+    })
 }
 
 fn multivariate_block(
@@ -886,6 +973,7 @@ fn quality_blocks(
     };
     let binary_classification = match &options.classification {
         None => None,
+        Some(spec) if !spec.classes.is_empty() => None,
         Some(spec) => {
             let (label, score) = (column(&spec.label, "--classification")?, column(&spec.score, "--classification")?);
             let side = |label: &Values, score: &Values| -> Result<Classification, ReportError> {
@@ -918,5 +1006,7 @@ fn quality_blocks(
             })
         }
     };
-    Ok(Some(Quality { binary_classification, regression }))
+    // A multiclass spec has no realized block (its quality is only estimated).
+    Ok((binary_classification.is_some() || regression.is_some())
+        .then_some(Quality { binary_classification, regression }))
 }

@@ -26,10 +26,29 @@ fn key_values(text: &str, flag: &str, allowed: &[&str]) -> Result<BTreeMap<Strin
     Ok(map)
 }
 
-/// Parses `label=COL,score=COL[,prediction=COL][,positive=V][,threshold=T]` (`--classification`).
+/// Parses `label=COL,score=COL[,prediction=COL][,positive=V][,threshold=T]` (`--classification`), or for a
+/// multiclass classifier `label=COL,score=COL_A:COL_B:...,classes=A:B:...[,prediction=COL]`.
 pub fn parse_classification(text: &str) -> Result<ClassificationSpec, String> {
     let flag = "--classification";
-    let mut map = key_values(text, flag, &["label", "score", "prediction", "positive", "threshold"])?;
+    let mut map = key_values(text, flag, &["label", "score", "prediction", "positive", "threshold", "classes"])?;
+    let classes = match (map.remove("classes"), map.get("score")) {
+        (None, Some(score)) if score.contains(':') => {
+            return Err(format!("{flag} {text:?}: several score columns need classes=A:B:... (one per column)"));
+        }
+        (None, _) => Vec::new(),
+        (Some(classes), score) => {
+            let (classes, columns): (Vec<&str>, Vec<&str>) =
+                (classes.split(':').collect(), score.map(|s| s.split(':').collect()).unwrap_or_default());
+            if classes.len() < 2 || classes.len() != columns.len() {
+                return Err(format!(
+                    "{flag} {text:?}: classes=... names {} classes for {} score columns (at least 2, one each)",
+                    classes.len(),
+                    columns.len()
+                ));
+            }
+            classes.into_iter().zip(columns).map(|(c, s)| (c.to_owned(), s.to_owned())).collect()
+        }
+    };
     let mut take = |key: &str| map.remove(key).ok_or_else(|| format!("{flag} {text:?}: {key}=COLUMN is required"));
     let (label, score) = (take("label")?, take("score")?);
     let threshold = match map.remove("threshold") {
@@ -42,6 +61,7 @@ pub fn parse_classification(text: &str) -> Result<ClassificationSpec, String> {
         positive: map.remove("positive").unwrap_or_else(|| "1".to_owned()),
         threshold,
         prediction: map.remove("prediction"),
+        classes,
     })
 }
 

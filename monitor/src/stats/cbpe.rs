@@ -216,8 +216,12 @@ pub struct EstimatedQuality {
     pub calibration: Calibration,
     /// Rows estimated (with a score and a prediction).
     pub n_rows: u64,
-    /// The expected confusion.
-    pub expected_confusion: ExpectedConfusion,
+    /// The expected confusion (binary; a multiclass estimate has one per class, averaged in the metrics).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_confusion: Option<ExpectedConfusion>,
+    /// Classes, for a multiclass estimate (one-vs-rest, macro averages).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classes: Option<usize>,
     /// Estimated ROC AUC; `None` when every row is surely one class.
     pub roc_auc: Option<f64>,
     /// TP / (TP + (FP + FN) / 2).
@@ -261,8 +265,69 @@ fn round5(x: f64) -> f64 {
 
 /// Estimates a window's quality from its `(score, predicted positive)` rows.
 pub fn estimate(calibrator: &Calibrator, rows: &[(f64, bool)]) -> EstimatedQuality {
-    let mut scored: Vec<(f64, f64, bool)> =
+    let scored: Vec<(f64, f64, bool)> =
         rows.iter().map(|&(score, predicted)| (score, calibrator.probability(score), predicted)).collect();
+    estimate_probabilities(calibrator.chosen(), scored)
+}
+
+/// Estimates a multiclass window's quality, one-vs-rest (NannyML's multiclass CBPE): `calibrators[k]` is class k's,
+/// fitted on "the label is k" against class k's score; each row is `(scores by class, predicted class)`. Each row's
+/// calibrated probabilities are divided by their sum (uniform when it is 0); ROC AUC, F1, precision, recall and
+/// specificity are the mean over classes of the binary estimates (a class's ROC AUC ordering rows by its raw score),
+/// and accuracy is the mean calibrated probability of the predicted class. `None` when a class's metric is.
+pub fn estimate_multiclass(calibrators: &[Calibrator], rows: &[(Vec<f64>, usize)]) -> EstimatedQuality {
+    let k = calibrators.len();
+    let probabilities: Vec<Vec<f64>> = rows
+        .iter()
+        .map(|(scores, _)| {
+            let p: Vec<f64> = calibrators.iter().zip(scores).map(|(c, &s)| c.probability(s)).collect();
+            let sum: f64 = p.iter().sum();
+            if sum != 0.0 {
+                p.iter().map(|v| v / sum).collect()
+            } else {
+                vec![1.0 / k as f64; k]
+            }
+        })
+        .collect();
+    let per_class: Vec<EstimatedQuality> = (0..k)
+        .map(|class| {
+            let scored = rows
+                .iter()
+                .zip(&probabilities)
+                .map(|((scores, predicted), p)| (scores[class], p[class], *predicted == class))
+                .collect();
+            estimate_probabilities(calibrators[class].chosen(), scored)
+        })
+        .collect();
+    let mean = |pick: fn(&EstimatedQuality) -> Option<f64>| -> Option<f64> {
+        let values: Option<Vec<f64>> = per_class.iter().map(pick).collect();
+        values.filter(|v| !v.is_empty()).map(|v| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    let accuracy = (!rows.is_empty()).then(|| {
+        let chosen: Vec<f64> = rows
+            .iter()
+            .zip(&probabilities)
+            .map(|((_, predicted), p)| p.get(*predicted).copied().unwrap_or(0.0))
+            .collect();
+        chosen.iter().sum::<f64>() / chosen.len() as f64
+    });
+    let isotonic = calibrators.iter().any(|c| c.chosen() == Calibration::Isotonic);
+    EstimatedQuality {
+        calibration: if isotonic { Calibration::Isotonic } else { Calibration::None },
+        n_rows: rows.len() as u64,
+        expected_confusion: None,
+        classes: Some(k),
+        roc_auc: mean(|q| q.roc_auc),
+        f1: mean(|q| q.f1),
+        precision: mean(|q| q.precision),
+        recall: mean(|q| q.recall),
+        specificity: mean(|q| q.specificity),
+        accuracy,
+    }
+}
+
+/// The binary estimate of `(raw score, calibrated probability, predicted positive)` rows.
+fn estimate_probabilities(calibration: Calibration, mut scored: Vec<(f64, f64, bool)>) -> EstimatedQuality {
     let mut c = ExpectedConfusion::default();
     for &(_, p, predicted) in &scored {
         if predicted {
@@ -291,9 +356,10 @@ pub fn estimate(calibrator: &Calibrator, rows: &[(f64, bool)]) -> EstimatedQuali
     });
     let n = scored.len() as f64;
     EstimatedQuality {
-        calibration: calibrator.chosen(),
+        calibration,
         n_rows: scored.len() as u64,
-        expected_confusion: c,
+        expected_confusion: Some(c),
+        classes: None,
         roc_auc,
         f1: ratio(c.tp, c.tp + (c.fp + c.fn_) / 2.0),
         precision: ratio(c.tp, c.tp + c.fp),
