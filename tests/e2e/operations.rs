@@ -229,6 +229,9 @@ async fn the_dashboard_and_rules_use_only_exported_metrics() {
         "vane_drift_alerts_firing",
         "vane_feature_window_values",
         "vane_feature_reference_values",
+        "vane_estimated_quality",
+        "vane_multivariate_drift",
+        "vane_data_quality",
     ];
     let known = |name: &str| exported.contains(&name) || registered_elsewhere.contains(&name);
     let dashboard: Value =
