@@ -101,6 +101,12 @@ pub mod monitor_series {
     pub const MAX_CATEGORY_BINS: usize = 64;
     /// The bin every category the reference never had is counted in.
     pub const UNSEEN_BIN: &str = "__unseen__";
+    /// Features of a version with bin series at most (the first by name), and the longest category a bin
+    /// label may carry (a feature with a longer one has none): at most 128 x 65 x 2 bin series per version and
+    /// replica, each label at most 64 bytes, whatever the reference holds.
+    pub const MAX_BIN_FEATURES: usize = 128;
+    /// See [`MAX_BIN_FEATURES`].
+    pub const MAX_BIN_LABEL_BYTES: usize = 64;
 
     /// A model.
     #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -198,7 +204,7 @@ pub mod monitor_series {
             return Vec::new();
         };
         let seen: Vec<(&String, u64)> = reference.iter().filter(|(_, n)| **n > 0).map(|(k, n)| (k, *n)).collect();
-        if seen.len() > MAX_CATEGORY_BINS {
+        if seen.len() > MAX_CATEGORY_BINS || seen.iter().any(|(k, _)| k.len() > MAX_BIN_LABEL_BYTES) {
             return Vec::new();
         }
         let unseen: u64 =
@@ -361,16 +367,8 @@ pub mod monitor_series {
             for metric in QUALITY {
                 self.quality.remove(&QualityLabels { model: model.clone(), version: version.clone(), metric });
             }
-            for statistic in monitor::stats::cbpe::METRICS {
-                self.estimated.remove(&PredictionLabels { model: model.clone(), version: version.clone(), statistic });
-            }
-            for statistic in MULTIVARIATE {
-                self.multivariate.remove(&PredictionLabels {
-                    model: model.clone(),
-                    version: version.clone(),
-                    statistic,
-                });
-            }
+            self.remove_estimated(&model, &version);
+            self.remove_multivariate(&model, &version);
             let bins = self.bins.lock().ok().and_then(|mut b| b.remove(&(model.clone(), version.clone())));
             for labels in bins.unwrap_or_default() {
                 self.window_bins.remove(&labels);
@@ -378,24 +376,7 @@ pub mod monitor_series {
             }
             let features = self.features.lock().ok().and_then(|mut f| f.remove(&(model.clone(), version.clone())));
             for feature in features.unwrap_or_default() {
-                let labels = FeatureLabels { model: model.clone(), version: version.clone(), feature };
-                self.drifted.remove(&labels);
-                for statistic in monitor::data_quality::CHECKS {
-                    self.data_quality.remove(&StatisticLabels {
-                        model: model.clone(),
-                        version: version.clone(),
-                        feature: labels.feature.clone(),
-                        statistic,
-                    });
-                }
-                for statistic in STATISTICS {
-                    self.statistic.remove(&StatisticLabels {
-                        model: model.clone(),
-                        version: version.clone(),
-                        feature: labels.feature.clone(),
-                        statistic,
-                    });
-                }
+                self.remove_feature(&model, &version, feature);
             }
         }
 
@@ -429,7 +410,7 @@ pub mod monitor_series {
                 }
             }
             let mut bins = Vec::new();
-            for (feature, column) in &report.columns {
+            for (feature, column) in report.columns.iter().take(MAX_BIN_FEATURES) {
                 for (kind, bin, reference, window) in column_bins(column) {
                     let labels = BinLabels {
                         model: model.clone(),
@@ -443,8 +424,20 @@ pub mod monitor_series {
                     bins.push(labels);
                 }
             }
+            // A bin set last time but not now (a numeric window left with no values has no bins) goes, so a sum
+            // over replicas never adds a stale count.
             if let Ok(mut all) = self.bins.lock() {
+                let now: std::collections::HashSet<&BinLabels> = bins.iter().collect();
+                let stale: Vec<BinLabels> = all
+                    .get(&(model.clone(), version.clone()))
+                    .map(|before| before.iter().filter(|labels| !now.contains(labels)).cloned().collect())
+                    .unwrap_or_default();
+                drop(now);
                 all.insert((model.clone(), version.clone()), bins);
+                for stale in &stale {
+                    self.window_bins.remove(stale);
+                    self.reference_bins.remove(stale);
+                }
             }
             for (feature, checks) in &report.data_quality {
                 for statistic in monitor::data_quality::CHECKS {
@@ -474,8 +467,55 @@ pub mod monitor_series {
                     self.multivariate.get_or_create(&labels).set(value);
                 }
             }
-            if let Ok(mut features) = self.features.lock() {
-                features.insert((model, version), report.columns.keys().cloned().collect());
+            if report.estimated_quality.is_none() {
+                self.remove_estimated(&model, &version);
+            }
+            if report.multivariate.is_none() {
+                self.remove_multivariate(&model, &version);
+            }
+            // A feature with series before but none now (the window fell below min_samples, or expired) loses them,
+            // so no gauge shows a last value as if it were current.
+            let before =
+                self.features.lock().ok().and_then(|mut f| {
+                    f.insert((model.clone(), version.clone()), report.columns.keys().cloned().collect())
+                });
+            for gone in before.unwrap_or_default().into_iter().filter(|f| !report.columns.contains_key(f)) {
+                self.remove_feature(&model, &version, gone);
+            }
+        }
+
+        fn remove_feature(&self, model: &str, version: &str, feature: String) {
+            let labels = FeatureLabels { model: model.to_owned(), version: version.to_owned(), feature };
+            self.drifted.remove(&labels);
+            for statistic in monitor::data_quality::CHECKS {
+                self.data_quality.remove(&StatisticLabels {
+                    model: labels.model.clone(),
+                    version: labels.version.clone(),
+                    feature: labels.feature.clone(),
+                    statistic,
+                });
+            }
+            for statistic in STATISTICS {
+                self.statistic.remove(&StatisticLabels {
+                    model: labels.model.clone(),
+                    version: labels.version.clone(),
+                    feature: labels.feature.clone(),
+                    statistic,
+                });
+            }
+        }
+
+        fn remove_estimated(&self, model: &str, version: &str) {
+            for statistic in monitor::stats::cbpe::METRICS {
+                let labels = PredictionLabels { model: model.to_owned(), version: version.to_owned(), statistic };
+                self.estimated.remove(&labels);
+            }
+        }
+
+        fn remove_multivariate(&self, model: &str, version: &str) {
+            for statistic in MULTIVARIATE {
+                let labels = PredictionLabels { model: model.to_owned(), version: version.to_owned(), statistic };
+                self.multivariate.remove(&labels);
             }
         }
     }

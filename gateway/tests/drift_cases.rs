@@ -194,8 +194,8 @@ fn the_data_quality_section_counts_hand_made_problems() {
     let dir = tempfile::tempdir().unwrap();
     let reference = dir.path().join("reference.csv");
     let current = dir.path().join("current.csv");
-    std::fs::write(&reference, "x,colour\n0,red\n5,blue\n10,red\n2,blue\n").unwrap();
-    std::fs::write(&current, "x,colour\n1,red\nabc,blue\n11,teal\n,red\n3,\n").unwrap();
+    std::fs::write(&reference, "x,colour,flag\n0,red,0\n5,blue,1\n10,red,0\n2,blue,1\n").unwrap();
+    std::fs::write(&current, "x,colour,flag\n1,red,0\nabc,blue,0.5\n11,teal,1\n,red,1\n3,,0\n").unwrap();
     let report = vane_drift_files(&reference, &current, &[]);
     let x = &report["data_quality"]["x"];
     assert_eq!((x["rows"].as_u64(), x["missing"]["count"].as_u64()), (Some(5), Some(1)), "{x}");
@@ -204,6 +204,13 @@ fn the_data_quality_section_counts_hand_made_problems() {
     let colour = &report["data_quality"]["colour"];
     assert_eq!(colour["unseen_category"]["example"], "teal", "{colour}");
     assert_eq!((colour["unseen_category"]["count"].as_u64(), colour["missing"]["count"].as_u64()), (Some(1), Some(1)));
+    // A 0/1 reference column with a 0.5 now: typed numeric for drift, but the 0.5 is of the wrong type.
+    let flag = &report["data_quality"]["flag"];
+    assert_eq!(
+        (flag["wrong_type"]["count"].as_u64(), flag["wrong_type"]["example"].as_str()),
+        (Some(1), Some("0.5")),
+        "{flag}"
+    );
 }
 
 /// A three-class classifier (`monitor/tests/quality-cases-multiclass`, NannyML 0.13.1's multiclass CBPE with isotonic

@@ -183,7 +183,7 @@ impl Rule {
         }
     }
 
-    /// The dashboard section that shows what the rule looks at (its anchor is `<model>-<section>`).
+    /// The dashboard section that shows what the rule looks at (its anchor is `<model>-v<version>-<section>`).
     pub fn section(&self) -> &'static str {
         match self.target {
             Target::Features | Target::Dataset => "drift",
@@ -382,8 +382,10 @@ impl Engine {
                     let check = data_check(&rule.statistic).unwrap_or_default();
                     report.data_quality.iter().filter_map(|(name, q)| Some((name.clone(), q.share(check)?))).collect()
                 }
+                // Either way out of the bounds is drift: an error far below the reference's (a feature gone constant)
+                // as much as one far above it.
                 Target::Multivariate => match &report.multivariate {
-                    Some(m) => vec![("multivariate".to_owned(), m.z)],
+                    Some(m) => vec![("multivariate".to_owned(), m.z.abs())],
                     None => continue,
                 },
             };
@@ -400,8 +402,9 @@ impl Engine {
                 .filter(|(feature, value)| rule.breached(*value) && size_appropriate(feature))
                 .map(|(feature, value)| Breach { feature: feature.clone(), value: *value })
                 .collect();
-            // Clear only when every value is back inside the band, not merely under the threshold.
-            let all_clear = values.iter().all(|(_, value)| rule.clear(*value));
+            // Clear only when every value is back inside the band, not merely under the threshold; a value the
+            // size-appropriate test does not back counts as clear (it could not fire now either).
+            let all_clear = values.iter().all(|(feature, value)| rule.clear(*value) || !size_appropriate(feature));
             let key = (report.model.clone(), report.version, rule.statistic.clone());
             let context = Context { report, quality };
             if let Some(alert) = self.step(key, rule, &context, breaches, all_clear, hold, now) {
@@ -423,7 +426,9 @@ impl Engine {
         now: SystemTime,
     ) -> Option<Alert> {
         let now_ms = unix_ms(now);
-        let window = context.report.evaluated_unix_ms;
+        // A window is identified by the rows observed so far: an evaluation with no new rows (rows expiring, a
+        // later tick) is not another window.
+        let window = context.report.rows_observed;
         let (windows_needed, hold) = (hold.windows.max(1), hold.duration);
         match self.tracked.get_mut(&key) {
             // Nothing tracked, or resolved: a breach starts a new alert.
@@ -505,7 +510,7 @@ impl Engine {
             windows: 1,
             model_sha256: report.model_sha256.clone(),
             data_sha256: report.data_sha256.clone(),
-            dashboard: format!("{}/dashboard#{}-{}", self.base_url, report.model, rule.section()),
+            dashboard: format!("{}/dashboard#{}-v{}-{}", self.base_url, report.model, report.version, rule.section()),
         }
     }
 
@@ -530,14 +535,7 @@ struct Context<'a> {
 
 fn quality_value(metric: &str, quality: &QualityReport) -> Option<f64> {
     if let Some(c) = &quality.classification {
-        return match metric {
-            "accuracy" => Some(c.rates.accuracy),
-            "precision" => Some(c.rates.precision),
-            "recall" => Some(c.rates.recall),
-            "f1" => Some(c.rates.f1),
-            "roc_auc" => c.roc_auc,
-            _ => None,
-        };
+        return c.metric(metric);
     }
     let r = quality.regression.as_ref()?;
     match metric {
@@ -633,9 +631,10 @@ fn what(rule: &Rule, context: &Context<'_>, breaches: &[Breach]) -> String {
             let m = report.multivariate.as_ref();
             return format!(
                 "{where_}: the features' joint distribution moved: PCA reconstruction error {:.4} against the \
-                 reference's {:.4}, {value:.1} standard errors {comparison} it (threshold {}) {window}",
+                 reference's {:.4}, {:+.1} standard errors from it (threshold {} either way) {window}",
                 m.map_or(f64::NAN, |m| m.reconstruction_error),
                 m.map_or(f64::NAN, |m| m.reference_error),
+                m.map_or(f64::NAN, |m| m.z),
                 rule.threshold
             );
         }
@@ -730,7 +729,7 @@ mod tests {
             "{}",
             fired[0].summary
         );
-        assert_eq!(fired[0].dashboard, "http://vane:8080/dashboard#churn-drift");
+        assert_eq!(fired[0].dashboard, "http://vane:8080/dashboard#churn-v3-drift");
         // Clear, then a relapse before `for` has passed: it keeps firing.
         assert!(engine.evaluate(&report(0.1), None, &rules, hold, at(70)).is_empty());
         assert!(engine.evaluate(&report(0.6), None, &rules, hold, at(100)).is_empty());
@@ -933,8 +932,8 @@ mod fewer_pages {
         UNIX_EPOCH + Duration::from_secs(1_800_000_000 + seconds)
     }
 
-    /// A report evaluated at `evaluated` (seconds) with one shifted feature whose Evidently verdict is `drifted`.
-    fn report(evaluated: u64, drifted: bool) -> LiveReport {
+    /// A report after `observed` rows with one shifted feature whose Evidently verdict is `drifted`.
+    fn report(observed: u64, drifted: bool) -> LiveReport {
         let reference = Values::Numeric((0..200).map(|i| Some(f64::from(i) / 10.0)).collect());
         let current = Values::Numeric((0..200).map(|i| Some(f64::from(i) / 10.0 + 5.0)).collect());
         let mut column = column_report(ColumnKind::Numeric, &Sides { reference, current });
@@ -947,11 +946,11 @@ mod fewer_pages {
             data_sha256: None,
             model_sha256: None,
             window_rows: 200,
-            rows_observed: 200,
+            rows_observed: observed,
             window_size: 200,
             min_samples: 100,
             window_start_unix_ms: None,
-            evaluated_unix_ms: evaluated * 1000,
+            evaluated_unix_ms: observed * 1000,
             enough_samples: true,
             columns: BTreeMap::from([("age".to_owned(), column)]),
             dataset_drift: None,
@@ -968,15 +967,38 @@ mod fewer_pages {
         let rules = vec![Rule::new("psi", 0.2).unwrap()];
         let hold = Hold { duration: Duration::ZERO, windows: 3 };
         let mut engine = Engine::new("");
-        let first = engine.evaluate(&report(0, true), None, &rules, hold, at(0));
+        let first = engine.evaluate(&report(200, true), None, &rules, hold, at(0));
         assert_eq!((first[0].state, first[0].windows), (State::Pending, 1));
-        // The same window looked at on later ticks is still one window.
+        // The same window looked at on later ticks, or evaluated again with no new rows (rows expiring), is still
+        // one window.
         for tick in 1..5 {
-            assert!(engine.evaluate(&report(0, true), None, &rules, hold, at(tick)).is_empty());
+            assert!(engine.evaluate(&report(200, true), None, &rules, hold, at(tick)).is_empty());
         }
-        assert!(engine.evaluate(&report(5, true), None, &rules, hold, at(5)).is_empty(), "two windows");
-        let fired = engine.evaluate(&report(10, true), None, &rules, hold, at(10));
+        assert!(engine.evaluate(&report(250, true), None, &rules, hold, at(5)).is_empty(), "two windows");
+        let fired = engine.evaluate(&report(300, true), None, &rules, hold, at(10));
         assert_eq!((fired[0].state, fired[0].windows), (State::Firing, 3));
+    }
+
+    #[test]
+    fn multivariate_drift_fires_out_of_the_bounds_either_way() {
+        let rules = vec![Rule::new("multivariate_z", 3.0).unwrap()];
+        let with_z = |observed: u64, z: f64| {
+            let mut r = report(observed, true);
+            r.multivariate = Some(crate::live::LiveMultivariate {
+                reconstruction_error: 1.0 + z * 0.01,
+                reference_error: 1.0,
+                z,
+                bounds: crate::stats::multivariate::Bounds { lower: 0.97, upper: 1.03 },
+                pca_components: 2,
+            });
+            r
+        };
+        let mut engine = Engine::new("");
+        assert!(engine.evaluate(&with_z(200, 2.9), None, &rules, Duration::ZERO, at(0)).is_empty());
+        // Far below the reference's error (a feature gone constant reconstructs too well): drift too.
+        let fired = engine.evaluate(&with_z(250, -4.0), None, &rules, Duration::ZERO, at(5));
+        assert_eq!((fired[0].name, fired[0].breaches[0].value), ("VaneMultivariateDrift", 4.0));
+        assert!(fired[0].summary.contains("-4.0 standard errors"), "{}", fired[0].summary);
     }
 
     #[test]
@@ -984,8 +1006,13 @@ mod fewer_pages {
         let rules = vec![Rule::new("psi", 0.2).unwrap()];
         let mut engine = Engine::new("");
         // PSI far past 0.2, but the test for a window this size (K-S up to 1,000 rows) says no drift: no alert.
-        assert!(engine.evaluate(&report(0, false), None, &rules, Duration::ZERO, at(0)).is_empty());
-        let fired = engine.evaluate(&report(5, true), None, &rules, Duration::ZERO, at(5));
+        assert!(engine.evaluate(&report(200, false), None, &rules, Duration::ZERO, at(0)).is_empty());
+        let fired = engine.evaluate(&report(250, true), None, &rules, Duration::ZERO, at(5));
         assert_eq!((fired[0].state, fired[0].breaches[0].feature.as_str()), (State::Firing, "age"));
+        // Firing, then the test stops backing it while PSI stays high: the alert resolves (it could not fire now).
+        let hold = Duration::from_secs(60);
+        assert!(engine.evaluate(&report(300, false), None, &rules, hold, at(10)).is_empty(), "clear for 0 s");
+        let resolved = engine.evaluate(&report(350, false), None, &rules, hold, at(70));
+        assert_eq!(resolved[0].state, State::Resolved);
     }
 }

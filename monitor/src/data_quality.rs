@@ -3,7 +3,9 @@
 //! wrong type (text where a number belongs, anything but 0 or 1 in a binary column). A feature can drift with clean
 //! data, and a broken upstream join can empty a column without moving its distribution: these need a different
 //! person to act, so they have their own section, gauges and alert (a ticket naming the feature, the share and an
-//! example value).
+//! example value). Examples do not depend on row order (the farthest out of range, the most frequent unseen category
+//! or wrong value), except a live window's wrong-typed example: the window keeps no wrong values, so it is the
+//! latest one seen.
 
 use std::collections::HashSet;
 
@@ -47,13 +49,7 @@ pub struct FeatureQuality {
 impl FeatureQuality {
     /// A check's share by its name: missing, out_of_range, unseen_category or wrong_type.
     pub fn share(&self, check: &str) -> Option<f64> {
-        match check {
-            "missing" => Some(self.missing.share),
-            "out_of_range" => self.out_of_range.as_ref().map(|s| s.share),
-            "unseen_category" => self.unseen_category.as_ref().map(|s| s.share),
-            "wrong_type" => Some(self.wrong_type.share),
-            _ => None,
-        }
+        self.check(check).map(|s| s.share)
     }
 
     /// A check by its name.
@@ -125,14 +121,7 @@ fn share(count: u64, rows: u64, example: Option<String>) -> Share {
 /// the wrong type is kept out of the statistics as missing) and are counted apart, with an example if known.
 pub fn check(domain: &Domain, current: &Values, wrong_type: (u64, Option<String>)) -> FeatureQuality {
     let (wrong, wrong_example) = wrong_type;
-    let rows = match current {
-        Values::Numeric(v) => v.len(),
-        Values::Categorical(v) => v.len(),
-    } as u64;
-    let absent = match current {
-        Values::Numeric(v) => v.iter().filter(|x| x.is_none()).count(),
-        Values::Categorical(v) => v.iter().filter(|x| x.is_none()).count(),
-    } as u64;
+    let (rows, absent) = (current.len() as u64, current.missing() as u64);
     let (mut out_of_range, mut unseen_category) = (None, None);
     match (domain, current) {
         // Examples do not depend on row order: the value farthest outside the range, the most frequent unseen

@@ -341,6 +341,29 @@ pub enum Values {
     Categorical(Vec<Option<String>>),
 }
 
+impl Values {
+    /// Rows.
+    pub fn len(&self) -> usize {
+        match self {
+            Values::Numeric(v) => v.len(),
+            Values::Categorical(v) => v.len(),
+        }
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Rows without a value.
+    pub fn missing(&self) -> usize {
+        match self {
+            Values::Numeric(v) => v.iter().filter(|x| x.is_none()).count(),
+            Values::Categorical(v) => v.iter().filter(|x| x.is_none()).count(),
+        }
+    }
+}
+
 /// Builds the report of `current` against `reference` (the same columns in any order).
 pub fn report(reference: &Table, current: &Table, options: &Options) -> Result<DriftReport, ReportError> {
     for (one, other) in [(reference, current), (current, reference)] {
@@ -446,18 +469,26 @@ fn data_quality_of(
     values: &Sides<Values>,
     forced: Option<ColumnKind>,
 ) -> Result<FeatureQuality, ReportError> {
-    if forced.is_some() || kind != ColumnKind::Categorical {
-        return Ok(checks::check(&Domain::of(kind, &values.reference), &values.current, (0, None)));
-    }
+    let plain = || Ok(checks::check(&Domain::of(kind, &values.reference), &values.current, (0, None)));
     let (Some(ri), Some(ci)) = (reference.index_of(name), current.index_of(name)) else {
         return Err(ReportError(format!("column {name:?} is missing")));
     };
-    let (reference_kind, mut typed) = type_column(&[(reference, ri)], None)?;
-    if reference_kind == ColumnKind::Categorical {
-        return Ok(checks::check(&Domain::of(kind, &values.reference), &values.current, (0, None)));
-    }
-    let Some(reference_values) = typed.pop() else {
-        return Err(ReportError(format!("column {name:?} could not be typed")));
+    // What the reference alone makes of the column: a 0/1 reference typed numeric because of the current side's
+    // 0.5, or a numeric one typed categorical because of its words.
+    let (reference_kind, reference_values) = match (forced, kind, &values.reference) {
+        (None, ColumnKind::Numeric, Values::Numeric(v))
+            if v.iter().flatten().next().is_some() && v.iter().flatten().all(|x| *x == 0.0 || *x == 1.0) =>
+        {
+            (ColumnKind::Binary, values.reference.clone())
+        }
+        (None, ColumnKind::Categorical, _) => {
+            let (reference_kind, mut typed) = type_column(&[(reference, ri)], None)?;
+            match typed.pop() {
+                Some(typed) if reference_kind != ColumnKind::Categorical => (reference_kind, typed),
+                _ => return plain(),
+            }
+        }
+        _ => return plain(),
     };
     let mut wrong_cells = Vec::new();
     let fits = |v: f64| reference_kind == ColumnKind::Numeric || v == 0.0 || v == 1.0;
@@ -622,10 +653,7 @@ fn multivariate_block(
     let fit = Reconstruction::fit(&fit_columns).map_err(|e| ReportError(e.to_string()))?;
     let current: Vec<&Values> = features.iter().filter_map(|n| typed.get(*n).map(|v| &v.current)).collect();
     let current_error = fit.window_error(&current).map_err(|e| ReportError(e.to_string()))?;
-    let rows = current.first().map_or(0, |v| match v {
-        Values::Numeric(v) => v.len(),
-        Values::Categorical(v) => v.len(),
-    });
+    let rows = current.first().map_or(0, |v| v.len());
     let bounds = fit.bounds(rows);
     Ok(Multivariate {
         features: fit.features.clone(),

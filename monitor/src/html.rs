@@ -262,18 +262,7 @@ fn quality_section(
          <table class=\"quality\"><tr><th>metric</th><th>estimated</th><th>realized</th></tr>"
     );
     for metric in crate::stats::cbpe::METRICS {
-        let realized_value = realized_classification.and_then(|c| match metric {
-            "roc_auc" => c.roc_auc,
-            "f1" => Some(c.rates.f1),
-            "precision" => Some(c.rates.precision),
-            "recall" => Some(c.rates.recall),
-            "accuracy" => Some(c.rates.accuracy),
-            "specificity" => {
-                let (tn, fp) = (c.confusion.tn as f64, c.confusion.fp as f64);
-                (tn + fp > 0.0).then(|| tn / (tn + fp))
-            }
-            _ => None,
-        });
+        let realized_value = realized_classification.and_then(|c| c.metric(metric));
         let _ = write!(
             html,
             "<tr><td>{metric}</td><td>{}</td><td>{}</td></tr>",
@@ -374,8 +363,8 @@ fn data_quality_table(
 
 /// The dashboard: per model, its firing alerts, then per version the drift share over time and each feature's
 /// test, score and reference-vs-live bars (drifted first), prediction drift, estimated beside realized quality,
-/// multivariate drift and data quality, each under an anchor (`<model>-drift`, `-prediction`, `-quality`,
-/// `-multivariate`, `-data-quality`) that alerts link to. Refreshes itself every 10 s; no scripts.
+/// multivariate drift and data quality, each under an anchor (`<model>-v<version>-drift`, `-prediction`,
+/// `-quality`, `-multivariate`, `-data-quality`) that alerts link to. Refreshes itself every 10 s; no scripts.
 pub fn dashboard_page(
     models: &[(String, Vec<std::sync::Arc<crate::live::LiveReport>>)],
     alerts: &[crate::alerts::Alert],
@@ -433,14 +422,8 @@ pub fn dashboard_page(
                 );
                 continue;
             }
-            // The first version's sections carry the anchors alerts link to.
-            let anchor = |section: &str| {
-                if report.version == reports[0].version {
-                    format!("{}-{section}", escape(model))
-                } else {
-                    format!("{}-{}-{section}", escape(model), report.version)
-                }
-            };
+            // Each version's sections carry the anchors its alerts link to.
+            let anchor = |section: &str| format!("{}-v{}-{section}", escape(model), report.version);
             let _ = write!(page, "<div id=\"{}\">", anchor("drift"));
             page.push_str(&history_svg(&report.history));
             let order: Vec<String> = report.columns.keys().cloned().collect();

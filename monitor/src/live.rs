@@ -71,10 +71,11 @@ pub struct EstimateSettings {
     pub threshold: f64,
 }
 
-/// Multivariate drift is fitted only on references of at most this many features (the covariance is features²).
-pub const MULTIVARIATE_MAX_FEATURES: usize = 256;
-/// ... and on at most this many reference rows (every k-th row of a larger reference), which bounds the fit at
-/// 100,000 × 256² multiply-adds and a 200 MB matrix.
+/// Multivariate drift is computed only for at most this many features: each observed row's error then costs at
+/// most 64 × 64 × 2 multiply-adds once (errors are kept per row), and the covariance is 64².
+pub const MULTIVARIATE_MAX_FEATURES: usize = 64;
+/// ... and fitted on at most this many reference rows (every k-th row of a larger reference): 100,000 × 64² to fit,
+/// with two 50 MB matrices at most.
 pub const MULTIVARIATE_MAX_ROWS: usize = 100_000;
 
 impl Default for WindowSettings {
@@ -264,6 +265,18 @@ impl Profile {
                 else {
                     return Err(error("the label and score columns must be numeric".to_owned()));
                 };
+                if let Some(bad) = labels.iter().flatten().find(|l| **l != 0.0 && **l != 1.0) {
+                    return Err(error(format!("the label column holds {bad}; labels must be 0 or 1")));
+                }
+                // Uncalibrated scores are taken as probabilities: they must be ones.
+                if estimate.calibration != Calibration::Isotonic {
+                    if let Some(bad) = scores.iter().flatten().find(|s| !(0.0..=1.0).contains(*s)) {
+                        return Err(error(format!(
+                            "the score column holds {bad}, not a probability; use calibration: isotonic for scores \
+                             that are not in [0, 1]"
+                        )));
+                    }
+                }
                 let pairs: Vec<(f64, bool)> =
                     scores.iter().zip(&labels).filter_map(|(s, l)| Some(((*s)?, (*l)? == 1.0))).collect();
                 if pairs.is_empty() {
@@ -288,12 +301,12 @@ impl Profile {
         }
         let reconstruction = if settings.multivariate && (2..=MULTIVARIATE_MAX_FEATURES).contains(&features.len()) {
             let every = table.rows.div_ceil(MULTIVARIATE_MAX_ROWS).max(1);
-            let subsample: Vec<Values> = reference.iter().map(|v| every_kth(v, every)).collect();
-            let columns: Vec<(String, &Values, bool)> = features
-                .iter()
-                .zip(&subsample)
-                .map(|(f, v)| (f.name.clone(), v, f.kind == ColumnKind::Binary))
-                .collect();
+            // A reference within the bound is fitted as it is, not copied.
+            let subsample: Vec<Values> =
+                if every > 1 { reference.iter().map(|v| every_kth(v, every)).collect() } else { Vec::new() };
+            let fitted = if every > 1 { &subsample } else { &reference };
+            let columns: Vec<(String, &Values, bool)> =
+                features.iter().zip(fitted).map(|(f, v)| (f.name.clone(), v, f.kind == ColumnKind::Binary)).collect();
             // A reference PCA cannot be fitted on (a single row) leaves multivariate drift off, not the model.
             Reconstruction::fit(&columns).ok()
         } else {
@@ -559,6 +572,9 @@ struct Window {
     wrong: Vec<VecDeque<bool>>,
     /// Per column, the latest wrong-typed value (at most 64 bytes).
     wrong_examples: Vec<Option<Box<str>>>,
+    /// Each row's PCA reconstruction error, computed once per row (at the first evaluation that sees it), aligned
+    /// with the rows from the front: the rows past its end have none yet. 8 bytes a row.
+    errors: VecDeque<f64>,
     /// The prediction of each row (NaN: none), when prediction drift is watched.
     predictions: Option<VecDeque<f64>>,
     /// The latest report, which the alert rules are evaluated on at every tick.
@@ -590,6 +606,7 @@ impl Window {
             profile: Arc::clone(profile),
             times: VecDeque::new(),
             wrong: vec![VecDeque::new(); profile.features.len()],
+            errors: VecDeque::new(),
             wrong_examples: vec![None; profile.features.len()],
             columns,
             predictions: profile.keeps_predictions().then(VecDeque::new),
@@ -609,6 +626,7 @@ impl Window {
         for flags in &mut self.wrong {
             flags.pop_front();
         }
+        self.errors.pop_front();
         if let Some(p) = &mut self.predictions {
             p.pop_front();
         }
@@ -637,9 +655,11 @@ impl Window {
                 WindowColumn::Numeric(v) => {
                     let (value, flagged) = match cell {
                         Cell::Number(x) if x.is_finite() => (x, false),
-                        Cell::Text(t) => match t.parse::<f64>().ok().filter(|x| x.is_finite()) {
-                            Some(x) => (x, false),
-                            None => (f64::NAN, bad(t)),
+                        // A non-finite number is missing (NaN is a float tensor's missing value), as text too.
+                        Cell::Text(t) => match t.parse::<f64>() {
+                            Ok(x) if x.is_finite() => (x, false),
+                            Ok(_) => (f64::NAN, false),
+                            Err(_) => (f64::NAN, bad(t)),
                         },
                         _ => (f64::NAN, false),
                     };
@@ -763,6 +783,7 @@ fn run(
                 .and_then(|_| shared.feedback.reports(Some(model)).into_iter().find(|q| q.version == version));
             if window.changed {
                 window.changed = false;
+                fill_errors(window);
                 let mut report = evaluate(window);
                 if let Some(dataset) = &report.dataset_drift {
                     if window.history.len() == HISTORY {
@@ -890,16 +911,17 @@ fn evaluate(window: &Window) -> LiveReport {
     let current: Vec<Values> = if enough { window.columns.iter().map(WindowColumn::values).collect() } else { vec![] };
     // Before the columns' statistics take the window's values.
     let multivariate = match &profile.reconstruction {
-        Some(fit) if enough => fit.window_error(&current.iter().collect::<Vec<_>>()).ok().flatten().map(|error| {
-            let standard_error = fit.reference_std / (window.len().max(1) as f64).sqrt();
-            LiveMultivariate {
+        Some(fit) if enough && window.errors.len() == window.len() && !window.errors.is_empty() => {
+            let errors: Vec<f64> = window.errors.iter().copied().collect();
+            let error = crate::stats::numeric::mean_std(&errors).0;
+            Some(LiveMultivariate {
                 reconstruction_error: error,
                 reference_error: fit.reference_mean,
-                z: if standard_error > 0.0 { (error - fit.reference_mean) / standard_error } else { 0.0 },
+                z: fit.z(error, window.len()),
                 bounds: fit.bounds(window.len()),
                 pca_components: fit.n_components,
-            }
-        }),
+            })
+        }
         _ => None,
     };
     let mut data_quality = BTreeMap::new();
@@ -941,7 +963,8 @@ fn evaluate(window: &Window) -> LiveReport {
             (Some(calibrator), Some(live), Some(estimate)) if enough => {
                 let rows: Vec<(f64, bool)> =
                     live.iter().filter(|s| s.is_finite()).map(|&s| (s, s >= estimate.threshold)).collect();
-                Some(cbpe::estimate(calibrator, &rows))
+                // As many scored rows as a verdict needs, not merely rows.
+                (rows.len() >= settings.min_samples.max(1)).then(|| cbpe::estimate(calibrator, &rows))
             }
             _ => None,
         },
@@ -954,12 +977,32 @@ fn evaluate(window: &Window) -> LiveReport {
 
 impl WindowColumn {
     fn values(&self) -> Values {
+        self.values_from(0)
+    }
+
+    /// The values of the rows from `start` on.
+    fn values_from(&self, start: usize) -> Values {
         match self {
-            WindowColumn::Numeric(v) => Values::Numeric(v.iter().map(|x| (!x.is_nan()).then_some(*x)).collect()),
+            WindowColumn::Numeric(v) => {
+                Values::Numeric(v.range(start..).map(|x| (!x.is_nan()).then_some(*x)).collect())
+            }
             WindowColumn::Categorical(v) => {
-                Values::Categorical(v.iter().map(|c| c.as_deref().map(str::to_owned)).collect())
+                Values::Categorical(v.range(start..).map(|c| c.as_deref().map(str::to_owned)).collect())
             }
         }
+    }
+}
+
+/// Computes the reconstruction error of the rows that have none yet (the newest), once each.
+fn fill_errors(window: &mut Window) {
+    let Some(fit) = &window.profile.reconstruction else { return };
+    let start = window.errors.len();
+    if start >= window.len() {
+        return;
+    }
+    let tail: Vec<Values> = window.columns.iter().map(|c| c.values_from(start)).collect();
+    if let Ok(errors) = fit.row_errors(&tail.iter().collect::<Vec<_>>()) {
+        window.errors.extend(errors);
     }
 }
 

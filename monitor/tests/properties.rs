@@ -160,3 +160,80 @@ proptest! {
         prop_assert!(m.pca_components >= 1 && m.pca_components <= 3);
     }
 }
+
+/// Random numeric columns (quarter steps, a correlated pair, missing cells).
+fn numeric_table() -> impl Strategy<Value = Vec<[Option<i32>; 3]>> {
+    prop::collection::vec(
+        (prop::option::weighted(0.95, -40..40i32), -40..40i32, prop::option::weighted(0.95, -40..40i32)),
+        5..150,
+    )
+    .prop_map(|rows| rows.into_iter().map(|(a, b, c)| [a, a.map(|a| 2 * a + b / 8), c]).collect())
+    .prop_filter("values in every column, not all equal", |rows: &Vec<[Option<i32>; 3]>| {
+        (0..3).all(|c| {
+            let values: Vec<i32> = rows.iter().filter_map(|r| r[c]).collect();
+            values.len() >= 2 && values.iter().any(|v| *v != values[0])
+        })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The fitted reference error equals an independent computation: impute each column's mean, standardise with the
+    /// population standard deviation, centre, and reconstruct through the right singular vectors of an SVD (not
+    /// the covariance's eigenvectors the monitor uses), keeping the fewest whose explained variance passes 0.65.
+    #[test]
+    fn the_reference_reconstruction_error_matches_an_svd_computed_apart(rows in numeric_table()) {
+        use monitor::drift::Values;
+        use monitor::stats::multivariate::Reconstruction;
+        let columns: Vec<Values> =
+            (0..3).map(|c| Values::Numeric(rows.iter().map(|r| r[c].map(|v| f64::from(v) / 4.0)).collect())).collect();
+        let named: Vec<(String, &Values, bool)> = columns.iter().enumerate().map(|(i, v)| (format!("c{i}"), v, false)).collect();
+        let fit = Reconstruction::fit(&named).unwrap();
+
+        let n = rows.len();
+        let mut x = nalgebra::DMatrix::<f64>::zeros(n, 3);
+        for c in 0..3 {
+            let present: Vec<f64> = rows.iter().filter_map(|r| r[c]).map(|v| f64::from(v) / 4.0).collect();
+            let mean = present.iter().sum::<f64>() / present.len() as f64;
+            for (r, row) in rows.iter().enumerate() {
+                x[(r, c)] = row[c].map_or(mean, |v| f64::from(v) / 4.0);
+            }
+            let m = x.column(c).mean();
+            let sd = (x.column(c).iter().map(|v| (v - m) * (v - m)).sum::<f64>() / n as f64).sqrt();
+            let sd = if sd > 0.0 { sd } else { 1.0 };
+            for r in 0..n {
+                x[(r, c)] = (x[(r, c)] - m) / sd;
+            }
+            let m = x.column(c).mean();
+            for r in 0..n {
+                x[(r, c)] -= m;
+            }
+        }
+        let svd = nalgebra::SVD::new(x.clone(), false, true);
+        let v_t = svd.v_t.unwrap();
+        let mut order: Vec<usize> = (0..svd.singular_values.len()).collect();
+        order.sort_by(|&a, &b| svd.singular_values[b].total_cmp(&svd.singular_values[a]));
+        let total: f64 = svd.singular_values.iter().map(|s| s * s).sum();
+        let (mut kept, mut cumulative) = (Vec::new(), 0.0);
+        for &i in &order {
+            kept.push(i);
+            cumulative += svd.singular_values[i].powi(2) / total;
+            if cumulative > 0.65 {
+                break;
+            }
+        }
+        let mut mean_error = 0.0;
+        for r in 0..n {
+            let row = x.row(r).transpose();
+            let mut back = nalgebra::DVector::<f64>::zeros(3);
+            for &i in &kept {
+                let v = v_t.row(i).transpose();
+                back += &v * v.dot(&row);
+            }
+            mean_error += (row - back).norm() / n as f64;
+        }
+        prop_assert_eq!(fit.n_components, kept.len());
+        prop_assert!((fit.reference_mean - mean_error).abs() <= 1e-9 * mean_error.max(1.0), "{} vs {}", fit.reference_mean, mean_error);
+    }
+}

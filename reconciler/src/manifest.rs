@@ -118,6 +118,9 @@ pub struct TensorDecl {
     pub shape: Vec<i64>,
 }
 
+/// The largest `monitoring.window_size` a manifest may ask for (untrusted: the window is kept in memory).
+pub const MAX_WINDOW_SIZE: usize = 1_000_000;
+
 /// What the monitor watches and when it alerts. Every field is optional; the monitor supplies defaults.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -638,8 +641,9 @@ fn parse_one(bytes: &[u8]) -> Result<Deployment, String> {
         if matches!(monitoring.consecutive_windows, Some(n) if n == 0 || n > 1000) {
             return Err("spec.monitoring.consecutive_windows must be from 1 to 1000".to_owned());
         }
-        if monitoring.window_size == Some(0) {
-            return Err("spec.monitoring.window_size must be at least 1".to_owned());
+        // The window's rows are kept in memory: 1 million rows of 30 numeric features is about 300 MB.
+        if matches!(monitoring.window_size, Some(n) if n == 0 || n > MAX_WINDOW_SIZE) {
+            return Err(format!("spec.monitoring.window_size must be from 1 to {MAX_WINDOW_SIZE}"));
         }
         for (column, kind) in &monitoring.columns {
             if !matches!(kind.as_str(), "numeric" | "categorical" | "binary") {

@@ -136,7 +136,7 @@ async fn dataset_drift_fires_through_alertmanager_and_a_webhook_then_resolves() 
     let text = direct["text"].as_str().unwrap();
     assert!(text.starts_with("[FIRING] breast_cancer v2 (commit "), "{text}");
     assert!(text.contains("of features drifted over the last 190 predictions (threshold 30%): mean_radius"), "{text}");
-    assert!(text.ends_with("http://vane.example:8080/dashboard#breast_cancer-drift"), "{text}");
+    assert!(text.ends_with("http://vane.example:8080/dashboard#breast_cancer-v2-drift"), "{text}");
     assert_eq!(direct["alerts"][0]["state"], "firing");
 
     let routed = deliveries.next_on("/alertmanager").await;
@@ -157,7 +157,7 @@ async fn dataset_drift_fires_through_alertmanager_and_a_webhook_then_resolves() 
     assert_eq!(alert["annotations"]["reference_sha256"].as_str().map(str::len), Some(64), "{alert}");
     assert!(alert["annotations"]["since"].as_str().unwrap().ends_with('Z'), "{alert}");
     assert_eq!(alert["annotations"]["windows"], "1", "{alert}");
-    assert_eq!(alert["annotations"]["dashboard"], "http://vane.example:8080/dashboard#breast_cancer-drift");
+    assert_eq!(alert["annotations"]["dashboard"], "http://vane.example:8080/dashboard#breast_cancer-v2-drift");
     let summary = alert["annotations"]["summary"].as_str().unwrap();
     assert!(
         summary.contains("; since 20") && summary.contains(&format!("model sha256:{}", &model_sha256[..12])),
@@ -246,7 +246,10 @@ async fn estimated_quality_and_multivariate_alerts_reach_alertmanager_with_their
         assert_eq!(annotations["reference_sha256"], reference_sha256.as_str(), "{alert}");
         assert_eq!(annotations["commit"], remote.git(&["rev-parse", "HEAD"]).as_str(), "{alert}");
         assert!(annotations["since"].as_str().is_some_and(|s| s.ends_with('Z')), "{alert}");
-        assert_eq!(annotations["dashboard"], format!("http://vane.example:8080/dashboard#{name}-{section}").as_str());
+        assert_eq!(
+            annotations["dashboard"],
+            format!("http://vane.example:8080/dashboard#{name}-v1-{section}").as_str()
+        );
     }
     let estimated = by_name["VaneEstimatedQualityDrop"]["annotations"]["summary"].as_str().unwrap().to_owned();
     let accuracy = expected["estimated_quality"]["accuracy"].as_f64().unwrap();

@@ -140,7 +140,7 @@ async fn every_quality_case_matches_nannyml_through_the_live_path() {
     let row = format!("<tr><td>accuracy</td><td>{estimated:.4}</td><td>{realized:.4}</td></tr>");
     assert!(page.contains(&row), "{row} on the dashboard");
     for section in ["drift", "quality", "multivariate", "data-quality"] {
-        assert!(page.contains(&format!("id=\"{name}-{section}\"")), "the {section} section of {name}");
+        assert!(page.contains(&format!("id=\"{name}-v1-{section}\"")), "the {section} section of {name}");
     }
     let metrics = server.get("/metrics").await.body;
     let text = metrics.as_str().unwrap();

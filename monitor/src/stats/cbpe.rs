@@ -4,7 +4,7 @@
 //! confusion matrix those probabilities expect: `TP = Σ p` over predicted positives, `FP = Σ (1 − p)` over them,
 //! `FN = Σ p` and `TN = Σ (1 − p)` over predicted negatives. The estimated ROC AUC ranks the window by its raw
 //! score and counts each row as `p` of a positive and `1 − p` of a negative. The conventions and the cases they are
-//! matched against: `shared/quality-cases/README.md`.
+//! matched against: `monitor/tests/quality-cases/README.md` (a copy of `shared/quality-cases`).
 
 use serde::Serialize;
 
@@ -170,11 +170,12 @@ impl Calibrator {
         }
     }
 
-    /// The probability of the positive class for `score`.
+    /// The probability of the positive class for `score`; without calibration the score itself, held to [0, 1]
+    /// (a score outside it is not a probability, and would make negative expected counts).
     pub fn probability(&self, score: f64) -> f64 {
         match &self.isotonic {
             Some(fit) => fit.predict(score),
-            None => score,
+            None => score.clamp(0.0, 1.0),
         }
     }
 }

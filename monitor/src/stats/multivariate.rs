@@ -72,10 +72,10 @@ impl Reconstruction {
     /// Fits on the reference's typed columns (`Values::Categorical` holding "0"/"1" for a binary column is told by
     /// `binary`).
     pub fn fit(columns: &[(String, &Values, bool)]) -> Result<Self, FitError> {
-        let (Some(first), false) = (columns.first(), columns.is_empty()) else {
+        let Some(first) = columns.first() else {
             return Err(FitError("no features".to_owned()));
         };
-        let rows = len(first.1);
+        let rows = first.1.len();
         if rows < 2 {
             return Err(FitError(format!("the reference has {rows} rows; at least 2 are needed")));
         }
@@ -92,12 +92,15 @@ impl Reconstruction {
         }
         let scaled = DMatrix::from_fn(rows, d, |r, c| (encoded[c][r] - mean[c]) / scale[c]);
         drop(encoded);
+        // PCA centres the scaled data on its own mean, which rounding leaves a hair off 0 (scikit-learn does the
+        // same, and the last digits of the cases depend on it).
         let center: Vec<f64> = (0..d).map(|c| scaled.column(c).mean()).collect();
         let mut centred = scaled;
         for (c, m) in center.iter().enumerate() {
             centred.column_mut(c).add_scalar_mut(-m);
         }
-        let covariance = (centred.transpose() * &centred) / (rows as f64 - 1.0);
+        let covariance = centred.tr_mul(&centred) / (rows as f64 - 1.0);
+        drop(centred);
         let eigen = SymmetricEigen::new(covariance);
         let mut order: Vec<usize> = (0..d).collect();
         order.sort_by(|&a, &b| eigen.eigenvalues[b].total_cmp(&eigen.eigenvalues[a]));
@@ -134,8 +137,8 @@ impl Reconstruction {
         if columns.len() != self.features.len() {
             return Err(FitError(format!("{} columns given, {} fitted", columns.len(), self.features.len())));
         }
-        let rows = columns.first().map_or(0, |c| len(c));
-        if columns.iter().any(|c| len(c) != rows) {
+        let rows = columns.first().map_or(0, |c| c.len());
+        if columns.iter().any(|c| c.len() != rows) {
             return Err(FitError("the columns differ in length".to_owned()));
         }
         let encoded: Vec<Vec<f64>> = columns.iter().zip(&self.encoders).map(|(v, e)| encode(e, v)).collect();
@@ -167,17 +170,22 @@ impl Reconstruction {
         Ok((!errors.is_empty()).then(|| mean_std(&errors).0))
     }
 
+    /// How many standard errors of a window of `rows` rows `error` is from the reference's: beyond
+    /// [`THRESHOLD_SIGMAS`] either way, the window is outside [`Self::bounds`]. 0 when the reference's rows all
+    /// reconstruct equally well.
+    pub fn z(&self, error: f64, rows: usize) -> f64 {
+        let standard_error = self.reference_std / (rows.max(1) as f64).sqrt();
+        if standard_error > 0.0 {
+            (error - self.reference_mean) / standard_error
+        } else {
+            0.0
+        }
+    }
+
     /// The bounds for a window of `rows` rows.
     pub fn bounds(&self, rows: usize) -> Bounds {
         let half = THRESHOLD_SIGMAS * self.reference_std / (rows.max(1) as f64).sqrt();
         Bounds { lower: self.reference_mean - half, upper: self.reference_mean + half }
-    }
-}
-
-fn len(values: &Values) -> usize {
-    match values {
-        Values::Numeric(v) => v.len(),
-        Values::Categorical(v) => v.len(),
     }
 }
 

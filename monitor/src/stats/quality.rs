@@ -89,6 +89,25 @@ pub struct Classification {
     pub estimated_from_scores_uncalibrated: Estimated,
 }
 
+impl Classification {
+    /// A metric by name: accuracy, precision, recall, f1, roc_auc or specificity (tn / (tn + fp); `None` without
+    /// negatives).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        match name {
+            "accuracy" => Some(self.rates.accuracy),
+            "precision" => Some(self.rates.precision),
+            "recall" => Some(self.rates.recall),
+            "f1" => Some(self.rates.f1),
+            "roc_auc" => self.roc_auc,
+            "specificity" => {
+                let (tn, fp) = (self.confusion.tn as f64, self.confusion.fp as f64);
+                (tn + fp > 0.0).then(|| tn / (tn + fp))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Computes classification quality; `labels[i]` is whether row i is positive (`None`: no label yet).
 pub fn classification(labels: &[Option<bool>], scores: &[Option<f64>], threshold: f64) -> Classification {
     let n_rows = labels.len() as u64;

@@ -212,4 +212,6 @@ fn the_commented_estimate_in_the_example_manifest_parses_and_mistakes_are_refuse
     refused("calibration: auto", "calibration: platt", "calibration: \"platt\" is not isotonic, none or auto");
     refused("task: binary_classification", "task: regression", "estimate needs task binary_classification");
     refused("label_column: target", "label_colum: target", "unknown field `label_colum`");
+    refused("window_size: 1000 ", "window_size: 1000001 ", "window_size must be from 1 to 1000000");
+    refused("consecutive_windows: 1 ", "consecutive_windows: 0 ", "consecutive_windows must be from 1 to 1000");
 }
