@@ -251,9 +251,17 @@ async fn estimated_quality_and_multivariate_alerts_reach_alertmanager_with_their
             format!("http://vane.example:8080/dashboard#{name}-v1-{section}").as_str()
         );
     }
+    // The alert fires at the first evaluation past the floor, which may come while the rows are still arriving (the
+    // monitor evaluates every 5 s): its summary holds that window's estimate. The full window's value is held to
+    // NannyML's in live_quality_cases.rs.
     let estimated = by_name["VaneEstimatedQualityDrop"]["annotations"]["summary"].as_str().unwrap().to_owned();
-    let accuracy = expected["estimated_quality"]["accuracy"].as_f64().unwrap();
-    assert!(estimated.contains(&format!("accuracy estimated at {accuracy:.4} from the scores alone")), "{estimated}");
+    let value = estimated
+        .split("accuracy estimated at ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("the estimate is in the summary: {estimated}"));
+    assert!(value < 0.72 && estimated.contains("from the scores alone, below 0.72 over the last "), "{estimated}");
     assert!(estimated.contains(&format!("model sha256:{}", &model_sha256[..12])), "{estimated}");
     server.stop().await;
 }
