@@ -320,8 +320,9 @@ struct RunArgs {
     /// ONNX Runtime intra-op threads per session (1 is fastest on small machines).
     #[arg(long, env = "VANE_INTRA_THREADS", default_value_t = ModelSettings::default().intra_threads)]
     intra_threads: NonZeroUsize,
-    /// How often to look for changes: new or removed version folders with --model-dir [default: 5s], new commits
-    /// with --repo [default: 15s]. 0 turns polling off (webhooks still trigger syncs).
+    /// How often to look for changes: new or removed version folders with --model-dir [default: 5s; file
+    /// notifications wake it sooner], new commits with --repo [default: 15s]. 0 turns polling off (webhooks still
+    /// trigger syncs; a model directory is then not watched at all).
     #[arg(long, env = "VANE_POLL_INTERVAL", value_parser = humantime::parse_duration)]
     poll_interval: Option<Duration>,
     /// How long shutdown waits for in-flight requests (e.g. 10s).

@@ -156,3 +156,28 @@ async fn the_model_directory_is_watched_load_before_unload() {
     assert_eq!(body["model_version"], "2");
     server.stop().await;
 }
+
+/// A version folder moved into place is noticed from the operating system's file notifications: with a poll
+/// interval of an hour, only a notification can make it serve. (How soon is measured, not asserted: printed here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_moved_into_place_serves_from_a_file_notification_without_a_poll() {
+    let repo = model_repo(&[("breast_cancer", "workers: 1\n")]);
+    let v2 = repo.path().join("breast_cancer/2");
+    let v2_file = std::fs::read_link(v2.join("model.onnx")).unwrap();
+    std::fs::remove_dir_all(&v2).unwrap();
+    let server =
+        TestServer::start_in(repo.path(), |config| config.poll_interval = Some(Duration::from_secs(3600))).await;
+    let mut generations = server.server.registry().generations();
+    assert_eq!(unversioned(&server).await.body["model_version"], "1");
+
+    let staging = repo.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::os::unix::fs::symlink(&v2_file, staging.join("model.onnx")).unwrap();
+    let moved = std::time::Instant::now();
+    std::fs::rename(&staging, &v2).unwrap();
+    within(generations.changed()).await.unwrap().unwrap();
+    println!("version 2 served {:?} after the rename", moved.elapsed());
+    let reply = unversioned(&server).await;
+    assert_eq!(reply.body["model_version"], "2", "{}", reply.body);
+    server.stop().await;
+}
