@@ -8,13 +8,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-/// The six public cases (`monitor/tests/drift-cases`, a copy of `shared/drift-cases`), in name order.
-pub(crate) fn cases() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(if env!("CARGO_PKG_NAME") == "gateway" {
-        "../monitor/tests/drift-cases"
-    } else {
-        "monitor/tests/drift-cases"
-    });
+/// The case folders (those with an `expected.json`) under `monitor/tests/<folder>`, in name order; there must be
+/// `count` of them.
+fn case_dirs(folder: &str, count: usize) -> Vec<PathBuf> {
+    let root = if env!("CARGO_PKG_NAME") == "gateway" { "../monitor/tests" } else { "monitor/tests" };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(root).join(folder);
     let mut cases: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
@@ -22,28 +20,20 @@ pub(crate) fn cases() -> Vec<PathBuf> {
         .filter(|p| p.join("expected.json").is_file())
         .collect();
     cases.sort();
-    assert_eq!(cases.len(), 6, "all six public cases are present");
+    assert_eq!(cases.len(), count, "all {count} cases of {folder} are present");
     cases
+}
+
+/// The six public cases (`monitor/tests/drift-cases`, a copy of `shared/drift-cases`), in name order.
+pub(crate) fn cases() -> Vec<PathBuf> {
+    case_dirs("drift-cases", 6)
 }
 
 /// The three quality cases (`monitor/tests/quality-cases`, a copy of `shared/quality-cases`: NannyML's estimated
 /// quality and multivariate drift), in name order.
 #[allow(dead_code)] // not every test binary that includes this module uses it
 pub(crate) fn quality_cases() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(if env!("CARGO_PKG_NAME") == "gateway" {
-        "../monitor/tests/quality-cases"
-    } else {
-        "monitor/tests/quality-cases"
-    });
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.join("expected.json").is_file())
-        .collect();
-    cases.sort();
-    assert_eq!(cases.len(), 3, "all three quality cases are present");
-    cases
+    case_dirs("quality-cases", 3)
 }
 
 /// A case's `expected.json`.

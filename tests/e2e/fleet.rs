@@ -3,9 +3,8 @@
 //! Jensen-Shannon distance and chi-squared it records equal, to 1e-6, what one Vane monitor computes on all the
 //! traffic (a third server that gets every row).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -14,7 +13,7 @@ use crate::drift_compare::{cases, expected};
 use crate::gitops::serve;
 use crate::live_drift_cases::{manifest, read_csv, replay};
 use crate::monitor::report_of;
-use crate::support::{ensure_debian_package, GitRemote, KillOnDrop};
+use crate::support::GitRemote;
 
 const CASE: &str = "p02_categorical_and_integers";
 
@@ -52,7 +51,6 @@ fn close(expected: f64, actual: f64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fleet_rules_on_a_real_prometheus_equal_one_monitor_on_all_the_traffic() {
-    let prometheus = ensure_debian_package("/usr/bin/prometheus", "prometheus");
     let case = cases().into_iter().find(|c| c.ends_with(CASE)).unwrap();
     let expected = expected(&case);
     let remote = GitRemote::new();
@@ -88,38 +86,8 @@ async fn the_fleet_rules_on_a_real_prometheus_equal_one_monitor_on_all_the_traff
     let chi2 = want(&|c| c["chi2"]["statistic"].as_f64());
     assert_eq!((psi.len(), js.len(), chi2.len()), (6, 6, 4), "every feature has PSI and JS; the categorical ones chi2");
 
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = dir.path().join("prometheus.yml");
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/prometheus/vane-fleet-rules.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [{}]\nscrape_configs:\n  - \
-             job_name: vane\n    static_configs: [{{targets: ['{}', '{}']}}]\n",
-            rules.display(),
-            a.addr(),
-            b.addr()
-        ),
-    )
-    .unwrap();
-    let child = Command::new(prometheus)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
-    let stderr = child.0.stderr.take().unwrap();
-    let ready = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stderr).lines();
-        let ready = lines.by_ref().map_while(Result::ok).any(|l| l.contains("Server is ready to receive web requests"));
-        std::thread::spawn(move || lines.for_each(drop));
-        ready
-    });
-    assert!(tokio::time::timeout(Duration::from_secs(60), ready).await.unwrap().unwrap(), "prometheus started");
+    let (_prometheus, port, _dir) = crate::support::prometheus(&rules, &[a.addr(), b.addr()]).await;
 
     // Each scrape of replica b wakes the test, which then reads the recorded fleet values; bounded by 60 s.
     let mut scrapes = b.server.metrics_scrapes();

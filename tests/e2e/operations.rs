@@ -4,7 +4,6 @@
 //! metric they use is exported), and the Dockerfile and Kubernetes manifests (they parse, their probes answer 200,
 //! their settings exist, the files they copy exist).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -83,39 +82,9 @@ async fn request_series_count_outcomes_and_promtool_accepts_the_output() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_vane_and_its_p99_is_sane() {
-    let prometheus = ensure_debian_package("/usr/bin/prometheus", "prometheus");
     let server = server_with_traffic().await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [{}]\nscrape_configs:\n  - \
-             job_name: vane\n    static_configs: [{{targets: ['{}']}}]\n",
-            root().join("configs/prometheus/vane-rules.yaml").display(),
-            server.addr()
-        ),
-    )
-    .unwrap();
-    let child = Command::new(prometheus)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = crate::support::KillOnDrop(child);
-    // Ready when it says so in its log (bounded by the child ending the stream).
-    let stderr = child.0.stderr.take().unwrap();
-    let ready = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stderr).lines();
-        let ready = lines.by_ref().map_while(Result::ok).any(|l| l.contains("Server is ready to receive web requests"));
-        std::thread::spawn(move || lines.for_each(drop));
-        ready
-    });
-    assert!(tokio::time::timeout(Duration::from_secs(60), ready).await.unwrap().unwrap(), "prometheus started");
+    let (_prometheus, port, _dir) =
+        crate::support::prometheus(&root().join("configs/prometheus/vane-rules.yaml"), &[server.addr()]).await;
 
     // Keep traffic flowing while Prometheus scrapes, so rates over the last seconds are defined.
     let client = server.client_only();

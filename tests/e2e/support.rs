@@ -326,6 +326,51 @@ pub(crate) fn ensure_debian_package(binary: &str, package: &str) -> std::path::P
 }
 
 /// A child process killed (and reaped) when dropped.
+/// Debian's Prometheus (installed when missing) on a free loopback port, scraping `targets` and evaluating `rules`
+/// every second; returned once its log says it is ready (bounded at 60 s), with its port and its data folder. It
+/// stops when the handle is dropped.
+pub(crate) async fn prometheus(
+    rules: &std::path::Path,
+    targets: &[std::net::SocketAddr],
+) -> (KillOnDrop, u16, tempfile::TempDir) {
+    use std::io::BufRead;
+    let binary = ensure_debian_package("/usr/bin/prometheus", "prometheus");
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.path().join("prometheus.yml");
+    let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [{}]\nscrape_configs:\n  - \
+             job_name: vane\n    static_configs: [{{targets: [{}]}}]\n",
+            rules.display(),
+            targets.join(", ")
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(binary)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    // Ready when it says so in its log (bounded by the child ending the stream).
+    let stderr = child.0.stderr.take().unwrap();
+    let ready = tokio::task::spawn_blocking(move || {
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let ready = lines.by_ref().map_while(Result::ok).any(|l| l.contains("Server is ready to receive web requests"));
+        std::thread::spawn(move || lines.for_each(drop));
+        ready
+    });
+    let started = tokio::time::timeout(std::time::Duration::from_secs(60), ready).await;
+    assert!(started.unwrap().unwrap(), "prometheus started");
+    (child, port, dir)
+}
+
 pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
 
 impl Drop for KillOnDrop {
