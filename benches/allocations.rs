@@ -2,7 +2,7 @@
 //!
 //! `cargo bench --bench allocations` sends 1,000 batch-1 requests through the V2 router in-process (JSON decode,
 //! one registry load, signature check, the queue to the model's worker thread and back, JSON encode) and prints the
-//! allocations and bytes per request. Counted: every allocation through Rust's allocator, on every thread; not
+//! allocations and bytes per request (`VANE_DHAT_FILE=path` writes the sites too). Counted: every allocation through Rust's allocator, on every thread; not
 //! counted: ONNX Runtime's own C++ allocations inside `Session::run`. A separate binary from the timing benches,
 //! because dhat's bookkeeping would distort their times.
 
@@ -32,7 +32,12 @@ fn main() {
     config.poll_interval = None;
     let server = runtime.block_on(gateway::start(config)).unwrap();
     let state = Arc::new(AppState::new(Arc::clone(server.registry()), &Limits::default()));
-    let _profiler = dhat::Profiler::builder().testing().build();
+    // `VANE_DHAT_FILE=path` also writes dhat's profile there (every allocation site with its backtrace and count,
+    // for dh_view.html or a script): what the counts below are made of.
+    let _profiler = match std::env::var_os("VANE_DHAT_FILE") {
+        Some(path) => dhat::Profiler::builder().file_name(path).trim_backtraces(Some(40)).build(),
+        None => dhat::Profiler::builder().testing().build(),
+    };
     for (model, features) in [("breast_cancer", 30usize), ("dense", 1024)] {
         let data: Vec<f64> = (0..features).map(|i| i as f64 / 7.0).collect();
         let body = Bytes::from(
