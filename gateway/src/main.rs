@@ -320,6 +320,11 @@ struct RunArgs {
     /// ONNX Runtime intra-op threads per session (1 is fastest on small machines).
     #[arg(long, env = "VANE_INTRA_THREADS", default_value_t = ModelSettings::default().intra_threads)]
     intra_threads: NonZeroUsize,
+    /// A model version whose single-request runs take at most this long (timed at load, then a running estimate)
+    /// runs requests on the thread that decoded them when a session is free and its queue is empty: the hop to a
+    /// worker thread costs more than such a run. 0 keeps every run on the worker threads.
+    #[arg(long, env = "VANE_INLINE_MAX_RUN", value_parser = humantime::parse_duration, default_value = "20us")]
+    inline_max_run: Duration,
     /// How often to look for changes: new or removed version folders with --model-dir [default: 5s; file
     /// notifications wake it sooner], new commits with --repo [default: 15s]. 0 turns polling off (webhooks still
     /// trigger syncs; a model directory is then not watched at all).
@@ -461,6 +466,7 @@ impl RunArgs {
             intra_threads: self.intra_threads,
             max_batch_size: self.max_batch_size,
             max_queue_delay: self.max_queue_delay,
+            inline_max_run: self.inline_max_run,
         };
         config.shutdown_grace = self.shutdown_grace;
         config.alerting = monitor::notify::NotifyConfig {

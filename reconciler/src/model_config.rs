@@ -29,6 +29,10 @@ pub struct ModelConfig {
     pub queue_capacity: Option<usize>,
     /// ONNX Runtime intra-op threads per session.
     pub intra_threads: Option<usize>,
+    /// A version whose single-request runs take at most this long runs requests on the thread that decoded them
+    /// when it can (`0s`: always on its worker threads).
+    #[serde(default, with = "humantime_serde")]
+    pub inline_max_run: Option<Duration>,
 }
 
 // === impl ModelConfig ===
@@ -76,6 +80,8 @@ impl ModelConfig {
             workers: Option<usize>,
             queue_capacity: Option<usize>,
             intra_threads: Option<usize>,
+            #[serde(default, with = "humantime_serde")]
+            inline_max_run: Option<Duration>,
             #[serde(default)]
             monitoring: Option<crate::manifest::Monitoring>,
         }
@@ -88,6 +94,7 @@ impl ModelConfig {
             workers: file.workers,
             queue_capacity: file.queue_capacity,
             intra_threads: file.intra_threads,
+            inline_max_run: file.inline_max_run,
         };
         Ok((config.validated().map_err(bad)?, file.monitoring))
     }
@@ -111,6 +118,7 @@ mod tests {
         assert_eq!((config.workers, config.queue_capacity, config.intra_threads), (Some(2), Some(8), Some(1)));
         assert_eq!(parse("{}").unwrap(), ModelConfig::default());
         assert_eq!(parse("max_queue_delay: 0s").unwrap().max_queue_delay, Some(Duration::ZERO));
+        assert_eq!(parse("inline_max_run: 50us").unwrap().inline_max_run, Some(Duration::from_micros(50)));
     }
 
     #[test]

@@ -59,6 +59,66 @@ async fn batched_requests_get_back_exactly_their_own_rows() {
     assert!(after.largest_batch_rows <= 16, "a batch exceeded max_batch_size: {}", after.largest_batch_rows);
 }
 
+/// A lone request to a model that runs in microseconds runs on the thread that decoded it (no hop to a worker
+/// thread), with exactly a worker's answer; `inline_max_run: 0s` keeps every run on the workers, and a model whose
+/// runs take longer than the limit never runs there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_request_to_a_tiny_model_runs_on_its_own_thread_with_a_workers_answer() {
+    // A generous limit, so an unoptimised build on a busy machine stays under it; dense's runs take over 100 us.
+    let inline_repo = model_repo(&[
+        ("breast_cancer", "inline_max_run: 1ms\n"),
+        ("dense", "max_batch_size: 0\ninline_max_run: 20us\n"),
+    ]);
+    let worker_repo = model_repo(&[("breast_cancer", "inline_max_run: 0s\n")]);
+    let (inline, workers) = (
+        TestServer::start_in(inline_repo.path(), |_| {}).await,
+        TestServer::start_in(worker_repo.path(), |_| {}).await,
+    );
+    let reference = ReferenceData::from_csv_path(&models_dir().join("breast_cancer/reference.csv")).unwrap();
+    for i in 0..20 {
+        let request = breast_cancer_rows(&reference, i, 1 + i % 3);
+        let (a, b) = (
+            inline.post_json("/v2/models/breast_cancer/infer", &request).await,
+            workers.post_json("/v2/models/breast_cancer/infer", &request).await,
+        );
+        assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK), "{} / {}", a.body, b.body);
+        assert_eq!(a.body["outputs"], b.body["outputs"], "request {i}: on the request's thread vs on a worker");
+    }
+    let (on_own, on_workers) =
+        (inline.model("breast_cancer").stats().snapshot(), workers.model("breast_cancer").stats().snapshot());
+    assert_eq!((on_own.inline_runs, on_own.batches), (20, 20), "every lone request ran on its own thread");
+    assert_eq!((on_workers.inline_runs, on_workers.batches), (0, 20), "inline_max_run: 0s keeps runs on the workers");
+
+    let dense = inline.model("dense");
+    assert!(dense.stats().run_estimate() > std::time::Duration::from_micros(20), "dense takes longer than its limit");
+    for _ in 0..3 {
+        assert_eq!(inline.post_json("/v2/models/dense/infer", &dense_zeros(1)).await.status, StatusCode::OK);
+    }
+    let stats = dense.stats().snapshot();
+    assert_eq!((stats.inline_runs, stats.batches), (0, 3));
+    inline.stop().await;
+    workers.stop().await;
+}
+
+/// On its own thread too, a request whose deadline passed before it could run gets 504 and never runs.
+#[tokio::test]
+async fn a_lone_request_whose_deadline_passed_gets_504_and_never_runs_on_its_own_thread() {
+    let repo = model_repo(&[("breast_cancer", "inline_max_run: 1ms\n")]);
+    let server = TestServer::start_in(repo.path(), |_| {}).await;
+    let model = server.model("breast_cancer");
+    let mut request = crate::support::breast_cancer_row();
+    // One microsecond from arrival: gone before decoding ends.
+    request["parameters"] = json!({"timeout": 1});
+    let reply = server.post_json("/v2/models/breast_cancer/infer", &request).await;
+    reply.assert_error(StatusCode::GATEWAY_TIMEOUT, &["deadline passed before model 'breast_cancer'", "not run"]);
+    let stats = model.stats().snapshot();
+    assert_eq!((stats.batches, stats.inline_runs), (0, 0), "the expired request did not run");
+    request["parameters"] = json!({"timeout": 10_000_000});
+    assert_eq!(server.post_json("/v2/models/breast_cancer/infer", &request).await.status, StatusCode::OK);
+    assert_eq!(model.stats().snapshot().inline_runs, 1);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_request_over_max_batch_size_is_400() {
     let repo = model_repo(&[("breast_cancer", "max_batch_size: 4\n")]);

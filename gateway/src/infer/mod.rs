@@ -26,7 +26,7 @@ pub use stats::{ModelStats, StatsSnapshot};
 pub(crate) use tensor::with_vec;
 pub use tensor::{string_heap_bytes, DataType, Tensor, TensorData};
 pub use worker::{BatchPolicy, WorkerGroup};
-use worker::{Job, SubmitError, WorkerPool};
+use worker::{InlineJob, Job, SubmitError, WorkerPool};
 
 /// How model versions are run: the server-wide defaults, which a model's own [`ModelConfig`] overrides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +41,9 @@ pub struct ModelSettings {
     pub max_batch_size: usize,
     /// Longest the batcher waits for more rows, from the oldest queued request.
     pub max_queue_delay: Duration,
+    /// A version whose single-request runs take at most this long runs a request on the thread that decoded it
+    /// when it is the version's only request (see `worker`); zero: always on worker threads.
+    pub inline_max_run: Duration,
 }
 
 /// One loaded, warmed model version, ready for requests. Cheap to share (`Arc`); when the last holder drops it,
@@ -75,6 +78,13 @@ pub struct ModelLoader {
     metrics: RequestMetrics,
 }
 
+/// The default [`ModelSettings::inline_max_run`].
+pub const DEFAULT_INLINE_MAX_RUN: Duration = Duration::from_micros(20);
+
+/// At load, the single-request run is timed this many times at most (and for at most [`MAX_ESTIMATE_TIME`]).
+const ESTIMATE_RUNS: usize = 15;
+const MAX_ESTIMATE_TIME: Duration = Duration::from_millis(50);
+
 // === impl ModelSettings ===
 
 impl Default for ModelSettings {
@@ -95,6 +105,9 @@ impl Default for ModelSettings {
             // "A few hundred microseconds": invisible next to network latency, enough for batches to form under
             // load. The batcher waits only while requests are on their way, so a lone request is never delayed.
             max_queue_delay: Duration::from_micros(300),
+            // Runs of a few microseconds, where the hop to a worker thread and back (two wake-ups) is most of a lone
+            // request's latency (benches/README.md); well under what a tokio thread may spend between awaits.
+            inline_max_run: DEFAULT_INLINE_MAX_RUN,
         }
     }
 }
@@ -110,6 +123,7 @@ impl ModelSettings {
             intra_threads: nonzero(config.intra_threads, self.intra_threads),
             max_batch_size: config.max_batch_size.unwrap_or(self.max_batch_size),
             max_queue_delay: config.max_queue_delay.unwrap_or(self.max_queue_delay),
+            inline_max_run: config.inline_max_run.unwrap_or(self.inline_max_run),
         }
     }
 }
@@ -164,6 +178,12 @@ impl ModelLoader {
             policy = BatchPolicy::OFF;
         }
         let stats = Arc::new(ModelStats::default());
+        let estimate = if settings.inline_max_run.is_zero() {
+            Duration::MAX
+        } else {
+            estimate_run(&mut sessions[0], &signature, path, settings.inline_max_run)?
+        };
+        stats.set_run_estimate(estimate);
         let label = format!("{name}-{}", desired.version);
         let series = self.metrics.for_version(name, &desired.version.to_string());
         let queue_capacity = settings.queue_capacity.get();
@@ -172,6 +192,7 @@ impl ModelLoader {
             sessions,
             queue_capacity,
             policy,
+            settings.inline_max_run,
             Arc::clone(&stats),
             series.clone(),
             &self.group,
@@ -282,6 +303,28 @@ fn elements_of(shape: &[usize]) -> usize {
     shape.iter().product()
 }
 
+/// How long one request of one row takes to run on its own, in CPU time: the median of up to [`ESTIMATE_RUNS`]
+/// timed runs of zeros, stopped early after [`MAX_ESTIMATE_TIME`] or once a run takes over 4x `limit` (so a slow model is timed
+/// once or twice and then never inlined).
+fn estimate_run(
+    session: &mut ort::session::Session,
+    signature: &Signature,
+    path: &Path,
+    limit: Duration,
+) -> Result<Duration, LoadError> {
+    let begun = Instant::now();
+    let mut runs = Vec::with_capacity(ESTIMATE_RUNS);
+    while runs.len() < ESTIMATE_RUNS && begun.elapsed() < MAX_ESTIMATE_TIME {
+        let (_, run) = warm_up_timed(session, signature, path, 1)?;
+        runs.push(run);
+        if run > limit.saturating_mul(4) {
+            return Ok(run);
+        }
+    }
+    runs.sort_unstable();
+    Ok(runs[runs.len() / 2])
+}
+
 /// Runs zeros (empty strings, `false`) through `session` with `rows` rows; returns whether every output's first
 /// dimension came back as `rows` (so batched outputs can be split per request).
 fn warm_up(
@@ -290,6 +333,16 @@ fn warm_up(
     path: &Path,
     rows: usize,
 ) -> Result<bool, LoadError> {
+    warm_up_timed(session, signature, path, rows).map(|(batches, _)| batches)
+}
+
+/// [`warm_up`], and how long ONNX Runtime's run took (of the thread's CPU time).
+fn warm_up_timed(
+    session: &mut ort::session::Session,
+    signature: &Signature,
+    path: &Path,
+    rows: usize,
+) -> Result<(bool, Duration), LoadError> {
     // The graph's static dimensions come from an untrusted file: their product is checked before anything is
     // allocated (a declared [100000, 100000] input would otherwise be 40 GB of zeros).
     let mut elements = 0usize;
@@ -316,8 +369,10 @@ fn warm_up(
         }
     }
     let all: Vec<usize> = (0..signature.outputs.len()).collect();
+    let started = worker::thread_cpu_time();
     let outputs = onnx::run(session, inputs, &all).map_err(|source| LoadError::Warmup { path: path.into(), source })?;
-    Ok(outputs.iter().all(|o| o.shape.first() == Some(&rows)))
+    let run = worker::thread_cpu_time().saturating_sub(started);
+    Ok((outputs.iter().all(|o| o.shape.first() == Some(&rows)), run))
 }
 
 // === impl LoadedModel ===
@@ -405,6 +460,17 @@ impl LoadedModel {
                 max_rows: self.policy.max_rows,
             });
         }
+        let inline = InlineJob { rows, outputs: &outputs, deadline, trace: trace.sampled() };
+        let inputs = match self.pool.run_inline(inputs, inline) {
+            Ok((result, job_trace)) => {
+                drop(incoming);
+                if let Some(job_trace) = job_trace {
+                    trace.record_batch(job_trace.dequeued, &job_trace);
+                }
+                return self.answer(result);
+            }
+            Err(inputs) => inputs,
+        };
         let batchable = self.policy.enabled() && batch::same_rows(&inputs);
         let (reply, answer) = oneshot::channel();
         let enqueued = Instant::now();
@@ -438,6 +504,11 @@ impl LoadedModel {
             }
             Err(_) => Err(InferError::WorkerGone),
         };
+        self.answer(result)
+    }
+
+    /// A run's result as the request's answer.
+    fn answer(&self, result: Result<Vec<Tensor>, InferError>) -> Result<Vec<Tensor>, ApiError> {
         match result {
             Ok(outputs) => Ok(outputs),
             Err(InferError::DeadlineExceeded) => {

@@ -9,10 +9,19 @@
 //! rows fit in `max_rows`; if the batch is not full and more requests are on their way to the queue, it waits for
 //! them until `max_delay` after the oldest job was queued. A job that does not fit (too many rows, other trailing
 //! dimensions) starts the next batch. Expired jobs and jobs whose caller left are dropped without running.
+//!
+//! Running on the caller's thread: a request to a model version whose single-request runs take at most
+//! `inline_max_run` (a few microseconds: a logistic regression, a small tree) is run by the thread that decoded it
+//! when it is the version's only request (nothing else on its way, queued or running) and a session is free. The
+//! batcher would run it alone anyway, so batching cannot help it, and the hop to a worker thread and back (two
+//! wake-ups) is most of its latency; the run is shorter than what a tokio thread may spend between awaits. Under
+//! load requests are queued as above: there batching amortises ONNX Runtime's cost per run, which is most of a
+//! small model's (a batch-1 run of the logistic regression on the request's thread cost more CPU than the hop).
+//! Each session sits behind a mutex that its worker holds only while running it.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -65,6 +74,18 @@ pub struct BatchPolicy {
 pub(super) struct WorkerPool {
     jobs: Sender<Job>,
     stats: Arc<ModelStats>,
+    series: VersionSeries,
+    sessions: Arc<[Mutex<Session>]>,
+    /// Single-request runs measured at most this long may run on the caller's thread (zero: never).
+    inline_max_run: Duration,
+}
+
+/// A request to run on the caller's thread, if [`WorkerPool::run_inline`] finds a session free.
+pub(super) struct InlineJob<'a> {
+    pub(super) rows: usize,
+    pub(super) outputs: &'a [usize],
+    pub(super) deadline: Instant,
+    pub(super) trace: Option<opentelemetry::trace::SpanContext>,
 }
 
 /// Why a job was not queued.
@@ -88,6 +109,19 @@ pub struct WorkerGroup {
 
 enum Never {}
 
+/// One inline run in this many updates its version's run estimate (reading the thread's CPU clock is a system call).
+pub(super) const SAMPLE_EVERY: u64 = 16;
+
+/// The calling thread's CPU time.
+pub(super) fn thread_cpu_time() -> Duration {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(u64::try_from(now.tv_sec).unwrap_or(0), u32::try_from(now.tv_nsec).unwrap_or(0))
+}
+
+/// While a version's run estimate is over its inline limit (but under 4x it), one request in this many runs on its
+/// caller's thread anyway, to keep the estimate current.
+pub(super) const PROBE_EVERY: u64 = 64;
+
 /// How long one wait for more rows lasts before the worker checks again whether anything is still on its way.
 const WAIT_SLICE: Duration = Duration::from_micros(50);
 
@@ -107,20 +141,24 @@ impl BatchPolicy {
 
 impl WorkerPool {
     /// Starts one thread per session, all taking jobs from a queue of `queue_capacity`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn start(
         label: &str,
         sessions: Vec<Session>,
         queue_capacity: usize,
         policy: BatchPolicy,
+        inline_max_run: Duration,
         stats: Arc<ModelStats>,
         series: VersionSeries,
         group: &WorkerGroup,
     ) -> std::io::Result<Self> {
         // Bounded: when full, `try_submit` fails and the request gets 503 + Retry-After (see `ApiError::QueueFull`).
         let (jobs, queue) = crossbeam_channel::bounded(queue_capacity);
-        for (index, session) in sessions.into_iter().enumerate() {
+        let sessions: Arc<[Mutex<Session>]> = sessions.into_iter().map(Mutex::new).collect();
+        for index in 0..sessions.len() {
             let worker = Worker {
-                session,
+                sessions: Arc::clone(&sessions),
+                index,
                 queue: queue.clone(),
                 policy,
                 stats: Arc::clone(&stats),
@@ -140,7 +178,44 @@ impl WorkerPool {
                 return Err(error);
             }
         }
-        Ok(Self { jobs, stats })
+        Ok(Self { jobs, stats, series, sessions, inline_max_run })
+    }
+
+    /// Runs a request on the calling thread if it is the version's only request, its runs are short enough (the
+    /// running estimate of a single-request run, times the request's rows, at most `inline_max_run`) and a session
+    /// is free; else gives the inputs back to be queued. Blocks the caller for one run: only ever a few microseconds, by that estimate.
+    ///
+    /// The estimate starts from the load's warm-up runs and follows one inline run in [`SAMPLE_EVERY`], timed in
+    /// the thread's CPU time (the wall clock would count the time the scheduler gave other threads: on two busy
+    /// cores it read 5x the run), as a running median. While the estimate is over the limit but
+    /// under the cap, one request in [`PROBE_EVERY`] still runs here, to keep it current.
+    pub(super) fn run_inline(&self, inputs: Vec<Tensor>, job: InlineJob<'_>) -> Result<Answer, Vec<Tensor>> {
+        if !self.stats.is_alone() {
+            return Err(inputs);
+        }
+        let estimate = self.stats.run_estimate();
+        let short = estimate.saturating_mul(u32::try_from(job.rows).unwrap_or(u32::MAX)) <= self.inline_max_run;
+        if !short && (job.rows > 1 || estimate > self.inline_max_run.saturating_mul(4) || !self.stats.probe()) {
+            return Err(inputs);
+        }
+        let Some(mut session) = self.sessions.iter().find_map(|slot| slot.try_lock().ok()) else {
+            return Err(inputs);
+        };
+        let began = Instant::now();
+        if job.deadline <= began {
+            return Ok((Err(InferError::DeadlineExceeded), None));
+        }
+        self.stats.started(1, job.rows);
+        let members = BatchTrace::members(job.trace.iter());
+        let cpu = self.stats.inline_run_sampled().then(thread_cpu_time);
+        let result = guarded(|| onnx::run(&mut session, inputs, job.outputs));
+        if let Some(before) = cpu {
+            self.stats.ran_single(thread_cpu_time().saturating_sub(before));
+        }
+        drop(session);
+        let ended = Instant::now();
+        let batch = record_run(&self.stats, &self.series, began, (began, ended), (1, job.rows), members);
+        Ok((result, trace_of(job.trace.is_some().then_some(began), batch.as_ref())))
     }
 
     /// Queues a job without waiting.
@@ -165,7 +240,9 @@ impl WorkerPool {
 
 /// One worker thread's state.
 struct Worker {
-    session: Session,
+    /// The version's sessions; this worker runs the one at `index` (and only it).
+    sessions: Arc<[Mutex<Session>]>,
+    index: usize,
     queue: Receiver<Job>,
     policy: BatchPolicy,
     stats: Arc<ModelStats>,
@@ -177,6 +254,12 @@ struct Worker {
 // === impl Worker ===
 
 impl Worker {
+    /// Its session, while it runs a batch. A panic inside a run is caught before the guard drops, so the lock is
+    /// never poisoned by one; if it were, the session is still whole (ONNX Runtime's state is not Rust's).
+    fn session(&self) -> MutexGuard<'_, Session> {
+        self.sessions[self.index].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn run(mut self) {
         loop {
             let first = match self.carry.take() {
@@ -260,8 +343,9 @@ impl Worker {
         let started = Instant::now();
         if jobs == 1 {
             let job = live.remove(0);
-            let result = guarded(|| onnx::run(&mut self.session, job.inputs, &job.outputs));
-            let batch = self.ran(now, (started, Instant::now()), (jobs, rows), members);
+            let result = guarded(|| onnx::run(&mut self.session(), job.inputs, &job.outputs));
+            let ended = Instant::now();
+            let batch = self.ran(now, (started, ended), (jobs, rows), members);
             // A closed receiver means the caller gave up meanwhile; nothing else to do.
             let _ = job.reply.send((result, trace_of(job.dequeued, batch.as_ref())));
         } else {
@@ -282,10 +366,7 @@ impl Worker {
         (requests, rows): (usize, usize),
         members: Vec<opentelemetry::trace::SpanContext>,
     ) -> Option<Arc<BatchTrace>> {
-        let finished = Instant::now();
-        self.series.observe_run(rows, finished.saturating_duration_since(began).as_secs_f64());
-        self.stats.finished(requests);
-        (!members.is_empty()).then(|| Arc::new(BatchTrace { run, finished, requests, rows, members }))
+        record_run(&self.stats, &self.series, began, run, (requests, rows), members)
     }
 
     /// Runs several jobs as one batch and splits each one's rows out of the outputs; returns the answers and when
@@ -297,9 +378,11 @@ impl Worker {
             parts.push((job.rows, job.outputs, job.reply, job.dequeued));
             inputs.push(job.inputs);
         }
-        let all: Vec<usize> = (0..self.session.outputs().len()).collect();
+        let mut session = self.session();
+        let all: Vec<usize> = (0..session.outputs().len()).collect();
         let merged = batch::concat(inputs);
-        let result = guarded(|| onnx::run(&mut self.session, merged, &all));
+        let result = guarded(|| onnx::run(&mut session, merged, &all));
+        drop(session);
         let ended = Instant::now();
         let answers = match result {
             Ok(outputs) => {
@@ -328,6 +411,22 @@ impl Worker {
         };
         (answers, ended)
     }
+}
+
+/// Records a finished run (begun at `began`, ONNX Runtime's part in `run`) in the stats and series; returns the
+/// batch's trace if a member is traced.
+fn record_run(
+    stats: &ModelStats,
+    series: &VersionSeries,
+    began: Instant,
+    run: (Instant, Instant),
+    (requests, rows): (usize, usize),
+    members: Vec<opentelemetry::trace::SpanContext>,
+) -> Option<Arc<BatchTrace>> {
+    let finished = Instant::now();
+    series.observe_run(rows, finished.saturating_duration_since(began).as_secs_f64());
+    stats.finished(requests);
+    (!members.is_empty()).then(|| Arc::new(BatchTrace { run, finished, requests, rows, members }))
 }
 
 /// Where a job's answer goes, when a traced job left the queue, and the answer.

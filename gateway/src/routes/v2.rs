@@ -165,8 +165,9 @@ pub(super) async fn infer(
 }
 
 /// Triton's statistics shape, with the counters Vane keeps: `inference_count` counts rows and `execution_count`
-/// model runs, so their ratio is the mean batch size the dynamic batcher formed. Without a version, every served
-/// version is listed.
+/// model runs, so their ratio is the mean batch size the dynamic batcher formed; `inline_count` (Vane's own) counts
+/// the runs made on the request's thread rather than a worker's, and `run_estimate_us` the running estimate of one
+/// request's run on its own that decides it. Without a version, every served version is listed.
 pub(super) fn model_stats(registry: &Registry, model: &str, version: Option<&str>) -> Result<HttpResponse, ApiError> {
     #[derive(Serialize)]
     struct Stats {
@@ -182,6 +183,8 @@ pub(super) fn model_stats(registry: &Registry, model: &str, version: Option<&str
         queue_depth: usize,
         queue_high_water: usize,
         largest_batch_rows: usize,
+        inline_count: u64,
+        run_estimate_us: f64,
     }
     let table = registry.snapshot();
     let versions: Vec<u64> = match version {
@@ -204,6 +207,8 @@ pub(super) fn model_stats(registry: &Registry, model: &str, version: Option<&str
             queue_depth: s.queued,
             queue_high_water: s.queue_high_water,
             largest_batch_rows: s.largest_batch_rows,
+            inline_count: s.inline_runs,
+            run_estimate_us: loaded.stats().run_estimate().as_secs_f64() * 1e6,
         });
     }
     Ok(json_response(StatusCode::OK, &Stats { model_stats }))
