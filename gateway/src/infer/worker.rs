@@ -206,6 +206,8 @@ impl WorkerPool {
             return Ok((Err(InferError::DeadlineExceeded), None));
         }
         self.stats.started(1, job.rows);
+        // Its wait for a worker was nothing: counted, so the queue histogram still counts every request run.
+        self.series.observe_queued(0.0);
         let members = BatchTrace::members(job.trace.iter());
         let cpu = self.stats.inline_run_sampled().then(thread_cpu_time);
         let result = guarded(|| onnx::run(&mut session, inputs, job.outputs));
