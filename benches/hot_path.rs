@@ -83,12 +83,8 @@ fn encode(c: &mut Criterion) {
     for (model, outputs) in [("breast_cancer", breast_cancer), ("dense", dense)] {
         group.bench_function(model, |b| {
             b.iter(|| {
-                let mut response = InferResponse {
-                    model_name: model,
-                    model_version: "1".to_owned(),
-                    id: Some("r-1"),
-                    outputs: vec![],
-                };
+                let mut response =
+                    InferResponse { model_name: model, model_version: "1", id: Some("r-1"), outputs: vec![] };
                 encode_response(&mut response, &outputs, &BinaryOutputs::default()).0
             });
         });

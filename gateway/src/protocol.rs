@@ -648,8 +648,7 @@ fn decode_input(raw: RawInput<'_>, ctx: &Context<'_>, binary: &mut Option<&[u8]>
     if let Some(signature) = ctx.signature {
         check_declared(signature, &raw.name, datatype)?;
     }
-    let shape: Vec<usize> = raw.shape.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
-    let expected = element_count(&raw.shape).ok_or_else(|| invalid(format!("shape {shape:?} is too large")))?;
+    let expected = element_count(&raw.shape).ok_or_else(|| invalid(format!("shape {:?} is too large", raw.shape)))?;
     let elements = match (raw.data, raw.binary_size) {
         (DataSlot::Absent, None) => return Err(invalid("has no 'data'".to_owned())),
         (DataSlot::Absent, Some(size)) => {
@@ -689,6 +688,8 @@ fn decode_input(raw: RawInput<'_>, ctx: &Context<'_>, binary: &mut Option<&[u8]>
             elements
         }
     };
+    // The same allocation, reused (u64 and usize have one layout here).
+    let shape: Vec<usize> = raw.shape.into_iter().map(|d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
     let got = elements.len();
     if got != expected {
         return Err(ApiError::ElementCount { input: raw.name, shape, expected, got });
@@ -888,7 +889,7 @@ pub struct InferResponse<'a> {
     /// The model that answered.
     pub model_name: &'a str,
     /// The version that answered (the one actually used, also when the request named none).
-    pub model_version: String,
+    pub model_version: &'a str,
     /// The request's id, if it had one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<&'a str>,
@@ -956,8 +957,11 @@ pub fn encode_response<'a>(
         .iter()
         .map(|t| if binary.wants(&t.name) { OutputJson::binary(t) } else { OutputJson::inline(t) })
         .collect();
-    // Serialising our own response types cannot fail (string keys only).
-    let mut body = serde_json::to_vec(&*response).unwrap_or_default();
+    // Sized for the JSON at once (about 24 bytes per number at most), not grown from empty: one allocation.
+    let estimate: usize = outputs.iter().map(|t| 96 + t.name.len() + 24 * t.data.len()).sum();
+    let mut body = Vec::with_capacity(128 + response.id.map_or(0, str::len) + estimate);
+    // Serialising our own response types into a Vec cannot fail (string keys only).
+    let _ = serde_json::to_writer(&mut body, &*response);
     if raw.is_empty() {
         return (body, None);
     }

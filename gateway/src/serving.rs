@@ -233,7 +233,10 @@ async fn run_inference(
     let client_deadline = request.timeout.is_some_and(|t| t < state.request_timeout);
     let budget = request.timeout.map_or(state.request_timeout, |t| t.min(state.request_timeout));
     let inputs = signature.check_inputs(std::mem::take(&mut request.inputs))?;
-    let selected: Arc<[usize]> = signature.select_outputs(request.outputs.iter().map(String::as_str))?.into();
+    let selected = match request.outputs.is_empty() {
+        true => loaded.all_outputs(),
+        false => signature.select_outputs(request.outputs.iter().map(String::as_str))?.into(),
+    };
     // Only a valid request is sampled; a sampled one copies its inputs for the monitor, the rest pay one counter.
     let observed = match (&state.monitor, &resolved.monitored) {
         (Some(_), Some(monitored)) => monitored.sample(&inputs),

@@ -51,6 +51,10 @@ pub struct ModelSettings {
 pub struct LoadedModel {
     name: String,
     version: u64,
+    /// `version` as text, for answers (formatted once, not per request).
+    version_text: String,
+    /// Every output's position: the selection of a request that names none (shared, not built per request).
+    all_outputs: Arc<[usize]>,
     path: PathBuf,
     fingerprint: String,
     config: ModelConfig,
@@ -201,6 +205,8 @@ impl ModelLoader {
         Ok(LoadedModel {
             name: name.to_owned(),
             version: desired.version,
+            version_text: desired.version.to_string(),
+            all_outputs: (0..signature.outputs.len()).collect(),
             path: path.to_owned(),
             fingerprint: desired.fingerprint.clone(),
             config: *config,
@@ -386,6 +392,16 @@ impl LoadedModel {
     /// The version number.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// The version number as text.
+    pub fn version_text(&self) -> &str {
+        &self.version_text
+    }
+
+    /// Every output's position, in graph order.
+    pub fn all_outputs(&self) -> Arc<[usize]> {
+        Arc::clone(&self.all_outputs)
     }
 
     /// The artifact's fingerprint when it was loaded.

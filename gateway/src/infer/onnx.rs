@@ -1,6 +1,5 @@
 //! The boundary with ONNX Runtime: building sessions and converting [`Tensor`]s to and from `ort` values.
 
-use std::borrow::Cow;
 use std::path::Path;
 
 use ort::session::builder::GraphOptimizationLevel;
@@ -44,14 +43,16 @@ pub(super) fn build_session(path: &Path, intra_threads: usize) -> Result<Session
 }
 
 /// Runs `inputs` (already checked and in graph order) and returns the outputs at `selected` positions.
+/// Inputs go by position (no names to copy), a single input without a list; outputs are taken by position.
 pub(super) fn run(session: &mut Session, inputs: Vec<Tensor>, selected: &[usize]) -> Result<Vec<Tensor>, InferError> {
-    let mut values: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = Vec::with_capacity(inputs.len());
-    for tensor in inputs {
-        values.push((Cow::Owned(tensor.name), to_value(tensor.shape, tensor.data)?));
-    }
-    let names: Vec<String> = selected.iter().map(|&i| session.outputs()[i].name().to_owned()).collect();
-    let outputs = session.run(values)?;
-    names.into_iter().map(|name| from_outputs(&outputs, name)).collect()
+    let outputs = match <[Tensor; 1]>::try_from(inputs) {
+        Ok([tensor]) => session.run([to_value(tensor.shape, tensor.data)?])?,
+        Err(inputs) => {
+            let values = inputs.into_iter().map(|t| to_value(t.shape, t.data)).collect::<Result<Vec<_>, _>>()?;
+            session.run(values.as_slice())?
+        }
+    };
+    selected.iter().map(|&i| from_outputs(&outputs, i)).collect()
 }
 
 fn to_value(shape: Vec<usize>, data: TensorData) -> Result<SessionInputValue<'static>, InferError> {
@@ -62,9 +63,11 @@ fn to_value(shape: Vec<usize>, data: TensorData) -> Result<SessionInputValue<'st
     Ok(value)
 }
 
-fn from_outputs(outputs: &SessionOutputs<'_>, name: String) -> Result<Tensor, InferError> {
+fn from_outputs(outputs: &SessionOutputs<'_>, index: usize) -> Result<Tensor, InferError> {
+    let name = outputs.keys().nth(index).ok_or_else(|| InferError::UnsupportedOutput { name: format!("#{index}") })?;
+    let name = name.to_owned();
+    let value: &DynValue = &outputs[index];
     let unsupported = || InferError::UnsupportedOutput { name: name.clone() };
-    let value: &DynValue = outputs.get(&name).ok_or_else(unsupported)?;
     let ValueType::Tensor { ty, .. } = value.dtype() else {
         return Err(unsupported());
     };

@@ -89,13 +89,11 @@ impl Signature {
                 return Err(ApiError::DuplicateInput { input: tensor.name.clone() });
             }
         }
-        let mut ordered = Vec::with_capacity(self.inputs.len());
         for spec in &self.inputs {
-            let position = given
+            let tensor = given
                 .iter()
-                .position(|t| t.name == spec.name)
+                .find(|t| t.name == spec.name)
                 .ok_or_else(|| ApiError::MissingInput { input: spec.name.clone(), expected: names(&self.inputs) })?;
-            let tensor = given.swap_remove(position);
             if tensor.data.datatype() != spec.datatype {
                 return Err(ApiError::DatatypeMismatch {
                     input: spec.name.clone(),
@@ -107,15 +105,16 @@ impl Signature {
                 return Err(ApiError::ShapeMismatch {
                     input: spec.name.clone(),
                     expected: spec.shape.clone(),
-                    got: tensor.shape,
+                    got: tensor.shape.clone(),
                 });
             }
             if tensor.shape.first() == Some(&0) {
-                return Err(ApiError::EmptyBatch { input: spec.name.clone(), shape: tensor.shape });
+                return Err(ApiError::EmptyBatch { input: spec.name.clone(), shape: tensor.shape.clone() });
             }
-            ordered.push(tensor);
         }
-        Ok(ordered)
+        // Every input is known, once, and none is missing: put them in graph order where they are.
+        given.sort_unstable_by_key(|t| self.inputs.iter().position(|spec| spec.name == t.name));
+        Ok(given)
     }
 
     /// The position of each requested output, or all outputs when none is named.

@@ -106,7 +106,7 @@ fn responses_encode_every_type() {
         Tensor { name: "s".into(), shape: vec![1], data: TensorData::Bytes(vec!["é".into()]) },
         Tensor { name: "b".into(), shape: vec![1], data: TensorData::Bool(vec![true]) },
     ];
-    let mut response = InferResponse { model_name: "m", model_version: "2".into(), id: Some("7"), outputs: vec![] };
+    let mut response = InferResponse { model_name: "m", model_version: "2", id: Some("7"), outputs: vec![] };
     let (body, header) = encode_response(&mut response, &outputs, &BinaryOutputs::default());
     assert_eq!(header, None);
     let text = String::from_utf8(body).unwrap();
@@ -252,7 +252,7 @@ fn binary_outputs_follow_the_header_in_order_with_their_sizes() {
         Tensor { name: "s".into(), shape: vec![1], data: TensorData::Bytes(vec!["é".into()]) },
     ];
     let binary = BinaryOutputs { default: true, overrides: vec![("l".into(), false)] };
-    let mut response = InferResponse { model_name: "m", model_version: "1".into(), id: None, outputs: vec![] };
+    let mut response = InferResponse { model_name: "m", model_version: "1", id: None, outputs: vec![] };
     let (body, header) = encode_response(&mut response, &outputs, &binary);
     let header = header.unwrap();
     let json: serde_json::Value = serde_json::from_slice(&body[..header]).unwrap();

@@ -127,9 +127,19 @@ where
     let arrived = Instant::now();
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // The longest route has 6 segments; a path with more matches none (no list to allocate per request).
+    let mut buffer = [""; 7];
+    let mut count = 0;
+    for segment in path.trim_start_matches('/').split('/') {
+        if count == buffer.len() {
+            return Err(ApiError::RouteNotFound { path: path.to_owned() });
+        }
+        buffer[count] = segment;
+        count += 1;
+    }
+    let segments = &buffer[..count];
     let method = &parts.method;
-    let route = match segments.as_slice() {
+    let route = match segments {
         ["v2"] => Route::ServerMetadata,
         ["v2", "health", "live"] => Route::Live,
         ["v2", "health", "ready"] => Route::Ready,

@@ -142,7 +142,7 @@ pub(super) async fn infer(
     let loaded = served.loaded.as_ref().unwrap_or(&target.primary.loaded);
     let mut response = InferResponse {
         model_name: loaded.name(),
-        model_version: loaded.version().to_string(),
+        model_version: loaded.version_text(),
         id: request.id.as_deref(),
         outputs: Vec::new(),
     };
