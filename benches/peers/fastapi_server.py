@@ -1,7 +1,7 @@
-"""The peer most users would write instead of Vane: FastAPI + onnxruntime serving models/breast_cancer/1/model.onnx
-with the same V2 JSON request and answer Vane speaks (run by benches/peers.sh in a throwaway venv; never a dependency
-of Vane). One onnxruntime session per worker process, loaded at start; every request is parsed by FastAPI, run at
-batch 1, and answered as JSON.
+"""The peer most users would write instead of Vane: FastAPI + onnxruntime serving models/breast_cancer/2/model.onnx (the
+version Vane serves, the newest) with the same V2 JSON request and answer Vane speaks (run by benches/peers.sh in a
+throwaway venv; never a dependency of Vane). One onnxruntime session per worker process, loaded at start; every
+request is parsed by FastAPI, run at batch 1, and answered as JSON.
 
 Usage: uvicorn fastapi_server:app --workers 2 --port PORT   (with MODEL pointing at the .onnx file)
 """
@@ -13,7 +13,7 @@ import onnxruntime as ort
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-MODEL = os.environ.get("MODEL", "models/breast_cancer/1/model.onnx")
+MODEL = os.environ.get("MODEL", "models/breast_cancer/2/model.onnx")
 options = ort.SessionOptions()
 options.intra_op_num_threads = 1
 session = ort.InferenceSession(MODEL, options, providers=["CPUExecutionProvider"])
