@@ -1,7 +1,7 @@
 //! Counters of one model version's queue and workers, readable from anywhere without a lock.
 //!
 //! The request path only increments and decrements atomics. Worker threads additionally wake anyone waiting for a
-//! change ([`ModelStats::changed`]); that is how tests (and, later, metrics) observe the queue without sleeping.
+//! change ([`ModelStats::wait_until`]); that is how tests (and, later, metrics) observe the queue without sleeping.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -18,6 +18,9 @@ pub struct ModelStats {
     batched_requests: AtomicU64,
     rows: AtomicU64,
     largest_batch_rows: AtomicUsize,
+    /// Tasks in [`ModelStats::wait_until`]: with none (the request path's case), changes wake nobody, and skip
+    /// `Notify::notify_waiters`, which takes a mutex (three times per request, on a line both cores write).
+    waiting: AtomicUsize,
     inline_runs: AtomicU64,
     /// Requests that found the estimate over the limit, for probing one in `worker::PROBE_EVERY`.
     refused_inline: AtomicU64,
@@ -70,6 +73,17 @@ impl ModelStats {
 
     /// Waits until `condition` holds for the counters. Woken by every change a worker makes.
     pub async fn wait_until(&self, condition: impl Fn(&StatsSnapshot) -> bool) {
+        // Counted before the first check, so a change after it sees the waiter (both sides order their store before
+        // their load with SeqCst).
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -79,6 +93,14 @@ impl ModelStats {
                 return;
             }
             changed.await;
+        }
+    }
+
+    /// Wakes the waiters of [`ModelStats::wait_until`], if any.
+    fn wake_waiters(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.changed.notify_waiters();
         }
     }
 
@@ -114,7 +136,7 @@ impl ModelStats {
 
     pub(super) fn dequeued(&self, jobs: usize) {
         self.queued.fetch_sub(jobs, Ordering::Relaxed);
-        self.changed.notify_waiters();
+        self.wake_waiters();
     }
 
     pub(super) fn started(&self, jobs: usize, rows: usize) {
@@ -123,7 +145,7 @@ impl ModelStats {
         self.batched_requests.fetch_add(jobs as u64, Ordering::Relaxed);
         self.rows.fetch_add(rows as u64, Ordering::Relaxed);
         self.largest_batch_rows.fetch_max(rows, Ordering::Relaxed);
-        self.changed.notify_waiters();
+        self.wake_waiters();
     }
 
     /// The running estimate of one request's run on its own.
@@ -160,7 +182,7 @@ impl ModelStats {
 
     pub(super) fn finished(&self, jobs: usize) {
         self.running.fetch_sub(jobs, Ordering::Relaxed);
-        self.changed.notify_waiters();
+        self.wake_waiters();
     }
 }
 
