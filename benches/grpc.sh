@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# gRPC against binary REST, each load client in its own process: `bash benches/grpc.sh`. Serves models/ with the
+# release `vane` pinned to CPU 0; the clients run pinned to CPU 1: wrk (one thread) for REST with the binary tensor
+# extension, `examples/grpc_load.rs` (a tonic client on one thread, raw tensor contents) for gRPC ModelInfer. Both
+# send batch 1 of row 0 of the model's reference data (breast_cancer, dense) at 1, 16 and 64 requests in flight,
+# alternating three times per case so drift in the machine's speed hits both. Prints each case's requests/s and p99
+# (medians of the three), and the ratios gRPC/binary. SECONDS_PER_RUN (default 5) sets each run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source benches/lib.sh
+command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+seconds=${SECONDS_PER_RUN:-5}
+cargo build --release -q -p gateway --bin vane
+cargo build --release -q --example grpc_load
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"; kill $(jobs -p) 2>/dev/null || true' EXIT
+
+taskset -c 0 target/release/vane serve --model-dir models --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0 \
+  --log-format json >/dev/null 2>"$scratch/err" &
+addr=$(serving_addr "$scratch/err")
+grpc=$(grep 'vane is serving' "$scratch/err" | grep -o '"grpc":"[^"]*"' | sed 's/"grpc":"//; s/"$//')
+
+# wrk with a prepared binary-extension body: $1 the body file, $2 its JSON header's length.
+cat > "$scratch/binary.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/octet-stream"
+wrk.headers["Inference-Header-Content-Length"] = os.getenv("HEADER_LENGTH")
+local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
+wrk.body = f:read("*a")
+f:close()
+LUA
+
+rest() { # $1 model, $2 connections; prints "requests/s p99_us"
+  HEADER_LENGTH=$(cat "$scratch/$1.len") BODY_FILE="$scratch/$1.bin" taskset -c 1 \
+    wrk -t1 -c"$2" -d"${seconds}s" --latency -s "$scratch/binary.lua" "http://$addr/v2/models/$1/infer" >"$scratch/wrk"
+  grep -q "Non-2xx" "$scratch/wrk" && { echo "non-2xx answers: $(cat "$scratch/wrk")" >&2; exit 1; }
+  awk 'function us(v) { if (v ~ /ms$/) return v * 1000; if (v ~ /us$/) return v + 0; return v * 1e6 }
+       /Requests\/sec/ {rps = $2} $1 == "99%" {p99 = us($2)} END {printf "%s %.0f\n", rps, p99}' "$scratch/wrk"
+}
+
+grpc_run() { # $1 model, $2 calls in flight; prints "requests/s p99_us"
+  local out
+  out=$(taskset -c 1 target/release/examples/grpc_load "$grpc" "$1" "$(cat "$scratch/$1.row")" "$2" "$seconds")
+  [ "$(echo "$out" | cut -d' ' -f4)" = 0 ] || { echo "gRPC errors: $out" >&2; exit 1; }
+  echo "$out" | awk '{print $1, $3}'
+}
+
+median3() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
+
+for model in breast_cancer dense; do
+  sed -n 2p "models/$model/reference.csv" >"$scratch/$model.row"
+  python3 - "$scratch/$model" <<'PY'
+import json, struct, sys
+row = [float(v) for v in open(sys.argv[1] + ".row").read().strip().split(",")]
+header = json.dumps({"inputs": [{"name": "input", "shape": [1, len(row)], "datatype": "FP32",
+                                 "parameters": {"binary_data_size": 4 * len(row)}}],
+                     "parameters": {"binary_data_output": True}}).encode()
+open(sys.argv[1] + ".bin", "wb").write(header + struct.pack(f"<{len(row)}f", *row))
+open(sys.argv[1] + ".len", "w").write(str(len(header)))
+PY
+  for c in 1 16 64; do
+    r=(); g=()
+    for _ in 1 2 3; do
+      r+=("$(rest "$model" "$c")")
+      g+=("$(grpc_run "$model" "$c")")
+    done
+    rr=$(median3 $(column 1 "${r[@]}")); rp=$(median3 $(column 2 "${r[@]}"))
+    gr=$(median3 $(column 1 "${g[@]}")); gp=$(median3 $(column 2 "${g[@]}"))
+    python3 -c "print(f'$model c=$c binary REST {$rr:.0f} req/s p99 {$rp} us; gRPC {$gr:.0f} req/s p99 {$gp} us; gRPC/binary throughput {$gr / $rr:.2f}, p99 {$gp / max($rp, 1):.2f}x')"
+  done
+done
