@@ -310,8 +310,8 @@ fn elements_of(shape: &[usize]) -> usize {
 }
 
 /// How long one request of one row takes to run on its own, in CPU time: the median of up to [`ESTIMATE_RUNS`]
-/// timed runs of zeros, stopped early after [`MAX_ESTIMATE_TIME`] or once a run takes over 4x `limit` (so a slow model is timed
-/// once or twice and then never inlined).
+/// timed runs of zeros, stopped early after [`MAX_ESTIMATE_TIME`] or once a run takes over 4x `limit`: a slow model
+/// costs one more run at load (the warm-up's own run is not used: a first run pays ONNX Runtime's lazy setup).
 fn estimate_run(
     session: &mut ort::session::Session,
     signature: &Signature,

@@ -183,7 +183,8 @@ impl WorkerPool {
 
     /// Runs a request on the calling thread if it is the version's only request, its runs are short enough (the
     /// running estimate of a single-request run, times the request's rows, at most `inline_max_run`) and a session
-    /// is free; else gives the inputs back to be queued. Blocks the caller for one run: only ever a few microseconds, by that estimate.
+    /// is free; else gives the inputs back to be queued. Blocks the caller for one run: only ever a few
+    /// microseconds, by that estimate.
     ///
     /// The estimate starts from the load's warm-up runs and follows one inline run in [`SAMPLE_EVERY`], timed in
     /// the thread's CPU time (the wall clock would count the time the scheduler gave other threads: on two busy
