@@ -12,6 +12,15 @@ use crate::{Error, Result};
 /// The file a model folder may hold.
 pub const CONFIG_FILE: &str = "config.yaml";
 
+/// The most worker threads (and sessions) a model's config may ask for per version.
+pub const MAX_WORKERS: usize = 64;
+/// The most queue slots a model's config may ask for per version (allocated when the version loads).
+pub const MAX_QUEUE_CAPACITY: usize = 65_536;
+/// The most ONNX Runtime intra-op threads a model's config may ask for per session.
+pub const MAX_INTRA_THREADS: usize = 64;
+/// The longest run a model's config may let run on a request's thread.
+pub const MAX_INLINE_MAX_RUN: Duration = Duration::from_millis(1);
+
 /// Serving settings of one model (all versions).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,13 +54,28 @@ impl ModelConfig {
         config.validated().map_err(|message| Error::ModelConfig { path: origin.into(), message })
     }
 
-    /// The config itself if its counts are usable (zero workers, queue or threads are not).
+    /// The config itself if its values are usable. The file comes from whoever can push to the deploy repository
+    /// (untrusted), so each count that costs threads or memory at load has a ceiling: zero or more than the ceiling
+    /// is refused (a queue's slots are allocated up front; each worker is a thread and an ONNX Runtime session), and
+    /// `inline_max_run` may not let a model hold a request thread for more than [`MAX_INLINE_MAX_RUN`].
     pub fn validated(self) -> std::result::Result<Self, String> {
-        let counts =
-            [("workers", self.workers), ("queue_capacity", self.queue_capacity), ("intra_threads", self.intra_threads)];
-        match counts.into_iter().find(|(_, value)| *value == Some(0)) {
-            Some((field, _)) => Err(format!("{field} must be at least 1")),
-            None => Ok(self),
+        let counts = [
+            ("workers", self.workers, MAX_WORKERS),
+            ("queue_capacity", self.queue_capacity, MAX_QUEUE_CAPACITY),
+            ("intra_threads", self.intra_threads, MAX_INTRA_THREADS),
+        ];
+        for (field, value, most) in counts {
+            match value {
+                Some(0) => return Err(format!("{field} must be at least 1")),
+                Some(n) if n > most => return Err(format!("{field} is {n}; at most {most}")),
+                _ => {}
+            }
+        }
+        match self.inline_max_run {
+            Some(run) if run > MAX_INLINE_MAX_RUN => {
+                Err(format!("inline_max_run is {run:?}; at most {MAX_INLINE_MAX_RUN:?} (it blocks a request thread)"))
+            }
+            _ => Ok(self),
         }
     }
 
@@ -129,6 +153,23 @@ mod tests {
         assert!(err.contains("config.yaml"), "{err}");
         let err = parse("workers: 0").unwrap_err().to_string();
         assert!(err.contains("workers must be at least 1"), "{err}");
+    }
+
+    /// A pushed config cannot ask for a million threads, a queue of a billion slots, or a request thread held for
+    /// an hour; the ceilings themselves are accepted.
+    #[test]
+    fn counts_and_the_inline_limit_past_their_ceilings_are_refused() {
+        for (text, message) in [
+            ("workers: 65", "workers is 65; at most 64"),
+            ("queue_capacity: 1000000000", "queue_capacity is 1000000000; at most 65536"),
+            ("intra_threads: 1000", "intra_threads is 1000; at most 64"),
+            ("inline_max_run: 1h", "inline_max_run is 3600s; at most 1ms"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(message), "{text}: {err}");
+        }
+        let ceilings = parse("workers: 64\nqueue_capacity: 65536\nintra_threads: 64\ninline_max_run: 1ms\n").unwrap();
+        assert_eq!(ceilings.inline_max_run, Some(MAX_INLINE_MAX_RUN));
     }
 
     /// The documented example in `configs/` parses and sets every field.
