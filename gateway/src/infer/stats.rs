@@ -22,10 +22,8 @@ pub struct ModelStats {
     /// `Notify::notify_waiters`, which takes a mutex (three times per request, on a line both cores write).
     waiting: AtomicUsize,
     inline_runs: AtomicU64,
-    /// Requests that found the estimate over the limit, for probing one in `worker::PROBE_EVERY`.
-    refused_inline: AtomicU64,
-    /// A running estimate (nanoseconds, a running median) of one request's run on its own: what
-    /// decides whether a request may run on the caller's thread. Set from the warm-up at load.
+    /// One request's run on its own, timed at load in CPU time (nanoseconds): what decides whether a request may
+    /// run on the caller's thread.
     run_nanos: AtomicU64,
     changed: Notify,
 }
@@ -148,36 +146,19 @@ impl ModelStats {
         self.wake_waiters();
     }
 
-    /// The running estimate of one request's run on its own.
+    /// The load's estimate of one request's run on its own.
     pub fn run_estimate(&self) -> std::time::Duration {
         std::time::Duration::from_nanos(self.run_nanos.load(Ordering::Relaxed))
     }
 
-    /// Starts the estimate (from the warm-up runs at load).
+    /// Sets the estimate (from the timed runs at load).
     pub(super) fn set_run_estimate(&self, run: std::time::Duration) {
         self.run_nanos.store(u64::try_from(run.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
-    /// A request run alone took `run` (of its thread's CPU time).
-    pub(super) fn ran_single(&self, run: std::time::Duration) {
-        let sample = u64::try_from(run.as_nanos()).unwrap_or(u64::MAX);
-        let old = self.run_nanos.load(Ordering::Relaxed);
-        // A running median: one step of 1/16 towards each sample, so the tail (cache misses, the hypervisor's stolen
-        // time, which the thread's clock counts too: under load the samples' p90 was 2.4x their median) moves it as
-        // little as the rest. Two threads may race here; either's update is a fine estimate.
-        let step = (old / 16).max(1);
-        let new = if sample > old { old.saturating_add(step) } else { old.saturating_sub(step) };
-        self.run_nanos.store(new, Ordering::Relaxed);
-    }
-
-    /// Whether this request, refused the caller's thread by the estimate, should run there anyway as a probe.
-    pub(super) fn probe(&self) -> bool {
-        self.refused_inline.fetch_add(1, Ordering::Relaxed).is_multiple_of(super::worker::PROBE_EVERY)
-    }
-
-    /// Counts a run on its caller's thread; returns whether it is one to time for the estimate.
-    pub(super) fn inline_run_sampled(&self) -> bool {
-        self.inline_runs.fetch_add(1, Ordering::Relaxed).is_multiple_of(super::worker::SAMPLE_EVERY)
+    /// Counts a run on its caller's thread.
+    pub(super) fn ran_inline(&self) {
+        self.inline_runs.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(super) fn finished(&self, jobs: usize) {
@@ -199,28 +180,5 @@ impl<'a> IncomingGuard<'a> {
 impl Drop for IncomingGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    /// The estimate follows the runs' median, and a tail of slow runs (a third of them 50x longer) barely moves it.
-    #[test]
-    fn the_run_estimate_follows_the_median_and_shrugs_off_the_tail() {
-        let stats = ModelStats::default();
-        stats.set_run_estimate(Duration::from_micros(5));
-        for i in 0..3000 {
-            let run = if i % 3 == 0 { Duration::from_micros(500) } else { Duration::from_micros(10) };
-            stats.ran_single(run);
-        }
-        let estimate = stats.run_estimate();
-        assert!(
-            estimate >= Duration::from_micros(9) && estimate <= Duration::from_micros(12),
-            "the median is 10 us, the mean 170 us: {estimate:?}"
-        );
     }
 }

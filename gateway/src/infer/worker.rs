@@ -109,18 +109,11 @@ pub struct WorkerGroup {
 
 enum Never {}
 
-/// One inline run in this many updates its version's run estimate (reading the thread's CPU clock is a system call).
-pub(super) const SAMPLE_EVERY: u64 = 16;
-
 /// The calling thread's CPU time.
 pub(super) fn thread_cpu_time() -> Duration {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     Duration::new(u64::try_from(now.tv_sec).unwrap_or(0), u32::try_from(now.tv_nsec).unwrap_or(0))
 }
-
-/// While a version's run estimate is over its inline limit (but under 4x it), one request in this many runs on its
-/// caller's thread anyway, to keep the estimate current.
-pub(super) const PROBE_EVERY: u64 = 64;
 
 /// How long one wait for more rows lasts before the worker checks again whether anything is still on its way.
 const WAIT_SLICE: Duration = Duration::from_micros(50);
@@ -182,21 +175,20 @@ impl WorkerPool {
     }
 
     /// Runs a request on the calling thread if it is the version's only request, its runs are short enough (the
-    /// running estimate of a single-request run, times the request's rows, at most `inline_max_run`) and a session
+    /// load's estimate of a single-request run, times the request's rows, at most `inline_max_run`) and a session
     /// is free; else gives the inputs back to be queued. Blocks the caller for one run: only ever a few
     /// microseconds, by that estimate.
     ///
-    /// The estimate starts from the load's warm-up runs and follows one inline run in [`SAMPLE_EVERY`], timed in
-    /// the thread's CPU time (the wall clock would count the time the scheduler gave other threads: on two busy
-    /// cores it read 5x the run), as a running median. While the estimate is over the limit but
-    /// under the cap, one request in [`PROBE_EVERY`] still runs here, to keep it current.
+    /// The estimate is fixed at load, in the thread's CPU time (the wall clock would count the time the scheduler
+    /// gave other threads). A live estimate was tried and dropped: runs on a request thread after a stretch on the
+    /// worker's core read 2-6x the load's time (cold caches, the hypervisor's stolen time counted too), so after
+    /// any burst it rose past the limit and stayed there.
     pub(super) fn run_inline(&self, inputs: Vec<Tensor>, job: InlineJob<'_>) -> Result<Answer, Vec<Tensor>> {
         if !self.stats.is_alone() {
             return Err(inputs);
         }
-        let estimate = self.stats.run_estimate();
-        let short = estimate.saturating_mul(u32::try_from(job.rows).unwrap_or(u32::MAX)) <= self.inline_max_run;
-        if !short && (job.rows > 1 || estimate > self.inline_max_run.saturating_mul(4) || !self.stats.probe()) {
+        let estimate = self.stats.run_estimate().saturating_mul(u32::try_from(job.rows).unwrap_or(u32::MAX));
+        if estimate > self.inline_max_run {
             return Err(inputs);
         }
         let Some(mut session) = self.sessions.iter().find_map(|slot| slot.try_lock().ok()) else {
@@ -210,11 +202,8 @@ impl WorkerPool {
         // Its wait for a worker was nothing: counted, so the queue histogram still counts every request run.
         self.series.observe_queued(0.0);
         let members = BatchTrace::members(job.trace.iter());
-        let cpu = self.stats.inline_run_sampled().then(thread_cpu_time);
+        self.stats.ran_inline();
         let result = guarded(|| onnx::run(&mut session, inputs, job.outputs));
-        if let Some(before) = cpu {
-            self.stats.ran_single(thread_cpu_time().saturating_sub(before));
-        }
         drop(session);
         let ended = Instant::now();
         let batch = record_run(&self.stats, &self.series, began, (began, ended), (1, job.rows), members);
