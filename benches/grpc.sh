@@ -41,7 +41,7 @@ rest() { # $1 model, $2 connections; prints "requests/s p99_us"
 grpc_run() { # $1 model, $2 calls in flight; prints "requests/s p99_us"
   local out
   out=$(taskset -c 1 target/release/examples/grpc_load "$grpc" "$1" "$(cat "$scratch/$1.row")" "$2" "$seconds")
-  [ "$(echo "$out" | cut -d' ' -f4)" = 0 ] || { echo "gRPC errors: $out" >&2; exit 1; }
+  [ "$(echo "$out" | cut -d' ' -f5)" = 0 ] || { echo "gRPC errors: $out" >&2; exit 1; }
   echo "$out" | awk '{print $1, $3}'
 }
 

@@ -4,8 +4,8 @@
 //! `vane`, and for batch-1 JSON requests to `breast_cancer` and `dense` prints requests/s and p50/p99/p99.9 at
 //! concurrency 1, 16 and 64 for:
 //! - `vane`: `vane serve` on loopback (dynamic batching on, the default);
-//! - `hyper`: a bare hyper server in this process that reads the body and returns a fixed response of the same size
-//!   as Vane's (the physical limit for HTTP on this machine);
+//! - `hyper`: a bare hyper server (`examples/bare_hyper.rs`, in its own process) that reads the body and returns
+//!   Vane's own response bytes (the physical limit for HTTP on this machine);
 //! - `ort`: the same rows straight through ONNX Runtime in this process, one session per core (the physical limit
 //!   for the model).
 //!
@@ -13,9 +13,10 @@
 //! batcher formed. Then the ratios Vane/limit. `VANE_BENCH_SECONDS` sets each run's length (default 5).
 //!
 //! Beside each JSON run, the same row through the other protocols: REST with the binary tensor extension (wrk with a
-//! prepared body), and gRPC ModelInfer with raw tensors from a tonic client in this process (one task per
-//! concurrent call, multiplexed as HTTP/2 streams over one connection per 16 of them, latencies in an
-//! hdrhistogram), with the ratios binary/JSON, gRPC/JSON and gRPC p99 / binary p99.
+//! prepared body), and gRPC ModelInfer with raw tensors from a tonic client in its own process
+//! (`examples/grpc_load.rs`: one thread, one task per concurrent call, multiplexed as HTTP/2 streams over one
+//! connection per 16 of them, latencies in an hdrhistogram), with the ratios binary/JSON, gRPC/JSON and gRPC p99 /
+//! binary p99.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -25,11 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bytes::Bytes;
 use common::{build_vane, ensure_wrk, http, is_bench_run, root, serving_addrs, wrk, Run};
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use monitor::ReferenceData;
 use ort::session::Session;
 use ort::value::Tensor;
@@ -49,7 +46,7 @@ fn main() -> Result<()> {
     ensure_wrk()?;
     let vane = build_vane()?;
     let work = tempfile::tempdir()?;
-    let runtime = tokio::runtime::Runtime::new()?;
+    let examples = common::build_examples(&["bare_hyper", "grpc_load"])?;
     let mut lines = Vec::new();
 
     for (model, features) in [("breast_cancer", 30), ("dense", 1024)] {
@@ -66,7 +63,10 @@ fn main() -> Result<()> {
         let server = VaneProcess::start(&vane, &[])?;
         let response = server.post(&path, &body)?;
         let ort_rate = raw_ort_rate(model, &row, 1, Duration::from_secs(seconds.min(3)))?;
-        let bare = runtime.block_on(bare_hyper(Bytes::from(response)))?;
+        let response_file = work.path().join(format!("{model}.response"));
+        std::fs::write(&response_file, response)?;
+        let bare_hyper = BareHyper::start(&examples, &response_file)?;
+        let bare = bare_hyper.addr;
         for concurrency in CONCURRENCY {
             let vane_run = wrk(server.addr, &path, &body_file, None, concurrency, seconds)?;
             let hyper_run = wrk(bare, &path, &body_file, None, concurrency, seconds)?;
@@ -79,7 +79,7 @@ fn main() -> Result<()> {
             ));
             let binary_run = wrk(server.addr, &path, &binary_file, Some(header), concurrency, seconds)?;
             let grpc = server.grpc.context("gRPC is served")?;
-            let grpc_run = runtime.block_on(grpc_load(grpc, model, &row, concurrency, seconds))?;
+            let grpc_run = grpc_load(&examples, grpc, model, &row, concurrency, seconds)?;
             lines.push(format!(
                 "{model:<14} c={concurrency:<3} binary {}   grpc {}   binary/json {:.2}   grpc/json {:.2}   grpc p99/binary p99 {:.2}",
                 binary_run.summary(),
@@ -192,30 +192,28 @@ impl Drop for VaneProcess {
     }
 }
 
-/// A bare hyper server on loopback that reads each request body and answers `response`.
-async fn bare_hyper(response: Bytes) -> Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let _ = stream.set_nodelay(true);
-            let response = response.clone();
-            let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                let response = response.clone();
-                async move {
-                    let _ = request.into_body().collect().await;
-                    let mut reply = Response::new(Full::new(response));
-                    reply.headers_mut().insert("content-type", "application/json".parse().unwrap());
-                    Ok::<_, std::convert::Infallible>(reply)
-                }
-            });
-            tokio::spawn(async move {
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
-            });
-        }
-    });
-    Ok(addr)
+/// `examples/bare_hyper.rs` in its own process (the ceiling `bash benches/ceiling.sh` measures against), answering
+/// `response_file`'s bytes; stopped on drop.
+struct BareHyper {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl BareHyper {
+    fn start(examples: &Path, response_file: &Path) -> Result<Self> {
+        let mut child = Command::new(examples.join("bare_hyper")).arg(response_file).stdout(Stdio::piped()).spawn()?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().context("stdout")?), &mut line)?;
+        let addr = line.trim().strip_prefix("listening on ").context("bare_hyper did not start")?.parse()?;
+        Ok(Self { child, addr })
+    }
+}
+
+impl Drop for BareHyper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Rows per second through raw ONNX Runtime at `batch` rows per run, one session per core, for `duration`.
@@ -265,59 +263,25 @@ fn binary_body(row: &[f64]) -> Result<(Vec<u8>, usize)> {
     Ok((body, length))
 }
 
-/// gRPC ModelInfer with raw tensors at `concurrency` calls in flight for `seconds`: one task per call in flight,
-/// over one HTTP/2 connection per 16 tasks; every latency goes into one histogram.
-async fn grpc_load(addr: SocketAddr, model: &str, row: &[f64], concurrency: usize, seconds: u64) -> Result<Run> {
-    use gateway::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
-    use gateway::grpc::proto::model_infer_request::InferInputTensor;
-    use gateway::grpc::proto::ModelInferRequest;
-    let request = ModelInferRequest {
-        model_name: model.to_owned(),
-        inputs: vec![InferInputTensor {
-            name: "input".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, row.len() as i64],
-            ..InferInputTensor::default()
-        }],
-        raw_input_contents: vec![row.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect()],
-        ..ModelInferRequest::default()
-    };
-    let mut channels = Vec::new();
-    for _ in 0..concurrency.div_ceil(16) {
-        let endpoint = tonic::transport::Channel::from_shared(format!("http://{addr}"))?;
-        channels.push(endpoint.tcp_nodelay(true).connect().await?);
+/// gRPC ModelInfer with raw tensors at `concurrency` calls in flight for `seconds`, from `examples/grpc_load.rs` in
+/// its own process (one thread; one HTTP/2 connection per 16 calls; every latency in one histogram).
+fn grpc_load(
+    examples: &Path,
+    addr: SocketAddr,
+    model: &str,
+    row: &[f64],
+    concurrency: usize,
+    seconds: u64,
+) -> Result<Run> {
+    let row: Vec<String> = row.iter().map(|v| (*v as f32).to_string()).collect();
+    let output = Command::new(examples.join("grpc_load"))
+        .args([addr.to_string(), model.to_owned(), row.join(","), concurrency.to_string(), seconds.to_string()])
+        .output()?;
+    if !output.status.success() {
+        bail!("grpc_load failed: {}", String::from_utf8_lossy(&output.stderr));
     }
-    let until = Instant::now() + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for i in 0..concurrency {
-        let mut client = GrpcInferenceServiceClient::new(channels[i / 16].clone());
-        let request = request.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut histogram = hdrhistogram::Histogram::<u64>::new(3)?;
-            let mut errors = 0u64;
-            while Instant::now() < until {
-                let started = Instant::now();
-                match client.model_infer(request.clone()).await {
-                    Ok(_) => histogram.record(started.elapsed().as_micros() as u64)?,
-                    Err(_) => errors += 1,
-                }
-            }
-            anyhow::Ok((histogram, errors))
-        }));
-    }
-    let started = Instant::now();
-    let mut histogram = hdrhistogram::Histogram::<u64>::new(3)?;
-    let mut errors = 0;
-    for task in tasks {
-        let (h, e) = task.await??;
-        histogram.add(&h)?;
-        errors += e;
-    }
-    Ok(Run {
-        rate: histogram.len() as f64 / started.elapsed().as_secs_f64(),
-        errors,
-        p50_us: histogram.value_at_quantile(0.5),
-        p99_us: histogram.value_at_quantile(0.99),
-        p999_us: histogram.value_at_quantile(0.999),
-    })
+    let fields: Vec<f64> =
+        String::from_utf8(output.stdout)?.split_whitespace().map(str::parse).collect::<Result<_, _>>()?;
+    let [rate, p50, p99, p999, errors] = fields.as_slice() else { bail!("grpc_load printed {fields:?}") };
+    Ok(Run { rate: *rate, errors: *errors as u64, p50_us: *p50 as u64, p99_us: *p99 as u64, p999_us: *p999 as u64 })
 }

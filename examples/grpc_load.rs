@@ -2,7 +2,7 @@
 //! like wrk): ModelInfer calls with raw tensor contents (batch 1, FP32) at a fixed number of calls in flight, one
 //! tokio task per call over one HTTP/2 connection per 16 calls, on a single-threaded runtime. Every latency goes into
 //! one hdrhistogram. Usage: `grpc_load ADDR MODEL ROW_CSV CONCURRENCY SECONDS`, where ROW_CSV is one row of
-//! comma-separated numbers; prints `requests_per_second p50_us p99_us errors`.
+//! comma-separated numbers; prints `requests_per_second p50_us p99_us p999_us errors`.
 
 use std::time::{Duration, Instant};
 
@@ -61,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
         errors += e;
     }
     let rate = histogram.len() as f64 / started.elapsed().as_secs_f64();
-    println!("{rate:.0} {} {} {errors}", histogram.value_at_quantile(0.5), histogram.value_at_quantile(0.99));
+    let quantile = |q| histogram.value_at_quantile(q);
+    println!("{rate:.0} {} {} {} {errors}", quantile(0.5), quantile(0.99), quantile(0.999));
     Ok(())
 }

@@ -32,6 +32,20 @@ pub(crate) fn build_vane() -> Result<PathBuf> {
     Ok(target.join("release/vane"))
 }
 
+/// Builds the release examples `names` (no-ops when current) and returns the folder they are in.
+pub(crate) fn build_examples(names: &[&str]) -> Result<PathBuf> {
+    let mut command = Command::new(env!("CARGO"));
+    command.args(["build", "--release"]).current_dir(root());
+    for name in names {
+        command.args(["--example", name]);
+    }
+    if !command.status()?.success() {
+        bail!("building the examples {names:?} failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    Ok(target.join("release/examples"))
+}
+
 /// Reads a `vane --log-format json` child's log until it says it is serving; returns the address, and keeps
 /// draining the log on a thread so the child never blocks on a full pipe.
 #[allow(dead_code)] // each bench binary uses one of the two
