@@ -87,7 +87,7 @@ impl Domain {
                 None => Some((x, x)),
                 Some((lo, hi)) => Some((f64::min(lo, x), f64::max(hi, x))),
             })),
-            (_, Values::Categorical(v)) => Domain::Categories(v.iter().flatten().cloned().collect()),
+            (_, Values::Categorical(v)) => Domain::Categories(v.counts().map(|(c, _)| c.to_owned()).collect()),
         }
     }
 }
@@ -140,8 +140,11 @@ pub fn check(domain: &Domain, current: &Values, wrong_type: (u64, Option<String>
             out_of_range = Some(share(count, rows, farthest.map(|(_, x)| format!("{x}"))));
         }
         (Domain::Categories(seen), Values::Categorical(v)) => {
-            let unseen = most_frequent(v.iter().flatten().filter(|c| !seen.contains(*c)).map(String::as_str));
-            unseen_category = Some(share(unseen.1, rows, unseen.0.map(example)));
+            // Counted per distinct value, so each row costs a code, not a lookup.
+            let unseen: Vec<(&str, u64)> = v.counts().filter(|(c, _)| !seen.contains(*c)).collect();
+            let count = unseen.iter().map(|(_, n)| n).sum();
+            let most = unseen.iter().max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(a.0))).map(|(c, _)| *c);
+            unseen_category = Some(share(count, rows, most.map(example)));
         }
         // A binary column's typed values are 0 and 1; anything else arrived wrong-typed and is counted as such.
         _ => {}
@@ -164,7 +167,7 @@ mod tests {
     }
 
     fn texts(v: &[Option<&str>]) -> Values {
-        Values::Categorical(v.iter().map(|c| c.map(str::to_owned)).collect())
+        Values::Categorical(v.iter().copied().collect())
     }
 
     #[test]

@@ -337,8 +337,109 @@ pub struct ReportError(pub String);
 pub enum Values {
     /// Numbers (`None` = missing).
     Numeric(Vec<Option<f64>>),
-    /// Categories (`None` = missing).
-    Categorical(Vec<Option<String>>),
+    /// Categories, each distinct value stored once.
+    Categorical(Categories),
+}
+
+/// A categorical column, dictionary-coded: each distinct value is stored once (in the order first seen) and each
+/// row is a 4-byte code, so 200,000 rows of a few categories cost 800 KB and no allocation per row. Equality is of
+/// the rows' values, whatever the codes.
+#[derive(Debug, Clone, Default)]
+pub struct Categories {
+    names: Vec<Box<str>>,
+    codes: Vec<u32>,
+}
+
+impl Categories {
+    /// The code of a missing row.
+    const MISSING: u32 = u32::MAX;
+
+    /// Codes `cells` (`None` = missing). A column has fewer distinct values than 2^32 - 1: a table column holds at
+    /// most 4 GiB of text and a live window far fewer rows.
+    pub fn from_cells<'a>(cells: impl IntoIterator<Item = Option<&'a str>>) -> Self {
+        // A few values are found faster by comparing them all than by hashing; past SCAN, a hash map takes over.
+        const SCAN: usize = 16;
+        let cells = cells.into_iter();
+        let mut seen: Vec<&'a str> = Vec::new();
+        let mut index: std::collections::HashMap<&'a str, u32> = std::collections::HashMap::new();
+        let mut codes = Vec::with_capacity(cells.size_hint().0);
+        let code = |i: usize| u32::try_from(i).unwrap_or(Self::MISSING - 1);
+        for cell in cells {
+            let Some(cell) = cell else {
+                codes.push(Self::MISSING);
+                continue;
+            };
+            let found = if seen.len() <= SCAN {
+                seen.iter().position(|&name| name == cell).map(code)
+            } else {
+                index.get(cell).copied()
+            };
+            codes.push(found.unwrap_or_else(|| {
+                seen.push(cell);
+                if seen.len() > SCAN {
+                    if index.is_empty() {
+                        index.extend(seen.iter().enumerate().map(|(i, &name)| (name, code(i))));
+                    } else {
+                        index.insert(cell, code(seen.len() - 1));
+                    }
+                }
+                code(seen.len() - 1)
+            }));
+        }
+        Self { names: seen.into_iter().map(Box::from).collect(), codes }
+    }
+
+    /// The rows' values (`None` = missing).
+    pub fn iter(&self) -> impl Iterator<Item = Option<&str>> + Clone + '_ {
+        self.codes.iter().map(|&code| self.name(code))
+    }
+
+    fn name(&self, code: u32) -> Option<&str> {
+        self.names.get(code as usize).map(|name| &**name)
+    }
+
+    /// Rows.
+    pub fn len(&self) -> usize {
+        self.codes.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.codes.is_empty()
+    }
+
+    /// Rows without a value.
+    pub fn missing(&self) -> usize {
+        self.codes.iter().filter(|&&code| code == Self::MISSING).count()
+    }
+
+    /// Each value present with its count of rows, in no particular order.
+    pub fn counts(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+        let mut counts = vec![0u64; self.names.len()];
+        for &code in &self.codes {
+            if let Some(count) = counts.get_mut(code as usize) {
+                *count += 1;
+            }
+        }
+        self.names.iter().map(|name| &**name).zip(counts).filter(|&(_, count)| count > 0)
+    }
+
+    /// Every `k`-th row from the first.
+    pub fn every_kth(&self, k: usize) -> Self {
+        Self { names: self.names.clone(), codes: self.codes.iter().step_by(k).copied().collect() }
+    }
+}
+
+impl PartialEq for Categories {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl<'a> FromIterator<Option<&'a str>> for Categories {
+    fn from_iter<I: IntoIterator<Item = Option<&'a str>>>(cells: I) -> Self {
+        Self::from_cells(cells)
+    }
 }
 
 impl Values {
@@ -359,7 +460,7 @@ impl Values {
     pub fn missing(&self) -> usize {
         match self {
             Values::Numeric(v) => v.iter().filter(|x| x.is_none()).count(),
-            Values::Categorical(v) => v.iter().filter(|x| x.is_none()).count(),
+            Values::Categorical(v) => v.missing(),
         }
     }
 }
@@ -380,25 +481,48 @@ pub fn report(reference: &Table, current: &Table, options: &Options) -> Result<D
             return Err(ReportError(format!("--column {name}: no such column in {}", reference.path.display())));
         }
     }
-    // Columns are independent: spread them over the cores (each thread takes every k-th column).
-    let one = |name: &String| -> Result<(ColumnReport, Sides<Values>), ReportError> {
+    // The columns the quality, estimate and multivariate blocks read after the per-column statistics; every other
+    // column's typed values are dropped on the thread that made them, as soon as its statistics are done, so the
+    // next column reuses that memory.
+    let quality_columns: BTreeSet<&str> = options
+        .classification
+        .iter()
+        .flat_map(|c| {
+            [Some(c.label.as_str()), Some(c.score.as_str()), c.prediction.as_deref()]
+                .into_iter()
+                .chain(c.classes.iter().map(|(_, column)| Some(column.as_str())))
+        })
+        .chain(options.regression.iter().flat_map(|r| [Some(r.target.as_str()), Some(r.prediction.as_str())]))
+        .flatten()
+        .collect();
+    let keep = |name: &str| options.multivariate || quality_columns.contains(name);
+    type Computed = (ColumnReport, FeatureQuality, Option<Sides<Values>>);
+    let one = |name: &String| -> Result<Computed, ReportError> {
         let (ri, ci) = (reference.index_of(name).unwrap_or(0), current.index_of(name).unwrap_or(0));
-        let (kind, typed) = type_column(&[(reference, ri), (current, ci)], options.kinds.get(name).copied())?;
+        let forced = options.kinds.get(name).copied();
+        let (kind, typed) = type_column(&[(reference, ri), (current, ci)], forced)?;
         let mut typed = typed.into_iter();
         let (Some(r), Some(c)) = (typed.next(), typed.next()) else {
             return Err(ReportError(format!("column {name:?} could not be typed")));
         };
         let values = Sides { reference: r, current: c };
-        Ok((column_report(kind, &values), values))
+        let column = column_report(kind, &values);
+        let quality = data_quality_of(reference, current, name, kind, &values, forced)?;
+        Ok((column, quality, keep(name).then_some(values)))
     };
+    // Columns are independent: the cores take them one at a time, the next free core the next column.
     let threads = std::thread::available_parallelism().map_or(1, usize::from).min(reference.names.len()).max(1);
-    type Computed = (String, Result<(ColumnReport, Sides<Values>), ReportError>);
-    let results: Vec<Vec<Computed>> = std::thread::scope(|scope| {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Vec<(usize, Result<Computed, ReportError>)>> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
-            .map(|t| {
-                let one = &one;
+            .map(|_| {
+                let (one, next) = (&one, &next);
                 scope.spawn(move || {
-                    reference.names.iter().skip(t).step_by(threads).map(|name| (name.clone(), one(name))).collect()
+                    std::iter::from_fn(|| {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        reference.names.get(i).map(|name| (i, one(name)))
+                    })
+                    .collect()
                 })
             })
             .collect();
@@ -406,10 +530,18 @@ pub fn report(reference: &Table, current: &Table, options: &Options) -> Result<D
     });
     let mut columns = BTreeMap::new();
     let mut typed = BTreeMap::new();
-    for (name, result) in results.into_iter().flatten() {
-        let (column, values) = result?;
+    let mut data_quality = BTreeMap::new();
+    let mut results: Vec<_> = results.into_iter().flatten().collect();
+    // The first error in column order is the one reported, whichever core met it.
+    results.sort_unstable_by_key(|(i, _)| *i);
+    for (i, result) in results {
+        let (column, quality, values) = result?;
+        let name = reference.names[i].clone();
         columns.insert(name.clone(), column);
-        typed.insert(name, values);
+        data_quality.insert(name.clone(), quality);
+        if let Some(values) = values {
+            typed.insert(name, values);
+        }
     }
     if columns.len() != reference.names.len() {
         return Err(ReportError("a column's statistics failed".to_owned()));
@@ -424,28 +556,11 @@ pub fn report(reference: &Table, current: &Table, options: &Options) -> Result<D
         (Some(calibration), Some(spec)) => Some(estimated_block(spec, calibration, &typed)?),
     };
     let multivariate = if options.multivariate {
-        let quality_columns: BTreeSet<&str> = options
-            .classification
-            .iter()
-            .flat_map(|c| {
-                [Some(c.label.as_str()), Some(c.score.as_str()), c.prediction.as_deref()]
-                    .into_iter()
-                    .chain(c.classes.iter().map(|(_, column)| Some(column.as_str())))
-            })
-            .chain(options.regression.iter().flat_map(|r| [Some(r.target.as_str()), Some(r.prediction.as_str())]))
-            .flatten()
-            .collect();
         let features: Vec<&String> = reference.names.iter().filter(|n| !quality_columns.contains(n.as_str())).collect();
         Some(multivariate_block(&features, &columns, &typed)?)
     } else {
         None
     };
-    let mut data_quality = BTreeMap::new();
-    for (name, values) in &typed {
-        let Some(column) = columns.get(name) else { continue };
-        let quality = data_quality_of(reference, current, name, column.kind, values, options.kinds.get(name).copied())?;
-        data_quality.insert(name.clone(), quality);
-    }
     Ok(DriftReport {
         n_rows: Sides { reference: reference.rows as u64, current: current.rows as u64 },
         column_order: reference.names.clone(),
@@ -481,13 +596,13 @@ fn data_quality_of(
         {
             (ColumnKind::Binary, values.reference.clone())
         }
-        (None, ColumnKind::Categorical, _) => {
-            let (reference_kind, mut typed) = type_column(&[(reference, ri)], None)?;
-            match typed.pop() {
-                Some(typed) if reference_kind != ColumnKind::Categorical => (reference_kind, typed),
-                _ => return plain(),
-            }
-        }
+        (None, ColumnKind::Categorical, _) => match numeric_kind(&[(reference, ri)]) {
+            Some((reference_kind, mut typed)) => match typed.pop() {
+                Some(typed) => (reference_kind, typed),
+                None => return plain(),
+            },
+            None => return plain(),
+        },
         _ => return plain(),
     };
     let mut wrong_cells = Vec::new();
@@ -507,9 +622,9 @@ fn data_quality_of(
     let (example, wrong) = checks::most_frequent(wrong_cells.into_iter());
     let example = example.map(checks::example);
     let current_values = match reference_kind {
-        ColumnKind::Binary => Values::Categorical(
-            cells.into_iter().map(|v| v.map(|v| if v == 0.0 { "0" } else { "1" }.to_owned())).collect(),
-        ),
+        ColumnKind::Binary => {
+            Values::Categorical(cells.into_iter().map(|v| v.map(|v| if v == 0.0 { "0" } else { "1" })).collect())
+        }
         _ => Values::Numeric(cells),
     };
     Ok(checks::check(&Domain::of(reference_kind, &reference_values), &current_values, (wrong, example)))
@@ -518,7 +633,7 @@ fn data_quality_of(
 /// Whether row values of a typed column are the positive class (`None`: missing).
 fn positives<'a>(values: &'a Values, positive: &'a str) -> Box<dyn Iterator<Item = Option<bool>> + 'a> {
     match values {
-        Values::Categorical(v) => Box::new(v.iter().map(move |l| l.as_ref().map(|l| l == positive))),
+        Values::Categorical(v) => Box::new(v.iter().map(move |l| l.map(|l| l == positive))),
         Values::Numeric(v) => {
             let positive = positive.parse::<f64>().ok();
             Box::new(v.iter().map(move |l| l.map(|l| Some(l) == positive)))
@@ -563,7 +678,7 @@ fn estimated_block(
 
 fn text_of(values: &Values) -> Vec<Option<String>> {
     match values {
-        Values::Categorical(v) => v.clone(),
+        Values::Categorical(v) => v.iter().map(|c| c.map(str::to_owned)).collect(),
         Values::Numeric(v) => v.iter().map(|x| x.map(|x| format!("{x}"))).collect(),
     }
 }
@@ -681,23 +796,35 @@ pub fn type_column(
         let values = sides.iter().map(|(table, index)| typed_values(table, *index, kind)).collect::<Result<_, _>>()?;
         return Ok((kind, values));
     }
+    match numeric_kind(sides) {
+        Some(typed) => Ok(typed),
+        None => type_column(sides, Some(ColumnKind::Categorical)),
+    }
+}
+
+/// The kind and values of a column whose every cell on every side is a number or empty (binary when all are 0 or
+/// 1); `None` at the first cell that is not.
+fn numeric_kind(sides: &[(&Table, usize)]) -> Option<(ColumnKind, Vec<Values>)> {
     let numbers = |table: &Table, index: usize| -> Option<Vec<Option<f64>>> {
-        table.cells(index).map(|cell| cell.map_or(Some(None), |c| parse_number(c).map(Some))).collect()
+        let mut numbers = Vec::with_capacity(table.rows);
+        for cell in table.cells(index) {
+            numbers.push(match cell {
+                None => None,
+                Some(cell) => Some(parse_number(cell)?),
+            });
+        }
+        Some(numbers)
     };
-    let Some(parsed) = sides.iter().map(|(table, index)| numbers(table, *index)).collect::<Option<Vec<_>>>() else {
-        return type_column(sides, Some(ColumnKind::Categorical));
-    };
+    let parsed = sides.iter().map(|(table, index)| numbers(table, *index)).collect::<Option<Vec<_>>>()?;
     let mut present = parsed.iter().flatten().flatten().peekable();
     let any = present.peek().is_some();
     if any && present.all(|&v| v == 0.0 || v == 1.0) {
         let binary = |values: Vec<Option<f64>>| {
-            Values::Categorical(
-                values.into_iter().map(|v| v.map(|v| if v == 0.0 { "0" } else { "1" }.to_owned())).collect(),
-            )
+            Values::Categorical(values.into_iter().map(|v| v.map(|v| if v == 0.0 { "0" } else { "1" })).collect())
         };
-        return Ok((ColumnKind::Binary, parsed.into_iter().map(binary).collect()));
+        return Some((ColumnKind::Binary, parsed.into_iter().map(binary).collect()));
     }
-    Ok((ColumnKind::Numeric, parsed.into_iter().map(Values::Numeric).collect()))
+    Some((ColumnKind::Numeric, parsed.into_iter().map(Values::Numeric).collect()))
 }
 
 /// Column `index` of `table`, typed as `kind`; a cell that does not fit is an error naming file, row and column.
@@ -716,17 +843,17 @@ pub fn typed_values(table: &Table, index: usize, kind: ColumnKind) -> Result<Val
         ))
     };
     Ok(match kind {
-        ColumnKind::Numeric => Values::Numeric(
-            table
-                .cells(index)
-                .enumerate()
-                .map(|(row, cell)| match cell {
-                    None => Ok(None),
-                    Some(cell) => parse_number(cell).map(Some).ok_or_else(|| bad(row, cell, "a number")),
-                })
-                .collect::<Result<_, _>>()?,
-        ),
-        ColumnKind::Categorical => Values::Categorical(table.cells(index).map(|c| c.map(str::to_owned)).collect()),
+        ColumnKind::Numeric => {
+            let mut numbers = Vec::with_capacity(table.rows);
+            for (row, cell) in table.cells(index).enumerate() {
+                numbers.push(match cell {
+                    None => None,
+                    Some(cell) => Some(parse_number(cell).ok_or_else(|| bad(row, cell, "a number"))?),
+                });
+            }
+            Values::Numeric(numbers)
+        }
+        ColumnKind::Categorical => Values::Categorical(table.cells(index).collect()),
         ColumnKind::Binary => Values::Categorical(
             table
                 .cells(index)
@@ -734,12 +861,14 @@ pub fn typed_values(table: &Table, index: usize, kind: ColumnKind) -> Result<Val
                 .map(|(row, cell)| match cell {
                     None => Ok(None),
                     Some(cell) => match parse_number(cell) {
-                        Some(0.0) => Ok(Some("0".to_owned())),
-                        Some(1.0) => Ok(Some("1".to_owned())),
+                        Some(0.0) => Ok(Some("0")),
+                        Some(1.0) => Ok(Some("1")),
                         _ => Err(bad(row, cell, "0 or 1")),
                     },
                 })
-                .collect::<Result<_, _>>()?,
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .collect(),
         ),
     })
 }
@@ -760,8 +889,11 @@ pub fn column_report(kind: ColumnKind, values: &Sides<Values>) -> ColumnReport {
 }
 
 fn sorted_valid(values: &[Option<f64>]) -> Vec<f64> {
-    let mut valid: Vec<f64> = values.iter().flatten().copied().collect();
-    valid.sort_unstable_by(f64::total_cmp);
+    // Sized once: collecting through `flatten` (or a `Result`) would grow the vector by doubling, and each growth
+    // of a large vector is a fresh mapping the kernel zeroes and the old one copied into it.
+    let mut valid = Vec::with_capacity(values.len());
+    valid.extend(values.iter().flatten());
+    radsort::sort(&mut valid);
     valid
 }
 
@@ -784,17 +916,18 @@ fn numeric_report(reference: &[Option<f64>], current: &[Option<f64>]) -> ColumnR
         }
         _ => (None, None),
     };
+    let summary = Sides { reference: numeric::summary(&r), current: numeric::summary(&c) };
     let wasserstein = both.then(|| {
         let distance = numeric::wasserstein(&r, &c).unwrap_or(0.0);
-        let reference_std = numeric::mean_std(&r).1;
+        let reference_std = summary.reference.map_or(0.0, |s| s.std);
         Wasserstein { distance, reference_std, normed: distance / reference_std.max(WASSERSTEIN_STD_FLOOR) }
     });
-    let drift = both.then(|| evidently_numeric(&r, &c)).flatten();
+    let drift = wasserstein.as_ref().and_then(|w| evidently_numeric(&r, &c, w.normed));
     ColumnReport {
         kind: ColumnKind::Numeric,
         missing: Sides { reference: missing(reference.len(), r.len()), current: missing(current.len(), c.len()) },
         n_valid: Sides { reference: r.len() as u64, current: c.len() as u64 },
-        summary: Some(Sides { reference: numeric::summary(&r), current: numeric::summary(&c) }),
+        summary: Some(summary),
         ks: ks::ks_2samp(&r, &c).into(),
         categories: None,
         reference_counts: None,
@@ -809,13 +942,9 @@ fn numeric_report(reference: &[Option<f64>], current: &[Option<f64>]) -> ColumnR
     }
 }
 
-fn categorical_report(kind: ColumnKind, reference: &[Option<String>], current: &[Option<String>]) -> ColumnReport {
-    let count = |values: &[Option<String>]| {
-        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-        for value in values.iter().flatten() {
-            *counts.entry(value.clone()).or_default() += 1;
-        }
-        counts
+fn categorical_report(kind: ColumnKind, reference: &Categories, current: &Categories) -> ColumnReport {
+    let count = |values: &Categories| {
+        values.counts().map(|(name, count)| (name.to_owned(), count)).collect::<BTreeMap<String, u64>>()
     };
     let (mut rc, mut cc) = (count(reference), count(current));
     // BTreeMap orders String keys by bytes, which for UTF-8 is code-point order.
@@ -918,7 +1047,9 @@ fn distinct_up_to(r: &[f64], c: &[f64], cap: usize) -> usize {
     distinct
 }
 
-fn evidently_numeric(r: &[f64], c: &[f64]) -> Option<Verdict> {
+/// Evidently's verdict on two sorted, non-empty samples; `normed` is their Wasserstein distance over the reference's
+/// std (floored), computed once for the report.
+fn evidently_numeric(r: &[f64], c: &[f64], normed: f64) -> Option<Verdict> {
     // Evidently's choice needs only whether there are more than 5 distinct values.
     let distinct = distinct_up_to(r, c, 5);
     Some(if r.len() <= EVIDENTLY_SMALL_REFERENCE {
@@ -937,8 +1068,7 @@ fn evidently_numeric(r: &[f64], c: &[f64]) -> Option<Verdict> {
             }
         }
     } else if distinct > 5 {
-        let std = numeric::mean_std(r).1;
-        distance_verdict("wasserstein", numeric::wasserstein(r, c)? / std.max(WASSERSTEIN_STD_FLOOR))
+        distance_verdict("wasserstein", normed)
     } else {
         let (rc, cc) = value_counts(r, c);
         distance_verdict("jensenshannon", numeric::js_distance(&rc, &cc)? * std::f64::consts::LN_2.sqrt())
@@ -1037,4 +1167,30 @@ fn quality_blocks(
     // A multiclass spec has no realized block (its quality is only estimated).
     Ok((binary_classification.is_some() || regression.is_some())
         .then_some(Quality { binary_classification, regression }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn categories_code_each_value_once_past_the_scan_and_compare_by_value() {
+        // 40 distinct values: the first 17 found by comparison, the rest through the hash map built on the way.
+        let cells: Vec<Option<String>> =
+            (0..400).map(|i| (i % 11 != 0).then(|| format!("c{}", (i * 7) % 40))).collect();
+        let categories: Categories = cells.iter().map(Option::as_deref).collect();
+        assert!(categories.iter().eq(cells.iter().map(Option::as_deref)), "every row reads back its value");
+        assert_eq!(categories.names.len(), 40, "each distinct value stored once");
+        assert_eq!(categories.missing(), cells.iter().filter(|c| c.is_none()).count());
+        let counted: u64 = categories.counts().map(|(_, n)| n).sum();
+        assert_eq!(counted as usize, categories.len() - categories.missing());
+        // Equality is of the values, whatever order the codes were given in.
+        let reversed: Categories = cells.iter().rev().map(Option::as_deref).collect();
+        let back: Vec<Option<&str>> = reversed.iter().collect::<Vec<_>>().into_iter().rev().collect();
+        assert_eq!(categories, back.into_iter().collect::<Categories>());
+        assert_ne!(categories, reversed);
+        // A subsample keeps the dictionary but counts only the values it holds.
+        let every = Categories::from_cells([Some("a"), Some("b"), Some("a"), Some("b")]).every_kth(2);
+        assert_eq!(every.counts().collect::<Vec<_>>(), [("a", 2)]);
+    }
 }

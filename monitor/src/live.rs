@@ -356,7 +356,7 @@ impl Profile {
 fn every_kth(values: &Values, k: usize) -> Values {
     match values {
         Values::Numeric(v) => Values::Numeric(v.iter().step_by(k).copied().collect()),
-        Values::Categorical(v) => Values::Categorical(v.iter().step_by(k).cloned().collect()),
+        Values::Categorical(v) => Values::Categorical(v.every_kth(k)),
     }
 }
 
@@ -986,9 +986,7 @@ impl WindowColumn {
             WindowColumn::Numeric(v) => {
                 Values::Numeric(v.range(start..).map(|x| (!x.is_nan()).then_some(*x)).collect())
             }
-            WindowColumn::Categorical(v) => {
-                Values::Categorical(v.range(start..).map(|c| c.as_deref().map(str::to_owned)).collect())
-            }
+            WindowColumn::Categorical(v) => Values::Categorical(v.range(start..).map(|c| c.as_deref()).collect()),
         }
     }
 }

@@ -53,6 +53,9 @@ impl TableLimits {
     };
 }
 
+/// Rows read before a CSV's columns reserve their room for the rest of the file.
+const RESERVE_AFTER_ROWS: usize = 1000;
+
 /// A CSV table, column by column.
 #[derive(Debug, Clone)]
 pub struct Table {
@@ -133,7 +136,7 @@ impl Table {
         }
         let mut input = std::io::BufReader::with_capacity(1 << 20, file.take(limits.input_bytes));
         if limits.header_bytes == usize::MAX {
-            return Self::from_csv_reader_within(input, path, limits);
+            return Self::read_csv(input, path, limits, Some(size));
         }
         // The header line is read under its own bound before csv splits it (a line of commas would otherwise become
         // millions of names before the column count could refuse it).
@@ -149,7 +152,7 @@ impl Table {
                 limit: limits.header_bytes,
             });
         }
-        Self::from_csv_reader_within(std::io::Cursor::new(header).chain(input), path, limits)
+        Self::read_csv(std::io::Cursor::new(header).chain(input), path, limits, Some(size))
     }
 
     /// Reads CSV from `reader`; `path` names it in errors.
@@ -162,6 +165,16 @@ impl Table {
         reader: impl std::io::Read,
         path: &Path,
         limits: TableLimits,
+    ) -> Result<Self, TableError> {
+        Self::read_csv(reader, path, limits, None)
+    }
+
+    /// Reads CSV from `reader` within `limits`; `size_hint` is the input's size in bytes, when known.
+    fn read_csv(
+        reader: impl std::io::Read,
+        path: &Path,
+        limits: TableLimits,
+        size_hint: Option<u64>,
     ) -> Result<Self, TableError> {
         let read_error = |e: csv::Error| {
             let message = match e.position() {
@@ -177,6 +190,7 @@ impl Table {
         let mut columns = vec![CellColumn::default(); names.len()];
         let mut record = csv::ByteRecord::new();
         let mut rows = 0usize;
+        let mut read = 0u64;
         while reader.read_byte_record(&mut record).map_err(read_error)? {
             budget.row(record.as_slice().len())?;
             let row = record.position().map_or(rows as u64 + 2, csv::Position::line);
@@ -188,8 +202,13 @@ impl Table {
                     expected: names.len(),
                 });
             }
-            for (column, cell) in columns.iter_mut().zip(record.iter()) {
-                let cell = std::str::from_utf8(cell).map_err(|_| TableError::Read {
+            // One UTF-8 check per record: its cells are ranges of the checked text.
+            let text = std::str::from_utf8(record.as_slice()).map_err(|_| TableError::Read {
+                path: path.to_owned(),
+                message: format!("row {row}: a cell is not UTF-8"),
+            })?;
+            for (i, column) in columns.iter_mut().enumerate() {
+                let cell = record.range(i).and_then(|range| text.get(range)).ok_or_else(|| TableError::Read {
                     path: path.to_owned(),
                     message: format!("row {row}: a cell is not UTF-8"),
                 })?;
@@ -201,6 +220,20 @@ impl Table {
                 column.ends.push(end);
             }
             rows += 1;
+            // After a thousand rows, each column reserves what the rest of the input will need at their rate (when
+            // the input's size is known), instead of doubling and copying its way there.
+            read += record.as_slice().len() as u64 + record.len() as u64;
+            if rows == RESERVE_AFTER_ROWS {
+                let scale = size_hint.filter(|&size| size > read).map_or(0.0, |size| size as f64 / read as f64 * 1.02);
+                let text: usize = columns.iter().map(|column| column.text.len()).sum();
+                // Never more than the limits allow (the file's size is already within them).
+                if scale > 0.0 && (text as f64 * scale) < limits.text_bytes as f64 {
+                    for column in &mut columns {
+                        column.text.reserve((column.text.len() as f64 * scale) as usize);
+                        column.ends.reserve((rows as f64 * scale) as usize);
+                    }
+                }
+            }
         }
         Ok(Self { path: path.to_owned(), names, rows, columns, header_rows: 1 })
     }

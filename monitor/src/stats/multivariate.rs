@@ -204,20 +204,17 @@ fn encoder(values: &Values, binary: bool) -> Encoder {
             Encoder::Number { fill: if present.is_empty() { 0.0 } else { mean_std(&present).0 } }
         }
         Values::Categorical(v) if binary => {
-            let present: Vec<f64> = v.iter().flatten().map(|c| binary_number(c)).collect();
+            let present: Vec<f64> = v.iter().flatten().map(binary_number).collect();
             Encoder::Number { fill: if present.is_empty() { 0.0 } else { mean_std(&present).0 } }
         }
         Values::Categorical(v) => {
-            let mut counts: HashMap<&str, u64> = HashMap::new();
-            for cell in v.iter().flatten() {
-                *counts.entry(cell).or_default() += 1;
-            }
+            let mut counts: HashMap<&str, u64> = v.counts().collect();
             let fill = counts
                 .iter()
                 .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
                 .map_or_else(String::new, |(c, _)| (*c).to_owned());
             // Shares are counted after imputation: the missing rows count as the most frequent value.
-            let missing = v.iter().filter(|c| c.is_none()).count() as u64;
+            let missing = v.missing() as u64;
             *counts.entry(fill.as_str()).or_default() += missing;
             let n = v.len().max(1) as f64;
             let shares = counts.into_iter().map(|(c, k)| (c.to_owned(), k as f64 / n)).collect();
@@ -230,10 +227,10 @@ fn encode(encoder: &Encoder, values: &Values) -> Vec<f64> {
     match (encoder, values) {
         (Encoder::Number { fill }, Values::Numeric(v)) => v.iter().map(|x| x.unwrap_or(*fill)).collect(),
         (Encoder::Number { fill }, Values::Categorical(v)) => {
-            v.iter().map(|x| x.as_deref().map_or(*fill, binary_number)).collect()
+            v.iter().map(|x| x.map_or(*fill, binary_number)).collect()
         }
         (Encoder::Category { fill, shares }, Values::Categorical(v)) => {
-            v.iter().map(|x| shares.get(x.as_deref().unwrap_or(fill.as_str())).copied().unwrap_or(0.0)).collect()
+            v.iter().map(|x| shares.get(x.unwrap_or(fill.as_str())).copied().unwrap_or(0.0)).collect()
         }
         // A number where a category was fitted: its text is the category.
         (Encoder::Category { fill, shares }, Values::Numeric(v)) => v

@@ -33,34 +33,41 @@ pub fn summary(sorted: &[f64]) -> Option<Summary> {
 pub fn mean_std(values: &[f64]) -> (f64, f64) {
     let n = values.len() as f64;
     let mean = pairwise_sum(values) / n;
-    let squares: Vec<f64> = values.iter().map(|v| (v - mean) * (v - mean)).collect();
-    (mean, (pairwise_sum(&squares) / n).sqrt())
+    (mean, (pairwise_sum_of(values, |v| (v - mean) * (v - mean)) / n).sqrt())
 }
 
 /// numpy's pairwise summation (blocks of 8 unrolled, split in halves above 128), so means agree to the last bits.
 pub fn pairwise_sum(values: &[f64]) -> f64 {
+    pairwise_sum_of(values, |v| v)
+}
+
+/// The pairwise sum of `f` of each value, in the same order of operations as [`pairwise_sum`] of the mapped values
+/// (without storing them).
+fn pairwise_sum_of(values: &[f64], f: impl Fn(f64) -> f64 + Copy) -> f64 {
     let n = values.len();
     if n < 8 {
-        return values.iter().fold(0.0, |acc, v| acc + v);
+        return values.iter().fold(0.0, |acc, &v| acc + f(v));
     }
     if n <= 128 {
         let mut r = [0.0f64; 8];
-        r.copy_from_slice(&values[..8]);
+        for (slot, &v) in r.iter_mut().zip(&values[..8]) {
+            *slot = f(v);
+        }
         let mut i = 8;
         while i + 8 <= n {
             for (k, slot) in r.iter_mut().enumerate() {
-                *slot += values[i + k];
+                *slot += f(values[i + k]);
             }
             i += 8;
         }
         let mut res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-        for v in &values[i..] {
-            res += v;
+        for &v in &values[i..] {
+            res += f(v);
         }
         return res;
     }
     let half = (n / 2) / 8 * 8;
-    pairwise_sum(&values[..half]) + pairwise_sum(&values[half..])
+    pairwise_sum_of(&values[..half], f) + pairwise_sum_of(&values[half..], f)
 }
 
 /// The bins of a reference: cut points from its order statistics, right-closed bins.
