@@ -745,13 +745,18 @@ fn run(
         // and a context switch, which at tens of thousands of predictions a second cost the request path about
         // 10% of its throughput (benches/overhead.sh). A send into a queue nobody waits on is a few atomics.
         std::thread::sleep(DRAIN_EVERY.min(next.saturating_duration_since(Instant::now())));
-        // Everything offered before an evaluation starts is in it.
-        loop {
+        // Everything offered before an evaluation starts is in it. One drain takes at most what the queue holds, so
+        // a producer faster than this thread cannot keep it from evaluating.
+        let mut drained = Vec::new();
+        while drained.len() < receiver.capacity().unwrap_or(usize::MAX) {
             match receiver.try_recv() {
-                Ok(observation) => add(&mut windows, observation, &shared.feedback),
+                Ok(observation) => drained.push(observation),
                 Err(crossbeam_channel::TryRecvError::Empty) => break,
                 Err(crossbeam_channel::TryRecvError::Disconnected) => return,
             }
+        }
+        for (observation, store) in stored_rows(drained) {
+            add(&mut windows, observation, &shared.feedback, store);
         }
         if Instant::now() < next {
             continue;
@@ -849,10 +854,33 @@ fn run(
     }
 }
 
+/// Which of a drain's observations a window must store: a window holds its last `window_size` rows, and no
+/// evaluation runs within a drain, so rows that later rows of the same deployment push out before it ends are never
+/// seen by one. They are counted (and their labels' predictions kept for feedback) without being stored: at tens of
+/// thousands of predictions a second into a 1,000-row window, storing and dropping every row was most of this
+/// thread's work (`cargo bench --bench telemetry_cost`).
+fn stored_rows(drained: Vec<Observation>) -> impl Iterator<Item = (Observation, bool)> {
+    let mut room: HashMap<*const Profile, usize> = HashMap::new();
+    let mut store: Vec<bool> = drained
+        .iter()
+        .rev()
+        .map(|observation| {
+            let profile = &observation.profile;
+            let left = room.entry(Arc::as_ptr(profile)).or_insert(profile.settings.window_size.max(1));
+            let stored = *left > 0;
+            *left = left.saturating_sub(observation.cells.len() / profile.features.len().max(1));
+            stored
+        })
+        .collect();
+    store.reverse();
+    drained.into_iter().zip(store)
+}
+
 fn add(
     windows: &mut HashMap<String, HashMap<u64, Window>>,
     observation: Observation,
     feedback: &crate::feedback::FeedbackStore,
+    store: bool,
 ) {
     let profile = observation.profile;
     if let (Some(settings), Some(id), Some(values)) =
@@ -875,6 +903,11 @@ fn add(
     }
     let capacity = profile.settings.window_size.max(1);
     let rows = observation.cells.len() / width;
+    if !store {
+        window.observed += rows as u64;
+        window.changed = true;
+        return;
+    }
     let mut cells = observation.cells;
     for row in 0..rows {
         if window.len() == capacity {
@@ -1010,6 +1043,44 @@ mod tests {
 
     fn identity() -> (String, u64, Option<String>, Option<String>) {
         ("m".into(), 1, None, None)
+    }
+
+    /// A drain stores only the rows its window keeps, and the window ends exactly as if every row had been stored.
+    #[test]
+    fn a_drain_stores_only_the_rows_the_window_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("ref");
+        std::fs::write(&csv, "x\n1\n2\n3\n4\n").unwrap();
+        let settings = WindowSettings { window_size: 3, ..WindowSettings::default() };
+        let profile = Arc::new(Profile::from_file(&csv, identity(), &BTreeMap::new(), settings).unwrap());
+        let observation = |values: Vec<f64>| Observation {
+            profile: Arc::clone(&profile),
+            request_id: None,
+            at: SystemTime::now(),
+            cells: Observed::F64(values),
+            predictions: None,
+        };
+        // Seven rows in six observations (the last holds two): the window keeps the last three.
+        let drained = || -> Vec<Observation> {
+            (1..=5).map(|i| observation(vec![f64::from(i)])).chain([observation(vec![6.0, 7.0])]).collect()
+        };
+        let flags: Vec<bool> = stored_rows(drained()).map(|(_, store)| store).collect();
+        assert_eq!(flags, [false, false, false, false, true, true]);
+        let (mut skipping, mut storing) = (HashMap::new(), HashMap::new());
+        let feedback = crate::feedback::FeedbackStore::default();
+        for (o, store) in stored_rows(drained()) {
+            add(&mut skipping, o, &feedback, store);
+        }
+        for o in drained() {
+            add(&mut storing, o, &feedback, true);
+        }
+        let window = |windows: &HashMap<String, HashMap<u64, Window>>| {
+            let w = &windows["m"][&1];
+            (w.observed, w.columns[0].values())
+        };
+        assert_eq!(window(&skipping), window(&storing));
+        assert_eq!(window(&skipping).0, 7, "every row is counted");
+        assert_eq!(window(&skipping).1, Values::Numeric(vec![Some(5.0), Some(6.0), Some(7.0)]));
     }
 
     #[test]
