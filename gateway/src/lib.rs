@@ -109,6 +109,8 @@ pub struct Server {
     tls_reloads: Option<watch::Receiver<u64>>,
     grace: Duration,
     tracing: traces::Tracing,
+    /// Weak: the server's stop waits for the models' workers, which the state's registry holds.
+    state: std::sync::Weak<AppState>,
 }
 
 /// Loads ONNX Runtime and every model in `config.model_dir`, binds the listener and starts serving (and, with a
@@ -281,6 +283,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
         tls_reloads,
         grace: config.shutdown_grace,
         tracing,
+        state: Arc::downgrade(&state),
     })
 }
 
@@ -295,6 +298,13 @@ impl Server {
     /// The gRPC server's bound address, when it serves gRPC.
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
         self.grpc_addr
+    }
+
+    /// What the router serves from: the model set, the monitor, the request series and the tracer this server
+    /// runs with (for driving [`routes::route`] in-process, as the benches do); `None` once the server has stopped.
+    /// Drop it before [`Server::stop`], which waits for the models' workers that it holds.
+    pub fn state(&self) -> Option<Arc<AppState>> {
+        self.state.upgrade()
     }
 
     /// The served model set.
