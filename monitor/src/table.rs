@@ -226,11 +226,17 @@ impl Table {
             if rows == RESERVE_AFTER_ROWS {
                 let scale = size_hint.filter(|&size| size > read).map_or(0.0, |size| size as f64 / read as f64 * 1.02);
                 let text: usize = columns.iter().map(|column| column.text.len()).sum();
-                // Never more than the limits allow (the file's size is already within them).
-                if scale > 0.0 && (text as f64 * scale) < limits.text_bytes as f64 {
+                let (expected_rows, expected_text) = (rows as f64 * scale, text as f64 * scale);
+                // Never more than the limits allow: an untrusted file's first rows must not make the reader reserve
+                // what the limits would refuse (a file of empty cells has four bytes of offsets per byte of input).
+                let within = expected_rows <= limits.rows as f64
+                    && expected_rows * columns.len() as f64 <= limits.cells as f64
+                    && expected_text <= limits.text_bytes as f64;
+                if scale > 1.0 && within {
                     for column in &mut columns {
-                        column.text.reserve((column.text.len() as f64 * scale) as usize);
-                        column.ends.reserve((rows as f64 * scale) as usize);
+                        let column_text = (column.text.len() as f64 * scale) as usize;
+                        column.text.reserve(column_text.saturating_sub(column.text.len()));
+                        column.ends.reserve((expected_rows as usize).saturating_sub(column.ends.len()));
                     }
                 }
             }
@@ -469,6 +475,23 @@ mod tests {
         assert!(std::fs::metadata(&path).unwrap().len() < 64 * 1024, "run-length encoded");
         let error = Table::from_path_within(&path, TableLimits::REFERENCE).unwrap_err().to_string();
         assert!(error.ends_with("the row count exceeds the limit of 2000000"), "{error}");
+    }
+
+    /// A file's first rows reserve room for the rest only within the limits: an input claiming to be far larger
+    /// than the rows allow reserves nothing.
+    #[test]
+    fn the_reservation_after_the_first_rows_stays_within_the_limits() {
+        let text = format!("a,b\n{}", "1,2\n".repeat(1500));
+        let limits = TableLimits { rows: 2000, ..TableLimits::UNBOUNDED };
+        let path = Path::new("r.csv");
+        // The true size: room for every row at once.
+        let table = Table::read_csv(text.as_bytes(), path, limits, Some(text.len() as u64)).unwrap();
+        assert!(table.columns[0].ends.capacity() >= 1500);
+        // A size that would mean a million rows: more than the limit, so no reservation (the vector only grew).
+        let table = Table::read_csv(text.as_bytes(), path, limits, Some(4_000_000)).unwrap();
+        assert!(table.columns[0].ends.capacity() < 4096, "{}", table.columns[0].ends.capacity());
+        let unbounded = Table::read_csv(text.as_bytes(), path, TableLimits::UNBOUNDED, Some(4_000_000)).unwrap();
+        assert!(unbounded.columns[0].ends.capacity() >= 900_000, "without limits the estimate is taken");
     }
 
     fn read(text: &str) -> Result<Table, TableError> {
