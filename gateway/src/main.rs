@@ -511,18 +511,16 @@ fn return_freed_memory_soon() {
 }
 
 fn main() -> ExitCode {
+    return_freed_memory_soon();
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    // The offline report needs no runtime and no ONNX Runtime. It keeps mimalloc's default purge delay: it runs for
-    // seconds with a memory of its own inputs' size, and freed column buffers returned to the OS after 10 ms were
-    // faulted in (and zeroed) again by the next column.
+    // The offline report needs no runtime and no ONNX Runtime.
     if let Command::Drift(args) = &cli.command {
         return match run_drift(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => fail(&error),
         };
     }
-    return_freed_memory_soon();
     if let Command::Rollout(args) = &cli.command {
         use gateway::rollout::client::{run, Action};
         let action = match args.action {
