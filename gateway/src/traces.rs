@@ -69,6 +69,9 @@ struct Inner {
     tracer: SdkTracer,
     provider: SdkTracerProvider,
     gate: Arc<Gate>,
+    /// The share of requests without a caller's trace that start one (the SDK samples every such root it is asked
+    /// to start; this decides which it is asked for).
+    sample_rate: f64,
 }
 
 /// Counts spans between being finished and the end of their export, and refuses them past the capacity.
@@ -190,7 +193,9 @@ impl Tracing {
             .build();
         let provider = SdkTracerProvider::builder()
             .with_span_processor(GatedProcessor { inner: batch, gate: Arc::clone(&gate) })
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sample_rate))))
+            // Roots are sampled in `start_request`, before the SDK is asked for anything: an unsampled request then
+            // costs one random number instead of a span builder, two trace ids, a sampler and a dropped span.
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
             .with_resource(
                 Resource::builder()
                     .with_service_name("vane")
@@ -200,7 +205,7 @@ impl Tracing {
             .build();
         let tracer = provider.tracer("vane");
         tracing::info!(%endpoint, sample_rate = config.sample_rate, "exporting traces over OTLP");
-        Ok(Self { inner: Some(Arc::new(Inner { tracer, provider, gate })) })
+        Ok(Self { inner: Some(Arc::new(Inner { tracer, provider, gate, sample_rate: config.sample_rate })) })
     }
 
     /// Whether spans are made at all.
@@ -238,9 +243,16 @@ impl Tracing {
                 headers.get(TRACEPARENT).and_then(|_| caller_ids(&TraceContextPropagator::new().extract(headers)));
             return RequestTrace { cx: None, ids, tracer: None, anchor: (arrived, SystemTime::UNIX_EPOCH) };
         };
+        // A caller's valid trace context decides for itself (its sampled flag); anything else is a root, sampled here
+        // at the configured rate. An invalid `traceparent` is a root too, so a client cannot force sampling with one.
+        let parent = headers.get(TRACEPARENT).map(|_| TraceContextPropagator::new().extract(headers));
+        let caller = parent.as_ref().filter(|p| p.span().span_context().is_valid());
+        if caller.is_none() && root_dice() >= inner.sample_rate {
+            return RequestTrace { cx: None, ids: None, tracer: None, anchor: (arrived, SystemTime::UNIX_EPOCH) };
+        }
+        let parent = parent.unwrap_or_default();
         let now = (Instant::now(), SystemTime::now());
         let anchor = (arrived, now.1.checked_sub(now.0.saturating_duration_since(arrived)).unwrap_or(now.1));
-        let parent = TraceContextPropagator::new().extract(headers);
         let mut span = inner
             .tracer
             .span_builder(name)
@@ -374,6 +386,25 @@ impl RequestTrace {
 const TRACEPARENT: &str = "traceparent";
 
 /// The caller's trace and span, when `parent` came from a valid `traceparent`.
+/// A uniform number in [0, 1) from this thread's own generator (xorshift64, seeded from the process's random hash
+/// keys): whether a root request is traced needs no shared state and no system call.
+fn root_dice() -> f64 {
+    thread_local! {
+        static STATE: std::cell::Cell<u64> = std::cell::Cell::new({
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(std::thread::current().id()) | 1
+        });
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
+
 fn caller_ids(parent: &Context) -> Option<TraceIds> {
     let span = parent.span();
     let context = span.span_context();

@@ -166,6 +166,9 @@ async fn a_traced_request_exports_its_span_tree_under_the_callers_traceparent() 
     let path = "/v2/models/breast_cancer/infer";
     assert_eq!(post_traced(&server, path, &breast_cancer_row(), &unsampled).await, StatusCode::OK);
     assert_eq!(server.post_json(path, &breast_cancer_row()).await.status, StatusCode::OK, "no traceparent");
+    // An invalid traceparent (all-zero trace id, sampled flag set) is a root like no header: it cannot force a trace.
+    let invalid = format!("00-{}-{}-01", "0".repeat(32), "ab".repeat(8));
+    assert_eq!(post_traced(&server, path, &breast_cancer_row(), &invalid).await, StatusCode::OK);
     let (header, trace_id, caller) = traceparent(2, true);
     assert_eq!(post_traced(&server, path, &breast_cancer_row(), &header).await, StatusCode::OK);
     let spans = collector.collect_until(|s| complete(s, &trace_id)).await;
@@ -179,7 +182,7 @@ async fn a_traced_request_exports_its_span_tree_under_the_callers_traceparent() 
     assert_eq!(attribute(tree["vane.batch"], "vane.batch.requests").as_deref(), Some("1"));
     // Spans leave in the order they end: anything of the two unsampled requests would have come first.
     assert!(in_trace(&spans, &unsampled_trace).is_empty(), "an unsampled traceparent was traced");
-    assert_eq!(spans.len(), 4, "only the sampled request was traced: {:?}", summary(&spans));
+    assert_eq!(spans.len(), 4, "only the sampled caller's request was traced: {:?}", summary(&spans));
 
     // A failed request is traced too, as the caller's 4xx (not a server error).
     let (header, trace_id, _) = traceparent(3, true);
