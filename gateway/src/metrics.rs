@@ -527,13 +527,16 @@ pub mod monitor_series {
 /// `model=""`), protocol and outcome take a handful of values. A version's handles are created when it is loaded, so
 /// the request path only increments atomics (no label lookup, no allocation).
 pub mod request_series {
-    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use monitor::shards::{Sharded, ShardedCounter};
+    use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+    use prometheus_client::metrics::{MetricType, TypedMetric};
 
     use prometheus_client::encoding::EncodeLabelSet;
-    use prometheus_client::metrics::counter::Counter;
     use prometheus_client::metrics::family::Family;
     use prometheus_client::metrics::gauge::Gauge;
-    use prometheus_client::metrics::histogram::Histogram;
     use prometheus_client::registry::Registry;
 
     use crate::errors::ApiError;
@@ -560,12 +563,12 @@ pub mod request_series {
     /// Rows per model run: powers of two up to 1024, past the default max_batch_size (128).
     pub const BATCH_BUCKETS: [f64; 11] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
 
-    fn duration_histogram() -> Histogram {
-        Histogram::new(DURATION_BUCKETS)
+    fn duration_histogram() -> ShardedHistogram {
+        ShardedHistogram::new(&DURATION_BUCKETS)
     }
 
-    fn batch_histogram() -> Histogram {
-        Histogram::new(BATCH_BUCKETS)
+    fn batch_histogram() -> ShardedHistogram {
+        ShardedHistogram::new(&BATCH_BUCKETS)
     }
 
     #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -600,11 +603,11 @@ pub mod request_series {
     /// Every family, registered once.
     #[derive(Debug, Clone)]
     pub struct RequestMetrics {
-        requests: Family<RequestLabels, Counter>,
-        duration: Family<ProtocolLabels, Histogram, fn() -> Histogram>,
-        queue: Family<VersionLabels, Histogram, fn() -> Histogram>,
-        inference: Family<VersionLabels, Histogram, fn() -> Histogram>,
-        batch: Family<VersionLabels, Histogram, fn() -> Histogram>,
+        requests: Family<RequestLabels, ShardedCounter>,
+        duration: Family<ProtocolLabels, ShardedHistogram, fn() -> ShardedHistogram>,
+        queue: Family<VersionLabels, ShardedHistogram, fn() -> ShardedHistogram>,
+        inference: Family<VersionLabels, ShardedHistogram, fn() -> ShardedHistogram>,
+        batch: Family<VersionLabels, ShardedHistogram, fn() -> ShardedHistogram>,
         depth: Family<VersionLabels, Gauge>,
         capacity: Family<VersionLabels, Gauge>,
         loaded: Gauge,
@@ -618,14 +621,14 @@ pub mod request_series {
     /// One model version's handles.
     #[derive(Debug, Clone)]
     pub struct VersionSeries {
-        requests: [[Counter; 5]; 2],
-        duration: [Histogram; 2],
+        requests: [[ShardedCounter; 5]; 2],
+        duration: [ShardedHistogram; 2],
         /// Time from queueing to the start of the run it joined, per request.
-        queue: Histogram,
+        queue: ShardedHistogram,
         /// Time of one model run (a whole batch).
-        inference: Histogram,
+        inference: ShardedHistogram,
         /// Rows in one model run.
-        batch: Histogram,
+        batch: ShardedHistogram,
         /// False when request series are off (`--no-request-metrics`): every observation returns at once.
         enabled: bool,
     }
@@ -870,6 +873,114 @@ pub mod request_series {
             };
             self.requests[protocol as usize][outcome].inc();
             self.duration[protocol as usize].observe(seconds);
+        }
+    }
+
+    /// Buckets a [`ShardedHistogram`] can have, +Inf included.
+    const MAX_BUCKETS: usize = 17;
+
+    /// One thread slot's part of a histogram: the sum's bits and each bucket's (not cumulative) count.
+    #[derive(Debug, Default)]
+    struct HistogramShard {
+        sum: AtomicU64,
+        buckets: [AtomicU64; MAX_BUCKETS],
+    }
+
+    /// A classic Prometheus histogram (the same buckets, sum and count as prometheus-client's, which takes a mutex
+    /// per observation) kept per thread slot: an observation is two uncontended atomic additions on the observing
+    /// core's own line. The count is the buckets' total, so a scrape is always consistent with its buckets; the sum
+    /// may lag an observation being made.
+    #[derive(Debug, Clone)]
+    pub struct ShardedHistogram {
+        bounds: &'static [f64],
+        shards: Arc<Sharded<HistogramShard>>,
+    }
+
+    impl ShardedHistogram {
+        /// A histogram with these upper bounds (ascending, fewer than [`MAX_BUCKETS`]) and +Inf.
+        fn new(bounds: &'static [f64]) -> Self {
+            assert!(bounds.len() < MAX_BUCKETS, "{} bounds do not fit", bounds.len());
+            Self { bounds, shards: Arc::new(Sharded::new(HistogramShard::default)) }
+        }
+
+        /// Counts `value` in the first bucket whose bound it does not exceed (+Inf for NaN, as prometheus-client).
+        pub fn observe(&self, value: f64) {
+            let shard = self.shards.mine();
+            let bucket = self.bounds.iter().position(|bound| value <= *bound).unwrap_or(self.bounds.len());
+            shard.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+            // Only this slot's threads write here, so the update almost never retries.
+            let add = |bits| Some((f64::from_bits(bits) + value).to_bits());
+            let _ = shard.sum.fetch_update(Ordering::Relaxed, Ordering::Relaxed, add);
+        }
+
+        /// The sum, the count and each bucket's (upper bound, count), as the encoder takes them.
+        fn totals(&self) -> (f64, u64, Vec<(f64, u64)>) {
+            let mut buckets: Vec<(f64, u64)> =
+                self.bounds.iter().copied().chain([f64::INFINITY]).map(|bound| (bound, 0)).collect();
+            let mut sum = 0.0;
+            for shard in self.shards.iter() {
+                sum += f64::from_bits(shard.sum.load(Ordering::Relaxed));
+                for (total, count) in buckets.iter_mut().zip(&shard.buckets) {
+                    total.1 += count.load(Ordering::Relaxed);
+                }
+            }
+            let count = buckets.iter().map(|b| b.1).sum();
+            (sum, count, buckets)
+        }
+    }
+
+    impl TypedMetric for ShardedHistogram {
+        const TYPE: MetricType = MetricType::Histogram;
+    }
+
+    impl EncodeMetric for ShardedHistogram {
+        fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+            let (sum, count, buckets) = self.totals();
+            encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+        }
+
+        fn metric_type(&self) -> MetricType {
+            Self::TYPE
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// The same text as prometheus-client's own histogram and counter for the same observations, from threads
+        /// on different shards.
+        #[test]
+        fn sharded_series_encode_as_prometheus_clients_own() {
+            use prometheus_client::registry::Registry;
+            let values = [0.00005, 0.0003, 0.0003, 0.02, 7.0, 99.0, f64::NAN];
+            let (sharded, counter) = (ShardedHistogram::new(&DURATION_BUCKETS), ShardedCounter::default());
+            std::thread::scope(|scope| {
+                for chunk in values.chunks(2) {
+                    let (sharded, counter) = (&sharded, &counter);
+                    scope.spawn(move || chunk.iter().for_each(|v| (sharded.observe(*v), counter.inc()).1));
+                }
+            });
+            let plain = prometheus_client::metrics::histogram::Histogram::new(DURATION_BUCKETS);
+            let plain_counter = prometheus_client::metrics::counter::Counter::<u64>::default();
+            for v in values {
+                plain.observe(v);
+                plain_counter.inc();
+            }
+            fn text(
+                h: impl prometheus_client::registry::Metric,
+                c: impl prometheus_client::registry::Metric,
+            ) -> String {
+                let mut registry = Registry::default();
+                registry.register("d", "durations", h);
+                registry.register("r", "requests", c);
+                let mut out = String::new();
+                prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+                out
+            }
+            let (ours, theirs) = (text(sharded, counter), text(plain, plain_counter));
+            assert_eq!(ours, theirs);
+            assert!(ours.contains("d_count 7") && ours.contains("r_total 7"), "{ours}");
         }
     }
 }

@@ -246,9 +246,8 @@ async fn run_inference(
     if let (Some(monitor), Some(monitored), Some(cells)) = (&state.monitor, &resolved.monitored, observed) {
         let predictions = monitored.predictions(&outputs, request.id.is_some());
         monitor.offer(monitor::live::Observation {
-            profile: Arc::clone(&monitored.profile),
-            request_id: request.id.clone(),
-            at: std::time::SystemTime::now(),
+            profile: &monitored.profile,
+            request_id: request.id.as_deref(),
             cells,
             predictions,
         });

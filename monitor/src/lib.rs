@@ -13,6 +13,7 @@ pub mod live;
 pub mod notify;
 pub mod offline;
 pub mod reference;
+pub mod shards;
 pub mod stats;
 pub mod table;
 

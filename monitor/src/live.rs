@@ -17,13 +17,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 
 use crate::alerts::{Alert, Engine, Rule};
 use crate::data_quality::{Domain, FeatureQuality};
 use crate::drift::{self, ColumnKind, ColumnReport, DatasetDrift, Sides, Values};
 use crate::notify::{Notifier, NotifyConfig};
+use crate::shards::ShardedCounter;
 use crate::stats::cbpe::{self, Calibration, Calibrator, EstimatedQuality};
 use crate::stats::multivariate::{Bounds, Reconstruction};
 use crate::table::Table;
@@ -157,16 +157,16 @@ pub enum Cell {
     Missing,
 }
 
-/// One prediction's inputs: `rows` rows of `profile.features.len()` cells each, row-major.
+/// One prediction's inputs: `rows` rows of `profile.features.len()` cells each, row-major. It is served now: the
+/// monitor stamps the time when it is offered.
 #[derive(Debug)]
-pub struct Observation {
-    /// The profile of the model version that served it.
-    pub profile: Arc<Profile>,
+pub struct Observation<'a> {
+    /// The profile of the model version that served it (borrowed: the monitor clones it only when the thread's
+    /// previous observation came from another deployment).
+    pub profile: &'a Arc<Profile>,
     /// The request id, if the client sent one.
-    pub request_id: Option<String>,
-    /// When it was served.
-    pub at: SystemTime,
-    /// The cells, row-major.
+    pub request_id: Option<&'a str>,
+    /// The cells, row-major (numbers are copied into the inbox, and the vector freed on the offering thread).
     pub cells: Observed,
     /// The prediction per row (score or value), when quality is monitored and the request has an id.
     pub predictions: Option<Vec<f64>>,
@@ -198,16 +198,115 @@ impl Observed {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// An observation's cells as they wait in the inbox: numbers in the shard's flat arrays, general cells on their own.
+#[derive(Debug)]
+enum Stored {
+    F32 { start: usize, len: usize },
+    F64 { start: usize, len: usize },
+    Cells(Vec<Cell>),
+}
+
+impl Stored {
+    fn len(&self) -> usize {
+        match self {
+            Stored::F32 { len, .. } | Stored::F64 { len, .. } => *len,
+            Stored::Cells(v) => v.len(),
+        }
+    }
+}
+
+/// One observation waiting in a shard of the inbox.
+#[derive(Debug)]
+struct Entry {
+    /// Its deployment, an index into the shard's `profiles`.
+    profile: usize,
+    at: SystemTime,
+    cells: Stored,
+    request_id: Option<String>,
+    predictions: Option<Vec<f64>>,
+}
+
+/// What one thread slot offered since the monitor thread last emptied it.
+#[derive(Debug, Default)]
+struct Pending {
+    /// The deployments of its observations, each once (a thread's observations mostly come from one).
+    profiles: Vec<Arc<Profile>>,
+    entries: Vec<Entry>,
+    f32s: Vec<f32>,
+    f64s: Vec<f64>,
+}
+
+impl Pending {
+    fn push(&mut self, observation: Observation<'_>, at: SystemTime) {
+        let Observation { profile, request_id, cells, predictions } = observation;
+        let index = match self.profiles.iter().rposition(|p| Arc::ptr_eq(p, profile)) {
+            Some(index) => index,
+            None => {
+                self.profiles.push(Arc::clone(profile));
+                self.profiles.len() - 1
+            }
+        };
+        let cells = match cells {
+            Observed::F32(v) => {
+                self.f32s.extend_from_slice(&v);
+                Stored::F32 { start: self.f32s.len() - v.len(), len: v.len() }
+            }
+            Observed::F64(v) => {
+                self.f64s.extend_from_slice(&v);
+                Stored::F64 { start: self.f64s.len() - v.len(), len: v.len() }
+            }
+            Observed::Cells(v) => Stored::Cells(v),
+        };
+        let request_id = request_id.map(str::to_owned);
+        self.entries.push(Entry { profile: index, at, cells, request_id, predictions });
+    }
+
+    /// Empties it, keeping its capacity.
+    fn clear(&mut self) {
+        self.profiles.clear();
+        self.entries.clear();
+        self.f32s.clear();
+        self.f64s.clear();
+    }
+}
+
+/// One observation's cells, borrowed from a drained shard.
+enum Row<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+    Cells(&'a mut [Cell]),
+}
+
+impl Row<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Row::F32(v) => v.len(),
+            Row::F64(v) => v.len(),
+            Row::Cells(v) => v.len(),
+        }
+    }
 
     /// Cell `i` (numbers become [`Cell::Number`], NaN [`Cell::Missing`]).
     fn take(&mut self, i: usize) -> Cell {
         let number = |v: f64| if v.is_finite() { Cell::Number(v) } else { Cell::Missing };
         match self {
-            Observed::F32(v) => number(f64::from(v[i])),
-            Observed::F64(v) => number(v[i]),
-            Observed::Cells(v) => std::mem::replace(&mut v[i], Cell::Missing),
+            Row::F32(v) => number(f64::from(v[i])),
+            Row::F64(v) => number(v[i]),
+            Row::Cells(v) => std::mem::replace(&mut v[i], Cell::Missing),
         }
     }
+}
+
+/// Where request threads leave observations for the monitor thread: one [`Pending`] per thread slot, each behind
+/// its own mutex, which only its thread takes except when the monitor thread swaps it out (every 10 ms). An offer
+/// is then an uncontended lock and a copy into arrays the slot reuses, where a shared queue cost a contended
+/// compare-and-swap, a shared `Arc` increment and a vector freed on another thread per prediction.
+struct Inbox {
+    shards: crate::shards::Sharded<std::sync::Mutex<Pending>>,
+    /// Observations one shard holds before it drops (the configured capacity over the number of cores).
+    per_shard: usize,
 }
 
 // === impl Profile ===
@@ -360,19 +459,22 @@ fn every_kth(values: &Values, k: usize) -> Values {
     }
 }
 
-/// Counters of the observation queue (Prometheus counters, registered by the gateway).
+/// Counters of the observation inbox (Prometheus counters, registered by the gateway; sharded per thread, as the
+/// request path increments one per prediction).
 #[derive(Debug, Default, Clone)]
 pub struct QueueCounters {
     /// Observations accepted.
-    pub accepted: Counter,
-    /// Observations dropped because the queue was full.
-    pub dropped: Counter,
+    pub accepted: ShardedCounter,
+    /// Observations dropped because the thread's part of the inbox was full.
+    pub dropped: ShardedCounter,
 }
 
 /// The handle the request path uses: offers observations, never waits.
 #[derive(Clone)]
 pub struct Monitor {
-    sender: crossbeam_channel::Sender<Observation>,
+    inbox: Arc<Inbox>,
+    /// Dropped with the last handle, which the monitor thread sees as its signal to stop.
+    _alive: crossbeam_channel::Sender<()>,
     counters: Arc<QueueCounters>,
     reports: Arc<RwLock<Reports>>,
     alerts: Arc<RwLock<Vec<Alert>>>,
@@ -475,7 +577,9 @@ pub enum Event<'a> {
 /// How the monitor thread runs.
 #[derive(Debug, Clone)]
 pub struct MonitorConfig {
-    /// Observations that may wait for the monitor thread; more are dropped and counted.
+    /// Observations that may wait for the monitor thread: each thread's part of the inbox holds this over the
+    /// number of cores (the threads that serve requests), so the inbox holds at most twice it. More are dropped and
+    /// counted.
     pub queue_capacity: usize,
     /// How often windows with new rows are evaluated.
     pub evaluate_every: Duration,
@@ -504,7 +608,13 @@ impl Monitor {
     /// Starts the monitor thread. It stops when every handle is dropped. `on_event` is called (on the monitor
     /// thread) with each new report and each change of alert states, for metrics and for whoever waits on them.
     pub fn start(config: MonitorConfig, on_event: impl FnMut(Event<'_>) + Send + 'static) -> std::io::Result<Self> {
-        let (sender, receiver) = crossbeam_channel::bounded(config.queue_capacity);
+        let shards = crate::shards::Sharded::new(Default::default);
+        // The request path's threads (tokio's workers, one per core) hold the capacity between them; with two shards
+        // per core, the inbox holds at most twice it.
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let per_shard = config.queue_capacity.div_ceil(cores).max(1);
+        let inbox = Arc::new(Inbox { shards, per_shard });
+        let (alive, stopped) = crossbeam_channel::bounded(0);
         let reports: Arc<RwLock<Reports>> = Arc::default();
         let alerts: Arc<RwLock<Vec<Alert>>> = Arc::default();
         let notifier = Notifier::start(config.notify.clone())?;
@@ -516,10 +626,11 @@ impl Monitor {
             feedback: Arc::clone(&feedback),
         };
         let engine = Engine::new(config.base_url.trim_end_matches('/'));
-        std::thread::Builder::new()
-            .name("vane-monitor".into())
-            .spawn(move || run(&receiver, config.evaluate_every, &shared, engine, on_event))?;
-        Ok(Self { sender, counters: Arc::default(), reports, alerts, notifier, feedback })
+        std::thread::Builder::new().name("vane-monitor".into()).spawn({
+            let inbox = Arc::clone(&inbox);
+            move || run(&inbox, &stopped, config.evaluate_every, &shared, engine, on_event)
+        })?;
+        Ok(Self { inbox, _alive: alive, counters: Arc::default(), reports, alerts, notifier, feedback })
     }
 
     /// The store where predictions wait for their labels.
@@ -542,12 +653,18 @@ impl Monitor {
         self.notifier.counters()
     }
 
-    /// Offers an observation: queued if there is room, else dropped and counted. Never blocks.
-    pub fn offer(&self, observation: Observation) {
-        match self.sender.try_send(observation) {
-            Ok(()) => self.counters.accepted.inc(),
-            Err(_) => self.counters.dropped.inc(),
-        };
+    /// Offers an observation: kept in this thread's part of the inbox if it has room, else dropped and counted.
+    /// Never waits on the monitor thread (its lock is the thread's own, held by the monitor only to swap it out).
+    pub fn offer(&self, observation: Observation<'_>) {
+        let Ok(mut pending) = self.inbox.shards.mine().lock() else { return };
+        if pending.entries.len() >= self.inbox.per_shard {
+            drop(pending);
+            self.counters.dropped.inc();
+            return;
+        }
+        pending.push(observation, SystemTime::now());
+        drop(pending);
+        self.counters.accepted.inc();
     }
 
     /// The queue's counters.
@@ -731,7 +848,8 @@ struct Shared {
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
 fn run(
-    receiver: &crossbeam_channel::Receiver<Observation>,
+    inbox: &Inbox,
+    stopped: &crossbeam_channel::Receiver<()>,
     every: Duration,
     shared: &Shared,
     mut engine: Engine,
@@ -740,23 +858,33 @@ fn run(
     // By model then version, so an observation finds its window without allocating a key.
     let mut windows: HashMap<String, HashMap<u64, Window>> = HashMap::new();
     let mut next = Instant::now() + every;
+    // Emptied shards, swapped back in at the next drain so the request threads reuse their capacity.
+    let mut spares: Vec<Pending> = Vec::new();
     loop {
         // The thread polls its queue instead of blocking on it: a parked receiver makes every send a futex wake
         // and a context switch, which at tens of thousands of predictions a second cost the request path about
         // 10% of its throughput (benches/overhead.sh). A send into a queue nobody waits on is a few atomics.
         std::thread::sleep(DRAIN_EVERY.min(next.saturating_duration_since(Instant::now())));
-        // Everything offered before an evaluation starts is in it. One drain takes at most what the queue holds, so
-        // a producer faster than this thread cannot keep it from evaluating.
-        let mut drained = Vec::new();
-        while drained.len() < receiver.capacity().unwrap_or(usize::MAX) {
-            match receiver.try_recv() {
-                Ok(observation) => drained.push(observation),
-                Err(crossbeam_channel::TryRecvError::Empty) => break,
-                Err(crossbeam_channel::TryRecvError::Disconnected) => return,
-            }
+        if let Err(crossbeam_channel::TryRecvError::Disconnected) = stopped.try_recv() {
+            return;
         }
-        for (observation, store) in stored_rows(drained) {
-            add(&mut windows, observation, &shared.feedback, store);
+        // Everything offered before an evaluation starts is in it. One drain takes at most what the inbox holds, so
+        // a producer faster than this thread cannot keep it from evaluating.
+        let mut drained: Vec<Pending> = inbox
+            .shards
+            .iter()
+            .map(|shard| {
+                let mut spare = spares.pop().unwrap_or_default();
+                if let Ok(mut pending) = shard.lock() {
+                    std::mem::swap(&mut *pending, &mut spare);
+                }
+                spare
+            })
+            .collect();
+        add_drained(&mut windows, &mut drained, &shared.feedback);
+        for mut pending in drained {
+            pending.clear();
+            spares.push(pending);
         }
         if Instant::now() < next {
             continue;
@@ -854,61 +982,135 @@ fn run(
     }
 }
 
-/// Which of a drain's observations a window must store: a window holds its last `window_size` rows, and no
-/// evaluation runs within a drain, so rows that later rows of the same deployment push out before it ends are never
-/// seen by one. They are counted (and their labels' predictions kept for feedback) without being stored: at tens of
-/// thousands of predictions a second into a 1,000-row window, storing and dropping every row was most of this
-/// thread's work (`cargo bench --bench telemetry_cost`).
-fn stored_rows(drained: Vec<Observation>) -> impl Iterator<Item = (Observation, bool)> {
-    let mut room: HashMap<*const Profile, usize> = HashMap::new();
-    let mut store: Vec<bool> = drained
+/// Adds a drain's observations to their windows, oldest first (each thread's part is in its own order; sorting
+/// by time merges them).
+///
+/// A window holds its last `window_size` rows, and no evaluation runs within a drain, so rows that later rows of
+/// the same deployment push out before it ends are never seen by one. They are counted (and their predictions kept
+/// for feedback) without being stored: at tens of thousands of predictions a second into a 1,000-row window,
+/// storing and dropping every row was most of this thread's work (`cargo bench --bench telemetry_cost`).
+fn add_drained(
+    windows: &mut HashMap<String, HashMap<u64, Window>>,
+    drained: &mut [Pending],
+    feedback: &crate::feedback::FeedbackStore,
+) {
+    let mut order: Vec<(SystemTime, usize, usize)> = drained
+        .iter()
+        .enumerate()
+        .flat_map(|(shard, pending)| pending.entries.iter().enumerate().map(move |(i, e)| (e.at, shard, i)))
+        .collect();
+    order.sort_by_key(|&(at, shard, i)| (at, shard, i));
+    // Rows each deployment's window still has room for, newest first (a drain holds a handful of deployments).
+    let mut room: Vec<(*const Profile, usize)> = Vec::new();
+    let mut store: Vec<bool> = order
         .iter()
         .rev()
-        .map(|observation| {
-            let profile = &observation.profile;
-            let left = room.entry(Arc::as_ptr(profile)).or_insert(profile.settings.window_size.max(1));
+        .map(|&(_, shard, i)| {
+            let pending = &drained[shard];
+            let entry = &pending.entries[i];
+            let profile = &pending.profiles[entry.profile];
+            let left = match room.iter().position(|(p, _)| std::ptr::eq(*p, Arc::as_ptr(profile))) {
+                Some(index) => &mut room[index].1,
+                None => {
+                    room.push((Arc::as_ptr(profile), profile.settings.window_size.max(1)));
+                    &mut room.last_mut().expect("just pushed").1
+                }
+            };
             let stored = *left > 0;
-            *left = left.saturating_sub(observation.cells.len() / profile.features.len().max(1));
+            *left = left.saturating_sub(entry.cells.len() / profile.features.len().max(1));
             stored
         })
         .collect();
     store.reverse();
-    drained.into_iter().zip(store)
+    // Rows neither stored nor waiting for labels are only counted, a run of one deployment's at once (one window
+    // lookup per run rather than per prediction).
+    let mut skipped: Option<(Arc<Profile>, u64)> = None;
+    for (&(at, shard, i), store) in order.iter().zip(store) {
+        let Pending { profiles, entries, f32s, f64s } = &mut drained[shard];
+        let entry = &mut entries[i];
+        let profile = &profiles[entry.profile];
+        let width = profile.features.len();
+        if !store && entry.request_id.is_none() && width > 0 && entry.cells.len().is_multiple_of(width) {
+            let rows = (entry.cells.len() / width) as u64;
+            match &mut skipped {
+                Some((run, counted)) if Arc::ptr_eq(run, profile) => *counted += rows,
+                _ => {
+                    if let Some((run, counted)) = skipped.replace((Arc::clone(profile), rows)) {
+                        count(windows, &run, counted);
+                    }
+                }
+            }
+            continue;
+        }
+        if let Some((run, counted)) = skipped.take() {
+            count(windows, &run, counted);
+        }
+        let cells = match &mut entry.cells {
+            Stored::F32 { start, len } => Row::F32(&f32s[*start..*start + *len]),
+            Stored::F64 { start, len } => Row::F64(&f64s[*start..*start + *len]),
+            Stored::Cells(v) => Row::Cells(v),
+        };
+        let observed =
+            Served { at, request_id: entry.request_id.as_deref(), predictions: entry.predictions.as_deref() };
+        add(windows, profile, observed, cells, feedback, store);
+    }
+    if let Some((run, counted)) = skipped {
+        count(windows, &run, counted);
+    }
+}
+
+/// The window of `profile`'s deployment: made when it has none, started again for a new deployment of the same
+/// version (new commit or reference data).
+fn window_of<'w>(windows: &'w mut HashMap<String, HashMap<u64, Window>>, profile: &Arc<Profile>) -> &'w mut Window {
+    if !windows.contains_key(profile.model.as_str()) {
+        windows.insert(profile.model.clone(), HashMap::new());
+    }
+    let versions = windows.get_mut(profile.model.as_str()).expect("inserted when missing");
+    let window = versions.entry(profile.version).or_insert_with(|| Window::new(profile));
+    if !Arc::ptr_eq(&window.profile, profile) {
+        *window = Window::new(profile);
+    }
+    window
+}
+
+/// Counts `rows` rows the window will never hold.
+fn count(windows: &mut HashMap<String, HashMap<u64, Window>>, profile: &Arc<Profile>, rows: u64) {
+    let window = window_of(windows, profile);
+    window.observed += rows;
+    window.changed = true;
+}
+
+/// When an observation was served, and what feedback needs of it.
+struct Served<'a> {
+    at: SystemTime,
+    request_id: Option<&'a str>,
+    predictions: Option<&'a [f64]>,
 }
 
 fn add(
     windows: &mut HashMap<String, HashMap<u64, Window>>,
-    observation: Observation,
+    profile: &Arc<Profile>,
+    observation: Served<'_>,
+    mut cells: Row<'_>,
     feedback: &crate::feedback::FeedbackStore,
     store: bool,
 ) {
-    let profile = observation.profile;
     if let (Some(settings), Some(id), Some(values)) =
-        (&profile.settings.feedback, &observation.request_id, &observation.predictions)
+        (&profile.settings.feedback, observation.request_id, observation.predictions)
     {
         feedback.record((&profile.model, profile.version), settings, id, values, observation.at);
     }
     let width = profile.features.len();
-    if width == 0 || !observation.cells.len().is_multiple_of(width) {
+    if width == 0 || !cells.len().is_multiple_of(width) {
         return;
     }
-    if !windows.contains_key(profile.model.as_str()) {
-        windows.insert(profile.model.clone(), HashMap::new());
-    }
-    let Some(versions) = windows.get_mut(profile.model.as_str()) else { return };
-    let window = versions.entry(profile.version).or_insert_with(|| Window::new(&profile));
-    if !Arc::ptr_eq(&window.profile, &profile) {
-        // A new deployment of the same version (new commit or reference data): start again.
-        *window = Window::new(&profile);
-    }
-    let capacity = profile.settings.window_size.max(1);
-    let rows = observation.cells.len() / width;
+    let rows = cells.len() / width;
     if !store {
-        window.observed += rows as u64;
-        window.changed = true;
+        count(windows, profile, rows as u64);
         return;
     }
-    let mut cells = observation.cells;
+    let window = window_of(windows, profile);
+    let capacity = profile.settings.window_size.max(1);
     for row in 0..rows {
         if window.len() == capacity {
             window.pop_front();
@@ -916,7 +1118,7 @@ fn add(
         let start = row * width;
         window.push(observation.at, (start..start + width).map(|i| cells.take(i)));
         if let Some(p) = &mut window.predictions {
-            p.push_back(observation.predictions.as_ref().and_then(|v| v.get(row)).copied().unwrap_or(f64::NAN));
+            p.push_back(observation.predictions.and_then(|v| v.get(row)).copied().unwrap_or(f64::NAN));
         }
         window.observed += 1;
     }
@@ -1045,42 +1247,52 @@ mod tests {
         ("m".into(), 1, None, None)
     }
 
-    /// A drain stores only the rows its window keeps, and the window ends exactly as if every row had been stored.
+    /// A drain merges the threads' parts of the inbox in time order and stores only the rows its window keeps: the
+    /// window ends exactly as if every row had been stored, in the order the rows were served.
     #[test]
-    fn a_drain_stores_only_the_rows_the_window_keeps() {
+    fn a_drain_merges_the_threads_parts_in_time_and_stores_only_the_rows_the_window_keeps() {
         let dir = tempfile::tempdir().unwrap();
         let csv = dir.path().join("ref");
         std::fs::write(&csv, "x\n1\n2\n3\n4\n").unwrap();
         let settings = WindowSettings { window_size: 3, ..WindowSettings::default() };
         let profile = Arc::new(Profile::from_file(&csv, identity(), &BTreeMap::new(), settings).unwrap());
+        let at = |i: u64| UNIX_EPOCH + Duration::from_secs(1_700_000_000) + Duration::from_millis(i);
         let observation = |values: Vec<f64>| Observation {
-            profile: Arc::clone(&profile),
+            profile: &profile,
             request_id: None,
-            at: SystemTime::now(),
             cells: Observed::F64(values),
             predictions: None,
         };
-        // Seven rows in six observations (the last holds two): the window keeps the last three.
-        let drained = || -> Vec<Observation> {
-            (1..=5).map(|i| observation(vec![f64::from(i)])).chain([observation(vec![6.0, 7.0])]).collect()
+        // Seven rows in six observations, served alternately by two threads (the last observation holds two rows);
+        // the later thread's part comes first in the drain.
+        let drained = || -> Vec<Pending> {
+            let (mut odd, mut even) = (Pending::default(), Pending::default());
+            for i in 1..=5 {
+                let part = if i % 2 == 1 { &mut odd } else { &mut even };
+                part.push(observation(vec![i as f64]), at(i));
+            }
+            even.push(observation(vec![6.0, 7.0]), at(6));
+            vec![even, odd]
         };
-        let flags: Vec<bool> = stored_rows(drained()).map(|(_, store)| store).collect();
-        assert_eq!(flags, [false, false, false, false, true, true]);
-        let (mut skipping, mut storing) = (HashMap::new(), HashMap::new());
         let feedback = crate::feedback::FeedbackStore::default();
-        for (o, store) in stored_rows(drained()) {
-            add(&mut skipping, o, &feedback, store);
-        }
-        for o in drained() {
-            add(&mut storing, o, &feedback, true);
+        let mut drain = HashMap::new();
+        add_drained(&mut drain, &mut drained(), &feedback);
+        let mut every_row = HashMap::new();
+        for (i, values) in (1..=5).map(|i| vec![i as f64]).chain([vec![6.0, 7.0]]).enumerate() {
+            let served = Served { at: at(i as u64 + 1), request_id: None, predictions: None };
+            add(&mut every_row, &profile, served, Row::F64(&values), &feedback, true);
         }
         let window = |windows: &HashMap<String, HashMap<u64, Window>>| {
             let w = &windows["m"][&1];
-            (w.observed, w.columns[0].values())
+            (w.observed, w.columns[0].values(), w.times.clone())
         };
-        assert_eq!(window(&skipping), window(&storing));
-        assert_eq!(window(&skipping).0, 7, "every row is counted");
-        assert_eq!(window(&skipping).1, Values::Numeric(vec![Some(5.0), Some(6.0), Some(7.0)]));
+        assert_eq!(window(&drain), window(&every_row));
+        assert_eq!(window(&drain).0, 7, "every row is counted");
+        assert_eq!(
+            window(&drain).1,
+            Values::Numeric(vec![Some(5.0), Some(6.0), Some(7.0)]),
+            "the last three, in order"
+        );
     }
 
     #[test]
