@@ -10,15 +10,20 @@
 //! JSON to breast_cancer.
 //!
 //! The measure is the process's CPU time (the kernel's per-process clock: every thread, so the monitor thread's
-//! window updates and evaluations and the exporter thread's encoding count too) per request, over blocks of
+//! window updates and evaluations and the exporter thread's encoding count too; what those two threads spend during
+//! an off block, such as the evaluation that follows an on block, is moved to the on block of its pair) per
+//! request, over blocks of
 //! `VANE_BENCH_BLOCK` requests (default 20,000). Blocks come in pairs, on then off (the order alternating from pair
 //! to pair), `VANE_BENCH_PAIRS` pairs (default 40); what is reported is the mean of the pairs' on/off ratios with
 //! its 95% confidence interval. Adjacent blocks see the same machine, so the pair's ratio cancels most of what
 //! makes one run differ from the next on these shared cores; the interval says how finely the run resolved.
 //!
-//! The denominator is conservative: it leaves out hyper and the sockets (a server over TCP spends about 2-3x this
-//! CPU per request, see `bash benches/ceiling.sh`), so the share printed is larger than the share of a real
-//! server's CPU. Both sides pay the bench's own client work (building each request, reading each answer).
+//! In-process (the default), the denominator leaves out hyper and the sockets, so the share printed is larger than
+//! the share of a real server's CPU; both sides pay the bench's own client work (building each request, reading
+//! each answer). `VANE_BENCH_TRANSPORT=tcp` measures the real thing instead: both servers listen on 127.0.0.1 and a
+//! client in its own process (this binary again, a hyper client on one thread holding 64 keep-alive connections to
+//! each server) sends every block, so this process's CPU clock counts the servers' work and only theirs: hyper,
+//! the sockets, the router and the telemetry.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -56,21 +61,26 @@ fn process_cpu() -> f64 {
 
 /// CPU seconds so far of this process's threads whose name starts with `prefix` (the scheduler's own count,
 /// `/proc/self/task/*/schedstat`, in nanoseconds).
-fn threads_cpu(prefix: &str) -> f64 {
+fn threads_cpu(prefixes: &[&str]) -> f64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
     tasks
         .flatten()
-        .filter(|task| std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.starts_with(prefix)))
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|comm| prefixes.iter().any(|p| comm.starts_with(p)))
+        })
         .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
         .filter_map(|stat| stat.split_whitespace().next()?.parse::<f64>().ok())
         .sum::<f64>()
         * 1e-9
 }
 
-/// Sends `n` requests through `state`'s router, `IN_FLIGHT` at a time; returns the CPU seconds per request.
-async fn block(state: &Arc<AppState>, body: &Bytes, n: usize) -> f64 {
+/// The threads that work only for the "on" server: the monitor's and the trace exporter's.
+const TELEMETRY_THREADS: [&str; 2] = ["vane-monitor", "OpenTelemetry"];
+
+/// Sends `n` requests through `state`'s router, `IN_FLIGHT` at a time.
+async fn block(state: &Arc<AppState>, body: &Bytes, n: usize) {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let before = process_cpu();
     let clients: Vec<_> = (0..IN_FLIGHT)
         .map(|_| {
             let (state, body, next) = (Arc::clone(state), body.clone(), Arc::clone(&next));
@@ -84,7 +94,89 @@ async fn block(state: &Arc<AppState>, body: &Bytes, n: usize) -> f64 {
     for client in clients {
         client.await.expect("a client task panicked");
     }
-    (process_cpu() - before) / n as f64
+}
+
+/// The load client in its own process: this binary, told by `VANE_BENCH_CLIENT` to read `<addr> <n>` lines from
+/// stdin, send `n` requests to `addr` with `IN_FLIGHT` in flight, and answer `done` (or the first failure).
+struct TcpClient {
+    child: Child,
+    commands: std::process::ChildStdin,
+    answers: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl TcpClient {
+    fn start() -> Result<Self> {
+        use std::io::BufRead;
+        let mut child = Command::new(std::env::current_exe()?)
+            .env("VANE_BENCH_CLIENT", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let commands = child.stdin.take().context("stdin is piped")?;
+        let answers = std::io::BufReader::new(child.stdout.take().context("stdout is piped")?).lines();
+        Ok(Self { child, commands, answers })
+    }
+
+    /// Sends `n` requests to `addr` and waits for their answers.
+    fn block(&mut self, addr: std::net::SocketAddr, n: usize) -> Result<()> {
+        use std::io::Write;
+        writeln!(self.commands, "{addr} {n}")?;
+        self.commands.flush()?;
+        let answer = self.answers.next().context("the load client ended")??;
+        anyhow::ensure!(answer == "done", "the load client: {answer}");
+        Ok(())
+    }
+}
+
+impl Drop for TcpClient {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// The client process's loop (see [`TcpClient`]).
+fn run_client(body: Bytes) -> Result<()> {
+    use http_body_util::BodyExt;
+    use hyper_util::client::legacy::Client;
+    use std::io::BufRead;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let client: Client<_, http_body_util::Full<Bytes>> =
+        Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let (addr, n) = line.split_once(' ').context("<addr> <n>")?;
+        let (uri, n): (hyper::Uri, usize) =
+            (format!("http://{addr}/v2/models/breast_cancer/infer").parse()?, n.parse()?);
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let outcome = runtime.block_on(async {
+            let senders: Vec<_> = (0..IN_FLIGHT)
+                .map(|_| {
+                    let (client, uri, body, next) = (client.clone(), uri.clone(), body.clone(), Arc::clone(&next));
+                    tokio::spawn(async move {
+                        while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                            let request = hyper::Request::post(uri.clone())
+                                .header("content-type", "application/json")
+                                .body(http_body_util::Full::new(body.clone()))?;
+                            let response = client.request(request).await?;
+                            anyhow::ensure!(response.status().is_success(), "status {}", response.status());
+                            response.into_body().collect().await?;
+                        }
+                        anyhow::Ok(())
+                    })
+                })
+                .collect();
+            for sender in senders {
+                sender.await??;
+            }
+            anyhow::Ok(())
+        });
+        match outcome {
+            Ok(()) => println!("done"),
+            Err(error) => println!("{error:#}"),
+        }
+    }
+    Ok(())
 }
 
 /// The OTLP sink in its own process, and the endpoint it listens on.
@@ -104,11 +196,27 @@ fn start_sink() -> Result<(Child, String)> {
     Ok((sink, endpoint))
 }
 
+/// The request every block sends: batch-1 JSON to breast_cancer.
+fn request_body() -> Result<Bytes> {
+    let data: Vec<f64> = (0..30).map(|i| f64::from(i) / 7.0).collect();
+    Ok(Bytes::from(serde_json::to_vec(
+        &json!({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": data}]}),
+    )?))
+}
+
 fn main() -> Result<()> {
+    if std::env::var_os("VANE_BENCH_CLIENT").is_some() {
+        return run_client(request_body()?);
+    }
     // `cargo test --benches` runs this without `--bench`: build and start only.
     if !common::is_bench_run() {
         return Ok(());
     }
+    let tcp = match std::env::var("VANE_BENCH_TRANSPORT").as_deref() {
+        Ok("tcp") => true,
+        Ok("in-process") | Err(_) => false,
+        Ok(other) => anyhow::bail!("VANE_BENCH_TRANSPORT is tcp or in-process, not {other:?}"),
+    };
     let (pairs, per_block) = (env_or("VANE_BENCH_PAIRS", 40), env_or("VANE_BENCH_BLOCK", 20_000));
     let (mut sink, endpoint) = start_sink()?;
     let scratch = tempfile::tempdir()?;
@@ -155,36 +263,46 @@ fn main() -> Result<()> {
     let (on, off) = (start(config(true))?, start(config(false))?);
     let (on_state, off_state) = (on.state().context("serving")?, off.state().context("serving")?);
     anyhow::ensure!(off_state.monitor.is_none(), "the off side is monitored");
-    let data: Vec<f64> = (0..30).map(|i| f64::from(i) / 7.0).collect();
-    let body = Bytes::from(serde_json::to_vec(
-        &json!({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": data}]}),
-    )?);
-    // Warm both (sessions, caches, the monitor's first window) before anything is counted.
-    runtime.block_on(async {
-        block(&on_state, &body, per_block).await;
-        block(&off_state, &body, per_block).await;
-    });
+    let body = request_body()?;
+    let mut client = if tcp { Some(TcpClient::start()?) } else { None };
+    let (on_addr, off_addr) = (on.local_addr(), off.local_addr());
+    // One block on one side: the process's CPU seconds per request, and those of the telemetry threads among them.
+    let mut run = |on_side: bool| -> Result<(f64, f64)> {
+        let (threads_before, before) = (threads_cpu(&TELEMETRY_THREADS), process_cpu());
+        match &mut client {
+            Some(client) => client.block(if on_side { on_addr } else { off_addr }, per_block)?,
+            None => runtime.block_on(block(if on_side { &on_state } else { &off_state }, &body, per_block)),
+        }
+        let cpu = process_cpu() - before;
+        let threads = threads_cpu(&TELEMETRY_THREADS) - threads_before;
+        Ok((cpu / per_block as f64, threads / per_block as f64))
+    };
+    // Warm both (sessions, caches, connections, the monitor's first window) before anything is counted.
+    run(true)?;
+    run(false)?;
     // The monitor's thread and the trace exporter's work only for the "on" server.
-    let (monitor_before, exporter_before) = (threads_cpu("vane-monitor"), threads_cpu("OpenTelemetry"));
+    let (monitor_before, exporter_before) = (threads_cpu(&["vane-monitor"]), threads_cpu(&["OpenTelemetry"]));
     let mut ratios = Vec::with_capacity(pairs);
     let (mut on_us, mut off_us) = (Vec::new(), Vec::new());
     for pair in 0..pairs {
-        let (a, b) = runtime.block_on(async {
-            if pair % 2 == 0 {
-                let a = block(&on_state, &body, per_block).await;
-                (a, block(&off_state, &body, per_block).await)
-            } else {
-                let b = block(&off_state, &body, per_block).await;
-                (block(&on_state, &body, per_block).await, b)
-            }
-        });
-        on_us.push(a * 1e6);
-        off_us.push(b * 1e6);
-        ratios.push(a / b);
+        let (a, b) = if pair % 2 == 0 {
+            let a = run(true)?;
+            (a, run(false)?)
+        } else {
+            let b = run(false)?;
+            (run(true)?, b)
+        };
+        // The telemetry threads work for the on server whenever they run: what they did in the off block (the last
+        // drain and the evaluation after an on block, an export) is the on block's, not the off server's.
+        let ((on_cpu, _), (off_cpu, moved)) = (a, b);
+        let (on_cpu, off_cpu) = (on_cpu + moved, off_cpu - moved);
+        on_us.push(on_cpu * 1e6);
+        off_us.push(off_cpu * 1e6);
+        ratios.push(on_cpu / off_cpu);
     }
     let on_requests = (pairs * per_block) as f64;
-    let monitor_us = (threads_cpu("vane-monitor") - monitor_before) / on_requests * 1e6;
-    let exporter_us = (threads_cpu("OpenTelemetry") - exporter_before) / on_requests * 1e6;
+    let monitor_us = (threads_cpu(&["vane-monitor"]) - monitor_before) / on_requests * 1e6;
+    let exporter_us = (threads_cpu(&["OpenTelemetry"]) - exporter_before) / on_requests * 1e6;
     let evaluations = *on.monitor_evaluations().borrow();
     let counters = on_state.monitor.as_ref().map(|m| m.counters());
     let observed = counters.map_or((0, 0), |c| (c.accepted.get(), c.dropped.get()));
@@ -220,8 +338,8 @@ fn main() -> Result<()> {
     let totals = on_us.iter().sum::<f64>() / off_us.iter().sum::<f64>();
     let (on_median, off_median) = (median(&mut on_us), median(&mut off_us));
     println!(
-        "{pairs} pairs of {per_block} requests (batch-1 JSON, breast_cancer, {IN_FLIGHT} in flight, in-process router); \
-         on = {features}"
+        "{pairs} pairs of {per_block} requests (batch-1 JSON, breast_cancer, {IN_FLIGHT} in flight, {}); on = {features}",
+        if tcp { "over TCP from a client in its own process" } else { "in-process router" }
     );
     println!(
         "CPU per request, median of blocks: on {on_median:.2} us, off {off_median:.2} us; all blocks together: on/off \

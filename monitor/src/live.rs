@@ -694,11 +694,26 @@ struct Window {
     errors: VecDeque<f64>,
     /// The prediction of each row (NaN: none), when prediction drift is watched.
     predictions: Option<VecDeque<f64>>,
+    /// Numeric rows not yet in the columns, newest last: at most `window_size` (older ones would be pushed out
+    /// before anything reads the window). A busy model fills its window many times between two evaluations, and
+    /// a raw copy per row is a fraction of a row's conversion into the columns, so rows are converted only when
+    /// the window is read (an evaluation) or a row of general cells must follow them.
+    staged: Staged,
     /// The latest report, which the alert rules are evaluated on at every tick.
     last: Option<Arc<LiveReport>>,
     observed: u64,
     changed: bool,
     history: VecDeque<HistoryPoint>,
+}
+
+/// A window's staged rows (see `Window::staged`).
+#[derive(Default)]
+struct Staged {
+    times: VecDeque<SystemTime>,
+    /// The prediction of each row (NaN: none).
+    predictions: VecDeque<f64>,
+    /// The rows' values, row-major; NaN is missing.
+    values: VecDeque<f64>,
 }
 
 /// One feature's values in a window.
@@ -727,6 +742,7 @@ impl Window {
             wrong_examples: vec![None; profile.features.len()],
             columns,
             predictions: profile.keeps_predictions().then(VecDeque::new),
+            staged: Staged::default(),
             last: None,
             observed: 0,
             changed: false,
@@ -736,6 +752,40 @@ impl Window {
 
     fn len(&self) -> usize {
         self.times.len()
+    }
+
+    /// Keeps a numeric row for the next [`Window::flush`], in place of the oldest staged one when `window_size` are.
+    fn stage(&mut self, at: SystemTime, row: impl Iterator<Item = f64>, prediction: f64) {
+        let width = self.profile.features.len();
+        let staged = &mut self.staged;
+        if staged.times.len() == self.profile.settings.window_size.max(1) {
+            staged.times.pop_front();
+            staged.predictions.pop_front();
+            staged.values.drain(..width);
+        }
+        staged.times.push_back(at);
+        staged.predictions.push_back(prediction);
+        staged.values.extend(row);
+    }
+
+    /// Moves the staged rows into the columns, oldest first, as if each had been added when it came.
+    fn flush(&mut self) {
+        let width = self.profile.features.len();
+        let capacity = self.profile.settings.window_size.max(1);
+        let mut staged = std::mem::take(&mut self.staged);
+        let number = |v: f64| if v.is_finite() { Cell::Number(v) } else { Cell::Missing };
+        for (row, (at, prediction)) in staged.times.drain(..).zip(staged.predictions.drain(..)).enumerate() {
+            if self.len() == capacity {
+                self.pop_front();
+            }
+            self.push(at, staged.values.range(row * width..(row + 1) * width).map(|v| number(*v)));
+            if let Some(p) = &mut self.predictions {
+                p.push_back(prediction);
+            }
+        }
+        staged.values.clear();
+        // Keep the capacity for the next rows.
+        self.staged = staged;
     }
 
     fn pop_front(&mut self) {
@@ -906,6 +956,7 @@ fn run(
         let mut changed_alerts = Vec::new();
         let now = SystemTime::now();
         for window in windows.values_mut().flat_map(HashMap::values_mut) {
+            window.flush();
             expire(window);
             let (model, version) = (&window.profile.model, window.profile.version);
             let quality = window
@@ -1111,14 +1162,25 @@ fn add(
     }
     let window = window_of(windows, profile);
     let capacity = profile.settings.window_size.max(1);
+    let prediction = |row: usize| observation.predictions.and_then(|v| v.get(row)).copied().unwrap_or(f64::NAN);
     for row in 0..rows {
-        if window.len() == capacity {
-            window.pop_front();
-        }
         let start = row * width;
-        window.push(observation.at, (start..start + width).map(|i| cells.take(i)));
-        if let Some(p) = &mut window.predictions {
-            p.push_back(observation.predictions.and_then(|v| v.get(row)).copied().unwrap_or(f64::NAN));
+        match &mut cells {
+            Row::F32(v) => {
+                window.stage(observation.at, v[start..start + width].iter().map(|x| f64::from(*x)), prediction(row))
+            }
+            Row::F64(v) => window.stage(observation.at, v[start..start + width].iter().copied(), prediction(row)),
+            Row::Cells(_) => {
+                // General cells go straight into the columns, after the numeric rows that came before them.
+                window.flush();
+                if window.len() == capacity {
+                    window.pop_front();
+                }
+                window.push(observation.at, (start..start + width).map(|i| cells.take(i)));
+                if let Some(p) = &mut window.predictions {
+                    p.push_back(prediction(row));
+                }
+            }
         }
         window.observed += 1;
     }
@@ -1282,17 +1344,45 @@ mod tests {
             let served = Served { at: at(i as u64 + 1), request_id: None, predictions: None };
             add(&mut every_row, &profile, served, Row::F64(&values), &feedback, true);
         }
-        let window = |windows: &HashMap<String, HashMap<u64, Window>>| {
-            let w = &windows["m"][&1];
+        // Read as an evaluation reads it: the staged rows moved into the columns first.
+        let window = |windows: &mut HashMap<String, HashMap<u64, Window>>| {
+            let w = windows.get_mut("m").and_then(|versions| versions.get_mut(&1)).expect("a window");
+            w.flush();
             (w.observed, w.columns[0].values(), w.times.clone())
         };
-        assert_eq!(window(&drain), window(&every_row));
-        assert_eq!(window(&drain).0, 7, "every row is counted");
+        let (drained_window, every_row_window) = (window(&mut drain), window(&mut every_row));
+        assert_eq!(drained_window, every_row_window);
+        assert_eq!(drained_window.0, 7, "every row is counted");
         assert_eq!(
-            window(&drain).1,
+            drained_window.1,
             Values::Numeric(vec![Some(5.0), Some(6.0), Some(7.0)]),
             "the last three, in order"
         );
+    }
+
+    /// Numeric rows wait, raw, until the window is read; a row of general cells comes after them all the same.
+    #[test]
+    fn staged_rows_keep_their_order_with_rows_of_general_cells() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("ref");
+        std::fs::write(&csv, "x\n1\n2\n").unwrap();
+        let settings = WindowSettings { window_size: 3, ..WindowSettings::default() };
+        let profile = Arc::new(Profile::from_file(&csv, identity(), &BTreeMap::new(), settings).unwrap());
+        let feedback = crate::feedback::FeedbackStore::default();
+        let mut windows = HashMap::new();
+        let served = Served { at: SystemTime::now(), request_id: None, predictions: None };
+        let mut add_row = |row: Row<'_>| {
+            let served = Served { ..served };
+            add(&mut windows, &profile, served, row, &feedback, true);
+        };
+        add_row(Row::F64(&[1.0, 2.0]));
+        add_row(Row::Cells(&mut [Cell::Text("3".into())]));
+        add_row(Row::F32(&[f32::NAN, 5.0]));
+        let window = windows.get_mut("m").and_then(|versions| versions.get_mut(&1)).expect("a window");
+        assert_eq!(window.len(), 3, "the general row moved the two before it into the columns");
+        window.flush();
+        assert_eq!((window.len(), window.observed), (3, 5));
+        assert_eq!(window.columns[0].values(), Values::Numeric(vec![Some(3.0), None, Some(5.0)]));
     }
 
     #[test]
