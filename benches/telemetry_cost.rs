@@ -35,7 +35,6 @@ use gateway::auth::Secret;
 use gateway::gitops::GitOpsConfig;
 use gateway::routes::AppState;
 use gateway::ServeConfig;
-use reconciler::artifacts::DvcConfig;
 use reconciler::controller::{ControllerConfig, SyncStatus};
 use reconciler::source::GitSpec;
 use serde_json::json;
@@ -230,16 +229,8 @@ fn main() -> Result<()> {
         let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), scratch.path().join("unused"));
         config.gitops = Some(GitOpsConfig {
             controller: ControllerConfig {
-                spec: GitSpec::new(bare.display().to_string(), "main", "deploy"),
-                data_dir: data,
                 poll_interval: Duration::from_secs(3600),
-                dvc: DvcConfig::default(),
-                git_timeout: Duration::from_secs(30),
-                sync_timeout: Duration::from_secs(120),
-                artifacts: reconciler::artifacts::ArtifactPolicy::default(),
-                signers: reconciler::signers::SignerPolicy::default(),
-                max_backoff: Duration::from_secs(3600),
-                ca_file: None,
+                ..ControllerConfig::new(GitSpec::new(bare.display().to_string(), "main", "deploy"), data)
             },
             webhook_secret: Secret::new("unused"),
         });

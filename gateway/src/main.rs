@@ -378,17 +378,17 @@ impl ServeArgs {
         };
         let mut config = self.run.config(PathBuf::new());
         let git = &self.git;
-        let poll_interval = self.run.poll_interval.unwrap_or(DEFAULT_GIT_POLL_INTERVAL);
+        let poll_interval = self.run.poll_interval.unwrap_or(reconciler::controller::DEFAULT_POLL_INTERVAL);
         config.poll_interval = None;
+        let spec = GitSpec {
+            auth: git.auth(),
+            max_fetch_bytes: git.max_fetch_bytes,
+            ..GitSpec::new(repo.clone(), git.branch.clone(), git.deploy_path.clone())
+        };
+        // No default in the shared temp dir: another local user could plant a model there.
+        let data_dir = git.data_dir.clone().or_else(reconciler::durable::default_data_dir).unwrap_or_default();
         config.gitops = Some(GitOpsConfig {
             controller: ControllerConfig {
-                spec: GitSpec {
-                    auth: git.auth(),
-                    max_fetch_bytes: git.max_fetch_bytes,
-                    ..GitSpec::new(repo.clone(), git.branch.clone(), git.deploy_path.clone())
-                },
-                // No default in the shared temp dir: another local user could plant a model there.
-                data_dir: git.data_dir.clone().or_else(reconciler::durable::default_data_dir).unwrap_or_default(),
                 // Zero means webhooks only: a poll interval far longer than any process lives.
                 poll_interval: if poll_interval.is_zero() {
                     Duration::from_secs(u64::from(u32::MAX))
@@ -407,19 +407,15 @@ impl ServeArgs {
                     allowed: git.allowed_signers.clone(),
                     paths: git.path_signers.clone(),
                 },
-                // Retries of an unreachable remote back off to at most this.
-                max_backoff: Duration::from_secs(300),
                 ca_file: git.ca_file.clone(),
+                // Retries of an unreachable remote back off to at most DEFAULT_MAX_BACKOFF.
+                ..ControllerConfig::new(spec, data_dir)
             },
             webhook_secret: Secret::from_env("VANE_WEBHOOK_SECRET"),
         });
         config
     }
 }
-
-/// The default poll of a Git remote: Argo CD's is 3 minutes and Flux's 1 minute; ls-remote is cheap enough to see a
-/// push within seconds, and a webhook makes it immediate.
-const DEFAULT_GIT_POLL_INTERVAL: Duration = Duration::from_secs(15);
 
 /// `--allowed-signers`: the file is read and checked when the flags are parsed, so a bad one stops the start.
 fn parse_allowed_signers(path: &str) -> Result<reconciler::signers::AllowedSigners, String> {
@@ -602,17 +598,13 @@ async fn run_demo(demo_args: &DemoArgs) -> MainResult {
             config.poll_interval = None;
             config.gitops = Some(GitOpsConfig {
                 controller: ControllerConfig {
-                    spec: GitSpec::new(bare.display().to_string(), "main", "deploy"),
-                    data_dir: root.join("data"),
                     // A short poll so a push shows within seconds without a webhook.
                     poll_interval: args.poll_interval.unwrap_or(Duration::from_secs(2)),
-                    dvc: DvcConfig::default(),
-                    git_timeout: Duration::from_secs(60),
-                    sync_timeout: Duration::from_secs(600),
-                    artifacts: reconciler::artifacts::ArtifactPolicy::default(),
-                    signers: reconciler::signers::SignerPolicy::default(),
                     max_backoff: Duration::from_secs(30),
-                    ca_file: None,
+                    ..ControllerConfig::new(
+                        GitSpec::new(bare.display().to_string(), "main", "deploy"),
+                        root.join("data"),
+                    )
                 },
                 webhook_secret: None,
             });

@@ -56,7 +56,32 @@ pub struct ControllerConfig {
     pub ca_file: Option<PathBuf>,
 }
 
+/// How often the remote is read without a webhook, by default: Argo CD's poll is 3 minutes and Flux's 1 minute;
+/// ls-remote is cheap enough to see a push within seconds, and a webhook makes it immediate.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(15);
+
+/// The longest wait between retries after errors, by default.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(300);
+
 impl ControllerConfig {
+    /// Following `spec`, with the bare clone and the artifact cache in `data_dir`, and `vane serve`'s defaults for
+    /// the rest: a 15 s poll, 60 s Git reads, 10 minute syncs, retries backing off to 5 minutes, no DVC stores, no
+    /// `file://` roots, no signature policy and no extra CA.
+    pub fn new(spec: GitSpec, data_dir: PathBuf) -> Self {
+        Self {
+            spec,
+            data_dir,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            dvc: DvcConfig::default(),
+            git_timeout: Duration::from_secs(60),
+            sync_timeout: Duration::from_secs(600),
+            artifacts: ArtifactPolicy::default(),
+            signers: crate::signers::SignerPolicy::default(),
+            max_backoff: DEFAULT_MAX_BACKOFF,
+            ca_file: None,
+        }
+    }
+
     fn cache(&self, deadline: &Deadline) -> ArtifactCache {
         ArtifactCache::new(&self.data_dir)
             .with_ca_file(self.ca_file.clone())

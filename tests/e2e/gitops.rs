@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use gateway::gitops::GitOpsConfig;
 use hyper::{Method, StatusCode};
-use reconciler::artifacts::DvcConfig;
 use reconciler::controller::{ControllerConfig, SyncStatus};
 use reconciler::source::GitSpec;
 use serde_json::json;
@@ -51,16 +50,11 @@ async fn serve_with(
 pub(crate) fn gitops_config(url: String, data: &tempfile::TempDir, poll_interval: Duration) -> GitOpsConfig {
     GitOpsConfig {
         controller: ControllerConfig {
-            spec: GitSpec::new(url, "main", "deploy"),
-            data_dir: data.path().to_path_buf(),
             poll_interval,
-            dvc: DvcConfig::default(),
             git_timeout: Duration::from_secs(30),
             sync_timeout: Duration::from_secs(120),
-            artifacts: reconciler::artifacts::ArtifactPolicy::default(),
-            signers: reconciler::signers::SignerPolicy::default(),
             max_backoff: Duration::from_secs(3600),
-            ca_file: None,
+            ..ControllerConfig::new(GitSpec::new(url, "main", "deploy"), data.path().to_path_buf())
         },
         webhook_secret: Secret::new(SECRET),
     }

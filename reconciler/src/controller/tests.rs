@@ -32,16 +32,11 @@ struct Running {
 
 fn config(url: String, data: &tempfile::TempDir) -> ControllerConfig {
     ControllerConfig {
-        spec: GitSpec::new(url, "main", "deploy"),
-        data_dir: data.path().to_path_buf(),
         poll_interval: Duration::from_secs(3600),
-        dvc: DvcConfig::default(),
         git_timeout: Duration::from_secs(30),
         sync_timeout: Duration::from_secs(60),
-        artifacts: crate::artifacts::ArtifactPolicy::default(),
-        signers: crate::signers::SignerPolicy::default(),
         max_backoff: Duration::from_secs(3600),
-        ca_file: None,
+        ..ControllerConfig::new(GitSpec::new(url, "main", "deploy"), data.path().to_path_buf())
     }
 }
 
