@@ -1,11 +1,11 @@
-//! The live monitor: predictions are offered as observations over a bounded queue (full → dropped and counted; a
-//! prediction never waits), and one thread keeps, per model version, a window of the latest observed rows and
+//! The live monitor: predictions are offered as observations into a bounded per-thread inbox (full → dropped and
+//! counted; a prediction never waits), and one thread keeps, per model version, a window of the latest observed rows and
 //! compares it with that version's reference profile, with the same statistics as `vane drift`.
 //!
 //! Windows are bounded by count (`window_size` rows, the oldest evicted first) and optionally by age
 //! (`window_duration`); memory per model version is at most `window_size` × (8 bytes per numeric feature, 16 plus
-//! the text per categorical one, 1 more per feature for the wrong-type flag, 16 for the row's time), whatever the
-//! traffic. Nothing is approximated: each evaluation computes every statistic on the
+//! the text per categorical one, 1 more per feature for the wrong-type flag, 16 for the row's time), plus as many
+//! numeric rows staged raw between evaluations (8 bytes per feature and 24 per row), whatever the traffic. Nothing is approximated: each evaluation computes every statistic on the
 //! window exactly. A verdict needs `min_samples` rows; below that the report says how many it has.
 //!
 //! A profile belongs to one loaded model version and is built with it, off the request path, so a new model is
@@ -656,7 +656,11 @@ impl Monitor {
     /// Offers an observation: kept in this thread's part of the inbox if it has room, else dropped and counted.
     /// Never waits on the monitor thread (its lock is the thread's own, held by the monitor only to swap it out).
     pub fn offer(&self, observation: Observation<'_>) {
-        let Ok(mut pending) = self.inbox.shards.mine().lock() else { return };
+        let Ok(mut pending) = self.inbox.shards.mine().lock() else {
+            // Poisoned by a panic while held (pushing cannot panic): counted like a full part.
+            self.counters.dropped.inc();
+            return;
+        };
         if pending.entries.len() >= self.inbox.per_shard {
             drop(pending);
             self.counters.dropped.inc();
@@ -911,9 +915,9 @@ fn run(
     // Emptied shards, swapped back in at the next drain so the request threads reuse their capacity.
     let mut spares: Vec<Pending> = Vec::new();
     loop {
-        // The thread polls its queue instead of blocking on it: a parked receiver makes every send a futex wake
-        // and a context switch, which at tens of thousands of predictions a second cost the request path about
-        // 10% of its throughput (benches/overhead.sh). A send into a queue nobody waits on is a few atomics.
+        // The thread polls the inbox instead of being woken: a parked receiver makes every offer a futex wake and a
+        // context switch, which at tens of thousands of predictions a second cost the request path about 10% of
+        // its throughput (benches/overhead.sh).
         std::thread::sleep(DRAIN_EVERY.min(next.saturating_duration_since(Instant::now())));
         if let Err(crossbeam_channel::TryRecvError::Disconnected) = stopped.try_recv() {
             return;
@@ -1132,6 +1136,7 @@ fn count(windows: &mut HashMap<String, HashMap<u64, Window>>, profile: &Arc<Prof
 }
 
 /// When an observation was served, and what feedback needs of it.
+#[derive(Clone, Copy)]
 struct Served<'a> {
     at: SystemTime,
     request_id: Option<&'a str>,
@@ -1309,15 +1314,21 @@ mod tests {
         ("m".into(), 1, None, None)
     }
 
-    /// A drain merges the threads' parts of the inbox in time order and stores only the rows its window keeps: the
-    /// window ends exactly as if every row had been stored, in the order the rows were served.
-    #[test]
-    fn a_drain_merges_the_threads_parts_in_time_and_stores_only_the_rows_the_window_keeps() {
+    /// A profile of one numeric column `x` (reference 1 to 4) with a window of three rows.
+    fn one_column_in_three_rows() -> (tempfile::TempDir, Arc<Profile>) {
         let dir = tempfile::tempdir().unwrap();
         let csv = dir.path().join("ref");
         std::fs::write(&csv, "x\n1\n2\n3\n4\n").unwrap();
         let settings = WindowSettings { window_size: 3, ..WindowSettings::default() };
         let profile = Arc::new(Profile::from_file(&csv, identity(), &BTreeMap::new(), settings).unwrap());
+        (dir, profile)
+    }
+
+    /// A drain merges the threads' parts of the inbox in time order and stores only the rows its window keeps: the
+    /// window ends exactly as if every row had been stored, in the order the rows were served.
+    #[test]
+    fn a_drain_merges_the_threads_parts_in_time_and_stores_only_the_rows_the_window_keeps() {
+        let (_dir, profile) = one_column_in_three_rows();
         let at = |i: u64| UNIX_EPOCH + Duration::from_secs(1_700_000_000) + Duration::from_millis(i);
         let observation = |values: Vec<f64>| Observation {
             profile: &profile,
@@ -1363,18 +1374,11 @@ mod tests {
     /// Numeric rows wait, raw, until the window is read; a row of general cells comes after them all the same.
     #[test]
     fn staged_rows_keep_their_order_with_rows_of_general_cells() {
-        let dir = tempfile::tempdir().unwrap();
-        let csv = dir.path().join("ref");
-        std::fs::write(&csv, "x\n1\n2\n").unwrap();
-        let settings = WindowSettings { window_size: 3, ..WindowSettings::default() };
-        let profile = Arc::new(Profile::from_file(&csv, identity(), &BTreeMap::new(), settings).unwrap());
+        let (_dir, profile) = one_column_in_three_rows();
         let feedback = crate::feedback::FeedbackStore::default();
         let mut windows = HashMap::new();
         let served = Served { at: SystemTime::now(), request_id: None, predictions: None };
-        let mut add_row = |row: Row<'_>| {
-            let served = Served { ..served };
-            add(&mut windows, &profile, served, row, &feedback, true);
-        };
+        let mut add_row = |row: Row<'_>| add(&mut windows, &profile, served, row, &feedback, true);
         add_row(Row::F64(&[1.0, 2.0]));
         add_row(Row::Cells(&mut [Cell::Text("3".into())]));
         add_row(Row::F32(&[f32::NAN, 5.0]));

@@ -641,7 +641,8 @@ fn parse_one(bytes: &[u8]) -> Result<Deployment, String> {
         if matches!(monitoring.consecutive_windows, Some(n) if n == 0 || n > 1000) {
             return Err("spec.monitoring.consecutive_windows must be from 1 to 1000".to_owned());
         }
-        // The window's rows are kept in memory: 1 million rows of 30 numeric features is about 300 MB.
+        // The window's rows are kept in memory: 1 million rows of 30 numeric features is about 300 MB, and up to
+        // as many again staged raw between two evaluations (monitor::live).
         if matches!(monitoring.window_size, Some(n) if n == 0 || n > MAX_WINDOW_SIZE) {
             return Err(format!("spec.monitoring.window_size must be from 1 to {MAX_WINDOW_SIZE}"));
         }
