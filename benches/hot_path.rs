@@ -1,4 +1,5 @@
-//! The request path's own work, without ONNX Runtime or sockets: decoding a V2 JSON body into checked tensors,
+//! The request path's own work, without ONNX Runtime or sockets: decoding a V2 JSON body (and the same row with the
+//! binary tensor extension) into checked tensors,
 //! concatenating requests into a batch and splitting the outputs back, encoding the response, and the telemetry
 //! each request pays (its request series; its server span at a 1% sample rate).
 //!
@@ -45,8 +46,28 @@ fn decode(c: &mut Criterion) {
                 signature.check_inputs(request.inputs).unwrap()
             });
         });
+        // The same row with the binary tensor extension: a JSON header, then the row as little-endian f32 bytes.
+        let (binary, header_length) = binary_body(features);
+        group.throughput(Throughput::Bytes(binary.len() as u64));
+        group.bench_function(BenchmarkId::new(format!("{model}_binary"), binary.len()), |b| {
+            b.iter(|| {
+                let request = decode_request(&binary, Some(header_length), Some(&signature)).unwrap();
+                signature.check_inputs(request.inputs).unwrap()
+            });
+        });
     }
     group.finish();
+}
+
+fn binary_body(features: usize) -> (Vec<u8>, usize) {
+    let mut body = serde_json::to_vec(&json!({"inputs": [{"name": "input", "shape": [1, features], "datatype": "FP32",
+        "parameters": {"binary_data_size": 4 * features}}]}))
+    .unwrap();
+    let header_length = body.len();
+    for i in 0..features {
+        body.extend_from_slice(&((i as f32 - 500.0) / 1000.0).to_le_bytes());
+    }
+    (body, header_length)
 }
 
 fn batching(c: &mut Criterion) {

