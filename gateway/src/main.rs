@@ -220,6 +220,13 @@ struct DriftArgs {
     /// column but the --classification and --regression ones.
     #[arg(long)]
     multivariate: bool,
+    /// Read both CSV files once, row by row, into a bounded summary per column (about 2.6 MiB per column and file,
+    /// whatever the length): for files too large to hold. A side's numeric statistics are exact up to 65,536
+    /// values and otherwise estimated from a KLL quantile sketch (rank error about 0.07%; the report's `streamed`
+    /// block lists the estimated columns); counts, means, categories and missing cells stay exact. Not with
+    /// --classification, --regression, --estimated-quality or --multivariate.
+    #[arg(long, conflicts_with_all = ["classification", "regression", "estimated_quality", "multivariate"])]
+    stream: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -236,7 +243,11 @@ fn run_drift(args: &DriftArgs) -> Result<(), String> {
         estimated_quality: args.estimated_quality,
         multivariate: args.multivariate,
     };
-    let report = monitor::offline::run(&args.reference, &args.current, &options)?;
+    let report = if args.stream {
+        monitor::stream::run(&args.reference, &args.current, &options).map_err(|e| e.to_string())?
+    } else {
+        monitor::offline::run(&args.reference, &args.current, &options)?
+    };
     let format = match args.format {
         DriftFormat::Json => monitor::offline::Format::Json,
         DriftFormat::Html => monitor::offline::Format::Html,

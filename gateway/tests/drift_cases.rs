@@ -73,6 +73,20 @@ fn every_public_case_matches_through_the_cli() {
     assert!(compared >= 30, "only {compared} columns compared");
 }
 
+/// `--stream` reads each file once into bounded summaries; every public case is within its exact values, so the
+/// streamed report is the exact one, field for field, plus the `streamed` block that says nothing was estimated.
+#[test]
+fn every_public_case_streams_to_the_exact_report() {
+    for case in &cases() {
+        let name = case.file_name().unwrap().to_string_lossy().to_string();
+        let exact = vane_drift(case, &[]);
+        let mut streamed = vane_drift(case, &["--stream".to_owned()]);
+        let how = streamed.as_object_mut().unwrap().remove("streamed").expect("the streamed block");
+        assert_eq!(how["approximate_columns"], serde_json::json!([]), "{name}");
+        assert_eq!(streamed, exact, "{name}");
+    }
+}
+
 /// The same cases written as Parquet by pandas/pyarrow (`monitor/tests/parquet/make.py`: snappy and zstd, nulls for
 /// the empty cells) give the same report, field by field.
 #[test]

@@ -272,6 +272,9 @@ pub struct DriftReport {
     pub multivariate: Option<Multivariate>,
     /// Data-quality checks of the current side against the reference, per column.
     pub data_quality: BTreeMap<String, FeatureQuality>,
+    /// How a `--stream` report was made (which figures are estimates); absent when every figure is exact.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streamed: Option<crate::stream::Streamed>,
 }
 
 /// The current side's estimated quality, and how its calibration was chosen.
@@ -570,6 +573,7 @@ pub fn report(reference: &Table, current: &Table, options: &Options) -> Result<D
         estimated_quality,
         multivariate,
         data_quality,
+        streamed: None,
     })
 }
 
@@ -781,7 +785,7 @@ fn multivariate_block(
     })
 }
 
-fn parse_number(cell: &str) -> Option<f64> {
+pub(crate) fn parse_number(cell: &str) -> Option<f64> {
     cell.parse::<f64>().ok().filter(|v| v.is_finite())
 }
 
@@ -873,7 +877,7 @@ pub fn typed_values(table: &Table, index: usize, kind: ColumnKind) -> Result<Val
     })
 }
 
-fn missing(rows: usize, valid: usize) -> Missing {
+pub(crate) fn missing(rows: usize, valid: usize) -> Missing {
     let count = (rows - valid) as u64;
     Missing { count, share: if rows == 0 { 0.0 } else { count as f64 / rows as f64 } }
 }
@@ -898,12 +902,17 @@ fn sorted_valid(values: &[Option<f64>]) -> Vec<f64> {
 }
 
 fn numeric_report(reference: &[Option<f64>], current: &[Option<f64>]) -> ColumnReport {
-    let (r, c) = (sorted_valid(reference), sorted_valid(current));
+    let rows = Sides { reference: reference.len() as u64, current: current.len() as u64 };
+    numeric_report_sorted(&sorted_valid(reference), &sorted_valid(current), rows)
+}
+
+/// A numeric column's report from each side's sorted valid values and its rows (missing cells are the rest).
+pub(crate) fn numeric_report_sorted(r: &[f64], c: &[f64], rows: Sides<u64>) -> ColumnReport {
     let both = !r.is_empty() && !c.is_empty();
-    let bins = Bins::from_sorted_reference(&r);
+    let bins = Bins::from_sorted_reference(r);
     let (psi, js) = match (&bins, both) {
         (Some(bins), true) => {
-            let (rc, cc) = (bins.counts_sorted(&r), bins.counts_sorted(&c));
+            let (rc, cc) = (bins.counts_sorted(r), bins.counts_sorted(c));
             let psi = numeric::psi(&rc, &cc).map(|value| Psi {
                 value,
                 n_bins: Some(bins.len()),
@@ -916,19 +925,22 @@ fn numeric_report(reference: &[Option<f64>], current: &[Option<f64>]) -> ColumnR
         }
         _ => (None, None),
     };
-    let summary = Sides { reference: numeric::summary(&r), current: numeric::summary(&c) };
+    let summary = Sides { reference: numeric::summary(r), current: numeric::summary(c) };
     let wasserstein = both.then(|| {
-        let distance = numeric::wasserstein(&r, &c).unwrap_or(0.0);
+        let distance = numeric::wasserstein(r, c).unwrap_or(0.0);
         let reference_std = summary.reference.map_or(0.0, |s| s.std);
         Wasserstein { distance, reference_std, normed: distance / reference_std.max(WASSERSTEIN_STD_FLOOR) }
     });
-    let drift = wasserstein.as_ref().and_then(|w| evidently_numeric(&r, &c, w.normed));
+    let drift = wasserstein.as_ref().and_then(|w| evidently_numeric(r, c, w.normed));
     ColumnReport {
         kind: ColumnKind::Numeric,
-        missing: Sides { reference: missing(reference.len(), r.len()), current: missing(current.len(), c.len()) },
+        missing: Sides {
+            reference: missing(rows.reference as usize, r.len()),
+            current: missing(rows.current as usize, c.len()),
+        },
         n_valid: Sides { reference: r.len() as u64, current: c.len() as u64 },
         summary: Some(summary),
-        ks: ks::ks_2samp(&r, &c).into(),
+        ks: ks::ks_2samp(r, c).into(),
         categories: None,
         reference_counts: None,
         current_counts: None,
@@ -946,7 +958,18 @@ fn categorical_report(kind: ColumnKind, reference: &Categories, current: &Catego
     let count = |values: &Categories| {
         values.counts().map(|(name, count)| (name.to_owned(), count)).collect::<BTreeMap<String, u64>>()
     };
-    let (mut rc, mut cc) = (count(reference), count(current));
+    let rows = Sides { reference: reference.len() as u64, current: current.len() as u64 };
+    categorical_report_of_counts(kind, Sides { reference: count(reference), current: count(current) }, rows)
+}
+
+/// A categorical or binary column's report from each side's counts per category and rows (missing cells are the
+/// rows no category counts): what [`categorical_report`] computes, for callers that counted as they read.
+pub(crate) fn categorical_report_of_counts(
+    kind: ColumnKind,
+    counts: Sides<BTreeMap<String, u64>>,
+    rows: Sides<u64>,
+) -> ColumnReport {
+    let Sides { reference: mut rc, current: mut cc } = counts;
     // BTreeMap orders String keys by bytes, which for UTF-8 is code-point order.
     let categories: BTreeSet<String> = rc.keys().chain(cc.keys()).cloned().collect();
     for category in &categories {
@@ -966,8 +989,8 @@ fn categorical_report(kind: ColumnKind, reference: &Categories, current: &Catego
     ColumnReport {
         kind,
         missing: Sides {
-            reference: missing(reference.len(), nr as usize),
-            current: missing(current.len(), nc as usize),
+            reference: missing(rows.reference as usize, nr as usize),
+            current: missing(rows.current as usize, nc as usize),
         },
         n_valid: Sides { reference: nr, current: nc },
         summary: None,
@@ -1003,6 +1026,26 @@ fn p_verdict(stattest: &'static str, p: f64, inclusive: bool) -> Verdict {
 
 fn distance_verdict(stattest: &'static str, score: f64) -> Verdict {
     Verdict { stattest, drift_score: score, threshold: DISTANCE_THRESHOLD, drifted: score >= DISTANCE_THRESHOLD }
+}
+
+/// `counts` scaled to sum to `n` (cumulative rounding, so the scaled counts sum to `n` exactly); unchanged when they
+/// already do.
+pub(crate) fn scale_counts(counts: &[u64], n: u64) -> Vec<u64> {
+    let total: u64 = counts.iter().sum();
+    if total == n || total == 0 {
+        return counts.to_vec();
+    }
+    let (mut cumulative, mut previous) = (0u64, 0u64);
+    counts
+        .iter()
+        .map(|&count| {
+            cumulative += count;
+            let scaled = (cumulative as f64 * n as f64 / total as f64).round() as u64;
+            let out = scaled - previous;
+            previous = scaled;
+            out
+        })
+        .collect()
 }
 
 /// Value counts of two sorted numeric samples over their distinct values, in one merge walk.
@@ -1050,27 +1093,47 @@ fn distinct_up_to(r: &[f64], c: &[f64], cap: usize) -> usize {
 /// Evidently's verdict on two sorted, non-empty samples; `normed` is their Wasserstein distance over the reference's
 /// std (floored), computed once for the report.
 fn evidently_numeric(r: &[f64], c: &[f64], normed: f64) -> Option<Verdict> {
+    let n = Sides { reference: r.len() as u64, current: c.len() as u64 };
+    evidently_numeric_of(r, c, normed, n, || ks::ks_2samp(r, c).map(|k| k.pvalue))
+}
+
+/// [`evidently_numeric`] where `r` and `c` stand for `n` values each side (a stream's quantile grids): the choice
+/// of test and the counts use `n`, and `ks_pvalue` gives the K-S p-value for those sizes.
+pub(crate) fn evidently_numeric_of(
+    r: &[f64],
+    c: &[f64],
+    normed: f64,
+    n: Sides<u64>,
+    ks_pvalue: impl FnOnce() -> Option<f64>,
+) -> Option<Verdict> {
     // Evidently's choice needs only whether there are more than 5 distinct values.
     let distinct = distinct_up_to(r, c, 5);
-    Some(if r.len() <= EVIDENTLY_SMALL_REFERENCE {
+    let counts = || {
+        let (rc, cc) = value_counts(r, c);
+        (scale_counts(&rc, n.reference), scale_counts(&cc, n.current))
+    };
+    Some(if n.reference <= EVIDENTLY_SMALL_REFERENCE as u64 {
         match distinct {
-            d if d > 5 => p_verdict("ks", ks::ks_2samp(r, c)?.pvalue, true),
+            d if d > 5 => p_verdict("ks", ks_pvalue()?, true),
             d if d > 2 => {
-                let (rc, cc) = value_counts(r, c);
+                let (rc, cc) = counts();
                 p_verdict("chisquare", categorical::evidently_chisquare_pvalue(&rc, &cc)?, false)
             }
             _ => {
                 // The first sorted value is coded 0, every other value 1.
-                let (rc, cc) = value_counts(r, c);
+                let (rc, cc) = counts();
                 let ones = |counts: &[u64]| counts.iter().skip(1).sum::<u64>();
-                let n = (r.len() as u64, c.len() as u64);
-                p_verdict("z", categorical::evidently_z_pvalue((ones(&rc), ones(&cc)), n)?, false)
+                p_verdict(
+                    "z",
+                    categorical::evidently_z_pvalue((ones(&rc), ones(&cc)), (n.reference, n.current))?,
+                    false,
+                )
             }
         }
     } else if distinct > 5 {
         distance_verdict("wasserstein", normed)
     } else {
-        let (rc, cc) = value_counts(r, c);
+        let (rc, cc) = counts();
         distance_verdict("jensenshannon", numeric::js_distance(&rc, &cc)? * std::f64::consts::LN_2.sqrt())
     })
 }

@@ -15,6 +15,7 @@ pub mod offline;
 pub mod reference;
 pub mod shards;
 pub mod stats;
+pub mod stream;
 pub mod table;
 
 pub use errors::{Error, Result};

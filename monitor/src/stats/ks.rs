@@ -51,6 +51,15 @@ pub fn ks_2samp(reference: &[f64], current: &[f64]) -> Option<KsTest> {
     Some(KsTest { statistic, pvalue, pvalue_method, pvalue_asymp, pvalue_kolmogorov })
 }
 
+/// The statistic D alone, of two **sorted** samples. `None` when a side is empty.
+pub fn ks_statistic(reference: &[f64], current: &[f64]) -> Option<f64> {
+    let (n1, n2) = (reference.len(), current.len());
+    if n1 == 0 || n2 == 0 {
+        return None;
+    }
+    Some(max_cdf_gap(reference, current) as f64 / (n1 as f64 * n2 as f64))
+}
+
 /// max over x of |#{ref ≤ x}·n_cur − #{cur ≤ x}·n_ref|, walking both sorted samples once.
 fn max_cdf_gap(a: &[f64], b: &[f64]) -> u128 {
     let (n1, n2) = (a.len() as i128, b.len() as i128);

@@ -1,0 +1,147 @@
+use std::fmt::Write as _;
+
+use super::*;
+use crate::drift::report as exact_report;
+use crate::table::Table;
+
+/// A deterministic pair of files: `rows` rows of a numeric column whose current side is shifted by `shift`, a
+/// categorical one whose current side gains a category, a 0/1 one, and a missing cell every 97 rows.
+fn write_pair(dir: &Path, rows: usize, shift: f64) -> (PathBuf, PathBuf) {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut paths = Vec::new();
+    for (side, shift) in [("reference", 0.0), ("current", shift)] {
+        let mut text = String::from("x,colour,flag\n");
+        for row in 0..rows {
+            // A sum of three uniforms: a bell shape with thin tails, in [0, 3) before the shift.
+            let x = uniform() + uniform() + uniform() + shift;
+            let colours = if side == "current" { ["red", "blue", "teal"] } else { ["red", "blue", "blue"] };
+            let colour = colours[(uniform() * 3.0) as usize % 3];
+            let flag = u8::from(uniform() < 0.3);
+            if row % 97 == 5 {
+                writeln!(text, ",{colour},{flag}").unwrap();
+            } else {
+                writeln!(text, "{x:.5},{colour},{flag}").unwrap();
+            }
+        }
+        let path = dir.join(format!("{side}.csv"));
+        std::fs::write(&path, text).unwrap();
+        paths.push(path);
+    }
+    (paths[0].clone(), paths[1].clone())
+}
+
+fn both(reference: &Path, current: &Path) -> (DriftReport, DriftReport) {
+    let exact =
+        exact_report(&Table::from_path(reference).unwrap(), &Table::from_path(current).unwrap(), &Options::default())
+            .unwrap();
+    (exact, run(reference, current, &Options::default()).unwrap())
+}
+
+#[test]
+fn files_within_the_exact_values_give_the_exact_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let (reference, current) = write_pair(dir.path(), 5_000, 0.2);
+    let (exact, mut streamed) = both(&reference, &current);
+    let how = streamed.streamed.take().expect("a streamed report says so");
+    assert!(how.approximate_columns.is_empty());
+    assert_eq!(streamed, exact);
+}
+
+#[test]
+fn large_files_are_estimated_within_the_sketch_error_and_the_rest_stays_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    // Past EXACT_VALUES on both sides, so the numeric column is estimated.
+    let (reference, current) = write_pair(dir.path(), 100_000, 0.05);
+    let (exact, streamed) = both(&reference, &current);
+    let how = streamed.streamed.as_ref().unwrap();
+    assert_eq!(how.approximate_columns, ["x"]);
+    assert!(how.rank_error > 0.0 && how.rank_error < 0.001, "{}", how.rank_error);
+    assert_eq!(streamed.n_rows, exact.n_rows);
+    assert_eq!(streamed.dataset_drift, exact.dataset_drift);
+    // Categorical and binary columns, and their checks: exact.
+    for name in ["colour", "flag"] {
+        assert_eq!(streamed.columns[name], exact.columns[name], "{name}");
+        assert_eq!(streamed.data_quality[name], exact.data_quality[name], "{name}");
+    }
+    let (s, e) = (&streamed.columns["x"], &exact.columns["x"]);
+    assert_eq!(s.missing, e.missing);
+    assert_eq!(s.n_valid, e.n_valid);
+    let (NumericStat::Value(sk), NumericStat::Value(ek)) = (&s.ks, &e.ks) else { panic!("K-S on both") };
+    // D is within each side's rank error plus half a grid step of each side.
+    let bound = 2.0 * how.rank_error + 1.0 / GRID as f64;
+    assert!((sk.statistic - ek.statistic).abs() <= bound, "D {} vs {} (bound {bound})", sk.statistic, ek.statistic);
+    assert!(sk.pvalue < 1e-6 && ek.pvalue < 1e-6, "a 0.05 shift at 100,000 rows is detected either way");
+    let (NumericStat::Value(sw), NumericStat::Value(ew)) = (&s.wasserstein, &e.wasserstein) else { panic!() };
+    assert!((sw.normed - ew.normed).abs() < 0.005, "normed W1 {} vs {}", sw.normed, ew.normed);
+    let (ss, es) = (s.summary.unwrap().current.unwrap(), e.summary.unwrap().current.unwrap());
+    assert!((ss.mean - es.mean).abs() < 1e-9 && (ss.std - es.std).abs() < 1e-9, "{ss:?} vs {es:?}");
+    assert_eq!((ss.min, ss.max), (es.min, es.max));
+    let (sp, ep) = (s.psi.as_ref().unwrap(), e.psi.as_ref().unwrap());
+    assert_eq!(sp.n_bins, ep.n_bins);
+    assert_eq!(sp.current_counts.as_ref().unwrap().iter().sum::<u64>(), s.n_valid.current, "counts sum to n");
+    assert!((sp.value - ep.value).abs() < 0.002, "PSI {} vs {}", sp.value, ep.value);
+    assert_eq!(s.drift.as_ref().map(|d| d.drifted), e.drift.as_ref().map(|d| d.drifted));
+    assert_eq!(s.drift.as_ref().map(|d| d.stattest), Some("wasserstein"));
+    // The range check: the estimate is near the exact count, and the example (the farthest value) is exact.
+    let (sq, eq) = (
+        streamed.data_quality["x"].out_of_range.as_ref().unwrap(),
+        exact.data_quality["x"].out_of_range.as_ref().unwrap(),
+    );
+    assert_eq!(sq.example, eq.example);
+    let slack = (how.rank_error * s.n_valid.current as f64).ceil() as u64 * 2;
+    assert!(sq.count.abs_diff(eq.count) <= slack, "out of range {} vs {} (slack {slack})", sq.count, eq.count);
+}
+
+#[test]
+fn a_column_with_too_many_categories_and_words_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from("id,n\n");
+    for i in 0..MAX_CATEGORIES + 10 {
+        writeln!(text, "user-{i},{i}").unwrap();
+    }
+    let path = dir.path().join("ids.csv");
+    std::fs::write(&path, &text).unwrap();
+    let error = run(&path, &path, &Options::default()).unwrap_err().to_string();
+    assert!(error.contains("\"id\"") && error.contains("more than 10000 distinct values"), "{error}");
+    // A numeric column with as many distinct values is fine: it never needed its categories.
+    let mut numbers = String::from("n\n");
+    for i in 0..MAX_CATEGORIES + 10 {
+        writeln!(numbers, "{i}").unwrap();
+    }
+    std::fs::write(&path, numbers).unwrap();
+    let report = run(&path, &path, &Options::default()).unwrap();
+    assert_eq!(report.columns["n"].kind, ColumnKind::Numeric);
+}
+
+#[test]
+fn words_that_arrive_late_on_one_side_make_the_column_categorical_on_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("reference.csv");
+    let current = dir.path().join("current.csv");
+    std::fs::write(&reference, "v\n1\n2\n3\n2\n").unwrap();
+    std::fs::write(&current, "v\n1\n2\n3\nthree\n").unwrap();
+    let (exact, mut streamed) = both(&reference, &current);
+    streamed.streamed = None;
+    assert_eq!(streamed.columns["v"].kind, ColumnKind::Categorical);
+    assert_eq!(streamed, exact);
+}
+
+#[test]
+fn a_set_kind_is_held_to_and_what_stream_cannot_do_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f.csv");
+    std::fs::write(&path, "v\n1\n2\nx\n").unwrap();
+    let options = Options { kinds: [("v".to_owned(), ColumnKind::Numeric)].into(), ..Options::default() };
+    let error = run(&path, &path, &options).unwrap_err().to_string();
+    assert!(error.contains("row 4, column \"v\": \"x\" is not a number"), "{error}");
+    let options = Options { multivariate: true, ..Options::default() };
+    assert!(run(&path, &path, &options).unwrap_err().to_string().contains("--multivariate"));
+    std::fs::write(&path, b"PAR1 not really parquet").unwrap();
+    assert!(run(&path, &path, &Options::default()).unwrap_err().to_string().contains("Parquet"));
+}
