@@ -23,7 +23,8 @@ pub struct KsTest {
     pub statistic: f64,
     /// scipy's default p-value (`method='auto'`).
     pub pvalue: f64,
-    /// Which method gave `pvalue`: `exact` or `asymp`.
+    /// Which method gave `pvalue`: `exact` or `asymp`; `kolmogorov` for a `vane drift --stream` estimate (then all
+    /// three p-values are the limiting one).
     pub pvalue_method: &'static str,
     /// scipy's `method='asymp'` p-value: `kstwo.sf(D, round(en))`.
     pub pvalue_asymp: f64,

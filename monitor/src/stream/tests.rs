@@ -145,3 +145,47 @@ fn a_set_kind_is_held_to_and_what_stream_cannot_do_is_refused() {
     std::fs::write(&path, b"PAR1 not really parquet").unwrap();
     assert!(run(&path, &path, &Options::default()).unwrap_err().to_string().contains("Parquet"));
 }
+
+#[test]
+fn a_column_of_zeros_and_ones_that_turns_numeric_late_is_sketched_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("reference.csv");
+    let current = dir.path().join("current.csv");
+    // 0/1 for the first 70,000 rows (past EXACT_VALUES, so the sketch has waited), then 0, 1, 2 and 3 in turn:
+    // the sketch must count the early zeros and ones, and the later ones too.
+    let mut text = String::from("v\n");
+    for row in 0..100_000 {
+        let v = if row < 70_000 { row % 2 } else { row % 4 };
+        writeln!(text, "{v}").unwrap();
+    }
+    std::fs::write(&reference, &text).unwrap();
+    // The current side stays 0/1 throughout: its sketch is never fed, and its figures come from the counts.
+    let mut text = String::from("v\n");
+    for row in 0..100_000 {
+        writeln!(text, "{}", u8::from(row % 3 == 0)).unwrap();
+    }
+    std::fs::write(&current, &text).unwrap();
+    let (exact, streamed) = both(&reference, &current);
+    let (s, e) = (&streamed.columns["v"], &exact.columns["v"]);
+    assert_eq!(s.kind, ColumnKind::Numeric);
+    for (ss, es) in [
+        (s.summary.unwrap().reference, e.summary.unwrap().reference),
+        (s.summary.unwrap().current, e.summary.unwrap().current),
+    ] {
+        let (ss, es) = (ss.unwrap(), es.unwrap());
+        assert!((ss.mean - es.mean).abs() < 1e-12 && (ss.std - es.std).abs() < 1e-12, "{ss:?} vs {es:?}");
+        assert_eq!((ss.min, ss.max), (es.min, es.max));
+    }
+    let (sp, ep) = (s.psi.as_ref().unwrap(), e.psi.as_ref().unwrap());
+    assert_eq!(sp.bin_edges, ep.bin_edges);
+    // The reference was sketched: its bin counts are within the rank error; the current side's come from its
+    // counts, exactly.
+    let slack = (2.0 * streamed.streamed.as_ref().unwrap().rank_error * 100_000.0).ceil() as u64;
+    for (a, b) in sp.reference_counts.as_ref().unwrap().iter().zip(ep.reference_counts.as_ref().unwrap()) {
+        assert!(a.abs_diff(*b) <= slack, "{a} vs {b} (slack {slack})");
+    }
+    assert_eq!(sp.current_counts, ep.current_counts);
+    let (NumericStat::Value(sk), NumericStat::Value(ek)) = (&s.ks, &e.ks) else { panic!("K-S on both") };
+    assert!((sk.statistic - ek.statistic).abs() < 0.002, "D {} vs {}", sk.statistic, ek.statistic);
+    assert_eq!(s.drift.as_ref().map(|d| (d.stattest, d.drifted)), e.drift.as_ref().map(|d| (d.stattest, d.drifted)));
+}
