@@ -101,6 +101,16 @@ pub fn report_page(report: &DriftReport, title: &str) -> String {
         report.n_rows.reference,
         report.n_rows.current,
     );
+    if let Some(streamed) = report.streamed.as_ref().filter(|s| !s.approximate_columns.is_empty()) {
+        let _ = write!(
+            page,
+            "<p id=\"streamed\">Read with --stream: the numeric statistics of {} are estimated from {} sketches \
+             (rank error {:.3}% per side); counts, means, categories and missing cells are exact.</p>",
+            escape(&streamed.approximate_columns.join(", ")),
+            escape(streamed.sketch),
+            streamed.rank_error * 100.0
+        );
+    }
     if let Some(estimated) = &report.estimated_quality {
         let q = &estimated.quality;
         let _ = write!(

@@ -61,6 +61,8 @@ fn large_files_are_estimated_within_the_sketch_error_and_the_rest_stays_exact() 
     let (exact, streamed) = both(&reference, &current);
     let how = streamed.streamed.as_ref().unwrap();
     assert_eq!(how.approximate_columns, ["x"]);
+    let page = crate::html::report_page(&streamed, "t");
+    assert!(page.contains("the numeric statistics of x are estimated"), "the HTML report says what is estimated");
     assert!(how.rank_error > 0.0 && how.rank_error < 0.001, "{}", how.rank_error);
     assert_eq!(streamed.n_rows, exact.n_rows);
     assert_eq!(streamed.dataset_drift, exact.dataset_drift);
