@@ -315,6 +315,9 @@ pub fn summarize(path: &Path, kinds: &BTreeMap<String, ColumnKind>) -> Result<Si
         None => error(e.to_string()),
     };
     let names: Vec<String> = reader.headers().map_err(csv_error)?.iter().map(str::to_owned).collect();
+    // The operator names the files: no bound on their size, but a column named twice is refused as without --stream.
+    crate::table::check_names(&names, path, crate::table::TableLimits::UNBOUNDED)
+        .map_err(|e| ReportError(e.to_string()))?;
     let forced: Vec<Option<ColumnKind>> = names.iter().map(|name| kinds.get(name).copied()).collect();
     let mut columns: Vec<ColumnSummary> = forced
         .iter()

@@ -331,7 +331,7 @@ impl Table {
 }
 
 /// Refuses too many columns and a repeated name, in linear time.
-fn check_names(names: &[String], path: &Path, limits: TableLimits) -> Result<(), TableError> {
+pub(crate) fn check_names(names: &[String], path: &Path, limits: TableLimits) -> Result<(), TableError> {
     if names.len() > limits.columns {
         return Err(TableError::TooLarge { path: path.to_owned(), what: "the column count", limit: limits.columns });
     }

@@ -144,6 +144,12 @@ fn a_set_kind_is_held_to_and_what_stream_cannot_do_is_refused() {
     assert!(error.contains("row 4, column \"v\": \"x\" is not a number"), "{error}");
     let options = Options { multivariate: true, ..Options::default() };
     assert!(run(&path, &path, &options).unwrap_err().to_string().contains("--multivariate"));
+    std::fs::write(&path, "v,v\n1,2\n").unwrap();
+    let error = run(&path, &path, &Options::default()).unwrap_err().to_string();
+    assert!(error.contains("\"v\""), "a column named twice is refused: {error}");
+    std::fs::write(&path, "v,w\n1,2\n3\n").unwrap();
+    let error = run(&path, &path, &Options::default()).unwrap_err().to_string();
+    assert!(error.contains("row 3"), "a short row is refused with its row: {error}");
     std::fs::write(&path, b"PAR1 not really parquet").unwrap();
     assert!(run(&path, &path, &Options::default()).unwrap_err().to_string().contains("Parquet"));
 }
