@@ -11,7 +11,6 @@
 //! matrix is used instead: both are exact, so they agree to rounding.
 
 use serde::Serialize;
-use statrs::function::gamma::ln_gamma;
 
 /// `ks_2samp`'s `method='auto'` switches to the asymptotic p-value above this many values per side.
 pub const MAX_EXACT_N: usize = 10_000;
@@ -281,18 +280,25 @@ fn smirnov_sf(n: u64, x: f64) -> f64 {
     }
     let n_f = n as f64;
     let last = (n_f * (1.0 - x)).floor() as u64;
-    let ln_n_fact = ln_gamma(n_f + 1.0);
+    // ln C(n, v), carried from one v to the next (ln C(n, v+1) = ln C(n, v) + ln(n − v) − ln(v + 1)) with Kahan's
+    // compensation, instead of three ln_gamma per term: the sum has O(n) terms (100,000 at 200,000 rows a side). The
+    // result agrees with the ln_gamma form to 1e-9 relative up to n = 1,000,000 (a test; 1e-12 at n = 2,000).
+    let (mut ln_choose, mut compensation) = (0.0f64, 0.0f64);
     let mut p = 0.0;
     for v in 0..=last {
         let v_f = v as f64;
+        if v > 0 {
+            let step = (n_f - v_f + 1.0).ln() - v_f.ln() - compensation;
+            let next = ln_choose + step;
+            compensation = (next - ln_choose) - step;
+            ln_choose = next;
+        }
         let evn = x + v_f / n_f;
         let omevn = 1.0 - evn;
         if omevn <= 0.0 && n > v {
             continue;
         }
-        let ln_term = ln_n_fact - ln_gamma(v_f + 1.0) - ln_gamma(n_f - v_f + 1.0)
-            + (v_f - 1.0) * evn.ln()
-            + if n > v { (n_f - v_f) * omevn.ln() } else { 0.0 };
+        let ln_term = ln_choose + (v_f - 1.0) * evn.ln() + if n > v { (n_f - v_f) * omevn.ln() } else { 0.0 };
         p += ln_term.exp();
     }
     (p * x).clamp(0.0, 1.0)
@@ -442,6 +448,36 @@ fn pelz_good_cdf(n: u64, x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The carried ln C(n, v) gives what three ln_gamma per term gave, to 1e-9 relative, at sizes up to a million.
+    #[test]
+    fn smirnov_sums_as_with_ln_gamma_per_term() {
+        use statrs::function::gamma::ln_gamma;
+        let by_ln_gamma = |n: u64, x: f64| {
+            let n_f = n as f64;
+            let ln_n_fact = ln_gamma(n_f + 1.0);
+            let mut p = 0.0;
+            for v in 0..=(n_f * (1.0 - x)).floor() as u64 {
+                let v_f = v as f64;
+                let (evn, omevn) = (x + v_f / n_f, 1.0 - x - v_f / n_f);
+                if omevn <= 0.0 && n > v {
+                    continue;
+                }
+                p += (ln_n_fact - ln_gamma(v_f + 1.0) - ln_gamma(n_f - v_f + 1.0)
+                    + (v_f - 1.0) * evn.ln()
+                    + if n > v { (n_f - v_f) * omevn.ln() } else { 0.0 })
+                .exp();
+            }
+            (p * x).clamp(0.0, 1.0)
+        };
+        for (n, x) in [(150, 0.13), (2_000, 0.04), (100_000, 0.005), (1_000_000, 0.0016), (50_000, 0.3)] {
+            let (carried, reference) = (smirnov_sf(n, x), by_ln_gamma(n, x));
+            assert!(
+                (carried - reference).abs() <= 1e-9 * reference.max(1e-300),
+                "n {n} x {x}: {carried} vs {reference}"
+            );
+        }
+    }
 
     // Reference values from scipy 1.17.1 (`scipy.stats.kstwo.sf`, `kstwobign.sf`, `ks_2samp`).
     fn close(actual: f64, expected: f64, rel: f64) -> bool {
