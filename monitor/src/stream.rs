@@ -368,7 +368,8 @@ pub fn summarize(path: &Path, kinds: &BTreeMap<String, ColumnKind>) -> Result<Si
                     // Too many distinct numbers to be categories: the column stays numeric unless a word turns up.
                     column.categories = None;
                 } else {
-                    return Err(too_many_categories(path, &names[i]));
+                    let word = column.first_text.as_ref().map(|(row, cell)| (path, *row, cell.as_str()));
+                    return Err(too_many_categories(path, &names[i], word));
                 }
             }
         }
@@ -377,11 +378,15 @@ pub fn summarize(path: &Path, kinds: &BTreeMap<String, ColumnKind>) -> Result<Si
     Ok(SideSummary { path: path.to_owned(), names, rows, columns })
 }
 
-fn too_many_categories(path: &Path, name: &str) -> ReportError {
+/// `word`: where the column's first cell that is not a number is (file, row, cell), when known.
+fn too_many_categories(path: &Path, name: &str, word: Option<(&Path, u64, &str)>) -> ReportError {
+    let word = word.map_or(String::new(), |(file, row, cell)| {
+        format!(" (the first: {} row {row}, {:?})", file.display(), checks::example(cell))
+    });
     ReportError(format!(
         "{}: column {name:?} has more than {MAX_CATEGORIES} distinct values (or {} MiB of them) and cells that are not \
-         numbers; --stream counts at most that many categories per column. Leave --stream out to report it exactly, \
-         or fix the column's cells if it is meant to be numeric",
+         numbers{word}; --stream counts at most that many categories per column. Leave --stream out to report it \
+         exactly, or fix the column's cells if it is meant to be numeric",
         path.display(),
         MAX_CATEGORY_BYTES >> 20
     ))
@@ -471,12 +476,16 @@ pub fn report(reference: &SideSummary, current: &SideSummary, options: &Options)
                 (report, quality)
             }
             ColumnKind::Categorical => {
-                let counts = |side: &SideSummary,
-                              column: &ColumnSummary|
-                 -> Result<BTreeMap<String, u64>, ReportError> {
-                    let categories = column.categories.as_ref().ok_or_else(|| too_many_categories(&side.path, name))?;
-                    Ok(categories.iter().map(|(k, v)| (k.to_owned(), v)).collect())
-                };
+                let counts =
+                    |side: &SideSummary, column: &ColumnSummary| -> Result<BTreeMap<String, u64>, ReportError> {
+                        let categories = column.categories.as_ref().ok_or_else(|| {
+                            let word = [(reference, r), (current, c)].into_iter().find_map(|(side, column)| {
+                                column.first_text.as_ref().map(|(row, cell)| (side.path.as_path(), *row, cell.as_str()))
+                            });
+                            too_many_categories(&side.path, name, word)
+                        })?;
+                        Ok(categories.iter().map(|(k, v)| (k.to_owned(), v)).collect())
+                    };
                 let counts = Sides { reference: counts(reference, r)?, current: counts(current, c)? };
                 let quality = categorical_quality(&counts, r, c.missing, rows.current, forced.is_none());
                 (categorical_report_of_counts(kind, counts, rows), quality)

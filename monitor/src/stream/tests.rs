@@ -111,6 +111,17 @@ fn a_column_with_too_many_categories_and_words_is_refused_by_name() {
     std::fs::write(&path, &text).unwrap();
     let error = run(&path, &path, &Options::default()).unwrap_err().to_string();
     assert!(error.contains("\"id\"") && error.contains("more than 10000 distinct values"), "{error}");
+    assert!(error.contains("row 2, \"user-0\""), "the first word is named: {error}");
+    // Numbers first, past the bound, then a word: the column is refused at the report, naming the word's row.
+    let mut late = String::from("n\n");
+    for i in 0..MAX_CATEGORIES + 10 {
+        writeln!(late, "{i}").unwrap();
+    }
+    late.push_str("many\n");
+    let late_path = dir.path().join("late.csv");
+    std::fs::write(&late_path, &late).unwrap();
+    let error = run(&late_path, &late_path, &Options::default()).unwrap_err().to_string();
+    assert!(error.contains(&format!("row {}, \"many\"", MAX_CATEGORIES + 12)), "{error}");
     // A numeric column with as many distinct values is fine: it never needed its categories.
     let mut numbers = String::from("n\n");
     for i in 0..MAX_CATEGORIES + 10 {
