@@ -113,7 +113,8 @@ pub fn most_frequent<'a>(values: impl Iterator<Item = &'a str>) -> (Option<&'a s
     (counts.iter().rev().max_by_key(|(_, n)| **n).map(|(v, _)| *v), all)
 }
 
-fn share(count: u64, rows: u64, example: Option<String>) -> Share {
+/// A check's count over `rows`, with its example.
+pub(crate) fn share(count: u64, rows: u64, example: Option<String>) -> Share {
     Share { count, share: if rows == 0 { 0.0 } else { count as f64 / rows as f64 }, example }
 }
 

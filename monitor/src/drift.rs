@@ -945,39 +945,68 @@ fn numeric_report(reference: &[Option<f64>], current: &[Option<f64>]) -> ColumnR
 
 /// A numeric column's report from each side's sorted valid values and its rows (missing cells are the rest).
 pub(crate) fn numeric_report_sorted(r: &[f64], c: &[f64], rows: Sides<u64>) -> ColumnReport {
-    let both = !r.is_empty() && !c.is_empty();
-    let bins = Bins::from_sorted_reference(r);
-    let (psi, js) = match (&bins, both) {
+    let sides = NumericSides {
+        points: Sides { reference: r, current: c },
+        n: Sides { reference: r.len() as u64, current: c.len() as u64 },
+        rows,
+        summary: Sides { reference: numeric::summary(r), current: numeric::summary(c) },
+        ks: ks::ks_2samp(r, c),
+    };
+    numeric_report_of(sides, |bins| Sides { reference: bins.counts_sorted(r), current: bins.counts_sorted(c) })
+}
+
+/// What a numeric column's report is computed from: each side's sorted values, or quantiles standing for them
+/// (`vane drift --stream`), with what the points alone do not tell.
+pub(crate) struct NumericSides<'a> {
+    /// Sorted values, or sorted quantiles of them.
+    pub(crate) points: Sides<&'a [f64]>,
+    /// Valid values per side (the points' lengths when the points are the values).
+    pub(crate) n: Sides<u64>,
+    /// Rows per side (missing cells are the rows without a value).
+    pub(crate) rows: Sides<u64>,
+    pub(crate) summary: Sides<Option<Summary>>,
+    pub(crate) ks: Option<KsTest>,
+}
+
+/// A numeric column's report; `bin_counts` counts each side's values in the reference's bins (the bins come from
+/// the reference's points).
+pub(crate) fn numeric_report_of(
+    sides: NumericSides<'_>,
+    bin_counts: impl Fn(&Bins) -> Sides<Vec<u64>>,
+) -> ColumnReport {
+    let NumericSides { points: Sides { reference: r, current: c }, n, rows, summary, ks } = sides;
+    let both = n.reference > 0 && n.current > 0;
+    let (psi, js) = match (Bins::from_sorted_reference(r), both) {
         (Some(bins), true) => {
-            let (rc, cc) = (bins.counts_sorted(r), bins.counts_sorted(c));
+            let Sides { reference: rc, current: cc } = bin_counts(&bins);
+            let js = numeric::js_distance(&rc, &cc);
             let psi = numeric::psi(&rc, &cc).map(|value| Psi {
                 value,
                 n_bins: Some(bins.len()),
-                bin_edges: Some(bins.edges.clone()),
-                reference_counts: Some(rc.clone()),
-                current_counts: Some(cc.clone()),
+                bin_edges: Some(bins.edges),
+                reference_counts: Some(rc),
+                current_counts: Some(cc),
                 epsilon: PSI_EPSILON,
             });
-            (psi, numeric::js_distance(&rc, &cc))
+            (psi, js)
         }
         _ => (None, None),
     };
-    let summary = Sides { reference: numeric::summary(r), current: numeric::summary(c) };
     let wasserstein = both.then(|| {
         let distance = numeric::wasserstein(r, c).unwrap_or(0.0);
         let reference_std = summary.reference.map_or(0.0, |s| s.std);
         Wasserstein { distance, reference_std, normed: distance / reference_std.max(WASSERSTEIN_STD_FLOOR) }
     });
-    let drift = wasserstein.as_ref().and_then(|w| evidently_numeric(r, c, w.normed));
+    let drift = wasserstein.as_ref().and_then(|w| evidently_numeric(r, c, w.normed, n, || ks.map(|k| k.pvalue)));
     ColumnReport {
         kind: ColumnKind::Numeric,
         missing: Sides {
-            reference: missing(rows.reference as usize, r.len()),
-            current: missing(rows.current as usize, c.len()),
+            reference: missing(rows.reference as usize, n.reference as usize),
+            current: missing(rows.current as usize, n.current as usize),
         },
-        n_valid: Sides { reference: r.len() as u64, current: c.len() as u64 },
+        n_valid: n,
         summary: Some(summary),
-        ks: ks::ks_2samp(r, c).into(),
+        ks: ks.into(),
         categories: None,
         reference_counts: None,
         current_counts: None,
@@ -1127,16 +1156,11 @@ fn distinct_up_to(r: &[f64], c: &[f64], cap: usize) -> usize {
     distinct
 }
 
-/// Evidently's verdict on two sorted, non-empty samples; `normed` is their Wasserstein distance over the reference's
-/// std (floored), computed once for the report.
-fn evidently_numeric(r: &[f64], c: &[f64], normed: f64) -> Option<Verdict> {
-    let n = Sides { reference: r.len() as u64, current: c.len() as u64 };
-    evidently_numeric_of(r, c, normed, n, || ks::ks_2samp(r, c).map(|k| k.pvalue))
-}
-
-/// [`evidently_numeric`] where `r` and `c` stand for `n` values each side (a stream's quantile grids): the choice
-/// of test and the counts use `n`, and `ks_pvalue` gives the K-S p-value for those sizes.
-pub(crate) fn evidently_numeric_of(
+/// Evidently's verdict for a numeric column from its sorted points `r` and `c`, which stand for `n` values a side
+/// (the values themselves, or a stream's quantile grids); `normed` is their Wasserstein distance over the
+/// reference's std (floored), computed once for the report. The choice of test and the counts use `n`, and
+/// `ks_pvalue` gives the K-S p-value for those sizes.
+fn evidently_numeric(
     r: &[f64],
     c: &[f64],
     normed: f64,

@@ -32,13 +32,13 @@ use datasketches::common::SearchCriteria;
 use datasketches::kll::{KllFloat, KllSketch};
 use serde::Serialize;
 
-use crate::data_quality::{self as checks, FeatureQuality, Share};
+use crate::data_quality::{self as checks, share, FeatureQuality};
 use crate::drift::{
-    categorical_report_of_counts, dataset_drift, evidently_numeric_of, numeric_report_sorted, ColumnKind, ColumnReport,
-    DriftReport, NumericStat, Options, Psi, ReportError, Sides, Wasserstein,
+    categorical_report_of_counts, dataset_drift, numeric_report_of, numeric_report_sorted, ColumnKind, ColumnReport,
+    DriftReport, NumericSides, Options, ReportError, Sides,
 };
 use crate::stats::ks::{self, KsTest};
-use crate::stats::numeric::{self, Bins, Summary, PSI_EPSILON, WASSERSTEIN_STD_FLOOR};
+use crate::stats::numeric::{Bins, Summary};
 
 /// KLL's accuracy parameter: a normalized rank error of about 0.07% (99% confidence), about 100 KiB a sketch.
 pub const SKETCH_K: u16 = 4096;
@@ -523,21 +523,6 @@ fn numeric_report(r: &Numbers, c: &Numbers, rows: Sides<u64>) -> ColumnReport {
         return numeric_report_sorted(&rp, &cp, rows);
     }
     let n = Sides { reference: r.count, current: c.count };
-    let both = n.reference > 0 && n.current > 0;
-    let (mut psi, mut js_distance) = (None, None);
-    if let (Some(bins), true) = (Bins::from_sorted_reference(&rp), both) {
-        let (rc, cc) = (r.bin_counts(&bins, &rp), c.bin_counts(&bins, &cp));
-        psi = numeric::psi(&rc, &cc).map(|value| Psi {
-            value,
-            n_bins: Some(bins.len()),
-            bin_edges: Some(bins.edges.clone()),
-            reference_counts: Some(rc.clone()),
-            current_counts: Some(cc.clone()),
-            epsilon: PSI_EPSILON,
-        });
-        js_distance = numeric::js_distance(&rc, &cc);
-    }
-    let summary = Sides { reference: r.summary(), current: c.summary() };
     // D on the grids, and its p-value for the true sizes from Kolmogorov's limiting distribution: scipy's `asymp`
     // (kstwo.sf at n = en) sums O(en) terms, seconds a column at ten million rows, and differs from the limit by
     // O(1/sqrt(en)), far inside what the estimate of D moves it.
@@ -546,35 +531,14 @@ fn numeric_report(r: &Numbers, c: &Numbers, rows: Sides<u64>) -> ColumnReport {
         let pvalue = ks::kolmogorov_sf((big * small / (big + small)).sqrt() * statistic);
         KsTest { statistic, pvalue, pvalue_method: "kolmogorov", pvalue_asymp: pvalue, pvalue_kolmogorov: pvalue }
     });
-    let wasserstein = both.then(|| numeric::wasserstein(&rp, &cp)).flatten().map(|distance| {
-        let reference_std = summary.reference.map_or(0.0, |s| s.std);
-        Wasserstein { distance, reference_std, normed: distance / reference_std.max(WASSERSTEIN_STD_FLOOR) }
-    });
-    let drift = wasserstein.as_ref().and_then(|w| evidently_numeric_of(&rp, &cp, w.normed, n, || ks.map(|k| k.pvalue)));
-    ColumnReport {
-        kind: ColumnKind::Numeric,
-        missing: Sides {
-            reference: crate::drift::missing(rows.reference as usize, n.reference as usize),
-            current: crate::drift::missing(rows.current as usize, n.current as usize),
-        },
-        n_valid: n,
-        summary: Some(summary),
-        ks: ks.into(),
-        categories: None,
-        reference_counts: None,
-        current_counts: None,
-        chi2: NumericStat::NotApplicable,
-        psi,
-        js_distance,
-        wasserstein: wasserstein.into(),
-        l_infinity: NumericStat::NotApplicable,
-        z_test: NumericStat::NotApplicable,
-        drift,
-    }
-}
-
-fn share(count: u64, rows: u64, example: Option<String>) -> Share {
-    Share { count, share: if rows == 0 { 0.0 } else { count as f64 / rows as f64 }, example }
+    let sides = NumericSides {
+        points: Sides { reference: &rp, current: &cp },
+        n,
+        rows,
+        summary: Sides { reference: r.summary(), current: c.summary() },
+        ks,
+    };
+    numeric_report_of(sides, |bins| Sides { reference: r.bin_counts(bins, &rp), current: c.bin_counts(bins, &cp) })
 }
 
 /// The data-quality checks of a numeric column (see `drift::data_quality_of`): numbers outside the reference's

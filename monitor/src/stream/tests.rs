@@ -1,7 +1,7 @@
 use std::fmt::Write as _;
 
 use super::*;
-use crate::drift::report as exact_report;
+use crate::drift::{report as exact_report, NumericStat};
 use crate::table::Table;
 
 /// A deterministic pair of files: `rows` rows of a numeric column whose current side is shifted by `shift`, a
