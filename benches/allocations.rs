@@ -57,8 +57,8 @@ fn main() {
                 )
                 .unwrap(),
             );
-            let path = format!("/v2/models/{model}/infer");
-            let call = || common::route_once(Arc::clone(&state), &path, body.clone());
+            let uri: hyper::Uri = format!("/v2/models/{model}/infer").parse().unwrap();
+            let call = || common::route_once(Arc::clone(&state), &uri, body.clone());
             runtime.block_on(call());
             let before = dhat::HeapStats::get();
             let n = 1000u64;

@@ -9,7 +9,7 @@
 #![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use gateway::infer::{batch, DataType, Signature, Tensor, TensorData, TensorSpec};
+use gateway::infer::{batch, DataType, Signature, Tensor, TensorData, TensorSpec, Tensors};
 use gateway::routes::{decode_request, encode_response, BinaryOutputs, InferResponse};
 use serde_json::json;
 
@@ -42,8 +42,9 @@ fn decode(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_function(BenchmarkId::new(model, body.len()), |b| {
             b.iter(|| {
-                let request = decode_request(&body, None, Some(&signature)).unwrap();
-                signature.check_inputs(request.inputs).unwrap()
+                let mut request = decode_request(&body, None, Some(&signature)).unwrap();
+                signature.check_inputs(&mut request.inputs).unwrap();
+                request
             });
         });
         // The same row with the binary tensor extension: a JSON header, then the row as little-endian f32 bytes.
@@ -51,8 +52,9 @@ fn decode(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(binary.len() as u64));
         group.bench_function(BenchmarkId::new(format!("{model}_binary"), binary.len()), |b| {
             b.iter(|| {
-                let request = decode_request(&binary, Some(header_length), Some(&signature)).unwrap();
-                signature.check_inputs(request.inputs).unwrap()
+                let mut request = decode_request(&binary, Some(header_length), Some(&signature)).unwrap();
+                signature.check_inputs(&mut request.inputs).unwrap();
+                request
             });
         });
     }
@@ -72,12 +74,17 @@ fn binary_body(features: usize) -> (Vec<u8>, usize) {
 
 fn batching(c: &mut Criterion) {
     let mut group = c.benchmark_group("batch");
-    let requests: Vec<Vec<Tensor>> = (0..64)
+    let requests: Vec<Tensors> = (0..64)
         .map(|i| {
-            vec![Tensor { name: "input".into(), shape: vec![1, 1024], data: TensorData::Fp32(vec![i as f32; 1024]) }]
+            let input = Tensor {
+                name: "input".into(),
+                shape: [1, 1024][..].into(),
+                data: TensorData::Fp32(vec![i as f32; 1024]),
+            };
+            Tensors::from_elem(input, 1)
         })
         .collect();
-    let output = Tensor { name: "output".into(), shape: vec![64, 10], data: TensorData::Fp32(vec![0.5; 640]) };
+    let output = Tensor { name: "output".into(), shape: vec![64, 10].into(), data: TensorData::Fp32(vec![0.5; 640]) };
     group.throughput(Throughput::Elements(64));
     group.bench_function("dense_concat_64x1", |b| b.iter(|| batch::concat(requests.clone())));
     group.bench_function("dense_split_64x1", |b| {
@@ -89,24 +96,23 @@ fn batching(c: &mut Criterion) {
 fn encode(c: &mut Criterion) {
     let mut group = c.benchmark_group("encode");
     let breast_cancer = vec![
-        Tensor { name: "label".into(), shape: vec![1], data: TensorData::Int64(vec![1]) },
+        Tensor { name: "label".into(), shape: vec![1].into(), data: TensorData::Int64(vec![1]) },
         Tensor {
             name: "probabilities".into(),
-            shape: vec![1, 2],
+            shape: vec![1, 2].into(),
             data: TensorData::Fp32(vec![0.013_570_726, 0.986_429_3]),
         },
     ];
     let dense = vec![Tensor {
         name: "output".into(),
-        shape: vec![1, 10],
+        shape: vec![1, 10].into(),
         data: TensorData::Fp32((0..10).map(|i| i as f32 * 0.731 - 2.2).collect()),
     }];
     for (model, outputs) in [("breast_cancer", breast_cancer), ("dense", dense)] {
         group.bench_function(model, |b| {
             b.iter(|| {
-                let mut response =
-                    InferResponse { model_name: model, model_version: "1", id: Some("r-1"), outputs: vec![] };
-                encode_response(&mut response, &outputs, &BinaryOutputs::default()).0
+                let response = InferResponse { model_name: model, model_version: "1", id: Some("r-1") };
+                encode_response(&response, &outputs, &BinaryOutputs::default()).0
             });
         });
     }

@@ -59,7 +59,7 @@ fn bench(c: &mut Criterion) {
 
     for (model, key, rows, features) in [("breast_cancer", "breast_cancer/2", 1, 30), ("digits", "digits/1", 64, 64)] {
         let (body, flat) = case(key, rows, features);
-        let path = format!("/v2/models/{model}/infer");
+        let uri: hyper::Uri = format!("/v2/models/{model}/infer").parse().unwrap();
         let mut group = c.benchmark_group(format!("{model}_batch{rows}"));
         group.throughput(Throughput::Elements(rows as u64));
 
@@ -78,10 +78,10 @@ fn bench(c: &mut Criterion) {
         });
 
         group.bench_function(BenchmarkId::new("router", rows), |b| {
-            b.to_async(&runtime).iter(|| common::route_once(Arc::clone(&state), &path, body.clone()));
+            b.to_async(&runtime).iter(|| common::route_once(Arc::clone(&state), &uri, body.clone()));
         });
 
-        let uri = format!("{base}{path}");
+        let uri = format!("{base}{}", uri.path());
         group.bench_function(BenchmarkId::new("http", rows), |b| {
             b.to_async(&runtime).iter(|| {
                 let request = Request::post(&uri).body(Full::new(body.clone())).unwrap();

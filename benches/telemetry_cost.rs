@@ -83,9 +83,10 @@ async fn block(state: &Arc<AppState>, body: &Bytes, n: usize) {
     let clients: Vec<_> = (0..IN_FLIGHT)
         .map(|_| {
             let (state, body, next) = (Arc::clone(state), body.clone(), Arc::clone(&next));
+            let uri = hyper::Uri::from_static("/v2/models/breast_cancer/infer");
             tokio::spawn(async move {
                 while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
-                    common::route_once(Arc::clone(&state), "/v2/models/breast_cancer/infer", body.clone()).await;
+                    common::route_once(Arc::clone(&state), &uri, body.clone()).await;
                 }
             })
         })

@@ -29,11 +29,11 @@ fuzz_target!(|data: &[u8]| {
         1 => (None, rest),
         _ => (Some(0), rest),
     };
-    if let Ok(request) = gateway::routes::decode_request(body, header, Some(&signature)) {
+    if let Ok(mut request) = gateway::routes::decode_request(body, header, Some(&signature)) {
         // A decoded request is consistent: every input's data fills its shape.
         for input in &request.inputs {
             assert_eq!(input.data.len(), input.shape.iter().product::<usize>(), "{}", input.name);
         }
-        let _ = signature.check_inputs(request.inputs);
+        let _ = signature.check_inputs(&mut request.inputs);
     }
 });

@@ -286,7 +286,7 @@ pub fn write_example_requests(dir: &Path, signatures: &[(String, Signature)]) ->
         let Some(row) = reference.numeric_row(0) else { continue };
         let body = json!({
             "id": format!("demo-{name}"),
-            "inputs": [{"name": input.name, "shape": [1, row.len()], "datatype": "FP32", "data": row}],
+            "inputs": [{"name": &*input.name, "shape": [1, row.len()], "datatype": "FP32", "data": row}],
         });
         let path = requests.join(format!("{name}.json"));
         fs::write(&path, serde_json::to_vec(&body).map_err(io::Error::other)?)?;

@@ -418,7 +418,7 @@ impl Grpc {
             tensors.push(InferOutputTensor {
                 datatype: output.data.datatype().as_str().to_owned(),
                 shape: output.shape.iter().map(|&d| i64::try_from(d).unwrap_or(i64::MAX)).collect(),
-                name: output.name,
+                name: output.name.to_string(),
                 parameters: HashMap::new(),
                 contents: None,
             });
@@ -463,7 +463,7 @@ fn decode(request: ModelInferRequest, signature: &crate::infer::Signature) -> Re
     };
     Ok(InferRequest {
         id: (!id.is_empty()).then_some(id),
-        inputs: tensors,
+        inputs: tensors.into(),
         outputs: outputs.into_iter().map(|o| o.name).collect(),
         timeout,
         binary: BinaryOutputs::default(),
@@ -481,10 +481,11 @@ fn decode_input(
         let known: Vec<&str> = DataType::ALL.iter().map(|t| t.as_str()).collect();
         return Err(invalid(format!("unknown datatype '{datatype}'; V2 datatypes are {}", known.join(", "))));
     };
-    if let Some(spec) = signature.inputs.iter().find(|s| s.name == name).filter(|s| s.datatype != dtype) {
+    let spec = signature.inputs.iter().find(|s| *s.name == *name);
+    if let Some(spec) = spec.filter(|s| s.datatype != dtype) {
         return Err(ApiError::DatatypeMismatch { input: name, expected: spec.datatype, got: datatype });
     }
-    let shape: Vec<usize> = shape
+    let shape: crate::infer::Shape = shape
         .iter()
         .map(|&d| usize::try_from(d).map_err(|_| invalid(format!("shape {shape:?} has a negative dimension"))))
         .collect::<Result<_, _>>()?;
@@ -501,8 +502,10 @@ fn decode_input(
         (None, None) => return Err(invalid("has no contents and no raw_input_contents".to_owned())),
     };
     if data.len() != expected {
-        return Err(ApiError::ElementCount { input: name, shape, expected, got: data.len() });
+        return Err(ApiError::ElementCount { input: name, shape: shape.to_vec(), expected, got: data.len() });
     }
+    // The signature's name where the input is known (shared, not copied); an unknown one is refused later.
+    let name = spec.map_or_else(|| name.into(), |s| s.name.clone());
     Ok(Tensor { name, shape, data })
 }
 
@@ -590,7 +593,7 @@ impl GrpcInferenceService for Grpc {
             specs
                 .iter()
                 .map(|s| TensorMetadata {
-                    name: s.name.clone(),
+                    name: s.name.to_string(),
                     datatype: s.datatype.as_str().to_owned(),
                     shape: s.shape.clone(),
                 })

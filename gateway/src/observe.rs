@@ -102,7 +102,7 @@ impl Monitored {
         let prediction = match named {
             None => None,
             Some((field, name, index)) => {
-                let Some(output) = signature.outputs.iter().find(|o| o.name == name) else {
+                let Some(output) = signature.outputs.iter().find(|o| *o.name == *name) else {
                     return Err(format!("{field} '{name}' is not an output of the model"));
                 };
                 let columns = output.shape.get(1).copied().unwrap_or(1).max(1);
@@ -174,7 +174,7 @@ impl Monitored {
             return None;
         }
         let (name, index) = self.prediction.as_ref()?;
-        outputs.iter().find(|t| &t.name == name)?.column(*index)
+        outputs.iter().find(|t| *t.name == **name)?.column(*index)
     }
 }
 
@@ -194,11 +194,11 @@ fn layout(profile: &Profile, signature: &Signature) -> Result<Layout, String> {
     }
     let mut positions = Vec::with_capacity(names.len());
     for name in &names {
-        let Some(position) = signature.inputs.iter().position(|i| i.name == *name) else {
+        let Some(position) = signature.inputs.iter().position(|i| &*i.name == *name) else {
             return Err(format!(
                 "reference column '{name}' is not an input; the inputs are {} (use one [-1, n] input, or one input \
                  per reference column)",
-                signature.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+                signature.inputs.iter().map(|i| &*i.name).collect::<Vec<_>>().join(", ")
             ));
         };
         if !matches!(signature.inputs[position].shape.as_slice(), [-1] | [-1, 1]) {

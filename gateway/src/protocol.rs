@@ -6,16 +6,19 @@
 //! No `serde_json::Value` tree is built for the elements, and a bad element does not stop the parse: the first
 //! problem is kept and reported with the input's name once the whole input is read.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
+use smallvec::SmallVec;
 
 use crate::budget::{DECODE_FACTOR, DECODE_SLACK};
 use crate::errors::ApiError;
-use crate::infer::{with_vec, DataType, Signature, Tensor, TensorData};
+use crate::infer::{with_vec, DataType, Shape, Signature, Tensor, TensorData, TensorSpec, Tensors};
 
 /// A decoded inference request.
 #[derive(Debug)]
@@ -23,7 +26,7 @@ pub struct InferRequest {
     /// The client's request id, echoed back.
     pub id: Option<String>,
     /// The inputs, in request order, each with a consistent shape and element count.
-    pub inputs: Vec<Tensor>,
+    pub inputs: Tensors,
     /// The outputs asked for by name; empty means all.
     pub outputs: Vec<String>,
     /// The client's deadline for the request (`parameters.timeout`, microseconds, as Triton reads it).
@@ -59,10 +62,9 @@ impl BinaryOutputs {
 
 /// The first pass over the JSON: the top level, with the inputs' data parsed as it goes where it can be.
 struct RawRequest<'a> {
-    id: Option<std::borrow::Cow<'a, str>>,
+    id: Option<Cow<'a, str>>,
     /// Any map is accepted; `timeout` and `binary_data_output` are read, the rest skipped without being kept.
     parameters: Option<RequestParameters>,
-    inputs: Vec<RawInput<'a>>,
     outputs: Option<Vec<RawOutput>>,
 }
 
@@ -126,37 +128,90 @@ impl<'de> Deserialize<'de> for Scalar {
 /// The most dimensions a shape may have (ONNX allows more; models served here have a handful).
 pub const MAX_DIMENSIONS: usize = 32;
 
-/// A JSON array read into a vector of at most `limit` elements; past it the parse stops with [`ApiError::TooMany`].
-struct BoundedSeq<'c, 's, T> {
+/// A JSON string borrowed from the body when it has no escapes (no allocation), owned when it has some.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for TextVisitor<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(TextVisitor(std::marker::PhantomData))
+    }
+}
+
+/// A JSON array read into a list `C` (a `Vec`, or a `SmallVec` for what is nearly always short) of at most `limit`
+/// elements; past it the parse stops with [`ApiError::TooMany`].
+struct BoundedSeq<'c, 's, C> {
     ctx: &'c Context<'s>,
     limit: usize,
     what: &'static str,
     detail: &'static str,
-    element: std::marker::PhantomData<T>,
+    list: std::marker::PhantomData<C>,
 }
 
-impl<'c, 's, T> BoundedSeq<'c, 's, T> {
+impl<'c, 's, C> BoundedSeq<'c, 's, C> {
     fn new(ctx: &'c Context<'s>, limit: usize, what: &'static str, detail: &'static str) -> Self {
-        Self { ctx, limit, what, detail, element: std::marker::PhantomData }
+        Self { ctx, limit, what, detail, list: std::marker::PhantomData }
     }
 }
 
-impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for BoundedSeq<'_, '_, T> {
-    type Value = Vec<T>;
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Vec<T>, D::Error> {
+/// The lists a [`BoundedSeq`] can fill.
+trait List: Default {
+    type Item;
+    fn push(&mut self, item: Self::Item);
+    fn len(&self) -> usize;
+}
+
+impl<T> List for Vec<T> {
+    type Item = T;
+    fn push(&mut self, item: T) {
+        Vec::push(self, item);
+    }
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+}
+
+impl<A: smallvec::Array> List for SmallVec<A> {
+    type Item = A::Item;
+    fn push(&mut self, item: A::Item) {
+        SmallVec::push(self, item);
+    }
+    fn len(&self) -> usize {
+        SmallVec::len(self)
+    }
+}
+
+impl<'de, C: List<Item: Deserialize<'de>>> DeserializeSeed<'de> for BoundedSeq<'_, '_, C> {
+    type Value = C;
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<C, D::Error> {
         deserializer.deserialize_seq(self)
     }
 }
 
-impl<'de, T: Deserialize<'de>> Visitor<'de> for BoundedSeq<'_, '_, T> {
-    type Value = Vec<T>;
+impl<'de, C: List<Item: Deserialize<'de>>> Visitor<'de> for BoundedSeq<'_, '_, C> {
+    type Value = C;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "an array of {}", self.what)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
-        let mut items = Vec::with_capacity(self.limit.min(8));
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<C, A::Error> {
+        let mut items = C::default();
         while let Some(item) = seq.next_element()? {
             if items.len() == self.limit {
                 let (what, limit, detail) = (self.what, self.limit, self.detail.to_owned());
@@ -181,6 +236,10 @@ pub const MAX_INPUTS: usize = 1024;
 /// the parser's.
 struct Context<'s> {
     signature: Option<&'s Signature>,
+    /// The inputs decoded so far, in request order.
+    inputs: std::cell::RefCell<Tensors>,
+    /// The binary tensor extension's bytes not yet taken by an input (`None` without the extension).
+    binary: std::cell::Cell<Option<&'s [u8]>>,
     /// Bytes the decoded tensors may still take.
     remaining: std::cell::Cell<usize>,
     limit: usize,
@@ -189,10 +248,12 @@ struct Context<'s> {
 }
 
 impl<'s> Context<'s> {
-    fn new(signature: Option<&'s Signature>, body_bytes: usize) -> Self {
+    fn new(signature: Option<&'s Signature>, body_bytes: usize, binary: Option<&'s [u8]>) -> Self {
         let limit = body_bytes.saturating_mul(DECODE_FACTOR).saturating_add(DECODE_SLACK);
         Self {
             signature,
+            inputs: std::cell::RefCell::new(Tensors::new()),
+            binary: std::cell::Cell::new(binary),
             remaining: std::cell::Cell::new(limit),
             limit,
             body_bytes,
@@ -270,11 +331,11 @@ impl<'de: 'a, 'a> Visitor<'de> for RequestVisitor<'_, '_, 'a> {
 
     fn visit_map<M: de::MapAccess<'de>>(self, mut map: M) -> Result<RawRequest<'a>, M::Error> {
         let ctx = self.0;
-        let (mut id, mut parameters, mut inputs, mut outputs) = (None, None, None, None);
+        let (mut id, mut parameters, mut has_inputs, mut outputs) = (None, None, false, None);
         while let Some(field) = map.next_key::<RequestField>()? {
             match field {
                 RequestField::Id => {
-                    let value: Option<std::borrow::Cow<'a, str>> = map.next_value()?;
+                    let value = map.next_value::<Option<Text<'a>>>()?.map(|text| text.0);
                     if let Some(long) = value.as_ref().filter(|v| v.len() > MAX_REQUEST_ID_BYTES) {
                         return Err(
                             ctx.stop(ApiError::RequestIdTooLong { got: long.len(), limit: MAX_REQUEST_ID_BYTES })
@@ -283,7 +344,10 @@ impl<'de: 'a, 'a> Visitor<'de> for RequestVisitor<'_, '_, 'a> {
                     id = value;
                 }
                 RequestField::Parameters => parameters = map.next_value()?,
-                RequestField::Inputs => inputs = Some(map.next_value_seed(InputsSeed(ctx))?),
+                RequestField::Inputs => {
+                    map.next_value_seed(InputsSeed(ctx))?;
+                    has_inputs = true;
+                }
                 RequestField::Outputs => {
                     let limit = ctx.signature.map_or(MAX_INPUTS, |s| s.outputs.len());
                     let seq = BoundedSeq::new(ctx, limit, "outputs", "no model has that many; name each at most once");
@@ -294,23 +358,27 @@ impl<'de: 'a, 'a> Visitor<'de> for RequestVisitor<'_, '_, 'a> {
                 }
             }
         }
-        let inputs = inputs.ok_or_else(|| de::Error::missing_field("inputs"))?;
-        Ok(RawRequest { id, parameters, inputs, outputs })
+        // Its tensors went into `Context::inputs` as the parse read them.
+        if !has_inputs {
+            return Err(de::Error::missing_field("inputs"));
+        }
+        Ok(RawRequest { id, parameters, outputs })
     }
 }
 
-/// The `inputs` array, stopped at the model's input count.
+/// The `inputs` array, stopped at the model's input count; each input is decoded into a tensor as soon as it is read
+/// and pushed onto [`Context::inputs`] (no list of raw inputs, and the tensors are not moved from list to list).
 struct InputsSeed<'c, 's>(&'c Context<'s>);
 
 impl<'de> DeserializeSeed<'de> for InputsSeed<'_, '_> {
-    type Value = Vec<RawInput<'de>>;
+    type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_seq(self)
     }
 }
 
 impl<'de> Visitor<'de> for InputsSeed<'_, '_> {
-    type Value = Vec<RawInput<'de>>;
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an array of inputs")
@@ -319,18 +387,20 @@ impl<'de> Visitor<'de> for InputsSeed<'_, '_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let ctx = self.0;
         let limit = ctx.max_inputs();
-        let mut inputs = Vec::with_capacity(limit.min(16));
+        let mut count = 0;
         while let Some(input) = seq.next_element_seed(InputSeed(ctx))? {
-            if inputs.len() == limit {
+            if count == limit {
                 let detail = match ctx.signature {
                     Some(signature) => format!("the model takes {}", input_names(signature)),
                     None => "that is the server's limit".to_owned(),
                 };
                 return Err(ctx.stop(ApiError::TooMany { what: "inputs", limit, detail }));
             }
-            inputs.push(input);
+            count += 1;
+            let tensor = decode_input(input, ctx).map_err(|error| ctx.stop::<A::Error>(error))?;
+            ctx.inputs.borrow_mut().push(tensor);
         }
-        Ok(inputs)
+        Ok(())
     }
 }
 
@@ -349,9 +419,9 @@ impl<'de> DeserializeSeed<'de> for InputSeed<'_, '_> {
 }
 
 struct RawInput<'a> {
-    name: String,
-    shape: Vec<u64>,
-    datatype: String,
+    name: Cow<'a, str>,
+    shape: SmallVec<[u64; 4]>,
+    datatype: Cow<'a, str>,
     data: DataSlot<'a>,
     /// `parameters.binary_data_size`: the input's bytes follow the JSON header.
     binary_size: Option<u64>,
@@ -397,19 +467,20 @@ impl<'de: 'a, 'a> Visitor<'de> for InputVisitor<'_, '_, 'a> {
 
     fn visit_map<M: de::MapAccess<'de>>(self, mut map: M) -> Result<RawInput<'a>, M::Error> {
         let ctx = self.0;
-        let (mut name, mut shape, mut datatype): (Option<String>, Option<Vec<u64>>, Option<String>) =
-            (None, None, None);
+        let mut name: Option<Cow<'a, str>> = None;
+        let mut shape: Option<SmallVec<[u64; 4]>> = None;
+        let mut datatype: Option<Cow<'a, str>> = None;
         let mut data = DataSlot::Absent;
         let mut binary_size = None;
         while let Some(field) = map.next_key::<InputField>()? {
             match field {
-                InputField::Name => name = Some(map.next_value()?),
+                InputField::Name => name = Some(map.next_value::<Text<'a>>()?.0),
                 InputField::Shape => {
                     let seq =
                         BoundedSeq::new(ctx, MAX_DIMENSIONS, "dimensions in a shape", "that is the server's limit");
                     shape = Some(map.next_value_seed(seq)?);
                 }
-                InputField::Datatype => datatype = Some(map.next_value()?),
+                InputField::Datatype => datatype = Some(map.next_value::<Text<'a>>()?.0),
                 InputField::Data => {
                     let declared = datatype.as_deref().and_then(DataType::parse);
                     // With the name and datatype known, both are checked against the model before the data is read.
@@ -443,16 +514,16 @@ impl<'de: 'a, 'a> Visitor<'de> for InputVisitor<'_, '_, 'a> {
     }
 }
 
-/// An input's name and datatype against the model's signature.
-fn check_declared(signature: &Signature, name: &str, datatype: DataType) -> Result<(), ApiError> {
-    match signature.inputs.iter().find(|spec| spec.name == name) {
+/// An input's name and datatype against the model's signature: the input's spec.
+fn check_declared<'s>(signature: &'s Signature, name: &str, datatype: DataType) -> Result<&'s TensorSpec, ApiError> {
+    match signature.inputs.iter().find(|spec| *spec.name == *name) {
         None => Err(ApiError::UnknownInput { input: name.to_owned(), expected: input_names(signature) }),
         Some(spec) if spec.datatype != datatype => Err(ApiError::DatatypeMismatch {
             input: name.to_owned(),
             expected: spec.datatype,
             got: datatype.as_str().to_owned(),
         }),
-        Some(_) => Ok(()),
+        Some(spec) => Ok(spec),
     }
 }
 
@@ -499,7 +570,7 @@ pub fn decode_request(
     header_length: Option<usize>,
     signature: Option<&Signature>,
 ) -> Result<InferRequest, ApiError> {
-    let (json, mut binary) = match header_length {
+    let (json, binary) = match header_length {
         None => (body, None),
         Some(0) => return decode_raw_request(body, signature),
         Some(n) if n > body.len() => {
@@ -509,12 +580,11 @@ pub fn decode_request(
         }
         Some(n) => (&body[..n], Some(&body[n..])),
     };
-    let ctx = Context::new(signature, body.len());
+    let ctx = Context::new(signature, body.len(), binary);
     let mut de = serde_json::Deserializer::from_slice(json);
     let raw = (&ctx).deserialize(&mut de).and_then(|raw| de.end().map(|()| raw)).map_err(|e| ctx.error(&e, json))?;
-    let inputs =
-        raw.inputs.into_iter().map(|input| decode_input(input, &ctx, &mut binary)).collect::<Result<_, _>>()?;
-    if let Some(rest) = binary.filter(|rest| !rest.is_empty()) {
+    let inputs = ctx.inputs.take();
+    if let Some(rest) = ctx.binary.get().filter(|rest| !rest.is_empty()) {
         return Err(ApiError::InvalidBinary {
             message: format!(
                 "{} bytes follow the JSON header beyond the inputs' binary_data_size; the sizes must add up to the \
@@ -556,7 +626,7 @@ pub fn decode_request(
             })
         }
     };
-    Ok(InferRequest { id: raw.id.map(std::borrow::Cow::into_owned), inputs, outputs, timeout, binary: binary_outputs })
+    Ok(InferRequest { id: raw.id.map(Cow::into_owned), inputs, outputs, timeout, binary: binary_outputs })
 }
 
 /// Triton's raw binary request: no JSON, the body is the bytes of the model's only input, as one row (or as many
@@ -601,10 +671,10 @@ fn decode_raw_request(body: &[u8], signature: Option<&Signature>) -> Result<Infe
     let shape: Vec<usize> = shape.into_iter().flatten().collect();
     let expected = shape.iter().product();
     let data = TensorData::from_raw(spec.datatype, body, expected)
-        .map_err(|message| ApiError::InvalidData { input: spec.name.clone(), message })?;
+        .map_err(|message| ApiError::InvalidData { input: spec.name.to_string(), message })?;
     Ok(InferRequest {
         id: None,
-        inputs: vec![Tensor { name: spec.name.clone(), shape, data }],
+        inputs: smallvec::smallvec![Tensor { name: Arc::clone(&spec.name), shape: shape.into(), data }],
         outputs: Vec::new(),
         timeout: None,
         binary: BinaryOutputs { default: true, overrides: Vec::new() },
@@ -639,20 +709,22 @@ fn has_non_finite_token(error: &serde_json::Error, body: &[u8]) -> bool {
     [b"NaN".as_slice(), b"Infinity", b"-Infinity"].iter().any(|token| rest.starts_with(token))
 }
 
-fn decode_input(raw: RawInput<'_>, ctx: &Context<'_>, binary: &mut Option<&[u8]>) -> Result<Tensor, ApiError> {
-    let invalid = |message: String| ApiError::InvalidData { input: raw.name.clone(), message };
+fn decode_input(raw: RawInput<'_>, ctx: &Context<'_>) -> Result<Tensor, ApiError> {
+    let invalid = |message: String| ApiError::InvalidData { input: raw.name.to_string(), message };
     let datatype = DataType::parse(&raw.datatype).ok_or_else(|| {
         let known: Vec<&str> = DataType::ALL.iter().map(|t| t.as_str()).collect();
         invalid(format!("unknown datatype '{}'; V2 datatypes are {}", raw.datatype, known.join(", ")))
     })?;
-    if let Some(signature) = ctx.signature {
-        check_declared(signature, &raw.name, datatype)?;
-    }
+    // The signature's own name where there is one: shared, not copied.
+    let name: Arc<str> = match ctx.signature {
+        Some(signature) => Arc::clone(&check_declared(signature, &raw.name, datatype)?.name),
+        None => Arc::from(&*raw.name),
+    };
     let expected = element_count(&raw.shape).ok_or_else(|| invalid(format!("shape {:?} is too large", raw.shape)))?;
     let elements = match (raw.data, raw.binary_size) {
         (DataSlot::Absent, None) => return Err(invalid("has no 'data'".to_owned())),
         (DataSlot::Absent, Some(size)) => {
-            let Some(rest) = binary.as_mut() else {
+            let Some(rest) = ctx.binary.get() else {
                 return Err(invalid(
                     "has binary_data_size but the request has no Inference-Header-Content-Length header".to_owned(),
                 ));
@@ -665,7 +737,7 @@ fn decode_input(raw: RawInput<'_>, ctx: &Context<'_>, binary: &mut Option<&[u8]>
                 )));
             }
             let (bytes, tail) = rest.split_at(size);
-            *rest = tail;
+            ctx.binary.set(Some(tail));
             let data = TensorData::from_raw(datatype, bytes, expected).map_err(&invalid)?;
             // Raw elements cost at most 6x their bytes (an empty BYTES element: 4 bytes, 24 in memory), so this
             // allocation was already bounded; it still counts against the request's decode budget.
@@ -688,13 +760,12 @@ fn decode_input(raw: RawInput<'_>, ctx: &Context<'_>, binary: &mut Option<&[u8]>
             elements
         }
     };
-    // The same allocation, reused (u64 and usize have one layout here).
-    let shape: Vec<usize> = raw.shape.into_iter().map(|d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
+    let shape: Shape = raw.shape.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
     let got = elements.len();
     if got != expected {
-        return Err(ApiError::ElementCount { input: raw.name, shape, expected, got });
+        return Err(ApiError::ElementCount { input: name.to_string(), shape: shape.to_vec(), expected, got });
     }
-    Ok(Tensor { name: raw.name, shape, data: elements })
+    Ok(Tensor { name, shape, data: elements })
 }
 
 /// Parses raw `data` into `into`; the outer error is malformed JSON, the inner one the first bad element.
@@ -883,18 +954,44 @@ impl<'de, T: Element> Visitor<'de> for Flatten<'_, '_, '_, T> {
     }
 }
 
-/// The response body of a successful inference.
-#[derive(Serialize)]
+/// What a successful inference's response says besides its outputs.
 pub struct InferResponse<'a> {
     /// The model that answered.
     pub model_name: &'a str,
     /// The version that answered (the one actually used, also when the request named none).
     pub model_version: &'a str,
     /// The request's id, if it had one.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<&'a str>,
-    /// The outputs.
-    pub outputs: Vec<OutputJson<'a>>,
+}
+
+/// The response body as serialised: the outputs are written straight from the tensors (no list built per response).
+#[derive(Serialize)]
+struct ResponseJson<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: OutputsJson<'a>,
+}
+
+struct OutputsJson<'a> {
+    tensors: &'a [Tensor],
+    binary: &'a BinaryOutputs,
+}
+
+impl Serialize for OutputsJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.tensors.len()))?;
+        for t in self.tensors {
+            seq.serialize_element(&if self.binary.wants(&t.name) {
+                OutputJson::binary(t)
+            } else {
+                OutputJson::inline(t)
+            })?;
+        }
+        seq.end()
+    }
 }
 
 /// One output tensor in the response: its data inline, or (binary tensor extension) only its raw size, the bytes
@@ -947,27 +1044,29 @@ impl<'a> OutputJson<'a> {
 
 /// The response body and, when some output is binary, the length of its JSON header (the value of
 /// `Inference-Header-Content-Length`).
-pub fn encode_response<'a>(
-    response: &mut InferResponse<'a>,
-    outputs: &'a [Tensor],
+pub fn encode_response(
+    response: &InferResponse<'_>,
+    outputs: &[Tensor],
     binary: &BinaryOutputs,
 ) -> (Vec<u8>, Option<usize>) {
-    let raw: Vec<&Tensor> = outputs.iter().filter(|t| binary.wants(&t.name)).collect();
-    response.outputs = outputs
-        .iter()
-        .map(|t| if binary.wants(&t.name) { OutputJson::binary(t) } else { OutputJson::inline(t) })
-        .collect();
     // Sized for the JSON at once (about 24 bytes per number at most), not grown from empty: one allocation.
     let estimate: usize = outputs.iter().map(|t| 96 + t.name.len() + 24 * t.data.len()).sum();
     let mut body = Vec::with_capacity(128 + response.id.map_or(0, str::len) + estimate);
+    let json = ResponseJson {
+        model_name: response.model_name,
+        model_version: response.model_version,
+        id: response.id,
+        outputs: OutputsJson { tensors: outputs, binary },
+    };
     // Serialising our own response types into a Vec cannot fail (string keys only).
-    let _ = serde_json::to_writer(&mut body, &*response);
-    if raw.is_empty() {
+    let _ = serde_json::to_writer(&mut body, &json);
+    let raw = || outputs.iter().filter(|t| binary.wants(&t.name));
+    if raw().next().is_none() {
         return (body, None);
     }
     let header = body.len();
-    body.reserve(raw.iter().map(|t| t.data.raw_len()).sum());
-    for tensor in raw {
+    body.reserve(raw().map(|t| t.data.raw_len()).sum());
+    for tensor in raw() {
         tensor.data.write_raw(&mut body);
     }
     (body, Some(header))

@@ -276,10 +276,10 @@ fn build_rollout(
         .output
         .clone()
         .or_else(|| quality.map(|q| q.output.clone()))
-        .or_else(|| a.outputs.first().map(|o| o.name.clone()))
+        .or_else(|| a.outputs.first().map(|o| o.name.to_string()))
         .ok_or_else(|| error("the stable version has no outputs".to_owned()))?;
     for (which, signature) in [("stable", a), ("candidate", b)] {
-        if !signature.outputs.iter().any(|o| o.name == output) {
+        if !signature.outputs.iter().any(|o| *o.name == *output) {
             return Err(error(format!("the {which} version has no output '{output}' to compare")));
         }
     }
@@ -287,7 +287,7 @@ fn build_rollout(
     let index = spec.analysis.index.or_else(|| quality.filter(|_| is_quality_output).map(|q| q.index)).unwrap_or(0);
     // A column past a static width would compare nothing: refused, with the width.
     for signature in [a, b] {
-        let width = signature.outputs.iter().find(|o| o.name == output).and_then(|o| o.shape.get(1)).copied();
+        let width = signature.outputs.iter().find(|o| *o.name == *output).and_then(|o| o.shape.get(1)).copied();
         if let Some(width) = width.filter(|w| *w > 0 && i64::try_from(index).unwrap_or(i64::MAX) >= *w) {
             return Err(error(format!("analysis.index {index} is past output '{output}', which has {width} columns")));
         }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::budget::Charge;
 use crate::errors::ApiError;
-use crate::infer::{Incoming, LoadedModel, Tensor};
+use crate::infer::{Incoming, LoadedModel, Tensors};
 use crate::protocol::InferRequest;
 use crate::registry::{Resolved, Target};
 use crate::rollout::{Assignment, Rollout, ServerFault, StepCounters, Variant};
@@ -52,7 +52,7 @@ pub(crate) async fn serve(
     arrived: Instant,
     trace: &RequestTrace,
     served: &mut Served,
-) -> Result<(InferRequest, Vec<Tensor>), ApiError> {
+) -> Result<(InferRequest, Tensors), ApiError> {
     served.revision = target.primary.revision.clone();
     let Some((rollout, sides)) = &target.split else {
         served.loaded = Some(Arc::clone(&target.primary.loaded));
@@ -104,7 +104,7 @@ pub(crate) async fn serve(
             mirror.spawn(Arc::clone(state), outputs.clone());
         }
         if added {
-            outputs.retain(|t| &t.name != compared);
+            outputs.retain(|t| *t.name != **compared);
         }
         (request, outputs)
     })
@@ -181,7 +181,7 @@ impl Mirror {
     }
 
     /// Runs the mirror on its own task, after the client's answer is ready: the client never waits for it.
-    fn spawn(mut self, state: Arc<AppState>, primary: Vec<Tensor>) {
+    fn spawn(mut self, state: Arc<AppState>, primary: Tensors) {
         let answer: usize = primary.iter().map(|t| t.data.raw_len() + t.name.len()).sum();
         if self.charge.add(answer).is_err() {
             self.rollout.mirrors_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -226,13 +226,14 @@ async fn run_inference(
     mut request: InferRequest,
     arrived: Instant,
     trace: &RequestTrace,
-) -> Result<(InferRequest, Vec<Tensor>), ApiError> {
+) -> Result<(InferRequest, Tensors), ApiError> {
     let loaded = &resolved.loaded;
     let signature = loaded.signature();
     // The client's own `timeout` (Triton's parameter, in microseconds) can only shorten the server's.
     let client_deadline = request.timeout.is_some_and(|t| t < state.request_timeout);
     let budget = request.timeout.map_or(state.request_timeout, |t| t.min(state.request_timeout));
-    let inputs = signature.check_inputs(std::mem::take(&mut request.inputs))?;
+    let mut inputs = std::mem::take(&mut request.inputs);
+    signature.check_inputs(&mut inputs)?;
     let selected = match request.outputs.is_empty() {
         true => loaded.all_outputs(),
         false => signature.select_outputs(request.outputs.iter().map(String::as_str))?.into(),

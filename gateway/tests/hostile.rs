@@ -116,13 +116,15 @@ fn hostile_requests_cost_one_error_each_and_memory_stays_under_the_budget() {
     }
     many.push_str("]}");
     cases.push(("many inputs", "/v2/models/dtypes/infer", many.into_bytes(), &[400], "unknown input 'a0'"));
-    // The same against a model with one input, in an order that reaches the count check.
+    // The same against a model with one input, each input valid on its own (each is decoded as it is read), so the
+    // second reaches the count check.
+    let one = format!(r#"{{"name":"input","shape":[1,30],"datatype":"FP32","data":[{}]}}"#, vec!["0"; 30].join(","));
     let mut many = String::from(r#"{"inputs":["#);
     for i in 0..100_000 {
         if i > 0 {
             many.push(',');
         }
-        many.push_str(r#"{"name":"input","shape":[65536],"datatype":"FP32","data":[]}"#);
+        many.push_str(&one);
     }
     many.push_str("]}");
     cases.push(("repeated inputs", "/v2/models/breast_cancer/infer", many.into_bytes(), &[400], "more than 1 inputs"));

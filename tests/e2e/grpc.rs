@@ -113,8 +113,8 @@ async fn every_model_answers_typed_and_raw_tensors_as_python_onnxruntime_did() {
         let mut raw_request = request(model, version, key, Vec::new());
         for mut input in inputs {
             let tensor = gateway::infer::Tensor {
-                name: input.name.clone(),
-                shape: vec![],
+                name: input.name.as_str().into(),
+                shape: Default::default(),
                 data: typed_to_data(&input.datatype, input.contents.take().unwrap()),
             };
             let mut raw = Vec::new();

@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use crate::infer::{Tensor, TensorData};
+use crate::infer::{Tensor, TensorData, Tensors};
 
 /// Maps the vector inside any [`TensorData`] to a new vector of the same variant.
 macro_rules! map_vec {
@@ -42,9 +42,9 @@ pub fn compatible(a: &[Tensor], b: &[Tensor]) -> bool {
 }
 
 /// Concatenates the requests' inputs (each in graph order) along the first dimension.
-pub fn concat(requests: Vec<Vec<Tensor>>) -> Vec<Tensor> {
+pub fn concat(requests: Vec<Tensors>) -> Tensors {
     let mut requests = requests.into_iter();
-    let Some(mut merged) = requests.next() else { return Vec::new() };
+    let Some(mut merged) = requests.next() else { return Tensors::new() };
     for request in requests {
         for (into, tensor) in merged.iter_mut().zip(request) {
             into.shape[0] += tensor.shape[0];
@@ -85,7 +85,7 @@ mod tests {
     use super::*;
 
     fn t(shape: &[usize], data: Vec<f32>) -> Tensor {
-        Tensor { name: "x".into(), shape: shape.to_vec(), data: TensorData::Fp32(data) }
+        Tensor { name: "x".into(), shape: shape.into(), data: TensorData::Fp32(data) }
     }
 
     #[test]
@@ -93,8 +93,8 @@ mod tests {
         let a = vec![t(&[1, 2], vec![1.0, 2.0])];
         let b = vec![t(&[2, 2], vec![3.0, 4.0, 5.0, 6.0])];
         assert!(compatible(&a, &b));
-        let merged = concat(vec![a.clone(), b.clone()]);
-        assert_eq!(merged[0].shape, [3, 2]);
+        let merged = concat(vec![a.clone().into(), b.clone().into()]);
+        assert_eq!(merged[0].shape.as_slice(), [3, 2]);
         assert_eq!(slice_rows(&merged[0], 0..1, 3).unwrap(), a[0]);
         assert_eq!(slice_rows(&merged[0], 1..3, 3).unwrap(), b[0]);
         assert!(slice_rows(&merged[0], 0..1, 4).is_none(), "first dimension must be the batch");
@@ -104,7 +104,7 @@ mod tests {
     fn different_trailing_dims_or_types_do_not_batch() {
         let a = vec![t(&[1, 2], vec![1.0, 2.0])];
         assert!(!compatible(&a, &[t(&[1, 3], vec![0.0; 3])]));
-        let ints = vec![Tensor { name: "x".into(), shape: vec![1, 2], data: TensorData::Int64(vec![1, 2]) }];
+        let ints = vec![Tensor { name: "x".into(), shape: vec![1, 2].into(), data: TensorData::Int64(vec![1, 2]) }];
         assert!(!compatible(&a, &ints));
         assert!(same_rows(&[t(&[2, 1], vec![0.0; 2]), t(&[2], vec![0.0; 2])]));
         assert!(!same_rows(&[t(&[2, 1], vec![0.0; 2]), t(&[3], vec![0.0; 3])]));

@@ -24,7 +24,7 @@ use crate::traces::RequestTrace;
 pub use signature::{names as describe_tensors, Signature, TensorSpec};
 pub use stats::{ModelStats, StatsSnapshot};
 pub(crate) use tensor::with_vec;
-pub use tensor::{string_heap_bytes, DataType, Tensor, TensorData};
+pub use tensor::{string_heap_bytes, DataType, Shape, Tensor, TensorData, Tensors};
 pub use worker::{BatchPolicy, WorkerGroup};
 use worker::{InlineJob, Job, SubmitError, WorkerPool};
 
@@ -194,6 +194,7 @@ impl ModelLoader {
         let pool = WorkerPool::start(
             &label,
             sessions,
+            signature.output_names(),
             queue_capacity,
             policy,
             settings.inline_max_run,
@@ -228,8 +229,8 @@ pub fn check_io(signature: &Signature, io: &IoSpec) -> Result<(), String> {
     let sides = [("input", &io.inputs, &signature.inputs), ("output", &io.outputs, &signature.outputs)];
     for (what, declared, actual) in sides {
         for decl in declared {
-            let Some(spec) = actual.iter().find(|s| s.name == decl.name) else {
-                let names: Vec<&str> = actual.iter().map(|s| s.name.as_str()).collect();
+            let Some(spec) = actual.iter().find(|s| *s.name == *decl.name) else {
+                let names: Vec<&str> = actual.iter().map(|s| &*s.name).collect();
                 return Err(format!(
                     "declared {what} '{}' is not in the graph (its {what}s: {})",
                     decl.name,
@@ -244,7 +245,7 @@ pub fn check_io(signature: &Signature, io: &IoSpec) -> Result<(), String> {
             }
         }
         if !declared.is_empty() {
-            if let Some(missing) = actual.iter().find(|s| !declared.iter().any(|d| d.name == s.name)) {
+            if let Some(missing) = actual.iter().find(|s| !declared.iter().any(|d| *d.name == *s.name)) {
                 return Err(format!("the graph's {what} '{}' is not declared", missing.name));
             }
         }
@@ -259,13 +260,15 @@ fn check_golden(session: &mut ort::session::Session, signature: &Signature, gold
         serde_json::from_slice(&golden.json).map_err(|e| format!("golden set is not JSON: {e}"))?;
     let inputs = crate::protocol::decode_request(&golden.json, None, Some(signature))
         .map_err(|e| format!("golden inputs: {e}"))?;
-    let inputs = signature.check_inputs(inputs.inputs).map_err(|e| format!("golden inputs: {e}"))?;
+    let mut inputs = inputs.inputs;
+    signature.check_inputs(&mut inputs).map_err(|e| format!("golden inputs: {e}"))?;
     let expected = serde_json::json!({"inputs": body.get("outputs").cloned().unwrap_or_default()});
     let expected = crate::protocol::decode_request(expected.to_string().as_bytes(), None, None)
         .map_err(|e| format!("golden outputs: {}", e.to_string().replace("input '", "output '")))?
         .inputs;
     let all: Vec<usize> = (0..signature.outputs.len()).collect();
-    let actual = onnx::run(session, inputs, &all).map_err(|e| format!("golden run failed: {e}"))?;
+    let actual =
+        onnx::run(session, inputs, &all, &signature.output_names()).map_err(|e| format!("golden run failed: {e}"))?;
     for want in &expected {
         let got = actual
             .iter()
@@ -352,7 +355,7 @@ fn warm_up_timed(
     // The graph's static dimensions come from an untrusted file: their product is checked before anything is
     // allocated (a declared [100000, 100000] input would otherwise be 40 GB of zeros).
     let mut elements = 0usize;
-    let mut inputs = Vec::with_capacity(signature.inputs.len());
+    let mut inputs = Tensors::with_capacity(signature.inputs.len());
     for spec in &signature.inputs {
         let mut shape = spec.unit_shape();
         if let Some(first) = shape.first_mut().filter(|_| spec.has_dynamic_batch()) {
@@ -371,12 +374,13 @@ fn warm_up_timed(
             });
         }
         if let Some(data) = TensorData::zeros(spec.datatype, elements_of(&shape)) {
-            inputs.push(Tensor { name: spec.name.clone(), shape, data });
+            inputs.push(Tensor { name: spec.name.clone(), shape: shape.into(), data });
         }
     }
     let all: Vec<usize> = (0..signature.outputs.len()).collect();
     let started = worker::thread_cpu_time();
-    let outputs = onnx::run(session, inputs, &all).map_err(|source| LoadError::Warmup { path: path.into(), source })?;
+    let outputs = onnx::run(session, inputs, &all, &signature.output_names())
+        .map_err(|source| LoadError::Warmup { path: path.into(), source })?;
     let run = worker::thread_cpu_time().saturating_sub(started);
     Ok((outputs.iter().all(|o| o.shape.first() == Some(&rows)), run))
 }
@@ -460,15 +464,15 @@ impl LoadedModel {
     pub async fn infer(
         &self,
         incoming: Incoming<'_>,
-        inputs: Vec<Tensor>,
+        inputs: Tensors,
         outputs: Arc<[usize]>,
         deadline: Instant,
         client_deadline: bool,
         trace: &RequestTrace,
-    ) -> Result<Vec<Tensor>, ApiError> {
+    ) -> Result<Tensors, ApiError> {
         let rows = batch::rows(&inputs);
         if self.policy.enabled() && rows > self.policy.max_rows {
-            let input = inputs.first().map(|t| t.name.clone()).unwrap_or_default();
+            let input = inputs.first().map(|t| t.name.to_string()).unwrap_or_default();
             return Err(ApiError::TooManyRows {
                 model: self.name.clone(),
                 input,
@@ -524,7 +528,7 @@ impl LoadedModel {
     }
 
     /// A run's result as the request's answer.
-    fn answer(&self, result: Result<Vec<Tensor>, InferError>) -> Result<Vec<Tensor>, ApiError> {
+    fn answer(&self, result: Result<Tensors, InferError>) -> Result<Tensors, ApiError> {
         match result {
             Ok(outputs) => Ok(outputs),
             Err(InferError::DeadlineExceeded) => {

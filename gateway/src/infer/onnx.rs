@@ -1,13 +1,14 @@
 //! The boundary with ONNX Runtime: building sessions and converting [`Tensor`]s to and from `ort` values.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue, SessionOutputs};
-use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
+use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, TensorRef, ValueType};
 
 use crate::errors::{InferError, LoadError};
-use crate::infer::{with_vec, Tensor, TensorData};
+use crate::infer::{with_vec, Shape, Tensor, TensorData, Tensors};
 use crate::runtime;
 
 /// Applies `$body` to the vector of any non-string [`TensorData`] variant.
@@ -42,32 +43,41 @@ pub(super) fn build_session(path: &Path, intra_threads: usize) -> Result<Session
     builder.commit_from_file(path).map_err(wrap)
 }
 
-/// Runs `inputs` (already checked and in graph order) and returns the outputs at `selected` positions.
+/// Runs `inputs` (already checked and in graph order) and returns the outputs at `selected` positions, each named
+/// from `names` (the signature's output names in graph order, shared rather than copied).
 /// Inputs go by position (no names to copy), a single input without a list; outputs are taken by position.
-pub(super) fn run(session: &mut Session, inputs: Vec<Tensor>, selected: &[usize]) -> Result<Vec<Tensor>, InferError> {
-    let outputs = match <[Tensor; 1]>::try_from(inputs) {
-        Ok([tensor]) => session.run([to_value(tensor.shape, tensor.data)?])?,
-        Err(inputs) => {
-            let values = inputs.into_iter().map(|t| to_value(t.shape, t.data)).collect::<Result<Vec<_>, _>>()?;
+pub(super) fn run(
+    session: &mut Session,
+    inputs: Tensors,
+    selected: &[usize],
+    names: &[Arc<str>],
+) -> Result<Tensors, InferError> {
+    // Views of the request's own buffers: ONNX Runtime reads them in place (no copy, no box per input).
+    let outputs = match inputs.as_slice() {
+        [tensor] => session.run([to_value(tensor)?])?,
+        inputs => {
+            let values = inputs.iter().map(to_value).collect::<Result<Vec<_>, _>>()?;
             session.run(values.as_slice())?
         }
     };
-    selected.iter().map(|&i| from_outputs(&outputs, i)).collect()
+    selected.iter().map(|&i| from_outputs(&outputs, i, names)).collect()
 }
 
-fn to_value(shape: Vec<usize>, data: TensorData) -> Result<SessionInputValue<'static>, InferError> {
-    let value = match data {
+fn to_value(tensor: &Tensor) -> Result<SessionInputValue<'_>, InferError> {
+    let shape = tensor.shape.as_slice();
+    let value = match &tensor.data {
         TensorData::Bytes(strings) => OrtTensor::from_string_array((shape, strings.as_slice()))?.into(),
-        other => with_primitive!(other, v => OrtTensor::from_array((shape, v))?.into()),
+        other => with_primitive!(other, v => TensorRef::from_array_view((shape, v.as_slice()))?.into()),
     };
     Ok(value)
 }
 
-fn from_outputs(outputs: &SessionOutputs<'_>, index: usize) -> Result<Tensor, InferError> {
-    let name = outputs.keys().nth(index).ok_or_else(|| InferError::UnsupportedOutput { name: format!("#{index}") })?;
-    let name = name.to_owned();
+fn from_outputs(outputs: &SessionOutputs<'_>, index: usize, names: &[Arc<str>]) -> Result<Tensor, InferError> {
+    let Some(name) = names.get(index).filter(|_| index < outputs.len()) else {
+        return Err(InferError::UnsupportedOutput { name: format!("#{index}") });
+    };
     let value: &DynValue = &outputs[index];
-    let unsupported = || InferError::UnsupportedOutput { name: name.clone() };
+    let unsupported = || InferError::UnsupportedOutput { name: name.to_string() };
     let ValueType::Tensor { ty, .. } = value.dtype() else {
         return Err(unsupported());
     };
@@ -77,7 +87,7 @@ fn from_outputs(outputs: &SessionOutputs<'_>, index: usize) -> Result<Tensor, In
             (shape.iter().map(|&d| d as usize).collect(), TensorData::$variant(data.to_vec()))
         }};
     }
-    let (shape, data): (Vec<usize>, TensorData) = match ty {
+    let (shape, data): (Shape, TensorData) = match ty {
         TensorElementType::Bool => extract!(bool, Bool),
         TensorElementType::Uint8 => extract!(u8, Uint8),
         TensorElementType::Uint16 => extract!(u16, Uint16),
@@ -96,5 +106,5 @@ fn from_outputs(outputs: &SessionOutputs<'_>, index: usize) -> Result<Tensor, In
         _ => return Err(unsupported()),
     };
     debug_assert_eq!(with_vec!(&data, v => v.len()), shape.iter().product::<usize>());
-    Ok(Tensor { name, shape, data })
+    Ok(Tensor { name: Arc::clone(name), shape, data })
 }

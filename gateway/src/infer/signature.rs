@@ -2,18 +2,19 @@
 //! against them before it is queued.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use ort::session::Session;
 use ort::value::{Outlet, ValueType};
 
 use crate::errors::{ApiError, LoadError};
-use crate::infer::{DataType, Tensor};
+use crate::infer::{DataType, Tensors};
 
 /// One input or output as the model declares it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorSpec {
-    /// The graph's name for it.
-    pub name: String,
+    /// The graph's name for it, shared with every tensor that carries it.
+    pub name: Arc<str>,
     /// Its V2 datatype.
     pub datatype: DataType,
     /// Its shape, -1 for a dynamic dimension.
@@ -39,7 +40,7 @@ impl TensorSpec {
             ValueType::Tensor { ty, shape, .. } => {
                 let datatype = DataType::from_onnx(*ty).ok_or_else(|| unsupported(format!("a tensor of {ty:?}")))?;
                 let shape = shape.iter().map(|&d| if d < 0 { -1 } else { d }).collect();
-                Ok(Self { name: outlet.name().to_owned(), datatype, shape })
+                Ok(Self { name: outlet.name().into(), datatype, shape })
             }
             other => Err(unsupported(format!("{other:?}"))),
         }
@@ -73,6 +74,11 @@ impl Signature {
         Ok(Self { inputs, outputs })
     }
 
+    /// The outputs' names in graph order, shared.
+    pub fn output_names(&self) -> Arc<[Arc<str>]> {
+        self.outputs.iter().map(|o| Arc::clone(&o.name)).collect()
+    }
+
     /// Whether every input and output has a dynamic first dimension, so requests can be concatenated along it.
     pub fn batches_on_first_dimension(&self) -> bool {
         !self.inputs.is_empty() && self.inputs.iter().chain(&self.outputs).all(TensorSpec::has_dynamic_batch)
@@ -80,41 +86,41 @@ impl Signature {
 
     /// Checks request tensors against the inputs and puts them in graph order. Element counts were already
     /// checked against each tensor's own shape when it was decoded.
-    pub fn check_inputs(&self, mut given: Vec<Tensor>) -> Result<Vec<Tensor>, ApiError> {
+    pub fn check_inputs(&self, given: &mut Tensors) -> Result<(), ApiError> {
         for (i, tensor) in given.iter().enumerate() {
             if !self.inputs.iter().any(|spec| spec.name == tensor.name) {
-                return Err(ApiError::UnknownInput { input: tensor.name.clone(), expected: names(&self.inputs) });
+                return Err(ApiError::UnknownInput { input: tensor.name.to_string(), expected: names(&self.inputs) });
             }
             if given[..i].iter().any(|earlier| earlier.name == tensor.name) {
-                return Err(ApiError::DuplicateInput { input: tensor.name.clone() });
+                return Err(ApiError::DuplicateInput { input: tensor.name.to_string() });
             }
         }
         for spec in &self.inputs {
-            let tensor = given
-                .iter()
-                .find(|t| t.name == spec.name)
-                .ok_or_else(|| ApiError::MissingInput { input: spec.name.clone(), expected: names(&self.inputs) })?;
+            let tensor = given.iter().find(|t| t.name == spec.name).ok_or_else(|| ApiError::MissingInput {
+                input: spec.name.to_string(),
+                expected: names(&self.inputs),
+            })?;
             if tensor.data.datatype() != spec.datatype {
                 return Err(ApiError::DatatypeMismatch {
-                    input: spec.name.clone(),
+                    input: spec.name.to_string(),
                     expected: spec.datatype,
                     got: tensor.data.datatype().as_str().to_owned(),
                 });
             }
             if !spec.accepts_shape(&tensor.shape) {
                 return Err(ApiError::ShapeMismatch {
-                    input: spec.name.clone(),
+                    input: spec.name.to_string(),
                     expected: spec.shape.clone(),
-                    got: tensor.shape.clone(),
+                    got: tensor.shape.to_vec(),
                 });
             }
             if tensor.shape.first() == Some(&0) {
-                return Err(ApiError::EmptyBatch { input: spec.name.clone(), shape: tensor.shape.clone() });
+                return Err(ApiError::EmptyBatch { input: spec.name.to_string(), shape: tensor.shape.to_vec() });
             }
         }
         // Every input is known, once, and none is missing: put them in graph order where they are.
         given.sort_unstable_by_key(|t| self.inputs.iter().position(|spec| spec.name == t.name));
-        Ok(given)
+        Ok(())
     }
 
     /// The position of each requested output, or all outputs when none is named.
@@ -124,7 +130,7 @@ impl Signature {
             let index = self
                 .outputs
                 .iter()
-                .position(|o| o.name == name)
+                .position(|o| &*o.name == name)
                 .ok_or_else(|| ApiError::UnknownOutput { output: name.to_owned(), expected: names(&self.outputs) })?;
             if !selected.contains(&index) {
                 selected.push(index);
@@ -146,7 +152,7 @@ pub fn names(specs: &[TensorSpec]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::infer::TensorData;
+    use crate::infer::{Tensor, TensorData};
 
     fn signature() -> Signature {
         let spec =
@@ -158,40 +164,41 @@ mod tests {
     }
 
     fn a(shape: &[usize], n: usize) -> Tensor {
-        Tensor { name: "a".into(), shape: shape.to_vec(), data: TensorData::Fp32(vec![0.0; n]) }
+        Tensor { name: "a".into(), shape: shape.into(), data: TensorData::Fp32(vec![0.0; n]) }
     }
 
     fn b() -> Tensor {
-        Tensor { name: "b".into(), shape: vec![1], data: TensorData::Int64(vec![1]) }
+        Tensor { name: "b".into(), shape: vec![1].into(), data: TensorData::Int64(vec![1]) }
     }
 
     #[test]
     fn inputs_come_back_in_graph_order() {
-        let ordered = signature().check_inputs(vec![b(), a(&[1, 2], 2)]).unwrap();
-        assert_eq!(ordered[0].name, "a");
-        assert_eq!(ordered[1].name, "b");
+        let mut ordered: Tensors = smallvec::smallvec![b(), a(&[1, 2], 2)];
+        signature().check_inputs(&mut ordered).unwrap();
+        assert_eq!(&*ordered[0].name, "a");
+        assert_eq!(&*ordered[1].name, "b");
     }
 
     #[test]
     fn each_mismatch_names_the_input_and_what_was_expected() {
         let s = signature();
-        let err = s.check_inputs(vec![a(&[1, 2], 2)]).unwrap_err();
+        let err = s.check_inputs(&mut smallvec::smallvec![a(&[1, 2], 2)]).unwrap_err();
         assert!(matches!(&err, ApiError::MissingInput { input, .. } if input == "b"), "{err}");
         let mut c = b();
         c.name = "c".into();
-        let err = s.check_inputs(vec![a(&[1, 2], 2), b(), c]).unwrap_err();
+        let err = s.check_inputs(&mut smallvec::smallvec![a(&[1, 2], 2), b(), c]).unwrap_err();
         assert!(err.to_string().starts_with("unknown input 'c': the model's inputs are 'a' (FP32 [-1, 2])"), "{err}");
-        let err = s.check_inputs(vec![a(&[1, 3], 3), b()]).unwrap_err();
+        let err = s.check_inputs(&mut smallvec::smallvec![a(&[1, 3], 3), b()]).unwrap_err();
         assert_eq!(err.to_string(), "input 'a' has shape [1, 3] but the model expects [-1, 2] (-1 means any size)");
-        let err = s.check_inputs(vec![a(&[2], 2), b()]).unwrap_err();
+        let err = s.check_inputs(&mut smallvec::smallvec![a(&[2], 2), b()]).unwrap_err();
         assert!(matches!(err, ApiError::ShapeMismatch { .. }), "rank differs");
-        let err = s.check_inputs(vec![a(&[0, 2], 0), b()]).unwrap_err();
+        let err = s.check_inputs(&mut smallvec::smallvec![a(&[0, 2], 0), b()]).unwrap_err();
         assert!(matches!(err, ApiError::EmptyBatch { .. }), "{err}");
         let mut wrong = b();
         wrong.data = TensorData::Int32(vec![1]);
-        let err = s.check_inputs(vec![a(&[1, 2], 2), wrong]).unwrap_err();
+        let err = s.check_inputs(&mut smallvec::smallvec![a(&[1, 2], 2), wrong]).unwrap_err();
         assert_eq!(err.to_string(), "input 'b' has datatype INT32 but the model expects INT64");
-        let err = s.check_inputs(vec![a(&[1, 2], 2), b(), b()]).unwrap_err();
+        let err = s.check_inputs(&mut smallvec::smallvec![a(&[1, 2], 2), b(), b()]).unwrap_err();
         assert!(matches!(err, ApiError::DuplicateInput { .. }), "{err}");
     }
 

@@ -76,13 +76,20 @@ fn vec_bytes<T>(v: &Vec<T>) -> usize {
     v.capacity() * std::mem::size_of::<T>()
 }
 
+/// A tensor's shape: inline up to four dimensions, so a request's shapes cost no allocation.
+pub type Shape = smallvec::SmallVec<[usize; 4]>;
+
+/// A request's inputs or an answer's outputs: inline up to two tensors (every model served here so far), so a
+/// request's lists cost no allocation.
+pub type Tensors = smallvec::SmallVec<[Tensor; 2]>;
+
 /// A named tensor with its full (batched) shape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {
-    /// The input or output name.
-    pub name: String,
+    /// The input or output name: the model signature's own name where one is known, shared rather than copied.
+    pub name: std::sync::Arc<str>,
     /// The shape; its product equals the element count.
-    pub shape: Vec<usize>,
+    pub shape: Shape,
     /// The elements.
     pub data: TensorData,
 }

@@ -31,14 +31,14 @@ use tokio::sync::oneshot;
 
 use crate::errors::InferError;
 use crate::infer::stats::ModelStats;
-use crate::infer::{batch, onnx, Tensor};
+use crate::infer::{batch, onnx, Tensors};
 use crate::metrics::request_series::VersionSeries;
 use crate::traces::{BatchTrace, JobTrace};
 
 /// One inference to run.
 pub(super) struct Job {
     /// The inputs, already checked against the signature, in graph order.
-    pub(super) inputs: Vec<Tensor>,
+    pub(super) inputs: Tensors,
     /// Rows in this request (first dimension).
     pub(super) rows: usize,
     /// Whether the request may join a batch (batching on, all inputs agree on their first dimension).
@@ -58,7 +58,7 @@ pub(super) struct Job {
 }
 
 /// A job's result, and for a traced job what its batch looked like.
-pub(super) type Answer = (Result<Vec<Tensor>, InferError>, Option<JobTrace>);
+pub(super) type Answer = (Result<Tensors, InferError>, Option<JobTrace>);
 
 /// How a model version's workers batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +76,8 @@ pub(super) struct WorkerPool {
     stats: Arc<ModelStats>,
     series: VersionSeries,
     sessions: Arc<[Mutex<Session>]>,
+    /// The outputs' names in graph order (the signature's, shared by every answer).
+    output_names: Arc<[Arc<str>]>,
     /// Single-request runs measured at most this long may run on the caller's thread (zero: never).
     inline_max_run: Duration,
 }
@@ -138,6 +140,7 @@ impl WorkerPool {
     pub(super) fn start(
         label: &str,
         sessions: Vec<Session>,
+        output_names: Arc<[Arc<str>]>,
         queue_capacity: usize,
         policy: BatchPolicy,
         inline_max_run: Duration,
@@ -151,6 +154,8 @@ impl WorkerPool {
         for index in 0..sessions.len() {
             let worker = Worker {
                 sessions: Arc::clone(&sessions),
+                output_names: Arc::clone(&output_names),
+                all_outputs: (0..output_names.len()).collect(),
                 index,
                 queue: queue.clone(),
                 policy,
@@ -171,7 +176,7 @@ impl WorkerPool {
                 return Err(error);
             }
         }
-        Ok(Self { jobs, stats, series, sessions, inline_max_run })
+        Ok(Self { jobs, stats, series, sessions, output_names, inline_max_run })
     }
 
     /// Runs a request on the calling thread if it is the version's only request, its runs are short enough (the
@@ -183,7 +188,9 @@ impl WorkerPool {
     /// gave other threads). A live estimate was tried and dropped: runs on a request thread after a stretch on the
     /// worker's core read 2-6x the load's time (cold caches, the hypervisor's stolen time counted too), so after
     /// any burst it rose past the limit and stayed there.
-    pub(super) fn run_inline(&self, inputs: Vec<Tensor>, job: InlineJob<'_>) -> Result<Answer, Vec<Tensor>> {
+    // The inputs come back by value when no session is free; boxing them would cost the allocation inline lists save.
+    #[allow(clippy::result_large_err)]
+    pub(super) fn run_inline(&self, inputs: Tensors, job: InlineJob<'_>) -> Result<Answer, Tensors> {
         if !self.stats.is_alone() {
             return Err(inputs);
         }
@@ -203,7 +210,7 @@ impl WorkerPool {
         self.series.observe_queued(0.0);
         let members = BatchTrace::members(job.trace.iter());
         self.stats.ran_inline();
-        let result = guarded(|| onnx::run(&mut session, inputs, job.outputs));
+        let result = guarded(|| onnx::run(&mut session, inputs, job.outputs, &self.output_names));
         drop(session);
         let ended = Instant::now();
         let batch = record_run(&self.stats, &self.series, began, (began, ended), (1, job.rows), members);
@@ -234,6 +241,9 @@ impl WorkerPool {
 struct Worker {
     /// The version's sessions; this worker runs the one at `index` (and only it).
     sessions: Arc<[Mutex<Session>]>,
+    /// The outputs' names in graph order, and all their positions (what a merged batch runs for).
+    output_names: Arc<[Arc<str>]>,
+    all_outputs: Vec<usize>,
     index: usize,
     queue: Receiver<Job>,
     policy: BatchPolicy,
@@ -253,6 +263,8 @@ impl Worker {
     }
 
     fn run(mut self) {
+        // Reused from batch to batch (at most `max_rows` jobs each): a batch costs no list of its own.
+        let (mut batch, mut live) = (Vec::new(), Vec::new());
         loop {
             let first = match self.carry.take() {
                 Some(job) => job,
@@ -265,19 +277,22 @@ impl Worker {
                     Err(_) => return,
                 },
             };
-            let batch = self.gather(first);
-            self.run_batch(batch);
+            self.gather(first, &mut batch);
+            self.run_batch(&mut batch, &mut live);
         }
     }
 
-    /// Takes more jobs to join `first`, per the policy. A job that does not fit goes to `carry`.
-    fn gather(&mut self, first: Job) -> Vec<Job> {
+    /// Takes more jobs to join `first` into `batch` (emptied first), per the policy. A job that does not fit goes to
+    /// `carry`.
+    fn gather(&mut self, first: Job, batch: &mut Vec<Job>) {
+        batch.clear();
         if !self.policy.enabled() || !first.batchable {
-            return vec![first];
+            batch.push(first);
+            return;
         }
         let until = first.enqueued + self.policy.max_delay;
         let mut rows = first.rows;
-        let mut batch = vec![first];
+        batch.push(first);
         while rows < self.policy.max_rows {
             let mut next = match self.queue.try_recv() {
                 Ok(job) => job,
@@ -307,13 +322,13 @@ impl Worker {
             rows += next.rows;
             batch.push(next);
         }
-        batch
     }
 
-    fn run_batch(&mut self, batch: Vec<Job>) {
+    /// Runs the jobs in `batch` that are still wanted and in time (moved through `live`; both are left empty).
+    fn run_batch(&mut self, batch: &mut Vec<Job>, live: &mut Vec<Job>) {
         let now = Instant::now();
-        let mut live = Vec::with_capacity(batch.len());
-        for job in batch {
+        live.clear();
+        for job in batch.drain(..) {
             if job.reply.is_closed() {
                 // The caller went away (client disconnected, timed out): do not compute for nobody.
                 continue;
@@ -334,14 +349,14 @@ impl Worker {
         let members = BatchTrace::members(live.iter().filter_map(|j| j.trace.as_ref()));
         let started = Instant::now();
         if jobs == 1 {
-            let job = live.remove(0);
-            let result = guarded(|| onnx::run(&mut self.session(), job.inputs, &job.outputs));
+            let Some(job) = live.pop() else { return };
+            let result = guarded(|| onnx::run(&mut self.session(), job.inputs, &job.outputs, &self.output_names));
             let ended = Instant::now();
             let batch = self.ran(now, (started, ended), (jobs, rows), members);
             // A closed receiver means the caller gave up meanwhile; nothing else to do.
             let _ = job.reply.send((result, trace_of(job.dequeued, batch.as_ref())));
         } else {
-            let (answers, ended) = self.run_merged(live, rows);
+            let (answers, ended) = self.run_merged(live.drain(..), rows);
             let batch = self.ran(now, (started, ended), (jobs, rows), members);
             for (reply, dequeued, answer) in answers {
                 let _ = reply.send((answer, trace_of(dequeued, batch.as_ref())));
@@ -363,7 +378,7 @@ impl Worker {
 
     /// Runs several jobs as one batch and splits each one's rows out of the outputs; returns the answers and when
     /// the run ended.
-    fn run_merged(&mut self, jobs: Vec<Job>, total_rows: usize) -> (Vec<Reply>, Instant) {
+    fn run_merged(&mut self, jobs: std::vec::Drain<'_, Job>, total_rows: usize) -> (Vec<Reply>, Instant) {
         let mut parts = Vec::with_capacity(jobs.len());
         let mut inputs = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -371,9 +386,8 @@ impl Worker {
             inputs.push(job.inputs);
         }
         let mut session = self.session();
-        let all: Vec<usize> = (0..session.outputs().len()).collect();
         let merged = batch::concat(inputs);
-        let result = guarded(|| onnx::run(&mut session, merged, &all));
+        let result = guarded(|| onnx::run(&mut session, merged, &self.all_outputs, &self.output_names));
         drop(session);
         let ended = Instant::now();
         let answers = match result {
@@ -387,7 +401,7 @@ impl Worker {
                         let mine = wanted
                             .iter()
                             .map(|&i| batch::slice_rows(&outputs[i], range.clone(), total_rows))
-                            .collect::<Option<Vec<_>>>()
+                            .collect::<Option<Tensors>>()
                             .ok_or(InferError::BatchSplit);
                         (reply, dequeued, mine)
                     })
@@ -422,7 +436,7 @@ fn record_run(
 }
 
 /// Where a job's answer goes, when a traced job left the queue, and the answer.
-type Reply = (oneshot::Sender<Answer>, Option<Instant>, Result<Vec<Tensor>, InferError>);
+type Reply = (oneshot::Sender<Answer>, Option<Instant>, Result<Tensors, InferError>);
 
 // === impl Job ===
 
@@ -441,7 +455,7 @@ fn trace_of(dequeued: Option<Instant>, batch: Option<&Arc<BatchTrace>>) -> Optio
 }
 
 /// Runs `f`, turning a panic into an error so the worker survives it.
-fn guarded(f: impl FnOnce() -> Result<Vec<Tensor>, InferError>) -> Result<Vec<Tensor>, InferError> {
+fn guarded(f: impl FnOnce() -> Result<Tensors, InferError>) -> Result<Tensors, InferError> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| Err(InferError::Panicked(panic_message(&panic))))
 }
 

@@ -101,13 +101,13 @@ fn malformed_json_says_where_and_why() {
 #[test]
 fn responses_encode_every_type() {
     let outputs = [
-        Tensor { name: "p".into(), shape: vec![1, 2], data: TensorData::Fp32(vec![0.25, 0.75]) },
-        Tensor { name: "l".into(), shape: vec![1], data: TensorData::Int64(vec![1]) },
-        Tensor { name: "s".into(), shape: vec![1], data: TensorData::Bytes(vec!["é".into()]) },
-        Tensor { name: "b".into(), shape: vec![1], data: TensorData::Bool(vec![true]) },
+        Tensor { name: "p".into(), shape: vec![1, 2].into(), data: TensorData::Fp32(vec![0.25, 0.75]) },
+        Tensor { name: "l".into(), shape: vec![1].into(), data: TensorData::Int64(vec![1]) },
+        Tensor { name: "s".into(), shape: vec![1].into(), data: TensorData::Bytes(vec!["é".into()]) },
+        Tensor { name: "b".into(), shape: vec![1].into(), data: TensorData::Bool(vec![true]) },
     ];
-    let mut response = InferResponse { model_name: "m", model_version: "2", id: Some("7"), outputs: vec![] };
-    let (body, header) = encode_response(&mut response, &outputs, &BinaryOutputs::default());
+    let response = InferResponse { model_name: "m", model_version: "2", id: Some("7") };
+    let (body, header) = encode_response(&response, &outputs, &BinaryOutputs::default());
     assert_eq!(header, None);
     let text = String::from_utf8(body).unwrap();
     assert_eq!(
@@ -234,10 +234,10 @@ fn a_raw_binary_request_is_one_row_of_the_only_input() {
         outputs: vec![],
     };
     let request = decode_request(&f32s(&[1.0, 2.0, 3.0]), Some(0), Some(&signature(vec![-1, 3]))).unwrap();
-    assert_eq!(request.inputs[0].shape, [1, 3]);
+    assert_eq!(request.inputs[0].shape.as_slice(), [1, 3]);
     assert!(request.binary.wants("anything"));
     let request = decode_request(&f32s(&[1.0, 2.0]), Some(0), Some(&signature(vec![-1, -1]))).unwrap();
-    assert_eq!(request.inputs[0].shape, [1, 2]);
+    assert_eq!(request.inputs[0].shape.as_slice(), [1, 2]);
     let err = decode_request(&f32s(&[1.0, 2.0]), Some(0), Some(&signature(vec![-1, 3]))).unwrap_err();
     assert!(err.to_string().contains("8 bytes of raw data, but 3 elements"), "{err}");
     let err = decode_request(&[0; 4], Some(0), None).unwrap_err();
@@ -247,13 +247,13 @@ fn a_raw_binary_request_is_one_row_of_the_only_input() {
 #[test]
 fn binary_outputs_follow_the_header_in_order_with_their_sizes() {
     let outputs = [
-        Tensor { name: "p".into(), shape: vec![1, 2], data: TensorData::Fp32(vec![0.25, 0.75]) },
-        Tensor { name: "l".into(), shape: vec![1], data: TensorData::Int64(vec![1]) },
-        Tensor { name: "s".into(), shape: vec![1], data: TensorData::Bytes(vec!["é".into()]) },
+        Tensor { name: "p".into(), shape: vec![1, 2].into(), data: TensorData::Fp32(vec![0.25, 0.75]) },
+        Tensor { name: "l".into(), shape: vec![1].into(), data: TensorData::Int64(vec![1]) },
+        Tensor { name: "s".into(), shape: vec![1].into(), data: TensorData::Bytes(vec!["é".into()]) },
     ];
     let binary = BinaryOutputs { default: true, overrides: vec![("l".into(), false)] };
-    let mut response = InferResponse { model_name: "m", model_version: "1", id: None, outputs: vec![] };
-    let (body, header) = encode_response(&mut response, &outputs, &binary);
+    let response = InferResponse { model_name: "m", model_version: "1", id: None };
+    let (body, header) = encode_response(&response, &outputs, &binary);
     let header = header.unwrap();
     let json: serde_json::Value = serde_json::from_slice(&body[..header]).unwrap();
     assert_eq!(json["outputs"][0]["parameters"]["binary_data_size"], 8);
@@ -295,4 +295,28 @@ fn shapes_outputs_and_parameters_are_bounded_before_they_are_kept() {
         decode_request(body, None, Some(&signature)).unwrap_err().to_string(),
         "parameter 'timeout': must be a whole number of microseconds"
     );
+}
+
+#[test]
+fn names_come_from_the_signature_and_escaped_strings_decode_like_plain_ones() {
+    let signature = Signature {
+        inputs: vec![TensorSpec { name: "input".into(), datatype: DataType::Fp32, shape: vec![-1, 5] }],
+        outputs: vec![],
+    };
+    let plain = br#"{"id":"r-1","inputs":[{"name":"input","shape":[1,5],"datatype":"FP32","data":[1,2,3,4,5]}]}"#;
+    // The same request with escapes in its strings: those are decoded into owned text, not borrowed.
+    let escaped =
+        br#"{"id":"r\u002d1","inputs":[{"name":"in\u0070ut","shape":[1,5],"datatype":"F\u005032","data":[1,2,3,4,5]}]}"#;
+    for body in [&plain[..], &escaped[..]] {
+        let request = decode_request(body, None, Some(&signature)).unwrap();
+        assert_eq!(request.id.as_deref(), Some("r-1"));
+        let input = &request.inputs[0];
+        assert!(Arc::ptr_eq(&input.name, &signature.inputs[0].name), "the signature's name is shared, not copied");
+        assert_eq!(input.shape.as_slice(), [1, 5]);
+        assert!(!input.shape.spilled() && !request.inputs.spilled(), "a small request's lists are inline");
+        assert_eq!(input.data, TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.0, 5.0]));
+    }
+    // Without a signature the name is the request's own; a shape past four dimensions still decodes.
+    let tensor = one_input(r#"{"name":"x","shape":[1,1,1,1,2],"datatype":"INT64","data":[1,2]}"#).unwrap();
+    assert_eq!((&*tensor.name, tensor.shape.as_slice()), ("x", &[1, 1, 1, 1, 2][..]));
 }

@@ -770,7 +770,7 @@ fn threshold(weight: f64) -> u128 {
 
 /// The compared output's column `index`, one value per row; `None` when the output is missing or not numeric.
 pub fn column(outputs: &[Tensor], (name, index): &(String, usize)) -> Option<Vec<f64>> {
-    outputs.iter().find(|t| &t.name == name)?.column(*index)
+    outputs.iter().find(|t| *t.name == **name)?.column(*index)
 }
 
 #[cfg(test)]

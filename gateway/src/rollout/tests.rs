@@ -76,8 +76,12 @@ fn comparisons_average_and_count_agreement() {
 fn the_compared_column_is_one_value_per_row() {
     use crate::infer::TensorData;
     let outputs = vec![
-        Tensor { name: "label".into(), shape: vec![2], data: TensorData::Int64(vec![1, 0]) },
-        Tensor { name: "probabilities".into(), shape: vec![2, 2], data: TensorData::Fp32(vec![0.25, 0.75, 0.5, 0.5]) },
+        Tensor { name: "label".into(), shape: vec![2].into(), data: TensorData::Int64(vec![1, 0]) },
+        Tensor {
+            name: "probabilities".into(),
+            shape: vec![2, 2].into(),
+            data: TensorData::Fp32(vec![0.25, 0.75, 0.5, 0.5]),
+        },
     ];
     assert_eq!(column(&outputs, &("probabilities".into(), 1)), Some(vec![0.75, 0.5]));
     assert_eq!(column(&outputs, &("label".into(), 0)), Some(vec![1.0, 0.0]));

@@ -43,7 +43,8 @@ where
     // The caller's `x-request-id` is echoed; on an error, one is made when the caller sent none, so the log line
     // and the answer carry the same id. The success path pays only the header lookup.
     let given = request.headers().get(REQUEST_ID).cloned();
-    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    // A clone of the URI shares hyper's buffer (no copy of the path) and is kept for the error log line.
+    let (method, uri) = (request.method().clone(), request.uri().clone());
     let mut trace_ids = None;
     let mut variant = None;
     let mut response = match dispatch(&state, request, &mut trace_ids, &mut variant).await {
@@ -55,7 +56,7 @@ where
         }
         Err(error) => {
             let id = given.unwrap_or_else(new_request_id);
-            log_edge_error(&error, method.as_str(), &path, id.to_str().unwrap_or_default(), trace_ids);
+            log_edge_error(&error, method.as_str(), uri.path(), id.to_str().unwrap_or_default(), trace_ids);
             let mut response = error_response(&error);
             response.headers_mut().insert(REQUEST_ID, id);
             response
@@ -270,14 +271,13 @@ where
                 },
                 arrived,
             );
-            let (model, version) = (model.to_owned(), version.map(str::to_owned));
             let mut served = crate::serving::Served::default();
             let result = async {
                 let header_length = binary_header_length(headers)?;
                 let incoming = incoming.take().ok_or(ApiError::BodyRead)?;
                 let body = read_body(incoming, state.max_body_bytes, &mut charge, state.body_timeout).await?;
                 let input = v2::Body { bytes: &body, header_length, charge: &mut charge };
-                v2::infer(state, &model, version.as_deref(), headers, input, arrived, &mut served, &trace).await
+                v2::infer(state, model, version, headers, input, arrived, &mut served, &trace).await
             }
             .await;
             *variant = served.variant;

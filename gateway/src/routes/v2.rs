@@ -140,13 +140,9 @@ pub(super) async fn infer(
     });
     let (request, outputs) = serve(state, &target, key, incoming, request, arrived, trace, served).await?;
     let loaded = served.loaded.as_ref().unwrap_or(&target.primary.loaded);
-    let mut response = InferResponse {
-        model_name: loaded.name(),
-        model_version: loaded.version_text(),
-        id: request.id.as_deref(),
-        outputs: Vec::new(),
-    };
-    let (body, header_length) = encode_response(&mut response, &outputs, &request.binary);
+    let response =
+        InferResponse { model_name: loaded.name(), model_version: loaded.version_text(), id: request.id.as_deref() };
+    let (body, header_length) = encode_response(&response, &outputs, &request.binary);
     let mut reply = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
     let headers = reply.headers_mut();
     match header_length {
