@@ -1049,9 +1049,53 @@ pub fn encode_response(
     outputs: &[Tensor],
     binary: &BinaryOutputs,
 ) -> (Vec<u8>, Option<usize>) {
-    // Sized for the JSON at once (about 24 bytes per number at most), not grown from empty: one allocation.
+    let mut body = Vec::new();
+    let header = encode_response_into(&mut body, response, outputs, binary);
+    (body, header)
+}
+
+/// The largest response body built in a thread's reused buffer (see [`encode_response_bytes`]); a larger one is
+/// handed over whole, and a buffer grown past this is not kept.
+const SCRATCH_BYTES: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`encode_response`] as the body hyper sends. A body of at most 64 KiB is written into a buffer the thread
+/// reuses and copied out at its exact size: one allocation, where a fresh `Vec` handed to `Bytes` costs two (the
+/// vector, and `Bytes`' shared header for a vector with spare capacity). The copy is a few hundred bytes for a
+/// small model's answer; a larger body is handed over without one.
+pub fn encode_response_bytes(
+    response: &InferResponse<'_>,
+    outputs: &[Tensor],
+    binary: &BinaryOutputs,
+) -> (bytes::Bytes, Option<usize>) {
+    SCRATCH.with_borrow_mut(|scratch| {
+        scratch.clear();
+        let header = encode_response_into(scratch, response, outputs, binary);
+        let body = if scratch.len() <= SCRATCH_BYTES {
+            bytes::Bytes::copy_from_slice(scratch)
+        } else {
+            bytes::Bytes::from(std::mem::take(scratch))
+        };
+        if scratch.capacity() > SCRATCH_BYTES {
+            *scratch = Vec::new();
+        }
+        (body, header)
+    })
+}
+
+/// Appends the response body to `body`; returns the JSON header's length when some output is binary.
+fn encode_response_into(
+    body: &mut Vec<u8>,
+    response: &InferResponse<'_>,
+    outputs: &[Tensor],
+    binary: &BinaryOutputs,
+) -> Option<usize> {
+    // Room for the JSON at once (about 24 bytes per number at most), not grown from empty.
     let estimate: usize = outputs.iter().map(|t| 96 + t.name.len() + 24 * t.data.len()).sum();
-    let mut body = Vec::with_capacity(128 + response.id.map_or(0, str::len) + estimate);
+    body.reserve(128 + response.id.map_or(0, str::len) + estimate);
     let json = ResponseJson {
         model_name: response.model_name,
         model_version: response.model_version,
@@ -1059,17 +1103,15 @@ pub fn encode_response(
         outputs: OutputsJson { tensors: outputs, binary },
     };
     // Serialising our own response types into a Vec cannot fail (string keys only).
-    let _ = serde_json::to_writer(&mut body, &json);
+    let _ = serde_json::to_writer(&mut *body, &json);
     let raw = || outputs.iter().filter(|t| binary.wants(&t.name));
-    if raw().next().is_none() {
-        return (body, None);
-    }
+    raw().next()?;
     let header = body.len();
     body.reserve(raw().map(|t| t.data.raw_len()).sum());
     for tensor in raw() {
-        tensor.data.write_raw(&mut body);
+        tensor.data.write_raw(body);
     }
-    (body, Some(header))
+    Some(header)
 }
 
 #[cfg(test)]

@@ -320,3 +320,25 @@ fn names_come_from_the_signature_and_escaped_strings_decode_like_plain_ones() {
     let tensor = one_input(r#"{"name":"x","shape":[1,1,1,1,2],"datatype":"INT64","data":[1,2]}"#).unwrap();
     assert_eq!((&*tensor.name, tensor.shape.as_slice()), ("x", &[1, 1, 1, 1, 2][..]));
 }
+
+#[test]
+fn the_reused_response_buffer_gives_the_same_bodies_small_or_large() {
+    let small = [Tensor { name: "p".into(), shape: [1, 2][..].into(), data: TensorData::Fp32(vec![0.25, 0.75]) }];
+    // Past the reused buffer's 64 KiB: handed over whole, and the buffer is not kept at that size.
+    let large = [Tensor {
+        name: "p".into(),
+        shape: [1, 20_000][..].into(),
+        data: TensorData::Fp32((0..20_000).map(|i| i as f32 / 3.0).collect()),
+    }];
+    let response = InferResponse { model_name: "m", model_version: "1", id: Some("r") };
+    let json = BinaryOutputs::default();
+    let raw = BinaryOutputs { default: true, overrides: vec![] };
+    for outputs in [&small[..], &large[..], &small[..]] {
+        for binary in [&json, &raw] {
+            let (expected, expected_header) = encode_response(&response, outputs, binary);
+            let (body, header) = encode_response_bytes(&response, outputs, binary);
+            assert_eq!((&body[..], header), (&expected[..], expected_header));
+        }
+    }
+    assert!(encode_response(&response, &large, &json).0.len() > 64 * 1024, "the large case must pass the limit");
+}

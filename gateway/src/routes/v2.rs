@@ -13,7 +13,7 @@ use super::{json_response, AppState, HttpResponse};
 use crate::budget::{Charge, DECODE_FACTOR, DECODE_SLACK};
 use crate::errors::ApiError;
 use crate::infer::TensorSpec;
-use crate::protocol::{decode_request, encode_response, InferResponse};
+use crate::protocol::{decode_request, encode_response_bytes, InferResponse};
 use crate::registry::Registry;
 use crate::serving::{provenance, serve, Served, EXTENSIONS, PLATFORM};
 use crate::traces::RequestTrace;
@@ -142,8 +142,8 @@ pub(super) async fn infer(
     let loaded = served.loaded.as_ref().unwrap_or(&target.primary.loaded);
     let response =
         InferResponse { model_name: loaded.name(), model_version: loaded.version_text(), id: request.id.as_deref() };
-    let (body, header_length) = encode_response(&response, &outputs, &request.binary);
-    let mut reply = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    let (body, header_length) = encode_response_bytes(&response, &outputs, &request.binary);
+    let mut reply = http::Response::new(http_body_util::Full::new(body));
     let headers = reply.headers_mut();
     match header_length {
         None => headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json")),
