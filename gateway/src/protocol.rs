@@ -169,41 +169,20 @@ impl<'c, 's, C> BoundedSeq<'c, 's, C> {
     }
 }
 
-/// The lists a [`BoundedSeq`] can fill.
-trait List: Default {
-    type Item;
-    fn push(&mut self, item: Self::Item);
-    fn len(&self) -> usize;
-}
-
-impl<T> List for Vec<T> {
-    type Item = T;
-    fn push(&mut self, item: T) {
-        Vec::push(self, item);
-    }
-    fn len(&self) -> usize {
-        Vec::len(self)
-    }
-}
-
-impl<A: smallvec::Array> List for SmallVec<A> {
-    type Item = A::Item;
-    fn push(&mut self, item: A::Item) {
-        SmallVec::push(self, item);
-    }
-    fn len(&self) -> usize {
-        SmallVec::len(self)
-    }
-}
-
-impl<'de, C: List<Item: Deserialize<'de>>> DeserializeSeed<'de> for BoundedSeq<'_, '_, C> {
+impl<'de, C> DeserializeSeed<'de> for BoundedSeq<'_, '_, C>
+where
+    C: Default + IntoIterator<Item: Deserialize<'de>> + Extend<C::Item>,
+{
     type Value = C;
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<C, D::Error> {
         deserializer.deserialize_seq(self)
     }
 }
 
-impl<'de, C: List<Item: Deserialize<'de>>> Visitor<'de> for BoundedSeq<'_, '_, C> {
+impl<'de, C> Visitor<'de> for BoundedSeq<'_, '_, C>
+where
+    C: Default + IntoIterator<Item: Deserialize<'de>> + Extend<C::Item>,
+{
     type Value = C;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -211,13 +190,14 @@ impl<'de, C: List<Item: Deserialize<'de>>> Visitor<'de> for BoundedSeq<'_, '_, C
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<C, A::Error> {
-        let mut items = C::default();
+        let (mut items, mut count) = (C::default(), 0);
         while let Some(item) = seq.next_element()? {
-            if items.len() == self.limit {
+            if count == self.limit {
                 let (what, limit, detail) = (self.what, self.limit, self.detail.to_owned());
                 return Err(self.ctx.stop(ApiError::TooMany { what, limit, detail }));
             }
-            items.push(item);
+            count += 1;
+            items.extend(std::iter::once(item));
         }
         Ok(items)
     }
