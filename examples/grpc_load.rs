@@ -26,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
             shape: vec![1, i64::try_from(row.len())?],
             ..InferInputTensor::default()
         }],
-        raw_input_contents: vec![row.iter().flat_map(|v| v.to_le_bytes()).collect()],
+        raw_input_contents: vec![row.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()],
         ..ModelInferRequest::default()
     };
     let mut channels = Vec::new();

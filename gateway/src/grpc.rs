@@ -414,7 +414,7 @@ impl Grpc {
         for output in outputs {
             let mut raw = Vec::with_capacity(output.data.raw_len());
             output.data.write_raw(&mut raw);
-            raw_output_contents.push(raw);
+            raw_output_contents.push(raw.into());
             tensors.push(InferOutputTensor {
                 datatype: output.data.datatype().as_str().to_owned(),
                 shape: output.shape.iter().map(|&d| i64::try_from(d).unwrap_or(i64::MAX)).collect(),
@@ -472,7 +472,7 @@ fn decode(request: ModelInferRequest, signature: &crate::infer::Signature) -> Re
 
 fn decode_input(
     input: InferInputTensor,
-    raw: Option<Vec<u8>>,
+    raw: Option<bytes::Bytes>,
     signature: &crate::infer::Signature,
 ) -> Result<Tensor, ApiError> {
     let InferInputTensor { name, datatype, shape, contents, .. } = input;

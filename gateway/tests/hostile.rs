@@ -365,7 +365,7 @@ fn grpc_messages_meet_the_size_limit_and_the_memory_budget() {
             shape: vec![rows as i64, 30],
             ..InferInputTensor::default()
         }],
-        raw_input_contents: vec![vec![0u8; rows * 30 * 4]],
+        raw_input_contents: vec![vec![0u8; rows * 30 * 4].into()],
         ..ModelInferRequest::default()
     };
     let (idle, _) = vane.memory();

@@ -119,7 +119,7 @@ async fn every_model_answers_typed_and_raw_tensors_as_python_onnxruntime_did() {
             };
             let mut raw = Vec::new();
             tensor.data.write_raw(&mut raw);
-            raw_request.raw_input_contents.push(raw);
+            raw_request.raw_input_contents.push(raw.into());
             raw_request.inputs.push(input);
         }
         let raw = client.model_infer(raw_request).await.unwrap_or_else(|e| panic!("{key} raw: {e}")).into_inner();
@@ -161,7 +161,7 @@ async fn errors_are_status_codes_with_the_rest_messages() {
         ),
         (
             ModelInferRequest {
-                raw_input_contents: vec![vec![0; 120]],
+                raw_input_contents: vec![vec![0; 120].into()],
                 ..request("breast_cancer", "", "", vec![good.clone()])
             },
             Code::InvalidArgument,
@@ -169,7 +169,7 @@ async fn errors_are_status_codes_with_the_rest_messages() {
         ),
         (
             ModelInferRequest {
-                raw_input_contents: vec![vec![0; 100]],
+                raw_input_contents: vec![vec![0; 100].into()],
                 ..request("breast_cancer", "", "", vec![InferInputTensor { contents: None, ..good.clone() }])
             },
             Code::InvalidArgument,
