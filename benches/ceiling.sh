@@ -4,7 +4,9 @@
 # own response bytes: the same socket work and nothing else), and runs wrk on batch-1 JSON to breast_cancer at 32
 # and 64 connections, alternating the two servers five times per concurrency so drift in the machine's speed hits
 # both. Prints each run's requests/s and server CPU per request (from /proc), the medians, and the ratios
-# vane/hyper. Then a lone client (c=1, where the batcher can only run each request alone): vane as it runs by default
+# vane/hyper, and wrk's own CPU per request (user + system, /usr/bin/time), which both servers' throughput shares
+# the two cores with: vane's best possible throughput ratio is (wrk + hyper) / (wrk + hyper + what vane must add).
+# Then a lone client (c=1, where the batcher can only run each request alone): vane as it runs by default
 # (a lone request to a model of a few microseconds runs on the thread that decoded it) against the same binary with
 # --inline-max-run 0 (every run on a worker thread), five alternating runs, requests/s and p50/p99 latency.
 # SECONDS_PER_RUN (default 5) sets each run; VANE_BIN compares another build of vane.
@@ -12,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source benches/lib.sh
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+[ -x /usr/bin/time ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time; }
 seconds=${SECONDS_PER_RUN:-5}
 cargo build --release -q -p gateway --bin vane
 cargo build --release -q --example bare_hyper
@@ -21,13 +24,15 @@ trap 'rm -rf "$scratch"; kill $(jobs -p) 2>/dev/null || true' EXIT
 write_post_lua "$scratch/post.lua"
 path=/v2/models/breast_cancer/infer
 
-measure() { # $1: pid, $2: addr, $3: connections; prints "requests/s cpu_us_per_request"
+measure() { # $1: pid, $2: addr, $3: connections; prints "requests/s cpu_us_per_request wrk_cpu_us_per_request"
   local before; before=$(cpu_ticks "$1")
-  wrk -t2 -c"$3" -d"${seconds}s" -s "$scratch/post.lua" "http://$2$path" >"$scratch/wrk"
+  /usr/bin/time -f '%U %S' -o "$scratch/wrk-time" \
+    wrk -t2 -c"$3" -d"${seconds}s" -s "$scratch/post.lua" "http://$2$path" >"$scratch/wrk"
   local ticks=$(( $(cpu_ticks "$1") - before ))
   grep -q "Non-2xx" "$scratch/wrk" && { echo "non-2xx answers: $(cat "$scratch/wrk")" >&2; exit 1; }
-  awk -v ticks="$ticks" -v hz="$(getconf CLK_TCK)" \
-    '/requests in/ {n = $1} /Requests\/sec/ {rps = $2} END {printf "%s %.1f\n", rps, ticks / hz * 1e6 / n}' "$scratch/wrk"
+  awk -v ticks="$ticks" -v hz="$(getconf CLK_TCK)" -v wrk="$(awk '{print $1 + $2}' "$scratch/wrk-time")" \
+    '/requests in/ {n = $1} /Requests\/sec/ {rps = $2}
+     END {printf "%s %.1f %.1f\n", rps, ticks / hz * 1e6 / n, wrk * 1e6 / n}' "$scratch/wrk"
 }
 
 run_vane() { # $1: connections, then extra arguments for vane
@@ -61,9 +66,10 @@ for c in 32 64; do
   done
   mv=$(median $(column 1 "${v[@]}")); mh=$(median $(column 1 "${h[@]}"))
   cv=$(median $(column 2 "${v[@]}")); ch=$(median $(column 2 "${h[@]}"))
+  wv=$(median $(column 3 "${v[@]}")); wh=$(median $(column 3 "${h[@]}"))
   echo "c=$c vane: $(column 1 "${v[@]}" | tr '\n' ' ')req/s (median $mv); CPU $(column 2 "${v[@]}" | tr '\n' ' ')us/request (median $cv)"
   echo "c=$c hyper: $(column 1 "${h[@]}" | tr '\n' ' ')req/s (median $mh); CPU $(column 2 "${h[@]}" | tr '\n' ' ')us/request (median $ch)"
-  python3 -c "print(f'c=$c throughput vane/hyper = {$mv / $mh:.2f}; server CPU per request vane/hyper = {$cv / $ch:.2f}')"
+  python3 -c "print(f'c=$c throughput vane/hyper = {$mv / $mh:.2f}; server CPU per request vane/hyper = {$cv / $ch:.2f}; wrk CPU per request {$wv} us (against vane), {$wh} us (against hyper)')"
 done
 
 # A lone client: requests/s, p50 and p99 (wrk's, in us).
