@@ -63,6 +63,7 @@ pub async fn serve(
     let timeout = state.request_timeout;
     let limits = state.limits;
     let state_budget = state.budget.clone();
+    let state_for_direct = Arc::clone(&state);
     let service = GrpcInferenceServiceServer::new(Grpc { state })
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(usize::MAX);
@@ -118,8 +119,11 @@ pub async fn serve(
         });
         http::Request::from_parts(parts, tonic::body::Body::new(Metered::new(body, max_message, charge)))
     });
+    let direct_state = Arc::clone(&state_for_direct);
+    let direct = tower::layer::layer_fn(move |inner| DirectInfer { inner, state: Arc::clone(&direct_state) });
     let server = tonic::transport::Server::builder()
         .layer(meter)
+        .layer(direct)
         .timeout(timeout)
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_max_header_list_size(crate::server::MAX_HEADER_BYTES as u32)
@@ -434,6 +438,157 @@ impl Grpc {
     }
 }
 
+impl Grpc {
+    /// A unary inference's answer and the metadata it carries: what REST says in headers, the rollout variant and
+    /// the provenance. An error keeps the variant in its status's metadata.
+    async fn answer_infer(
+        &self,
+        request: ModelInferRequest,
+        metadata: &MetadataMap,
+        charge: Option<SharedCharge>,
+    ) -> Result<(ModelInferResponse, MetadataMap), Status> {
+        let mut served = Served::default();
+        let result = self.infer(request, metadata, charge, &mut served).await;
+        let mut answer = MetadataMap::new();
+        if let Some(variant) = served.variant {
+            answer.insert(VARIANT_HEADER, tonic::metadata::MetadataValue::from_static(variant));
+        }
+        if let (Some(loaded), Ok(_)) = (&served.loaded, &result) {
+            for (name, value) in provenance(loaded, served.revision.as_deref()) {
+                if let Some(value) = value.and_then(|v| v.parse().ok()) {
+                    answer.insert(name, value);
+                }
+            }
+        }
+        match result {
+            Ok(response) => Ok((response, answer)),
+            Err(error) => {
+                let mut status = status(&error);
+                if let Some(variant) = answer.get(VARIANT_HEADER) {
+                    status.metadata_mut().insert(VARIANT_HEADER, variant.clone());
+                }
+                Err(status)
+            }
+        }
+    }
+}
+
+type HttpRequest = http::Request<tonic::body::Body>;
+type HttpResponse = http::Response<tonic::body::Body>;
+
+/// Unary ModelInfer answered on hyper's HTTP/2 below tonic's router and codec: the message read from its 5-byte
+/// frame, prost on it, the same handler as [`GrpcInferenceService::model_infer`], the answer framed here with
+/// `grpc-status` in its trailers (an error is a trailers-only answer, as tonic sends it). `bash
+/// benches/grpc_floor.sh` measured what the router and codec cost a bare tonic server per call: about a fifth of
+/// its CPU. Under tonic's own layers (the timeout, `grpc-timeout`) and inside the metered body's layer, so the
+/// limits are the same; a compressed call, or one without a gRPC content type, goes on to tonic.
+#[derive(Clone)]
+struct DirectInfer<S> {
+    inner: S,
+    state: Arc<AppState>,
+}
+
+impl<S> DirectInfer<S> {
+    /// Whether this layer answers the call itself.
+    fn takes(request: &HttpRequest) -> bool {
+        let header = |name: &str| request.headers().get(name).map(http::HeaderValue::as_bytes);
+        request.uri().path() == MODEL_INFER_PATH
+            && request.method() == http::Method::POST
+            && matches!(header("content-type"), Some(b"application/grpc" | b"application/grpc+proto"))
+            && matches!(header("grpc-encoding"), None | Some(b"identity"))
+    }
+}
+
+impl<S> tower::Service<HttpRequest> for DirectInfer<S>
+where
+    S: tower::Service<HttpRequest, Response = HttpResponse>,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<HttpResponse, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        if !Self::takes(&request) {
+            return Box::pin(self.inner.call(request));
+        }
+        let grpc = Grpc { state: Arc::clone(&self.state) };
+        Box::pin(async move { Ok(grpc.direct_infer(request).await.unwrap_or_else(Status::into_http)) })
+    }
+}
+
+impl Grpc {
+    async fn direct_infer(&self, request: HttpRequest) -> Result<HttpResponse, Status> {
+        use http_body_util::BodyExt;
+        use prost::Message;
+        let (parts, body) = request.into_parts();
+        let charge = parts.extensions.get::<SharedCharge>().cloned();
+        let message = unary_message(body, self.state.max_body_bytes).await?;
+        let request = ModelInferRequest::decode(message)
+            .map_err(|e| Status::internal(format!("the ModelInferRequest message could not be decoded: {e}")))?;
+        let metadata = MetadataMap::from_headers(parts.headers);
+        let (response, answer) = self.answer_infer(request, &metadata, charge).await?;
+        let length = response.encoded_len();
+        let mut framed = bytes::BytesMut::with_capacity(5 + length);
+        framed.extend_from_slice(&[0]);
+        framed.extend_from_slice(&u32::try_from(length).unwrap_or(u32::MAX).to_be_bytes());
+        response.encode(&mut framed).map_err(|e| Status::internal(format!("encoding the answer: {e}")))?;
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert(Status::GRPC_STATUS, http::HeaderValue::from_static("0"));
+        let body = http_body_util::Full::new(framed.freeze())
+            .map_err(|never: std::convert::Infallible| -> Status { match never {} })
+            .with_trailers(async move { Some(Ok(trailers)) });
+        let mut response = http::Response::new(tonic::body::Body::new(body));
+        *response.headers_mut() = answer.into_headers();
+        response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+        Ok(response)
+    }
+}
+
+/// The one message of a unary call's body, without its 5-byte frame: one data frame is used as it is, more are
+/// joined. At most `limit` bytes of message (the metered body refuses a longer declared length as it arrives).
+async fn unary_message(mut body: tonic::body::Body, limit: usize) -> Result<bytes::Bytes, Status> {
+    use http_body_util::BodyExt;
+    let too_large = || status(&ApiError::PayloadTooLarge { limit_bytes: limit });
+    let mut first: Option<bytes::Bytes> = None;
+    let mut joined = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else { continue };
+        let held = first.as_ref().map_or(0, bytes::Bytes::len) + joined.len();
+        if held.saturating_add(data.len()) > limit.saturating_add(5) {
+            return Err(too_large());
+        }
+        match first.take() {
+            None if joined.is_empty() => first = Some(data),
+            None => joined.extend_from_slice(&data),
+            Some(earlier) => {
+                joined.extend_from_slice(&earlier);
+                joined.extend_from_slice(&data);
+            }
+        }
+    }
+    let all = first.unwrap_or_else(|| joined.freeze());
+    let Some((prefix, message)) = all.split_first_chunk::<5>() else {
+        return Err(Status::internal("a unary call's body must hold one gRPC message; it held none"));
+    };
+    if prefix[0] != 0 {
+        return Err(Status::internal("the message is marked compressed but the call names no grpc-encoding"));
+    }
+    let length = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    if length != message.len() {
+        return Err(Status::internal(format!(
+            "a unary call's body must hold exactly one gRPC message: the frame declares {length} bytes, the body \
+             holds {}",
+            message.len()
+        )));
+    }
+    Ok(all.slice(5..))
+}
+
 /// A `ModelInferRequest` as the protocol-neutral request, checked as REST checks JSON: a datatype that differs from
 /// the model's is refused before the data, and the data must fill the shape exactly.
 fn decode(request: ModelInferRequest, signature: &crate::infer::Signature) -> Result<InferRequest, ApiError> {
@@ -608,37 +763,15 @@ impl GrpcInferenceService for Grpc {
         }))
     }
 
+    /// Served by [`DirectInfer`] below tonic's router whenever the call allows it (identity encoding, a gRPC content
+    /// type); this is the path of the rest (compressed calls, clients that reach the service another way).
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         let (metadata, extensions, request) = request.into_parts();
         let charge = extensions.get::<SharedCharge>().cloned();
-        let mut served = Served::default();
-        let result = self.infer(request, &metadata, charge, &mut served).await;
-        // What REST says in headers, in the answer's metadata: the rollout variant and the provenance.
-        let mut answer = MetadataMap::new();
-        if let Some(variant) = served.variant {
-            answer.insert(VARIANT_HEADER, tonic::metadata::MetadataValue::from_static(variant));
-        }
-        if let (Some(loaded), Ok(_)) = (&served.loaded, &result) {
-            for (name, value) in provenance(loaded, served.revision.as_deref()) {
-                if let Some(value) = value.and_then(|v| v.parse().ok()) {
-                    answer.insert(name, value);
-                }
-            }
-        }
-        match result {
-            Ok(response) => {
-                let mut response = Response::new(response);
-                *response.metadata_mut() = answer;
-                Ok(response)
-            }
-            Err(error) => {
-                let mut status = status(&error);
-                if let Some(variant) = answer.get(VARIANT_HEADER) {
-                    status.metadata_mut().insert(VARIANT_HEADER, variant.clone());
-                }
-                Err(status)
-            }
-        }
+        let (response, answer) = self.answer_infer(request, &metadata, charge).await?;
+        let mut response = Response::new(response);
+        *response.metadata_mut() = answer;
+        Ok(response)
     }
 
     type ModelStreamInferStream = InferStream;

@@ -212,3 +212,98 @@ async fn a_stream_answers_every_request_and_a_bad_one_in_stream() {
     }
     server.stop().await;
 }
+
+/// One unary call over a raw HTTP/2 connection: `grpc-status` and `grpc-message` (from the headers of a
+/// trailers-only answer, else from the trailers), and the body's bytes.
+async fn raw_call(addr: std::net::SocketAddr, headers: &[(&str, &str)], body: Vec<u8>) -> (String, String, Vec<u8>) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let mut request = http::Request::post(format!("http://{addr}/inference.GRPCInferenceService/ModelInfer"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let collected = body.collect().await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let field = |name: &str| {
+        let value = parts.headers.get(name).or_else(|| trailers.get(name));
+        value.map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
+    };
+    (field("grpc-status"), field("grpc-message"), collected.to_bytes().to_vec())
+}
+
+fn framed(flag: u8, message: &[u8]) -> Vec<u8> {
+    let mut body = vec![flag];
+    body.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    body.extend_from_slice(message);
+    body
+}
+
+/// ModelInfer is answered below tonic's router and codec (the message unframed and the answer framed by Vane): a
+/// well-formed call answers as through tonic, a body that is not exactly one uncompressed message is INTERNAL with
+/// a message that says what was wrong, and a compressed call is left to tonic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_calls_are_unframed_exactly_and_a_compressed_one_is_left_to_tonic() {
+    use prost::Message;
+    let (server, _client) = start().await;
+    let addr = server.server.grpc_addr().unwrap();
+    let fixture = &expected_outputs()["breast_cancer/1"];
+    let message = request("breast_cancer", "1", "raw", vec![typed_input(&fixture["inputs"][0])]).encode_to_vec();
+
+    let (code, text, body) = raw_call(addr, &[], framed(0, &message)).await;
+    assert_eq!(code, "0", "{text}");
+    let answer = body.get(5..).expect("a framed answer");
+    assert_eq!(u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize, answer.len(), "one whole message");
+    let answer = ModelInferResponse::decode(answer).unwrap();
+    assert_eq!(answer.id, "raw");
+    assert_same_outputs("breast_cancer/1", &outputs_json(&answer), &fixture["outputs"]);
+
+    let mut two = framed(0, &message);
+    two.extend(framed(0, &message));
+    let truncated = framed(0, &message)[..40].to_vec();
+    let cases = [
+        (two, "exactly one gRPC message"),
+        (truncated, "exactly one gRPC message"),
+        (Vec::new(), "it held none"),
+        (framed(1, &message), "marked compressed but the call names no grpc-encoding"),
+        (framed(0, b"\xff\xff\xff"), "could not be decoded"),
+    ];
+    for (body, needle) in cases {
+        let (code, text, _) = raw_call(addr, &[], body).await;
+        assert_eq!(code, "13", "{text}");
+        let text = percent_decode(&text);
+        assert!(text.contains(needle), "{text:?} should contain {needle:?}");
+    }
+
+    // A compressed call goes on to tonic, which serves no compression: its own status, not this path's.
+    let (code, text, _) = raw_call(addr, &[("grpc-encoding", "gzip")], framed(1, &message)).await;
+    assert_eq!(code, "12", "{text}");
+    server.stop().await;
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
