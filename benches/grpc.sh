@@ -23,16 +23,6 @@ server=$!
 addr=$(serving_addr "$scratch/err")
 grpc=$(grep 'vane is serving' "$scratch/err" | grep -o '"grpc":"[^"]*"' | sed 's/"grpc":"//; s/"$//')
 
-# wrk with a prepared binary-extension body: $1 the body file, $2 its JSON header's length.
-cat > "$scratch/binary.lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/octet-stream"
-wrk.headers["Inference-Header-Content-Length"] = os.getenv("HEADER_LENGTH")
-local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
-wrk.body = f:read("*a")
-f:close()
-LUA
-
 rest() { # $1 model, $2 connections; prints "requests/s p99_us server_cpu_us_per_request"
   local before; before=$(cpu_ticks "$server")
   HEADER_LENGTH=$(cat "$scratch/$1.len") BODY_FILE="$scratch/$1.bin" taskset -c 1 \
@@ -55,16 +45,7 @@ grpc_run() { # $1 model, $2 calls in flight; prints "requests/s p99_us server_cp
 median3() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
 
 for model in breast_cancer dense; do
-  sed -n 2p "models/$model/reference.csv" >"$scratch/$model.row"
-  python3 - "$scratch/$model" <<'PY'
-import json, struct, sys
-row = [float(v) for v in open(sys.argv[1] + ".row").read().strip().split(",")]
-header = json.dumps({"inputs": [{"name": "input", "shape": [1, len(row)], "datatype": "FP32",
-                                 "parameters": {"binary_data_size": 4 * len(row)}}],
-                     "parameters": {"binary_data_output": True}}).encode()
-open(sys.argv[1] + ".bin", "wb").write(header + struct.pack(f"<{len(row)}f", *row))
-open(sys.argv[1] + ".len", "w").write(str(len(header)))
-PY
+  write_binary_request "$model" "$scratch/$model"
   for c in 1 16 64; do
     r=(); g=()
     for _ in 1 2 3; do

@@ -19,32 +19,16 @@ cargo build --release -q --example grpc_load --example bare_hyper --example bare
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"; kill $(jobs -p) 2>/dev/null || true' EXIT
 model=breast_cancer
-row=$(sed -n 2p "models/$model/reference.csv")
-python3 - "$scratch" "$row" <<'PY'
-import json, struct, sys
-row = [float(v) for v in sys.argv[2].split(",")]
-header = json.dumps({"inputs": [{"name": "input", "shape": [1, len(row)], "datatype": "FP32",
-                                 "parameters": {"binary_data_size": 4 * len(row)}}],
-                     "parameters": {"binary_data_output": True}}).encode()
-open(sys.argv[1] + "/body.bin", "wb").write(header + struct.pack(f"<{len(row)}f", *row))
-open(sys.argv[1] + "/body.len", "w").write(str(len(header)))
-PY
-cat > "$scratch/binary.lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/octet-stream"
-wrk.headers["Inference-Header-Content-Length"] = os.getenv("HEADER_LENGTH")
-local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
-wrk.body = f:read("*a")
-f:close()
-LUA
+write_binary_request "$model" "$scratch/$model"
+row=$(cat "$scratch/$model.row")
 
 # Vane's own answer to the request, which the bare hyper server sends back.
 target/release/vane serve --model-dir models --listen 127.0.0.1:0 --grpc-listen off --log-format json \
   >/dev/null 2>"$scratch/err" &
 vane=$!
 addr=$(serving_addr "$scratch/err")
-curl -sf -H 'Content-Type: application/octet-stream' -H "Inference-Header-Content-Length: $(cat "$scratch/body.len")" \
-  --data-binary @"$scratch/body.bin" "http://$addr/v2/models/$model/infer" >"$scratch/response"
+curl -sf -H 'Content-Type: application/octet-stream' -H "Inference-Header-Content-Length: $(cat "$scratch/$model.len")" \
+  --data-binary @"$scratch/$model.bin" "http://$addr/v2/models/$model/infer" >"$scratch/response"
 kill "$vane"; wait "$vane" 2>/dev/null || true
 
 start() { # $1: the example; prints "pid addr"
@@ -60,7 +44,7 @@ start() { # $1: the example; prints "pid addr"
 hyper_run() { # $1: connections; prints "requests/s cpu_us_per_request"
   read -r pid addr < <(start bare_hyper "$scratch/response")
   local before; before=$(cpu_ticks "$pid")
-  HEADER_LENGTH=$(cat "$scratch/body.len") BODY_FILE="$scratch/body.bin" taskset -c 1 \
+  HEADER_LENGTH=$(cat "$scratch/$model.len") BODY_FILE="$scratch/$model.bin" taskset -c 1 \
     wrk -t1 -c"$1" -d"${seconds}s" -s "$scratch/binary.lua" "http://$addr/v2/models/$model/infer" >"$scratch/wrk"
   local ticks=$(( $(cpu_ticks "$pid") - before ))
   kill "$pid"; wait "$pid" 2>/dev/null || true
