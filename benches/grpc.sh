@@ -42,8 +42,6 @@ grpc_run() { # $1 model, $2 calls in flight; prints "requests/s p99_us server_cp
   echo "$out" | awk -v ticks="$ticks" -v seconds="$seconds" '{printf "%s %s %.1f\n", $1, $3, ticks * 1e4 / ($1 * seconds)}'
 }
 
-median3() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
-
 for model in breast_cancer dense; do
   write_binary_request "$model" "$scratch/$model"
   for c in 1 16 64; do

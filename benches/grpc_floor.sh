@@ -62,8 +62,6 @@ tonic_run() { # $1: calls in flight, then bare_tonic's arguments; prints "reques
   echo "$out" | awk -v ticks="$ticks" -v seconds="$seconds" '{printf "%s %.1f\n", $1, ticks * 1e4 / ($1 * seconds)}'
 }
 
-median3() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
-
 for c in 16 64; do
   h=(); t=(); d=()
   for _ in 1 2 3; do

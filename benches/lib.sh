@@ -25,6 +25,9 @@ serving_addr() { # $1: the server's stderr file
   echo "$addr"
 }
 
+# The median of three numbers.
+median3() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
+
 # The median of five numbers.
 median() { printf '%s\n' "$@" | sort -n | sed -n 3p; }
 
