@@ -5,7 +5,7 @@
 # each pinned to CPU 0, driven from CPU 1 by the same clients as `benches/grpc.sh` (wrk -t1 with the binary tensor
 # extension's body; `examples/grpc_load.rs`), batch 1 of breast_cancer's row 0 at 16 and 64 in flight, three
 # alternating runs each, and bare_tonic --direct (ModelInfer answered in a tower layer under tonic's router and
-# codec, framed by hand). Prints requests/s and the server's CPU per request (user + system, /proc), medians, and
+# codec, framed by hand) and bare_tonic --hyper (the same answer from hyper's own HTTP/2 server, no tonic). Prints requests/s and the server's CPU per request (user + system, /proc), medians, and
 # the ratios to hyper: what HTTP/2 and tonic cost per call over HTTP/1.1 and hyper before any of Vane's work, to
 # set beside grpc.sh's ratio for Vane's two front doors, and what skipping tonic's router and codec saves.
 # SECONDS_PER_RUN (default 5) sets each run.
@@ -63,14 +63,16 @@ tonic_run() { # $1: calls in flight, then bare_tonic's arguments; prints "reques
 }
 
 for c in 16 64; do
-  h=(); t=(); d=()
+  h=(); t=(); d=(); g=()
   for _ in 1 2 3; do
     h+=("$(hyper_run "$c")")
     t+=("$(tonic_run "$c")")
     d+=("$(tonic_run "$c" --direct)")
+    g+=("$(tonic_run "$c" --hyper)")
   done
   hr=$(median3 $(column 1 "${h[@]}")); hc=$(median3 $(column 2 "${h[@]}"))
   tr=$(median3 $(column 1 "${t[@]}")); tc=$(median3 $(column 2 "${t[@]}"))
   dr=$(median3 $(column 1 "${d[@]}")); dc=$(median3 $(column 2 "${d[@]}"))
-  python3 -c "print(f'c=$c bare hyper (HTTP/1.1) {$hr:.0f} req/s CPU {$hc} us/req; bare tonic (gRPC) {$tr:.0f} req/s CPU {$tc} us/req; tonic/hyper throughput {$tr / $hr:.2f}, CPU {$tc / $hc:.2f}x; bare tonic --direct {$dr:.0f} req/s CPU {$dc} us/req, CPU {$dc / $hc:.2f}x')"
+  gr=$(median3 $(column 1 "${g[@]}")); gc=$(median3 $(column 2 "${g[@]}"))
+  python3 -c "print(f'c=$c bare hyper (HTTP/1.1) {$hr:.0f} req/s CPU {$hc} us/req; bare tonic (gRPC) {$tr:.0f} req/s CPU {$tc} us/req; tonic/hyper throughput {$tr / $hr:.2f}, CPU {$tc / $hc:.2f}x; bare tonic --direct {$dr:.0f} req/s CPU {$dc} us/req, CPU {$dc / $hc:.2f}x; gRPC on hyper alone (--hyper) {$gr:.0f} req/s CPU {$gc} us/req, CPU {$gc / $hc:.2f}x')"
 done

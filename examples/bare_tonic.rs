@@ -3,10 +3,11 @@
 //! answers for breast_cancer (two raw outputs, FP32 [1, 2] and INT64 [1]), and does nothing else: the gRPC stack's
 //! own cost per call (HTTP/2, HPACK, tonic's codec, prost) with no model and no Vane. Same runtime as `vane serve`
 //! (tokio, one worker thread per core) and TCP_NODELAY. Every other method answers UNIMPLEMENTED. Usage:
-//! `bare_tonic [--direct]`; prints `listening on ADDR` once bound. `--direct` answers ModelInfer in a tower layer
+//! `bare_tonic [--direct | --hyper]`; prints `listening on ADDR` once bound. `--direct` answers ModelInfer in a tower layer
 //! under tonic's router and codec (the body collected, its 5-byte frame read, prost on the message, the answer
 //! framed by hand with `grpc-status` in the trailers): what a ModelInfer path of Vane's own on hyper's HTTP/2
-//! would cost.
+//! would cost. `--hyper` leaves tonic out altogether: hyper's HTTP/2 server and a `service_fn` answering ModelInfer
+//! the same way, what serving gRPC from Vane's own connection loop would cost.
 
 use std::pin::Pin;
 
@@ -83,7 +84,8 @@ async fn main() -> anyhow::Result<()> {
         raw_output_contents: vec![vec![0u8; 8].into(), vec![0u8; 8].into()],
         ..ModelInferResponse::default()
     };
-    let direct = std::env::args().nth(1).is_some_and(|a| a == "--direct");
+    let mode = std::env::args().nth(1).unwrap_or_default();
+    let direct = mode == "--direct";
     let answer = {
         let message = prost::Message::encode_to_vec(&response);
         let mut framed = vec![0u8];
@@ -93,6 +95,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("listening on {}", listener.local_addr()?);
+    if mode == "--hyper" {
+        return serve_hyper(listener, answer).await;
+    }
     // tonic sets TCP_NODELAY only on listeners it binds itself.
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
         .map(|stream| stream.and_then(|s| s.set_nodelay(true).map(|()| s)));
@@ -105,6 +110,56 @@ async fn main() -> anyhow::Result<()> {
         .serve_with_incoming(incoming)
         .await?;
     Ok(())
+}
+
+/// `--hyper`: no tonic at all. hyper's own HTTP/2 server (the builder Vane's REST listener uses, HTTP/2 only) with
+/// a `service_fn` answering ModelInfer as `--direct` does; any other path gets UNIMPLEMENTED.
+async fn serve_hyper(listener: tokio::net::TcpListener, answer: bytes::Bytes) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    loop {
+        let (stream, _) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        let answer = answer.clone();
+        let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let answer = answer.clone();
+            async move {
+                let unary = request.uri().path() == "/inference.GRPCInferenceService/ModelInfer";
+                let body = if unary { answer_infer(request.into_body(), answer).await } else { unimplemented() };
+                Ok::<_, std::convert::Infallible>(body)
+            }
+        });
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+}
+
+type AnswerBody = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
+
+/// The framed answer with `grpc-status` in the trailers, once the request's message decodes (INTERNAL if not).
+async fn answer_infer<B: hyper::body::Body>(body: B, answer: bytes::Bytes) -> http::Response<AnswerBody> {
+    use http_body_util::BodyExt;
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let decoded = body.get(5..).map(<ModelInferRequest as prost::Message>::decode);
+    let status = if matches!(decoded, Some(Ok(_))) { "0" } else { "13" };
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static(status));
+    let body = http_body_util::Full::new(answer).with_trailers(async move { Some(Ok(trailers)) }).boxed();
+    let mut response = http::Response::new(body);
+    response.headers_mut().insert("content-type", http::HeaderValue::from_static("application/grpc"));
+    response
+}
+
+fn unimplemented() -> http::Response<AnswerBody> {
+    use http_body_util::BodyExt;
+    let mut response = http::Response::new(http_body_util::Empty::new().boxed());
+    let headers = response.headers_mut();
+    headers.insert("content-type", http::HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", http::HeaderValue::from_static("12"));
+    response
 }
 
 /// The `--direct` layer: ModelInfer answered here, everything else passed to tonic.
