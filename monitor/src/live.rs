@@ -300,7 +300,7 @@ impl Row<'_> {
 }
 
 /// Where request threads leave observations for the monitor thread: one [`Pending`] per thread slot, each behind
-/// its own mutex, which only its thread takes except when the monitor thread swaps it out (every 10 ms). An offer
+/// its own mutex, which only its thread takes except when the monitor thread swaps it out (every 50 ms). An offer
 /// is then an uncontended lock and a copy into arrays the slot reuses, where a shared queue cost a contended
 /// compare-and-swap, a shared `Arc` increment and a vector freed on another thread per prediction.
 struct Inbox {
@@ -592,8 +592,8 @@ pub struct MonitorConfig {
 impl Default for MonitorConfig {
     fn default() -> Self {
         Self {
-            // 16,384 observations (a few MB): the thread drains every 10 ms, but on two busy cores its wake-ups
-            // came late enough to fill 4,096 at 55,000 predictions a second (111 dropped of 500,000 in one bench run).
+            // 16,384 observations (a few MB). With a drain every 10 ms, the thread's wake-ups on two busy cores came
+            // late enough to fill 4,096 at 55,000 predictions a second (111 dropped of 500,000 in one bench run).
             queue_capacity: 16_384,
             evaluate_every: Duration::from_secs(5),
             notify: NotifyConfig::default(),
@@ -898,8 +898,11 @@ struct Shared {
 }
 
 /// How often the monitor thread empties its queue. The queue must hold what arrives until the thread actually runs,
-/// which on a loaded machine is later than this (see `MonitorConfig::queue_capacity`).
-const DRAIN_EVERY: Duration = Duration::from_millis(10);
+/// which on a loaded machine is later than this (see `MonitorConfig::queue_capacity`). Every drain pays a wake-up
+/// and stores up to a window of rows per deployment however few of them an evaluation will see, so a drain every
+/// 10 ms stored half of 40,000 predictions a second into 200-row windows; every 50 ms stores a tenth, and the
+/// queue's default capacity still holds 300 ms of 55,000 a second.
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
 fn run(
     inbox: &Inbox,
@@ -914,6 +917,7 @@ fn run(
     let mut next = Instant::now() + every;
     // Emptied shards, swapped back in at the next drain so the request threads reuse their capacity.
     let mut spares: Vec<Pending> = Vec::new();
+    let mut scratch = DrainScratch::default();
     loop {
         // The thread polls the inbox instead of being woken: a parked receiver makes every offer a futex wake and a
         // context switch, which at tens of thousands of predictions a second cost the request path about 10% of
@@ -935,7 +939,7 @@ fn run(
                 spare
             })
             .collect();
-        add_drained(&mut windows, &mut drained, &shared.feedback);
+        add_drained(&mut windows, &mut drained, &shared.feedback, &mut scratch);
         for mut pending in drained {
             pending.clear();
             spares.push(pending);
@@ -1048,39 +1052,40 @@ fn add_drained(
     windows: &mut HashMap<String, HashMap<u64, Window>>,
     drained: &mut [Pending],
     feedback: &crate::feedback::FeedbackStore,
+    scratch: &mut DrainScratch,
 ) {
-    let mut order: Vec<(SystemTime, usize, usize)> = drained
-        .iter()
-        .enumerate()
-        .flat_map(|(shard, pending)| pending.entries.iter().enumerate().map(move |(i, e)| (e.at, shard, i)))
-        .collect();
+    let DrainScratch { order, store } = scratch;
+    order.clear();
+    order.extend(
+        drained
+            .iter()
+            .enumerate()
+            .flat_map(|(shard, pending)| pending.entries.iter().enumerate().map(move |(i, e)| (e.at, shard, i))),
+    );
     order.sort_by_key(|&(at, shard, i)| (at, shard, i));
     // Rows each deployment's window still has room for, newest first (a drain holds a handful of deployments).
     let mut room: Vec<(*const Profile, usize)> = Vec::new();
-    let mut store: Vec<bool> = order
-        .iter()
-        .rev()
-        .map(|&(_, shard, i)| {
-            let pending = &drained[shard];
-            let entry = &pending.entries[i];
-            let profile = &pending.profiles[entry.profile];
-            let left = match room.iter().position(|(p, _)| std::ptr::eq(*p, Arc::as_ptr(profile))) {
-                Some(index) => &mut room[index].1,
-                None => {
-                    room.push((Arc::as_ptr(profile), profile.settings.window_size.max(1)));
-                    &mut room.last_mut().expect("just pushed").1
-                }
-            };
-            let stored = *left > 0;
-            *left = left.saturating_sub(entry.cells.len() / profile.features.len().max(1));
-            stored
-        })
-        .collect();
+    store.clear();
+    store.extend(order.iter().rev().map(|&(_, shard, i)| {
+        let pending = &drained[shard];
+        let entry = &pending.entries[i];
+        let profile = &pending.profiles[entry.profile];
+        let left = match room.iter().position(|(p, _)| std::ptr::eq(*p, Arc::as_ptr(profile))) {
+            Some(index) => &mut room[index].1,
+            None => {
+                room.push((Arc::as_ptr(profile), profile.settings.window_size.max(1)));
+                &mut room.last_mut().expect("just pushed").1
+            }
+        };
+        let stored = *left > 0;
+        *left = left.saturating_sub(entry.cells.len() / profile.features.len().max(1));
+        stored
+    }));
     store.reverse();
     // Rows neither stored nor waiting for labels are only counted, a run of one deployment's at once (one window
     // lookup per run rather than per prediction).
     let mut skipped: Option<(Arc<Profile>, u64)> = None;
-    for (&(at, shard, i), store) in order.iter().zip(store) {
+    for (&(at, shard, i), &store) in order.iter().zip(store.iter()) {
         let Pending { profiles, entries, f32s, f64s } = &mut drained[shard];
         let entry = &mut entries[i];
         let profile = &profiles[entry.profile];
@@ -1133,6 +1138,17 @@ fn count(windows: &mut HashMap<String, HashMap<u64, Window>>, profile: &Arc<Prof
     let window = window_of(windows, profile);
     window.observed += rows;
     window.changed = true;
+}
+
+/// The drain's working arrays, kept from one drain to the next: collected afresh, the order of a drain's
+/// observations grew by reallocation into pages the kernel had to zero, a sixth of this thread's time in a profile
+/// of `cargo bench --bench telemetry_cost`.
+#[derive(Default)]
+struct DrainScratch {
+    /// Each observation as (when, shard, index in the shard), oldest first.
+    order: Vec<(SystemTime, usize, usize)>,
+    /// Whether each observation (in `order`'s order) goes into its window.
+    store: Vec<bool>,
 }
 
 /// When an observation was served, and what feedback needs of it.
@@ -1349,7 +1365,7 @@ mod tests {
         };
         let feedback = crate::feedback::FeedbackStore::default();
         let mut drain = HashMap::new();
-        add_drained(&mut drain, &mut drained(), &feedback);
+        add_drained(&mut drain, &mut drained(), &feedback, &mut DrainScratch::default());
         let mut every_row = HashMap::new();
         for (i, values) in (1..=5).map(|i| vec![i as f64]).chain([vec![6.0, 7.0]]).enumerate() {
             let served = Served { at: at(i as u64 + 1), request_id: None, predictions: None };
