@@ -145,7 +145,7 @@ impl Monitored {
         match &self.layout {
             // Row-major [rows, width] data is already the observation's layout; floats are copied as they are.
             Layout::Matrix { input, .. } => inputs.get(*input).map(|t| match &t.data {
-                TensorData::Fp32(v) => Observed::F32(v.clone()),
+                TensorData::Fp32(v) => Observed::F32(v.as_slice().into()),
                 TensorData::Fp64(v) => Observed::F64(v.clone()),
                 other => Observed::Cells(cells(other)),
             }),

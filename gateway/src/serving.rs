@@ -251,6 +251,7 @@ async fn run_inference(
             request_id: request.id.as_deref(),
             cells,
             predictions,
+            served: arrived,
         });
     }
     Ok((request, outputs))

@@ -350,9 +350,10 @@ impl RequestTrace {
     /// Ends the server span with the request's outcome (OpenTelemetry's conventions: a server span is an error on
     /// 5xx, not on the caller's 4xx).
     pub fn finish(self, outcome: Outcome<'_>) {
+        // An unsampled request (99 in 100 at the default rate) reads no clock here.
+        let Some(cx) = &self.cx else { return };
         // On the same clock as the children, so they lie inside it whatever the wall clock does meanwhile.
         let end = self.wall(Instant::now());
-        let Some(cx) = self.cx else { return };
         let span = cx.span();
         let mut attributes = Vec::with_capacity(4);
         match outcome.grpc_code {

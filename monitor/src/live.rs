@@ -170,14 +170,18 @@ pub struct Observation<'a> {
     pub cells: Observed,
     /// The prediction per row (score or value), when quality is monitored and the request has an id.
     pub predictions: Option<Vec<f64>>,
+    /// When it was served, on the monotonic clock the request path already reads (the monitor thread turns it into
+    /// wall-clock time once per drain: an offer reads no clock).
+    pub served: Instant,
 }
 
 /// An observation's cells, row-major: plain numbers for the common all-numeric input (an eighth of the size of
 /// [`Cell`]s, copied straight from the request's tensor), general cells otherwise.
 #[derive(Debug)]
 pub enum Observed {
-    /// FP32 values; NaN is missing.
-    F32(Vec<f32>),
+    /// FP32 values; NaN is missing. Up to 32 (a batch-1 row of most tabular models) are held inline: sampling such
+    /// a request allocates nothing.
+    F32(smallvec::SmallVec<[f32; 32]>),
     /// FP64 values; NaN is missing.
     F64(Vec<f64>),
     /// Anything else.
@@ -222,7 +226,7 @@ impl Stored {
 struct Entry {
     /// Its deployment, an index into the shard's `profiles`.
     profile: usize,
-    at: SystemTime,
+    at: Instant,
     cells: Stored,
     request_id: Option<String>,
     predictions: Option<Vec<f64>>,
@@ -239,8 +243,8 @@ struct Pending {
 }
 
 impl Pending {
-    fn push(&mut self, observation: Observation<'_>, at: SystemTime) {
-        let Observation { profile, request_id, cells, predictions } = observation;
+    fn push(&mut self, observation: Observation<'_>) {
+        let Observation { profile, request_id, cells, predictions, served: at } = observation;
         let index = match self.profiles.iter().rposition(|p| Arc::ptr_eq(p, profile)) {
             Some(index) => index,
             None => {
@@ -666,7 +670,7 @@ impl Monitor {
             self.counters.dropped.inc();
             return;
         }
-        pending.push(observation, SystemTime::now());
+        pending.push(observation);
         drop(pending);
         self.counters.accepted.inc();
     }
@@ -939,7 +943,8 @@ fn run(
                 spare
             })
             .collect();
-        add_drained(&mut windows, &mut drained, &shared.feedback, &mut scratch);
+        let now = (Instant::now(), SystemTime::now());
+        add_drained(&mut windows, &mut drained, now, &shared.feedback, &mut scratch);
         for mut pending in drained {
             pending.clear();
             spares.push(pending);
@@ -1051,6 +1056,7 @@ fn run(
 fn add_drained(
     windows: &mut HashMap<String, HashMap<u64, Window>>,
     drained: &mut [Pending],
+    now: (Instant, SystemTime),
     feedback: &crate::feedback::FeedbackStore,
     scratch: &mut DrainScratch,
 ) {
@@ -1110,6 +1116,11 @@ fn add_drained(
             Stored::F64 { start, len } => Row::F64(&f64s[*start..*start + *len]),
             Stored::Cells(v) => Row::Cells(v),
         };
+        let (clock, wall) = now;
+        let at = match clock.checked_duration_since(at) {
+            Some(ago) => wall.checked_sub(ago).unwrap_or(wall),
+            None => wall + at.duration_since(clock),
+        };
         let observed =
             Served { at, request_id: entry.request_id.as_deref(), predictions: entry.predictions.as_deref() };
         add(windows, profile, observed, cells, feedback, store);
@@ -1146,7 +1157,7 @@ fn count(windows: &mut HashMap<String, HashMap<u64, Window>>, profile: &Arc<Prof
 #[derive(Default)]
 struct DrainScratch {
     /// Each observation as (when, shard, index in the shard), oldest first.
-    order: Vec<(SystemTime, usize, usize)>,
+    order: Vec<(Instant, usize, usize)>,
     /// Whether each observation (in `order`'s order) goes into its window.
     store: Vec<bool>,
 }
@@ -1346,11 +1357,14 @@ mod tests {
     fn a_drain_merges_the_threads_parts_in_time_and_stores_only_the_rows_the_window_keeps() {
         let (_dir, profile) = one_column_in_three_rows();
         let at = |i: u64| UNIX_EPOCH + Duration::from_secs(1_700_000_000) + Duration::from_millis(i);
-        let observation = |values: Vec<f64>| Observation {
+        // Served on the monotonic clock; the drain reads both clocks once (here: `base` is `at(0)`).
+        let base = Instant::now();
+        let observation = |values: Vec<f64>, i: u64| Observation {
             profile: &profile,
             request_id: None,
             cells: Observed::F64(values),
             predictions: None,
+            served: base + Duration::from_millis(i),
         };
         // Seven rows in six observations, served alternately by two threads (the last observation holds two rows);
         // the later thread's part comes first in the drain.
@@ -1358,14 +1372,14 @@ mod tests {
             let (mut odd, mut even) = (Pending::default(), Pending::default());
             for i in 1..=5 {
                 let part = if i % 2 == 1 { &mut odd } else { &mut even };
-                part.push(observation(vec![i as f64]), at(i));
+                part.push(observation(vec![i as f64], i));
             }
-            even.push(observation(vec![6.0, 7.0]), at(6));
+            even.push(observation(vec![6.0, 7.0], 6));
             vec![even, odd]
         };
         let feedback = crate::feedback::FeedbackStore::default();
         let mut drain = HashMap::new();
-        add_drained(&mut drain, &mut drained(), &feedback, &mut DrainScratch::default());
+        add_drained(&mut drain, &mut drained(), (base, at(0)), &feedback, &mut DrainScratch::default());
         let mut every_row = HashMap::new();
         for (i, values) in (1..=5).map(|i| vec![i as f64]).chain([vec![6.0, 7.0]]).enumerate() {
             let served = Served { at: at(i as u64 + 1), request_id: None, predictions: None };
