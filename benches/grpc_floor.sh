@@ -5,9 +5,10 @@
 # each pinned to CPU 0, driven from CPU 1 by the same clients as `benches/grpc.sh` (wrk -t1 with the binary tensor
 # extension's body; `examples/grpc_load.rs`), batch 1 of breast_cancer's row 0 at 16 and 64 in flight, three
 # alternating runs each, and bare_tonic --direct (ModelInfer answered in a tower layer under tonic's router and
-# codec, framed by hand) and bare_tonic --hyper (the same answer from hyper's own HTTP/2 server, no tonic). Prints requests/s and the server's CPU per request (user + system, /proc), medians, and
-# the ratios to hyper: what HTTP/2 and tonic cost per call over HTTP/1.1 and hyper before any of Vane's work, to
-# set beside grpc.sh's ratio for Vane's two front doors, and what skipping tonic's router and codec saves.
+# codec, framed by hand) and bare_tonic --hyper (the same answer from hyper's own HTTP/2 server, no tonic). Prints
+# requests/s and the server's CPU per request (user + system, /proc), medians, and the ratios to hyper: what HTTP/2
+# and tonic cost per call over HTTP/1.1 and hyper before any of Vane's work, to set beside grpc.sh's ratio for
+# Vane's two front doors, what skipping tonic's router and codec saves, and what leaving tonic altogether would.
 # SECONDS_PER_RUN (default 5) sets each run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
