@@ -251,7 +251,7 @@ async fn run_inference(
             request_id: request.id.as_deref(),
             cells,
             predictions,
-            served: arrived,
+            arrived,
         });
     }
     Ok((request, outputs))

@@ -170,9 +170,10 @@ pub struct Observation<'a> {
     pub cells: Observed,
     /// The prediction per row (score or value), when quality is monitored and the request has an id.
     pub predictions: Option<Vec<f64>>,
-    /// When it was served, on the monotonic clock the request path already reads (the monitor thread turns it into
-    /// wall-clock time once per drain: an offer reads no clock).
-    pub served: Instant,
+    /// When the request arrived, on the monotonic clock the request path has already read for it (the monitor
+    /// thread turns it into wall-clock time once per drain, so an offer reads no clock). It stands for the time the
+    /// prediction was served, which is later by the request's latency.
+    pub arrived: Instant,
 }
 
 /// An observation's cells, row-major: plain numbers for the common all-numeric input (an eighth of the size of
@@ -244,7 +245,7 @@ struct Pending {
 
 impl Pending {
     fn push(&mut self, observation: Observation<'_>) {
-        let Observation { profile, request_id, cells, predictions, served: at } = observation;
+        let Observation { profile, request_id, cells, predictions, arrived: at } = observation;
         let index = match self.profiles.iter().rposition(|p| Arc::ptr_eq(p, profile)) {
             Some(index) => index,
             None => {
@@ -1357,14 +1358,14 @@ mod tests {
     fn a_drain_merges_the_threads_parts_in_time_and_stores_only_the_rows_the_window_keeps() {
         let (_dir, profile) = one_column_in_three_rows();
         let at = |i: u64| UNIX_EPOCH + Duration::from_secs(1_700_000_000) + Duration::from_millis(i);
-        // Served on the monotonic clock; the drain reads both clocks once (here: `base` is `at(0)`).
+        // Arrived on the monotonic clock; the drain reads both clocks once (here: `base` is `at(0)`).
         let base = Instant::now();
         let observation = |values: Vec<f64>, i: u64| Observation {
             profile: &profile,
             request_id: None,
             cells: Observed::F64(values),
             predictions: None,
-            served: base + Duration::from_millis(i),
+            arrived: base + Duration::from_millis(i),
         };
         // Seven rows in six observations, served alternately by two threads (the last observation holds two rows);
         // the later thread's part comes first in the drain.
