@@ -38,6 +38,9 @@ proptest! {
 
     #[test]
     fn a_sample_compared_with_itself_shows_no_drift(rows in rows()) {
+        // x must be read as numeric for its numeric statistics: present values all 0 or 1 (0 and 4 quarters) make it
+        // a binary column, which has no K-S or Wasserstein (a generated case once did: two rows, x = 0 and missing).
+        prop_assume!(rows.iter().any(|(x, _)| x.is_some_and(|v| v != 0 && v != 4)));
         let text = csv(&rows);
         let report = report(&text, &text);
         let x = &report["columns"]["x"];
