@@ -139,7 +139,8 @@ async fn serve_hyper(listener: tokio::net::TcpListener, answer: bytes::Bytes) ->
 
 type AnswerBody = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
 
-/// The framed answer with `grpc-status` in the trailers, once the request's message decodes (INTERNAL if not).
+/// The framed answer with `grpc-status` in the trailers, once the request's message decodes (INTERNAL if not):
+/// `--direct`'s and `--hyper`'s alike.
 async fn answer_infer<B: hyper::body::Body>(body: B, answer: bytes::Bytes) -> http::Response<AnswerBody> {
     use http_body_util::BodyExt;
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -190,19 +191,6 @@ where
             return Box::pin(self.inner.call(request));
         }
         let answer = self.answer.clone();
-        Box::pin(async move {
-            use http_body_util::BodyExt;
-            let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            let decoded = body.get(5..).map(<ModelInferRequest as prost::Message>::decode);
-            let status = if matches!(decoded, Some(Ok(_))) { "0" } else { "13" };
-            let mut trailers = http::HeaderMap::new();
-            trailers.insert("grpc-status", http::HeaderValue::from_static(status));
-            let body = http_body_util::Full::new(answer)
-                .map_err(|never: std::convert::Infallible| -> Status { match never {} })
-                .with_trailers(async move { Some(Ok(trailers)) });
-            let mut response = http::Response::new(tonic::body::Body::new(body));
-            response.headers_mut().insert("content-type", http::HeaderValue::from_static("application/grpc"));
-            Ok(response)
-        })
+        Box::pin(async move { Ok(answer_infer(request.into_body(), answer).await.map(tonic::body::Body::new)) })
     }
 }
