@@ -166,7 +166,8 @@ pub struct Observation<'a> {
     pub profile: &'a Arc<Profile>,
     /// The request id, if the client sent one.
     pub request_id: Option<&'a str>,
-    /// The cells, row-major (numbers are copied into the inbox, and the vector freed on the offering thread).
+    /// The cells, row-major (numbers are copied into the inbox; a heap copy, if any, is freed on the offering
+    /// thread).
     pub cells: Observed,
     /// The prediction per row (score or value), when quality is monitored and the request has an id.
     pub predictions: Option<Vec<f64>>,
@@ -1153,8 +1154,8 @@ fn count(windows: &mut HashMap<String, HashMap<u64, Window>>, profile: &Arc<Prof
 }
 
 /// The drain's working arrays, kept from one drain to the next: collected afresh, the order of a drain's
-/// observations grew by reallocation into pages the kernel had to zero, a sixth of this thread's time in a profile
-/// of `cargo bench --bench telemetry_cost`.
+/// observations grew by reallocation into pages the kernel had to zero, one of this thread's largest costs in a
+/// profile of `cargo bench --bench telemetry_cost`.
 #[derive(Default)]
 struct DrainScratch {
     /// Each observation as (when, shard, index in the shard), oldest first.
